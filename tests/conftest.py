@@ -1,0 +1,34 @@
+"""Shared test helpers: load a numbered script (e.g. 03_stylegan2_ada.py) as a module."""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+_cache = {}
+
+
+def load_script(name):
+    """Import ROOT/<name>.py (names may start with a digit) once and return the module."""
+    if name not in _cache:
+        path = os.path.join(ROOT, name + ".py")
+        spec = importlib.util.spec_from_file_location(os.path.basename(name), path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        _cache[name] = module
+    return _cache[name]
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    torch.manual_seed(0)
+    yield
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
