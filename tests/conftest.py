@@ -10,6 +10,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Test tensors are tiny: one thread avoids thread start-up and oversubscription costs on small machines.
+torch.set_num_threads(1)
+
 _cache = {}
 
 

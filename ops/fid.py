@@ -1,0 +1,1077 @@
+"""Frechet Inception Distance and Kernel Inception Distance, the way pytorch-fid computes them.
+
+Papers:
+- FID: Heusel, Ramsauer, Unterthiner, Nessler, Hochreiter, "GANs Trained by a Two Time-Scale Update
+  Rule Converge to a Local Nash Equilibrium", NeurIPS 2017, arXiv:1706.08500.
+  FID = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), on 2048-d Inception pool3 features.
+- KID: Binkowski, Sutherland, Arbel, Gretton, "Demystifying MMD GANs", ICLR 2018, arXiv:1801.01401.
+  Unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
+
+Matches mseitzer/pytorch-fid 0.3.0 (src/pytorch_fid/inception.py, src/pytorch_fid/fid_score.py):
+the same network (torchvision Inception3 with the TF graph's pooling quirks: FIDInceptionA/C/E_1/
+E_2), the same released weights (`pt_inception-2015-12-05-6726825d.pth`, loaded strictly), the same
+preprocessing (PIL -> RGB -> [0, 1], bilinear resize to 299 without antialiasing, then 2x - 1), the
+same statistics (float64 mean, np.cov with N - 1) and the same distance. Two things are faster
+than pytorch-fid, with the same results: feature extraction (inference mode, channels-last,
+decoding in DataLoader workers) and the distance (symmetric eigendecompositions instead of a
+general matrix square root; pytorch-fid's scipy `sqrtm` path is kept as the fallback).
+
+Few-shot extras: KID +- std beside FID, a provenance record (counts, weights sha256, resize,
+file types, device, dims, git commit) and a memorization check (`nearest`): generated images
+closer to a training image than any two training images are to each other.
+
+Run:
+    python -m ops.fid real/ fake/                              # last line: FID: <value>
+    python -m ops.fid real/ fake/ --kid --json fid.json        # KID: <mean> +- <std>, then FID
+    python -m ops.fid --save-stats real/ real_stats.npz        # pytorch-fid compatible (mu, sigma)
+    python -m ops.fid --save-features real/ real_feats.npz     # features too (needed for KID)
+    python -m ops.fid real_stats.npz fake/ --inception pt_inception-2015-12-05-6726825d.pth
+    python -m ops.fid nearest fake/ real/ --out nearest/ --top 16
+    python -m ops.fid real/ fake/ --inception random --dims 64 # smoke test only: not comparable
+
+From a training script:
+    ev = Evaluator("data/train", device="cuda", cache_dir="runs/fid_cache")
+    scores = ev.evaluate(lambda b: g_ema(torch.randn(b, 512, device="cuda"))[0])
+    # {"fid", "kid_mean", "kid_std", "copies", "n_real", "n_gen"}; ev.provenance for the log
+
+Sections: 1 weights, 2 network, 3 images -> features, 4 statistics and cache, 5 distances
+(FID, KID), 6 memorization check, 7 provenance, 8 Evaluator, 9 CLI.
+"""
+import argparse
+import collections
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux,
+                                          InceptionB, InceptionC, InceptionD, InceptionE)
+
+# ----------------------------------------------------------------------------------------------
+# Constants
+FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
+FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: file name carries sha256[:8]
+IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")  # pytorch-fid
+DIMS_CHOICES = (64, 192, 768, 2048)  # pytorch-fid's blocks: maxpool1, maxpool2, Mixed_6e, pool3
+INCEPTION_SIZE = 299
+THUMB_SIZE = 64  # pixel-space nearest neighbours are measured at 64x64
+RESIZE_METHOD = ("bilinear to 299x299 (torch F.interpolate, align_corners=False, no antialias) "
+                 "after PIL RGB decoding to [0, 1], then 2x - 1")
+QUANTIZE_METHOD = "generated [-1, 1] -> uint8 as a PNG save: floor((x + 1) * 127.5 + 0.5) clamped"
+CACHE_VERSION = 1  # bump when anything that changes cached features changes
+EPS_SQRTM = 1e-6  # pytorch-fid's diagonal offset when sqrtm(S1 S2) is not finite
+IMAG_ATOL = 1e-3  # pytorch-fid's tolerance on the imaginary part of diag(sqrtm)
+
+
+class InceptionWeightsMissing(RuntimeError):
+    """The FID Inception weights are neither given, nor in the torch hub cache, nor downloadable."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Weights
+
+
+def hub_weights_path():
+    """Where torch hub (and so pytorch-fid) keeps the weights: <hub dir>/checkpoints/<name>."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_NAME)
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(url, dst, timeout=60):
+    """Download url to dst atomically (temp file + os.replace); checks the hub sha256 prefix."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            for block in iter(lambda: r.read(1 << 20), b""):
+                f.write(block)
+        digest = sha256_file(tmp)
+        if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
+            raise RuntimeError(f"downloaded {url} has sha256 {digest[:8]}..., expected "
+                               f"{FID_WEIGHTS_SHA256_PREFIX}...")
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def resolve_weights(weights=None, download=True):
+    """Path of the FID Inception weights: the given file, else the hub cache, else a download.
+
+    Raises InceptionWeightsMissing (one line naming the file and the URL) when none works.
+    """
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise InceptionWeightsMissing(
+                f"FID Inception weights file not found: {weights} (the released file is "
+                f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL})")
+        return weights
+    path = hub_weights_path()
+    if os.path.isfile(path):
+        return path
+    reason = "downloads disabled"
+    if download:
+        try:
+            _download(FID_WEIGHTS_URL, path)
+            return path
+        except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
+            reason = f"download failed: {e}"
+    raise InceptionWeightsMissing(
+        f"FID Inception weights {FID_WEIGHTS_NAME} not found at {path} and not downloadable "
+        f"({reason}); fetch {FID_WEIGHTS_URL} into that place or pass --inception FILE")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Network: torchvision Inception3 with the TF graph's pooling (pytorch-fid inception.py)
+
+
+class FIDInceptionA(InceptionA):
+    """Mixed_5b/5c/5d. The TF pool branch averages valid pixels only (count_include_pad=False)."""
+
+    def _forward(self, x):
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return [b1, b5, b3, bp]
+
+
+class FIDInceptionC(InceptionC):
+    """Mixed_6b..6e, with the same pool change as FIDInceptionA."""
+
+    def _forward(self, x):
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        d = self.branch7x7dbl_1(x)
+        d = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(d))))
+        bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return [b1, b7, d, bp]
+
+
+class FIDInceptionE_1(InceptionE):
+    """Mixed_7b, with the same pool change as FIDInceptionA."""
+
+    def _pool(self, x):
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    def _forward(self, x):
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+        bp = self.branch_pool(self._pool(x))
+        return [b1, b3, d, bp]
+
+
+class FIDInceptionE_2(FIDInceptionE_1):
+    """Mixed_7c. The TF graph max-pools here (a quirk of the original graph, kept for FID)."""
+
+    def _pool(self, x):
+        return F.max_pool2d(x, 3, stride=1, padding=1)
+
+
+class FIDInception3(Inception3):
+    """pytorch-fid's FID Inception v3: state_dict keys are torchvision's (num_classes 1008, no aux).
+
+    forward(x): x [B, 3, H, W] in [0, 1] -> features [B, dims] (dims 2048 = pool3).
+    Resize to 299 (bilinear, align_corners=False, no antialias) happens before 2x - 1, as in
+    pytorch-fid's InceptionV3(resize_input=True, normalize_input=True).
+    """
+
+    def __init__(self, dims=2048):
+        if dims not in DIMS_CHOICES:
+            raise ValueError(f"dims must be one of {DIMS_CHOICES}, got {dims}")
+        super().__init__(num_classes=1008, aux_logits=False, transform_input=False,
+                         inception_blocks=[BasicConv2d, FIDInceptionA, InceptionB, FIDInceptionC,
+                                           InceptionD, FIDInceptionE_1, InceptionAux],
+                         init_weights=False)
+        self.Mixed_7c = FIDInceptionE_2(2048)
+        self.dims = dims
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"FIDInception3 expects [B, 3, H, W] images in [0, 1], got "
+                             f"{tuple(x.shape)}")
+        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
+                          align_corners=False)
+        x = (2 * x - 1).contiguous(memory_format=torch.channels_last)  # [B, 3, 299, 299]
+        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
+        if self.dims > 64:  # [B, 64, 73, 73]
+            x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
+        if self.dims > 192:  # [B, 192, 35, 35]
+            for m in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a,
+                      self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e):
+                x = m(x)
+        if self.dims > 768:  # [B, 768, 17, 17]
+            x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))  # [B, 2048, 8, 8]
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # [B, dims]
+
+
+def _template():
+    """The state dict's keys and shapes, from a model on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return FIDInception3().state_dict()
+
+
+def random_inception_state_dict(seed=0):
+    """Random weights with the released file's keys and shapes, for tests only.
+
+    He-normal convolutions and near-identity batch norms keep activations O(1) through the
+    network (PyTorch's default init would shrink them towards zero).
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd = collections.OrderedDict()
+    for k, v in _template().items():
+        t = torch.zeros(v.shape, dtype=v.dtype)
+        if k.endswith("conv.weight"):
+            nn.init.normal_(t, 0.0, (2.0 / t[0].numel()) ** 0.5, generator=g)
+        elif k == "fc.weight":
+            nn.init.normal_(t, 0.0, 0.01, generator=g)
+        elif k.endswith(("bn.weight", "bn.running_var")):
+            t.fill_(1.0)
+        elif k.endswith("bn.bias"):
+            nn.init.normal_(t, 0.0, 0.1, generator=g)
+        sd[k] = t
+    return sd
+
+
+@functools.lru_cache(maxsize=1)
+def _random_state_dict_cached():
+    return random_inception_state_dict()  # shared by models: they never change their weights
+
+
+def _check_state_dict(sd, source):
+    """Make sd load strictly into FIDInception3: same keys (num_batches_tracked optional)."""
+    if not isinstance(sd, dict):
+        raise ValueError(f"{source}: not a state dict (got {type(sd).__name__})")
+    expected = _template()
+    want = {k for k in expected if not k.endswith("num_batches_tracked")}
+    have = {k for k in sd if not k.endswith("num_batches_tracked")}
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        raise ValueError(f"{source}: not the FID Inception state dict ({len(missing)} missing keys "
+                         f"e.g. {missing[:2]}, {len(extra)} unexpected e.g. {extra[:2]})")
+    for k in want:
+        if tuple(sd[k].shape) != tuple(expected[k].shape):
+            raise ValueError(f"{source}: {k} has shape {tuple(sd[k].shape)}, expected "
+                             f"{tuple(expected[k].shape)}")
+    sd = collections.OrderedDict(sd)
+    for k in expected:  # the 472-key form: fill the counters explicitly, then load strictly
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = torch.zeros((), dtype=torch.long)
+    return sd
+
+
+def load_inception(weights=None, device="cpu", dims=2048, download=True):
+    """The FID Inception, eval mode, channels-last, on device.
+
+    weights: a .pth file, None (torch hub cache, else download) or "random" (tests only: the
+    model is marked comparable=False and every score computed with it says so).
+    Attributes set for the provenance record: weights_name, weights_sha256, comparable.
+    """
+    with torch.device("meta"):  # parameters come from the state dict (assign=True): no init
+        model = FIDInception3(dims)
+    if weights == "random":
+        sd, name, digest, comparable = _random_state_dict_cached(), "random", "random", False
+    else:
+        path = resolve_weights(weights, download=download)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which and why, on one line
+            raise ValueError(f"{path}: cannot read as a torch state dict ({e})") from None
+        name, digest, comparable = os.path.basename(path), sha256_file(path), True
+    sd = {k: v.float() if v.is_floating_point() else v
+          for k, v in _check_state_dict(sd, name).items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.weights_name, model.weights_sha256, model.comparable = name, digest, comparable
+    return model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Images -> features
+
+
+def list_images(folder):
+    """Image files directly in folder, with pytorch-fid's (lower-case) extensions, sorted."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: not a folder")
+    names = sorted(n for n in os.listdir(folder)
+                   if "." in n and not n.startswith(".")
+                   and n.rpartition(".")[2] in IMAGE_EXTENSIONS
+                   and os.path.isfile(os.path.join(folder, n)))
+    return [os.path.join(folder, n) for n in names]
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decodes one file to uint8 [3, H, W] (PIL, any mode -> RGB); None for unreadable files."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.files[i]) as im:
+                arr = np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+            return i, torch.from_numpy(arr.copy()).permute(2, 0, 1), None
+        except Exception as e:  # PIL raises many types for damaged files
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate_by_size(items):
+    """Group a batch by image size so mixed-size folders work (pytorch-fid needs one size)."""
+    groups, bad = {}, []
+    for i, img, err in items:
+        if img is None:
+            bad.append((i, err))
+        else:
+            groups.setdefault(tuple(img.shape), []).append((i, img))
+    return [(torch.tensor([i for i, _ in g]), torch.stack([im for _, im in g]))
+            for g in groups.values()], bad
+
+
+def _thumbnails(x):
+    """[B, 3, H, W] in [0, 1] -> uint8 [B, 3, 64, 64] (antialiased bilinear), for pixel L2."""
+    t = F.interpolate(x, size=(THUMB_SIZE, THUMB_SIZE), mode="bilinear", align_corners=False,
+                      antialias=True)
+    return (t * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu()
+
+
+def default_num_workers():
+    """One decoding worker per two cores (decoding is cheap next to the network), at most 4."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cpus or 1) // 2))
+
+
+@torch.inference_mode()
+def _features_of_batch(model, x, device):
+    """x: uint8 or float [B, 3, H, W] -> float32 numpy [B, dims] (float x in [0, 1])."""
+    x = x.to(device)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)  # torchvision ToTensor's arithmetic
+    return model(x).float().cpu().numpy()
+
+
+def folder_features(folder, model, batch_size=50, device=None, num_workers=None, thumbs=False,
+                    cache_dir=None, progress=False):
+    """Inception features of every readable image in folder (non-recursive).
+
+    Returns dict: features float32 [N, dims], files (names kept), file_types {ext: count},
+    skipped (names), and thumbs uint8 [N, 3, 64, 64] when thumbs=True.
+    Unreadable files are skipped with a warning naming them; no readable image, or a single one,
+    is a ValueError. With cache_dir the result is cached under a key of the files' names, sizes
+    and mtimes, the weights' sha256, dims and the pipeline version.
+    """
+    device = device or next(model.parameters()).device
+    files = list_images(folder)
+    if not files:
+        raise ValueError(f"{folder}: no image files (looked for *.{', *.'.join(IMAGE_EXTENSIONS)})")
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = _cache_path(cache_dir, folder, files, model, thumbs)
+        if os.path.isfile(cache_path):
+            return _load_cached(cache_path)
+    dims = model.dims
+    feats = np.zeros((len(files), dims), np.float32)
+    thumb_arr = np.zeros((len(files), 3, THUMB_SIZE, THUMB_SIZE), np.uint8) if thumbs else None
+    ok = np.zeros(len(files), bool)
+    skipped = []
+    batch_size = max(1, min(batch_size, len(files)))
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(_ImageFiles(files), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate_by_size)
+    done = 0
+    for groups, bad in loader:
+        for i, err in bad:
+            warnings.warn(f"skipping unreadable image {files[i]} ({err})")
+            skipped.append(os.path.basename(files[i]))
+        for idx, x in groups:
+            if thumbs:
+                thumb_arr[idx.numpy()] = _thumbnails(x.float().div(255)).numpy()
+            feats[idx.numpy()] = _features_of_batch(model, x, device)
+            ok[idx.numpy()] = True
+        done += len(bad) + sum(len(i) for i, _ in groups)
+        if progress:
+            print(f"\r{folder}: {done}/{len(files)} images", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    n_ok = int(ok.sum())
+    if n_ok == 0:
+        raise ValueError(f"{folder}: no readable image among {len(files)} files")
+    if n_ok < 2:
+        raise ValueError(f"{folder}: only {n_ok} readable image; FID needs at least 2 "
+                         f"(the covariance is undefined)")
+    kept = [f for f, k in zip(files, ok) if k]
+    out = {"features": feats[ok], "files": [os.path.basename(f) for f in kept],
+           "file_types": dict(collections.Counter(f.rpartition(".")[2] for f in kept)),
+           "skipped": skipped}
+    if thumbs:
+        out["thumbs"] = thumb_arr[ok]
+    if cache_path is not None:
+        _save_cached(cache_path, out)
+    return out
+
+
+def quantize_images(x):
+    """Generated images in [-1, 1] -> [0, 1] floats that a PNG round trip would give.
+
+    floor((x + 1) * 127.5 + 0.5) clamped to [0, 255] (round half up, as torchvision's save_image
+    and NVlabs' (x * 127.5 + 128).clamp(0, 255).to(uint8)), then / 255: generated and real
+    images reach the network through the same values.
+    """
+    return torch.floor((x.float() + 1) * 127.5 + 0.5).clamp_(0, 255).div_(255)
+
+
+def generator_features(gen_fn, n, model, batch_size=50, device=None, thumbs=False):
+    """Features of n images drawn from gen_fn(b) -> float [b, 3, H, W] in [-1, 1] (any device).
+
+    Returns dict: features float32 [n, dims] and thumbs uint8 [n, 3, 64, 64] when thumbs=True.
+    """
+    device = device or next(model.parameters()).device
+    feats, th, have = [], [], 0
+    while have < n:
+        b = min(batch_size, n - have)
+        with torch.no_grad():
+            img = gen_fn(b)
+        if not torch.is_tensor(img) or img.ndim != 4 or img.shape[1] != 3 or img.shape[0] < 1:
+            raise ValueError(f"gen_fn({b}) must return a [B, 3, H, W] tensor, got "
+                             f"{getattr(img, 'shape', type(img))}")
+        x = quantize_images(img[: n - have].to(device))
+        feats.append(_features_of_batch(model, x, device))
+        if thumbs:
+            th.append(_thumbnails(x).numpy())
+        have += x.shape[0]
+    out = {"features": np.concatenate(feats)}
+    if thumbs:
+        out["thumbs"] = np.concatenate(th)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Statistics and cache
+
+
+def statistics(features):
+    """(mu, sigma) of [N, d] features, float64: mean and np.cov (N - 1), as pytorch-fid."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"statistics need [N >= 2, d] features, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _atomic_savez(path, **arrays):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _info_arrays(info):
+    return {} if info is None else {"weights_info": np.array(json.dumps(info))}
+
+
+def save_statistics(path, mu, sigma, n=None, info=None):
+    """pytorch-fid compatible .npz (mu, sigma); n and weights_info(model) added when given
+    (pytorch-fid ignores extra keys). Written atomically."""
+    extra = {} if n is None else {"n": np.int64(n)}
+    _atomic_savez(path, mu=mu, sigma=sigma, **extra, **_info_arrays(info))
+
+
+def save_features(path, feats, info=None):
+    """Features .npz: features [N, d] float32, files, file types, and mu, sigma (so pytorch-fid
+    reads it as statistics). Written atomically."""
+    mu, sigma = statistics(feats["features"])
+    _atomic_savez(path, features=feats["features"], mu=mu, sigma=sigma,
+                  n=np.int64(len(feats["features"])), files=np.array(feats.get("files", [])),
+                  file_types=np.array(json.dumps(feats.get("file_types", {}))),
+                  **_info_arrays(info))
+
+
+def load_npz(path):
+    """A stats .npz (mu, sigma; pytorch-fid's format) or a features .npz; returns a dict."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            d = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read as .npz ({e})") from None
+    if "features" in d:
+        d["features"] = d["features"].astype(np.float32)
+        if "mu" not in d or "sigma" not in d:
+            d["mu"], d["sigma"] = statistics(d["features"])
+    if "mu" not in d or "sigma" not in d:
+        raise ValueError(f"{path}: needs keys mu and sigma (or features), has {sorted(d)}")
+    if d["mu"].ndim != 1 or d["sigma"].shape != (len(d["mu"]),) * 2:
+        raise ValueError(f"{path}: mu {d['mu'].shape} and sigma {d['sigma'].shape} do not match")
+    for k in ("file_types", "weights_info"):
+        if k in d:
+            d[k] = json.loads(str(d[k]))
+    if "files" in d:
+        d["files"] = [str(s) for s in d["files"]]
+    return d
+
+
+def _cache_path(cache_dir, folder, files, model, thumbs):
+    h = hashlib.sha256()
+    h.update(f"v{CACHE_VERSION} dims={model.dims} thumbs={thumbs} "
+             f"weights={getattr(model, 'weights_sha256', '?')}\n".encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.basename(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base = os.path.basename(os.path.normpath(os.path.abspath(folder))) or "root"
+    return os.path.join(cache_dir, f"{base}-{h.hexdigest()[:20]}.npz")
+
+
+def _save_cached(path, out):
+    arrays = {"features": out["features"], "files": np.array(out["files"]),
+              "file_types": np.array(json.dumps(out["file_types"])),
+              "skipped": np.array(out["skipped"], dtype=str)}
+    if "thumbs" in out:
+        arrays["thumbs"] = out["thumbs"]
+    _atomic_savez(path, **arrays)
+
+
+def _load_cached(path):
+    with np.load(path, allow_pickle=False) as f:
+        out = {"features": f["features"], "files": [str(s) for s in f["files"]],
+               "file_types": json.loads(str(f["file_types"])),
+               "skipped": [str(s) for s in f["skipped"]], "cache_file": path}
+        if "thumbs" in f.files:
+            out["thumbs"] = f["thumbs"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Distances
+
+
+def _check_gaussian(mu, sigma, name):
+    mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
+    sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{name}: mu must be [d] and sigma [d, d], got {mu.shape} and "
+                         f"{sigma.shape}")
+    return mu, sigma
+
+
+def trace_sqrt_product_sqrtm(sigma1, sigma2):
+    """tr sqrtm(S1 S2) exactly as pytorch-fid: scipy sqrtm; eps offset if not finite; imag check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sqrtm warns on singular products; pytorch-fid disp=False
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            warnings.warn(f"fid calculation produces singular product; adding {EPS_SQRTM} to "
+                          f"diagonal of cov estimates")
+            offset = np.eye(sigma1.shape[0]) * EPS_SQRTM
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAG_ATOL):
+            raise ValueError(f"Imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def trace_sqrt_product_eigh(sigma1, sigma2, tol=1e-8):
+    """tr sqrtm(S1 S2) for symmetric PSD S1, S2 through two symmetric eigendecompositions.
+
+    S1 = V diag(w) V^T, L = V diag(sqrt w): S1 S2 = (L L^T) S2 is similar to M = L^T S2 L, which is
+    symmetric PSD, so the eigenvalues of S1 S2 are those of M (>= 0) and tr sqrtm(S1 S2) =
+    sum sqrt(eig M). Returns None when the inputs are not symmetric PSD to tolerance tol
+    (relative), so the caller falls back to the general sqrtm.
+    """
+    for s in (sigma1, sigma2):
+        scale = np.abs(s).max()
+        if not np.isfinite(s).all() or np.abs(s - s.T).max() > tol * max(scale, 1e-300):
+            return None
+    w, v = np.linalg.eigh(sigma1)
+    if w.min() < -tol * max(w.max(), 1e-300):
+        return None
+    L = v * np.sqrt(np.clip(w, 0, None))  # [d, d], S1 = L L^T
+    m = L.T @ sigma2 @ L
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    if ev.min() < -tol * max(ev.max(), 1e-300):  # S2 not PSD
+        return None
+    return float(np.sqrt(np.clip(ev, 0, None)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, method="auto"):
+    """FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrtm(S1 S2)   (Heusel et al. 2017, Eq. 6).
+
+    method "auto": the symmetric-eigendecomposition path (about 5-10x faster than scipy's sqrtm at
+    2048-d, equal to pytorch-fid's value to 1e-6 relative on real, ill-conditioned and singular
+    covariances), falling back to pytorch-fid's sqrtm path when the covariances are not
+    symmetric PSD; "sqrtm": pytorch-fid's path always; "eigh": never fall back.
+    """
+    mu1, sigma1 = _check_gaussian(mu1, sigma1, "first")
+    mu2, sigma2 = _check_gaussian(mu2, sigma2, "second")
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
+    if method not in ("auto", "eigh", "sqrtm"):
+        raise ValueError(f"method must be auto, eigh or sqrtm, got {method!r}")
+    tr_covmean = None
+    if method in ("auto", "eigh"):
+        tr_covmean = trace_sqrt_product_eigh(sigma1, sigma2)
+        if tr_covmean is None and method == "eigh":
+            raise ValueError("covariances are not symmetric positive semi-definite")
+    if tr_covmean is None:
+        tr_covmean = trace_sqrt_product_sqrtm(sigma1, sigma2)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def kid_subsets(n_a, n_b, subsets, subset_size, seed=0):
+    """The subsets KID uses: m = min(subset_size, n_a, n_b); for each subset, first
+    rng.choice(n_a, m, replace=False) then rng.choice(n_b, m, replace=False), with
+    rng = np.random.default_rng(seed). Yields (index_a, index_b)."""
+    m = min(subset_size, n_a, n_b)
+    rng = np.random.default_rng(seed)
+    for _ in range(subsets):
+        yield rng.choice(n_a, m, replace=False), rng.choice(n_b, m, replace=False)
+
+
+def _kernel_sums(x, y=None):
+    """Cubic polynomial kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al. 2018, Sec. 4).
+
+    x, y: float64 tensors [m, d]. Returns the sum over i != j of k(x_i, x_j) when y is None,
+    else the sum over all i, j of k(x_i, y_j), as a Python float."""
+    d = x.shape[1]
+    if y is None:
+        k = (x @ x.T / d + 1) ** 3  # [m, m]
+        return float(k.sum() - k.diagonal().sum())
+    return float(((x @ y.T / d + 1) ** 3).sum())  # [m, m] summed
+
+
+def kid(feats_a, feats_b, subsets=100, subset_size=1000, seed=0):
+    """Kernel Inception Distance: mean and std (ddof 0) over subsets of the unbiased MMD^2,
+
+        MMD^2 = (sum_{i!=j} k(x_i, x_j) + sum_{i!=j} k(y_i, y_j)) / (m (m - 1))
+                - 2 sum_{i,j} k(x_i, y_j) / m^2,
+
+    for subsets X, Y of m = min(subset_size, N_a, N_b) features each (see kid_subsets). Sums in
+    float64; a side used whole (m = its size) has its self-kernel sum computed once.
+    """
+    a, b = np.asarray(feats_a), np.asarray(feats_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"kid needs [N, d] features with the same d, got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) < 2 or subsets < 1:
+        raise ValueError(f"kid needs at least 2 features per side and 1 subset, got {len(a)}, "
+                         f"{len(b)} and subsets={subsets}")
+    m = min(subset_size, len(a), len(b))
+    rows = lambda f, i: torch.from_numpy(np.asarray(f[i], dtype=np.float64))  # noqa: E731
+    whole = {}  # self-kernel sums of a side used whole: the sum does not depend on the order
+    if m == len(a):
+        whole["a"] = _kernel_sums(rows(a, slice(None)))
+    if m == len(b):
+        whole["b"] = _kernel_sums(rows(b, slice(None)))
+    mmd = np.empty(subsets)
+    for s, (ia, ib) in enumerate(kid_subsets(len(a), len(b), subsets, subset_size, seed)):
+        x, y = rows(a, ia), rows(b, ib)  # [m, d] float64 (torch matmul: faster BLAS here)
+        kxx = whole["a"] if "a" in whole else _kernel_sums(x)
+        kyy = whole["b"] if "b" in whole else _kernel_sums(y)
+        mmd[s] = (kxx + kyy) / (m * (m - 1)) - 2 * _kernel_sums(x, y) / m ** 2
+    return float(mmd.mean()), float(mmd.std())
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Memorization check: nearest training image of each generated image
+
+
+def _unit_rows(f):
+    f = np.asarray(f, dtype=np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def _flat(thumbs):
+    return np.asarray(thumbs, dtype=np.float64).reshape(len(thumbs), -1) / 255.0
+
+
+def _nearest_rows(q, r, metric, exclude_self=False, block=1024):
+    """For each row of q: (index, distance) of its nearest row of r, blockwise.
+
+    metric "cosine": q, r unit rows, distance 1 - cos; "l2": Euclidean distance.
+    exclude_self: q is r, and i == j pairs are skipped (nearest *other* row)."""
+    idx = np.zeros(len(q), np.int64)
+    dist = np.zeros(len(q))
+    r2 = (r * r).sum(1) if metric == "l2" else None
+    for s in range(0, len(q), block):
+        qb = q[s:s + block]
+        if metric == "cosine":
+            d = 1.0 - qb @ r.T
+        else:
+            d = np.sqrt(np.maximum((qb * qb).sum(1)[:, None] + r2[None] - 2 * qb @ r.T, 0))
+        if exclude_self:
+            d[np.arange(len(qb)), np.arange(s, s + len(qb))] = np.inf
+        idx[s:s + block] = d.argmin(1)
+        dist[s:s + block] = d[np.arange(len(qb)), idx[s:s + block]]
+    return idx, dist
+
+
+def train_thresholds(train_feats, train_thumbs):
+    """The closest pair of distinct training images: (min cosine distance of pool3 features,
+    min L2 distance of 64x64 pixels in [0, 1]). A generated image nearer than that is a copy."""
+    if len(train_feats) < 2:
+        raise ValueError("the memorization check needs at least 2 training images")
+    tf = _unit_rows(train_feats)
+    _, dc = _nearest_rows(tf, tf, "cosine", exclude_self=True)
+    tp = _flat(train_thumbs)
+    _, dp = _nearest_rows(tp, tp, "l2", exclude_self=True)
+    return float(dc.min()), float(dp.min())
+
+
+def nearest(gen_feats, gen_thumbs, train_feats, train_thumbs, thresholds=None):
+    """Nearest training image of every generated one, by pool3 cosine distance and 64px L2.
+
+    A copy lies closer to a training image than the closest pair of distinct training images,
+    by both measures. One measure alone flags about 2 / (N_train + 1) of truly new images by
+    chance (a minimum over N_train distances against one over N_train^2 / 2 pairs); requiring
+    both keeps chance flags rare while exact and lightly perturbed copies pass both.
+    Returns dict of arrays (length N_gen): feat_index, feat_dist, pixel_index, pixel_dist,
+    copy_feat, copy_pixel, copy (both); and thresholds (feature, pixel).
+    """
+    thr = thresholds or train_thresholds(train_feats, train_thumbs)
+    fi, fd = _nearest_rows(_unit_rows(gen_feats), _unit_rows(train_feats), "cosine")
+    pi, pd = _nearest_rows(_flat(gen_thumbs), _flat(train_thumbs), "l2")
+    cf, cp = fd < thr[0], pd < thr[1]
+    return {"feat_index": fi, "feat_dist": fd, "pixel_index": pi, "pixel_dist": pd,
+            "copy_feat": cf, "copy_pixel": cp, "copy": cf & cp, "thresholds": thr}
+
+
+def nearest_grid(gen_thumbs, train_thumbs, pairs, pad=2):
+    """PIL image: one row per (gen_index, train_index) pair, generated left, training right."""
+    t = THUMB_SIZE
+    grid = np.full((pad + len(pairs) * (t + pad), 2 * t + 3 * pad, 3), 255, np.uint8)
+    for row, (g, r) in enumerate(pairs):
+        y = pad + row * (t + pad)
+        grid[y:y + t, pad:pad + t] = np.asarray(gen_thumbs[g]).transpose(1, 2, 0)
+        grid[y:y + t, 2 * pad + t:2 * pad + 2 * t] = np.asarray(train_thumbs[r]).transpose(1, 2, 0)
+    return Image.fromarray(grid)
+
+
+def write_nearest(out_dir, result, gen_names, train_names, gen_thumbs, train_thumbs, top=16):
+    """nearest.csv (every generated image) and nearest.png (the `top` closest pairs by pool3
+    cosine distance). Returns the one-line summary."""
+    import csv
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "nearest.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["generated", "nearest_train_feature", "feature_cosine_distance",
+                    "nearest_train_pixel", "pixel_l2_64", "copy"])
+        for g in range(len(gen_names)):
+            w.writerow([gen_names[g], train_names[result["feat_index"][g]],
+                        f"{result['feat_dist'][g]:.6g}", train_names[result["pixel_index"][g]],
+                        f"{result['pixel_dist'][g]:.6g}", int(result["copy"][g])])
+    order = np.argsort(result["feat_dist"], kind="stable")[:top]
+    pairs = [(int(g), int(result["feat_index"][g])) for g in order]
+    nearest_grid(gen_thumbs, train_thumbs, pairs).save(os.path.join(out_dir, "nearest.png"))
+    n_copy = int(result["copy"].sum())
+    return (f"copies: {n_copy} of {len(gen_names)} generated images lie closer to a training "
+            f"image than the closest pair of training images, by pool3 cosine and 64px L2 "
+            f"(by one measure: {int(result['copy_feat'].sum())} and "
+            f"{int(result['copy_pixel'].sum())})")
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Provenance
+
+
+def git_commit():
+    """calm-gan's git commit (with '-dirty' when the tree has changes), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+RANDOM_WEIGHTS_LABEL = "random (test weights: not comparable with any published FID)"
+
+
+def weights_info(model):
+    """What identifies the features a model computes: weights file name, sha256, dims."""
+    return {"weights": model.weights_name if model.comparable else RANDOM_WEIGHTS_LABEL,
+            "weights_sha256": model.weights_sha256, "comparable": bool(model.comparable),
+            "dims": model.dims}
+
+
+def provenance(info, counts, file_types, device, kid_settings=None):
+    """The record kept with every score (--json, fid.csv header). info: weights_info(model)."""
+    return {
+        "tool": "calm-gan ops.fid (pytorch-fid 0.3.0 network and formulas)",
+        "comparable": info["comparable"],
+        "weights": info["weights"],
+        "weights_sha256": info["weights_sha256"],
+        "counts": counts,
+        "dims": info["dims"],
+        "resize": RESIZE_METHOD,
+        "generated_images": QUANTIZE_METHOD,
+        "file_types": file_types,
+        "device": str(device),
+        "covariance": "np.cov (N - 1), float64",
+        "kid": kid_settings,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+    }
+
+
+def small_sample_warning(counts, dims):
+    """One warning when any side has fewer images than the feature dimension; returns its text."""
+    small = {k: v for k, v in counts.items() if v is not None and v < dims}
+    if not small:
+        return None
+    sides = ", ".join(f"{k}: {v}" for k, v in small.items())
+    text = (f"fewer images than the {dims} feature dimensions ({sides}): the covariance is "
+            f"singular and FID is biased upwards by the sample count; compare KID instead")
+    warnings.warn(text)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Evaluator: what training scripts call
+
+
+class Evaluator:
+    """FID, KID and the copy count of a generator against a folder of real images.
+
+    The real side's features (and 64px thumbnails for the copy check) are computed once, cached in
+    cache_dir under a content key, and reused by every evaluate() call.
+
+    real_folder: training images; inception: weights file, None (hub cache, else download) or
+    "random" (tests only); n_gen: generated images per evaluation (default: as many as real);
+    kid: compute KID (else kid_mean/kid_std are nan). Raises InceptionWeightsMissing.
+    """
+
+    def __init__(self, real_folder, inception=None, device="cpu", batch_size=50, cache_dir=None,
+                 n_gen=None, kid=True, dims=2048, num_workers=None, kid_subsets=100,
+                 kid_subset_size=1000):
+        self.model = load_inception(inception, device, dims)
+        self.device, self.batch_size, self.kid = device, batch_size, kid
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        real = folder_features(real_folder, self.model, batch_size, device, num_workers,
+                               thumbs=True, cache_dir=cache_dir)
+        self.real_feats, self.real_thumbs, self.real_files = (real["features"], real["thumbs"],
+                                                              real["files"])
+        self.mu, self.sigma = statistics(self.real_feats)
+        self.thresholds = train_thresholds(self.real_feats, self.real_thumbs)
+        self.n_gen = n_gen or len(self.real_feats)
+        self.provenance = provenance(
+            weights_info(self.model), {"real": len(self.real_feats), "generated": self.n_gen},
+            {"real": real["file_types"], "generated": "tensor from the generator"}, device,
+            {"subsets": kid_subsets, "subset_size": kid_subset_size, "seed": 0} if kid else None)
+        self.provenance["real_folder"] = os.path.basename(os.path.normpath(real_folder))
+        self.provenance["warning"] = small_sample_warning(self.provenance["counts"], dims)
+
+    def evaluate(self, gen_fn, n_gen=None):
+        """gen_fn(b) -> float [b, 3, H, W] in [-1, 1] on any device. Returns
+        {"fid", "kid_mean", "kid_std", "copies", "n_real", "n_gen"}."""
+        n = n_gen or self.n_gen
+        if n < 2:
+            raise ValueError(f"n_gen must be at least 2, got {n}")
+        gen = generator_features(gen_fn, n, self.model, self.batch_size, self.device,
+                                 thumbs=True)
+        mu, sigma = statistics(gen["features"])
+        km, ks = (kid(self.real_feats, gen["features"], self.kid_subsets, self.kid_subset_size)
+                  if self.kid else (float("nan"), float("nan")))
+        near = nearest(gen["features"], gen["thumbs"], self.real_feats, self.real_thumbs,
+                       self.thresholds)
+        return {"fid": frechet_distance(self.mu, self.sigma, mu, sigma), "kid_mean": km,
+                "kid_std": ks, "copies": int(near["copy"].sum()), "n_real": len(self.real_feats),
+                "n_gen": n}
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. CLI (pytorch-fid's shape)
+
+
+def _common_args(p):
+    p.add_argument("--inception", default=None,
+                   help=f"weights file ({FID_WEIGHTS_NAME}); default: torch hub cache, else "
+                        f"download; 'random' for smoke tests only (not comparable)")
+    p.add_argument("--batch-size", type=int, default=50, help="batch size (pytorch-fid: 50)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help=f"decoding workers (default here: {default_num_workers()})")
+    p.add_argument("--dims", type=int, default=2048, choices=DIMS_CHOICES,
+                   help="feature dimension (pytorch-fid: 2048 = pool3)")
+    p.add_argument("--cache-dir", default=None, help="cache folder features here, by content")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m ops.fid", description=(
+        "FID (and KID) between two folders of images or .npz files, as pytorch-fid computes it. "
+        "Memorization check: python -m ops.fid nearest GENERATED TRAIN --out DIR."))
+    p.add_argument("path", nargs=2, help="two folders or .npz files (stats or features); with "
+                                         "--save-stats/--save-features: FOLDER OUT.npz")
+    _common_args(p)
+    p.add_argument("--save-stats", action="store_true",
+                   help="write mu and sigma of the folder (first path) to the .npz (second path)")
+    p.add_argument("--save-features", action="store_true",
+                   help="write the features (plus mu, sigma) of the folder to the .npz")
+    p.add_argument("--kid", action="store_true", help="also print KID: <mean> +- <std>")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="KID subset size (default 1000, capped at the smaller side)")
+    p.add_argument("--json", default=None, help="write the scores and their provenance here")
+    return p
+
+
+def build_nearest_parser():
+    p = argparse.ArgumentParser(prog="python -m ops.fid nearest", description=(
+        "For each generated image, its nearest training image by pool3 cosine distance and by "
+        "64x64 pixel L2; writes nearest.csv, nearest.png and counts the copies."))
+    p.add_argument("generated", help="folder of generated images")
+    p.add_argument("train", help="folder of training images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--top", type=int, default=16, help="pairs shown in nearest.png (default 16)")
+    _common_args(p)
+    return p
+
+
+def _side(path, get_model, args):
+    """Features/stats of one CLI argument: folder, stats .npz or features .npz."""
+    if path.endswith(".npz") and os.path.isfile(path):
+        d = load_npz(path)
+        n = len(d["features"]) if "features" in d else (int(d["n"]) if "n" in d else None)
+        if d["mu"].shape[0] != args.dims:
+            raise ValueError(f"{path}: statistics have {d['mu'].shape[0]} dims, expected "
+                             f"{args.dims} (--dims)")
+        info = d.get("weights_info") or {"weights": "unknown (statistics file)",
+                                         "weights_sha256": None, "comparable": None,
+                                         "dims": args.dims}
+        return {"mu": d["mu"], "sigma": d["sigma"], "features": d.get("features"), "n": n,
+                "file_types": d.get("file_types", "npz"), "info": info}
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: neither a folder nor an .npz file")
+    model = get_model()
+    f = folder_features(path, model, args.batch_size, args.device, args.num_workers,
+                        cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    mu, sigma = statistics(f["features"])
+    return {"mu": mu, "sigma": sigma, "features": f["features"], "n": len(f["features"]),
+            "file_types": f["file_types"], "info": weights_info(model)}
+
+
+def fid(args):
+    """The pytorch-fid style command: two sides -> [KID line] -> FID line (last)."""
+    models = []
+
+    def get_model():  # loaded only when a folder is read: two .npz files need no network
+        if not models:
+            models.append(load_inception(args.inception, args.device, args.dims))
+            if not models[0].comparable:
+                print("note: random Inception weights: numbers not comparable with any FID")
+        return models[0]
+
+    if args.save_stats or args.save_features:
+        folder, out = args.path
+        if os.path.exists(out):
+            raise ValueError(f"{out}: already exists; refusing to overwrite")
+        model = get_model()
+        f = folder_features(folder, model, args.batch_size, args.device, args.num_workers,
+                            cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+        if args.save_features:
+            save_features(out, f, weights_info(model))
+        else:
+            save_statistics(out, *statistics(f["features"]), n=len(f["features"]),
+                            info=weights_info(model))
+        print(f"saved {'features' if args.save_features else 'statistics'} of "
+              f"{len(f['features'])} images to {out}")
+        return None
+    a, b = (_side(p, get_model, args) for p in args.path)
+    sha = [s["info"]["weights_sha256"] for s in (a, b)]
+    if None not in sha and sha[0] != sha[1]:
+        warnings.warn(f"{args.path[0]} and {args.path[1]} come from different Inception weights "
+                      f"({sha[0][:12]} vs {sha[1][:12]}): their distance means nothing")
+    if False in (a["info"]["comparable"], b["info"]["comparable"]) and not models:
+        print("note: random Inception weights: numbers not comparable with any FID")
+    counts = {"a": a["n"], "b": b["n"]}
+    kid_settings = None
+    result = {}
+    warning = small_sample_warning(counts, args.dims)
+    if args.kid:
+        for p, s in zip(args.path, (a, b)):
+            if s["features"] is None:
+                raise ValueError(f"{p}: has only mu and sigma; KID needs features "
+                                 f"(save them with --save-features)")
+        kid_settings = {"subsets": args.kid_subsets, "subset_size": args.kid_subset_size,
+                        "seed": 0}
+        result["kid_mean"], result["kid_std"] = kid(a["features"], b["features"],
+                                                    args.kid_subsets, args.kid_subset_size)
+        print(f"KID: {result['kid_mean']:.6g} ± {result['kid_std']:.6g}")
+    result["fid"] = frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+    if args.json:
+        info = b["info"] if a["info"]["weights_sha256"] is None else a["info"]
+        rec = provenance(info, counts, {"a": a["file_types"], "b": b["file_types"]},
+                         args.device if models else "n/a (both sides from .npz)", kid_settings)
+        rec.update(paths=[os.path.basename(os.path.normpath(p)) for p in args.path],
+                   warning=warning, **result)
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".json.part")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(rec, fh, indent=2)
+        os.replace(tmp, args.json)
+    print(f"FID: {result['fid']}")
+    return result
+
+
+def nearest_cmd(args):
+    model = load_inception(args.inception, args.device, args.dims)
+    if not model.comparable:
+        print("note: random Inception weights: feature distances are not meaningful")
+    sides = [folder_features(p, model, args.batch_size, args.device, args.num_workers,
+                             thumbs=True, cache_dir=args.cache_dir)
+             for p in (args.generated, args.train)]
+    gen, train = sides
+    result = nearest(gen["features"], gen["thumbs"], train["features"], train["thumbs"])
+    line = write_nearest(args.out, result, gen["files"], train["files"], gen["thumbs"],
+                         train["thumbs"], args.top)
+    print(line)
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["nearest"]:
+            return nearest_cmd(build_nearest_parser().parse_args(argv[1:]))
+        return fid(build_parser().parse_args(argv))
+    except (ValueError, InceptionWeightsMissing) as e:
+        raise SystemExit(f"ops.fid: error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
