@@ -104,6 +104,50 @@ class StyleGAN2Explorer:
         return img
 
 
+class StyleGANv1Explorer:
+    """A StyleGAN v1 generator (02_stylegan_freezed.StyledGenerator) at one resolution.
+
+    rosinality's v1 synthesis takes one style per progressive block (both AdaINs of a block read it),
+    so the style slots here are the step + 1 blocks (7 at 256 px). SeFa stacks both AdaIN affine
+    weights of each selected block ([2C, dim] each: scale rows then shift rows, as genforce's layer
+    pairs). v1 checkpoints store no noise maps: 'const' noise is drawn once from a fixed seed.
+    """
+
+    family = "stylegan"
+
+    def __init__(self, g, size, device="cpu"):
+        self.sg1 = load_script("02_stylegan_freezed")
+        self.g = g.eval().to(device)
+        self.device = device
+        self.size = size
+        self.step = self.sg1.size_to_step(size)
+        self.style_dim = g.code_dim
+        self.n_latent = self.step + 1
+        self.w_avg = mean_w(self.mapping, self.style_dim, device)
+        self.const_noise = [n.to(device) for n in self.sg1.seed_noise(g, 0, self.step, "random")]
+
+    @torch.no_grad()
+    def mapping(self, z):
+        return self.g.style(z)
+
+    def style_weights(self, layers):
+        blocks = self.g.generator.progression
+        return [(s, torch.cat([blocks[s].adain1.style.linear.weight_orig.detach(),
+                               blocks[s].adain2.style.linear.weight_orig.detach()], 0))
+                for s in layers if s < self.n_latent]
+
+    @torch.no_grad()
+    def synthesize(self, ws, noise_mode="const"):
+        b = ws.shape[0]
+        if noise_mode == "const":
+            noise = [n.expand(b, -1, -1, -1) for n in self.const_noise]
+        else:
+            noise = self.g.make_noise(b, self.step, self.device)
+            if noise_mode == "none":
+                noise = [torch.zeros_like(n) for n in noise]
+        return self.g.generator([ws[:, i] for i in range(self.n_latent)], noise, self.step)
+
+
 def mean_w(mapping, style_dim, device):
     """w_avg: mean of M(z) over W_AVG_SAMPLES latents from a fixed seed -> [1, style_dim]."""
     z = torch.from_numpy(np.random.RandomState(W_AVG_SEED).randn(W_AVG_SAMPLES, style_dim)).float()
@@ -115,27 +159,25 @@ def load_script(name):
     return importlib.import_module(name)
 
 
-def load_explorer(path, device="cpu"):
-    """Any checkpoint 03 (StyleGAN2) or 02 (StyleGAN v1) can load -> an explorer object."""
+def load_explorer(path, device="cpu", size=None):
+    """Any checkpoint 03 (StyleGAN2) or 02 (StyleGAN v1) can load -> an explorer object.
+    `size` matters only for StyleGAN v1 files, which hold every resolution up to 1024."""
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path}: no such checkpoint file")
     sg2 = load_script("03_stylegan2_ada")
     try:
         g, latent_avg = sg2.load_generator(path, device=device)
         return StyleGAN2Explorer(g, latent_avg)
-    except (Exception, SystemExit) as err_sg2:  # not a StyleGAN2 checkpoint: try StyleGAN v1
-        try:
-            sg1 = load_script("02_stylegan_freezed")
-        except ImportError:
-            raise SystemExit(f"error: {path}: {err_sg2}") from None
-        loader = getattr(sg1, "load_explorer_generator", None)
-        if loader is None:
-            raise SystemExit(f"error: {path}: {err_sg2}") from None
-        try:
-            return loader(path, device=device)
-        except (Exception, SystemExit) as err_sg1:
-            raise SystemExit(f"error: {path}: neither a StyleGAN2 checkpoint ({err_sg2}) "
-                             f"nor a StyleGAN v1 one ({err_sg1})") from None
+    except (Exception, SystemExit) as err:  # not a StyleGAN2 checkpoint: try StyleGAN v1
+        err_sg2 = str(err).splitlines()[0] if str(err) else type(err).__name__
+    sg1 = load_script("02_stylegan_freezed")
+    try:
+        g, ckpt = sg1.load_sampling_generator(path, device)
+    except (Exception, SystemExit) as err:
+        raise SystemExit(f"error: {path}: neither a StyleGAN2 checkpoint ({err_sg2}) "
+                         f"nor a StyleGAN v1 one ({str(err).splitlines()[0]})") from None
+    trained = ckpt.get("args", {}).get("size") if isinstance(ckpt.get("args"), dict) else None
+    return StyleGANv1Explorer(g, size or trained or 256, device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,7 +383,7 @@ def edit_frames(explorer, direction, seed, degrees, layers, truncation=1.0, top=
 
 
 def run_edit(args):
-    explorer = load_explorer(args.ckpt, args.device)
+    explorer = load_explorer(args.ckpt, args.device, args.size)
     d = load_directions(args.dirs)
     if not 0 <= args.index < len(d["directions"]):
         raise SystemExit(f"error: {args.dirs}: --index {args.index} outside 0..{len(d['directions']) - 1}")
@@ -361,7 +403,7 @@ def run_edit(args):
 
 
 def run_directions(args):
-    explorer = load_explorer(args.ckpt, args.device)
+    explorer = load_explorer(args.ckpt, args.device, args.size)
     layers = parse_range(args.layers, explorer.n_latent)
     if args.cmd == "sefa":
         weights = explorer.style_weights(layers)
@@ -413,7 +455,7 @@ def mix_figure(explorer, rows, cols, truncation=1.0, noise_mode="const"):
 
 
 def run_mix(args):
-    explorer = load_explorer(args.ckpt, args.device)
+    explorer = load_explorer(args.ckpt, args.device, args.size)
     sheet = mix_figure(explorer, parse_range(args.rows), parse_range(args.cols), args.truncation, args.noise_mode)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     sheet.save(args.out)
@@ -476,7 +518,7 @@ def build_ui(explorer, dirs=None, n_sliders=8):
 
 
 def run_ui(args):
-    explorer = load_explorer(args.ckpt, args.device)
+    explorer = load_explorer(args.ckpt, args.device, args.size)
     dirs = load_directions(args.dirs) if args.dirs else None
     demo = build_ui(explorer, dirs, args.sliders)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
@@ -494,6 +536,8 @@ def build_parser():
     def common(sp):
         sp.add_argument("--ckpt", required=True, help="generator checkpoint (02 or 03 loadable)")
         sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        sp.add_argument("--size", type=int, default=None,
+                        help="StyleGAN v1 only: resolution to run at (default: the trained one, else 256)")
 
     g = sub.add_parser("ganspace", help="PCA directions of W (GANSpace)")
     common(g)

@@ -158,3 +158,20 @@ def test_ui_request_returns_image(tiny_ckpt, tmp_path):
         assert img.size == (16, 16)
     finally:
         demo.close()
+
+
+def test_stylegan_v1_checkpoint_sefa_and_edit(tmp_path):
+    sg1 = load_script("02_stylegan_freezed")
+    torch.manual_seed(2)
+    g = sg1.StyledGenerator(code_dim=32, n_mlp=2, channels=sg1.scaled_channels(16))
+    path = str(tmp_path / "v1.pt")
+    sg1.save_checkpoint(path, {"g_running": g.state_dict(), "args": {"size": 16}})
+    e = lx.load_explorer(path)
+    assert e.family == "stylegan" and e.n_latent == 3 and e.size == 16  # blocks 4, 8, 16 px
+    weights = e.style_weights(range(e.n_latent))
+    assert [w.shape for _, w in weights] == [torch.Size([64, 32])] * 3  # adain1 + adain2 rows (2C each)
+    d = lx.sefa([w for _, w in weights])
+    frames = lx.edit_frames(e, d["directions"][0], 1, [0.0, 4.0], [0, 1, 2])
+    base = e.synthesize(lx.styles_for(e, lx.seed_w(e, 1)))
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(lx.to_pil(base[0])))
+    assert frames[0].size == (16, 16) and not np.array_equal(np.asarray(frames[0]), np.asarray(frames[1]))
