@@ -37,7 +37,8 @@ Outputs (DATA/):
     00000.png ...       square RGB crops at --size
     index.csv           file,page,x0,y0,x1,y1,label,crop_x0,crop_y0,crop_side
     dataset.json        count, size and how the set was made
-    contact_sheet.png   a numbered grid of all crops
+    overview/contact_sheet.png   a numbered grid of all crops (in a sub-folder, so that training
+                        and FID, which read the images directly in DATA, never count it as a face)
     Crops are written first, index.csv is rewritten atomically after every page, so a run that
     stops half-way leaves a consistent, usable folder.
 Importable (tests and later scripts load this file with importlib):
@@ -550,6 +551,9 @@ def write_atomic(path, write, text=False):
         raise
 
 
+SHEET_NAME = os.path.join("overview", "contact_sheet.png")  # kept out of the image folder itself
+
+
 def save_png(img, path):
     write_atomic(path, lambda f: img.save(f, format="PNG"))
 
@@ -573,7 +577,7 @@ def prepare_out_dir(out_dir, overwrite):
     """Create the output folder; refuse an existing non-empty one unless overwrite.
 
     With overwrite, only files this script writes are removed (numbered crops, index.csv,
-    dataset.json, contact_sheet.png); anything else in the folder is left alone.
+    dataset.json, overview/contact_sheet.png); anything else in the folder is left alone.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise PrepareError(f"{out_dir}: exists and is not a folder")
@@ -582,8 +586,11 @@ def prepare_out_dir(out_dir, overwrite):
             raise PrepareError(f"{out_dir}: output folder exists and is not empty "
                                f"(pass --overwrite to replace its crops)")
         for name in os.listdir(out_dir):
-            if _CROP_NAME.match(name) or name in ("index.csv", "dataset.json", "contact_sheet.png"):
+            if _CROP_NAME.match(name) or name in ("index.csv", "dataset.json"):
                 os.unlink(os.path.join(out_dir, name))
+        sheet = os.path.join(out_dir, SHEET_NAME)
+        if os.path.isfile(sheet):
+            os.unlink(sheet)
     os.makedirs(out_dir, exist_ok=True)
 
 
@@ -856,8 +863,8 @@ def write_demo(out_dir, n, size=256, seed=0, overwrite=False):
                {"count": n, "size": size, "source": "demo",
                 "made_by": "01_prepare_data.py demo", "seed": seed,
                 "description": "procedural black-and-white line-art cartoon faces"})
-    save_png(make_contact_sheet(images, thumb=min(size, CONTACT_THUMB)),
-             os.path.join(out_dir, "contact_sheet.png"))
+    os.makedirs(os.path.join(out_dir, os.path.dirname(SHEET_NAME)), exist_ok=True)
+    save_png(make_contact_sheet(images, thumb=min(size, CONTACT_THUMB)), os.path.join(out_dir, SHEET_NAME))
     return n
 
 
@@ -886,7 +893,7 @@ def pick_device(name):
 
 
 def prepare(args):
-    """Cut, pad and resize every box; write crops, index.csv, dataset.json, contact_sheet.png."""
+    """Cut, pad and resize every box; write crops, index.csv, dataset.json, overview/contact_sheet.png."""
     if not os.path.isdir(args.pages):
         raise PrepareError(f"{args.pages}: pages folder not found")
     boxes = read_boxes(args.boxes)
@@ -952,8 +959,8 @@ def prepare(args):
             "dedupe": args.dedupe, "dropped_duplicates": len(duplicates),
             "skipped_pages": skipped}
     write_json(os.path.join(args.out, "dataset.json"), info)
-    save_png(make_contact_sheet(thumbs, thumb=min(args.size, CONTACT_THUMB)),
-             os.path.join(args.out, "contact_sheet.png"))
+    os.makedirs(os.path.join(args.out, os.path.dirname(SHEET_NAME)), exist_ok=True)
+    save_png(make_contact_sheet(thumbs, thumb=min(args.size, CONTACT_THUMB)), os.path.join(args.out, SHEET_NAME))
     print(f"wrote {len(rows)} crops of {args.size}x{args.size} to {args.out} "
           f"in {time.time() - t0:.1f}s ({args.upscaler})")
     return info

@@ -207,10 +207,9 @@ def test_index_and_dataset_json(tmp_path, page_dir):
     info = json.loads((out / "dataset.json").read_text())
     assert info["count"] == 2 and info["size"] == 24 and info["upscaler"] == "lanczos"
     assert info["margin"] == 0.5 and info["source"] == "pages"
-    sheet = Image.open(out / "contact_sheet.png")
+    sheet = Image.open(out / "overview" / "contact_sheet.png")
     assert sheet.width >= 2 * 24 and sheet.height > 24
-    assert sorted(os.listdir(out)) == ["00000.png", "00001.png", "contact_sheet.png",
-                                       "dataset.json", "index.csv"]
+    assert sorted(os.listdir(out)) == ["00000.png", "00001.png", "dataset.json", "index.csv", "overview"]
 
 
 def test_json_boxes_are_accepted(tmp_path, page_dir):
@@ -297,7 +296,8 @@ def test_write_demo_and_cli_flag_form(tmp_path):
     prep.main(["demo", "--n", "6", "--out", str(tmp_path / "e"), "--size", "32", "--seed", "1"])
     for name in ("d", "e"):
         files = sorted(os.listdir(tmp_path / name))
-        assert files == [f"{i:05d}.png" for i in range(6)] + ["contact_sheet.png", "dataset.json", "index.csv"]
+        assert files == [f"{i:05d}.png" for i in range(6)] + ["dataset.json", "index.csv", "overview"]
+        assert os.listdir(tmp_path / name / "overview") == ["contact_sheet.png"]
     info = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert info["count"] == 6 and info["size"] == 32 and info["seed"] == 1 and info["source"] == "demo"
     assert (tmp_path / "d" / "00005.png").read_bytes() == (tmp_path / "e" / "00005.png").read_bytes()

@@ -1,0 +1,1353 @@
+"""StyleGAN (v1) fine-tuned from FFHQ with FreezeD: training, FID curve, sampling, style mixing.
+
+Papers
+- T. Karras, S. Laine, T. Aila, "A Style-Based Generator Architecture for Generative Adversarial
+  Networks", CVPR 2019, arXiv:1812.04948 (StyleGAN).
+- T. Karras, T. Aila, S. Laine, J. Lehtinen, "Progressive Growing of GANs for Improved Quality,
+  Stability, and Variation", ICLR 2018, arXiv:1710.10196 (progressive growing, equalized lr,
+  minibatch stddev).
+- S. Mo, M. Cho, J. Shin, "Freeze the Discriminator: a Simple Baseline for Fine-Tuning GANs",
+  CVPRW 2020, arXiv:2002.10964 (FreezeD).
+- L. Mescheder, A. Geiger, S. Nowozin, "Which Training Methods for GANs do actually Converge?",
+  ICML 2018, arXiv:1801.04406 (R1 penalty).
+
+What this file implements
+- The style-based generator (8-layer mapping network, learned constant, AdaIN, per-block noise,
+  progressive blocks 4..1024 px with fade-in) and the progressive discriminator, with the module
+  and parameter names of rosinality/style-based-gan-pytorch `model.py` (also used unchanged by
+  sangwoomo/FreezeD `stylegan/model.py`). Its released checkpoints (`stylegan-256px-new.model`,
+  `stylegan-1024px-new.model`: a dict {generator, discriminator, g_optimizer, d_optimizer,
+  g_running}) and bare EMA files (a g_running state dict) load with strict=True.
+- Fine-tuning from such a checkpoint at a fixed resolution (alpha = 1, sangwoomo/FreezeD
+  `stylegan/finetune.py`) with the FreezeD paper's baselines as flags: plain fine-tuning,
+  FreezeD (`--freeze-d K`), feature matching against the source discriminator (`--lambda-fm`)
+  and L2-SP towards the source weights (`--lambda-l2-g`, `--lambda-l2-d`).
+- Progressive training from scratch without `--ckpt` (rosinality `train.py` phases).
+- Losses: non-saturating logistic + R1 (gamma 10, every step) or WGAN-GP; mixing regularization.
+- Left out: FreezeD's MineGAN, supervised (GLO/AdaBIGGAN) and AdaIN-only variants.
+
+How `--freeze-d K` maps to FreezeD's numbering
+    K = number of discriminator blocks frozen, counted from the image (input) side; `from_rgb` is
+    frozen with them. At resolution 2**(step + 2) the discriminator runs step + 1 blocks
+    (`progression.{8-step}` ... `progression.8`), and FreezeD's `--feature_loc` (= the number of
+    trainable blocks, counted from the 4x4 end) is
+        feature_loc = step + 1 - K       (256 px: step 6, feature_loc = 7 - K).
+    FreezeD's README example `--freeze_D --feature_loc 3` at 256 px is `--freeze-d 4`: frozen
+    from_rgb.*, progression.2..5 (256 -> 16 px), trainable progression.6, 7, 8 and `linear`.
+    K = 0 trains the whole discriminator (plain fine-tuning). Freezing is requires_grad=False only,
+    as in FreezeD: Adam still holds every parameter but a parameter without a gradient is skipped.
+
+Run
+    # FreezeD fine-tuning of the FFHQ 256 px checkpoint (FreezeD README: --mixing --loss r1 --sched)
+    python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/freezed \\
+        --ckpt stylegan-256px-new.model --freeze-d 4 --mixing --loss r1 --sched --iter 50000
+    # the same with the preset (fills --freeze-d 4 --mixing --loss r1 --sched)
+    python 02_stylegan_freezed.py train --data DIR --out runs/freezed --ckpt stylegan-256px-new.model --preset freezed
+    # the baselines: plain fine-tuning / feature matching / L2-SP (the weights are free choices here:
+    # FreezeD's code defaults them to 0 and its README gives none)
+    python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/ft --ckpt FILE --mixing --sched
+    python 02_stylegan_freezed.py train ... --ckpt FILE --lambda-fm 1.0
+    python 02_stylegan_freezed.py train ... --ckpt FILE --lambda-l2-g 1.0 --lambda-l2-d 1.0
+    # resume (restores networks, EMA, optimizers, data order, RNG and step)
+    python 02_stylegan_freezed.py train --out runs/freezed --resume --iter 50000
+    # progressive training from scratch (rosinality train.py, FFHQ recipe)
+    python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/scratch --mixing --loss r1 --sched
+    # sampling and the style-mixing figure (paper Fig. 3)
+    python 02_stylegan_freezed.py generate --ckpt runs/freezed/checkpoint.pt --size 256 --seeds 0-7 --out out/
+    python 02_stylegan_freezed.py mix --ckpt FILE --size 256 --rows 1-3 --cols 4-8 --out mix.png
+    # tiny CPU demo
+    python 01_prepare_data.py --demo 32 --out demo_out/data --size 32
+    python 02_stylegan_freezed.py train --data demo_out/data --size 32 --out demo_out/run \\
+        --channel-max 32 --code-dim 32 --iter 200 --batch 4 --fid-every 0
+
+Run folder: `checkpoint.pt` (atomic, resumable; Ctrl-C finishes the step and saves), `samples/NNNNNN.png`
+(EMA generator, fixed latents and noise), `log.jsonl`, and with FID on, `fid.csv` and `fid.png`: FID and
+KID of the EMA generator against the training folder every `--fid-every` steps (FreezeD: 1000, 5000
+samples, from step 0), through `ops.fid` (pytorch-fid Inception, eval mode; FreezeD's own numbers were
+computed with Inception left in train mode, so they are not directly comparable).
+
+Map of this file: constants -> equalized-lr layers, blur, fused resampling -> AdaIN, noise,
+StyledConvBlock -> Generator / StyledGenerator -> ConvBlock / Discriminator -> checkpoint I/O ->
+data -> losses and regularizers -> FreezeD freezing -> train(args) -> generate / mix -> CLI.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
+    from ops import fid as fid_ops
+except ImportError:
+    fid_ops = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Constants (rosinality train.py / sangwoomo FreezeD finetune.py)
+# ----------------------------------------------------------------------------------------------
+CHANNELS = (512, 512, 512, 512, 256, 128, 64, 32, 16)  # generator block outputs at 4, 8, ..., 1024 px
+N_BLOCKS = len(CHANNELS)  # 9: every checkpoint holds all resolutions up to 1024
+FUSED_FROM = 5  # G blocks 5..8 (128 px and up) use FusedUpsample; D blocks 0..3 FusedDownsample
+CODE_DIM = 512
+N_MLP = 8
+LRELU = 0.2
+SCHED_LR = {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}  # --sched, 0.001 elsewhere
+SCHED_BATCH_PROGRESSIVE = {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 32, 256: 32}  # default 32
+SCHED_BATCH_FINETUNE = {4: 128, 8: 64, 16: 32, 32: 16, 64: 8, 128: 8, 256: 8}  # default 8
+MAPPING_LR_MULT = 0.01  # mapping network learns 100x slower (paper Sec. C.1 / rosinality 'mult')
+EMA_DECAY = 0.999
+MIXING_PROB = 0.9  # style mixing regularization probability (paper Sec. 3.1)
+R1_GAMMA = 10.0  # R1 weight gamma; the penalty is gamma/2 * E||grad D(x)||^2
+GP_LAMBDA = 10.0  # WGAN-GP weight
+DRIFT = 0.001  # WGAN-GP drift term epsilon_drift (ProGAN Sec. A.1)
+TRUNC_ROUNDS, TRUNC_BATCH = 10, 1024  # mean W over 10 x 1024 samples (rosinality generate.py)
+MIX_LEVELS = (("coarse", 0, 1), ("middle", 2, 3), ("fine", 4, N_BLOCKS - 1))  # blocks 4-8, 16-32, 64+ px
+
+PRESETS = {  # the FreezeD paper's rows that need no extra weights (--preset fills unset flags)
+    "finetune": dict(freeze_d=0, mixing=True, loss="r1", sched=True),
+    "freezed": dict(freeze_d=4, mixing=True, loss="r1", sched=True),  # FreezeD README: feature_loc 3
+}
+
+
+def scaled_channels(channel_max=512):
+    """Channel widths of the 9 generator blocks capped at channel_max (512 = the released model)."""
+    return tuple(min(c, channel_max) for c in CHANNELS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Equalized learning rate layers (ProGAN Sec. 4.1): weights stored as N(0, 1) in `weight_orig`,
+# scaled at run time by the He constant sqrt(2 / fan_in).
+# ----------------------------------------------------------------------------------------------
+class ScaledConv2d(nn.Module):
+    """Conv2d whose weight is weight_orig * sqrt(2 / (in * k * k)); the bias is not scaled."""
+
+    def __init__(self, in_channel, out_channel, kernel_size, padding=0):
+        super().__init__()
+        self.weight_orig = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channel))
+        self.scale = math.sqrt(2 / (in_channel * kernel_size * kernel_size))
+        self.padding = padding
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight_orig * self.scale, self.bias, padding=self.padding)
+
+
+class ScaledLinear(nn.Module):
+    """Linear whose weight is weight_orig * sqrt(2 / in)."""
+
+    def __init__(self, in_dim, out_dim):
+        super().__init__()
+        self.weight_orig = nn.Parameter(torch.randn(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.scale = math.sqrt(2 / in_dim)
+
+    def forward(self, x):
+        return F.linear(x, self.weight_orig * self.scale, self.bias)
+
+
+class EqualConv2d(nn.Module):
+    """Equalized-lr conv, keys `conv.weight_orig` [out, in, k, k] and `conv.bias` [out]."""
+
+    def __init__(self, in_channel, out_channel, kernel_size, padding=0):
+        super().__init__()
+        self.conv = ScaledConv2d(in_channel, out_channel, kernel_size, padding)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class EqualLinear(nn.Module):
+    """Equalized-lr linear, keys `linear.weight_orig` [out, in] and `linear.bias` [out]."""
+
+    def __init__(self, in_dim, out_dim):
+        super().__init__()
+        self.linear = ScaledLinear(in_dim, out_dim)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class PixelNorm(nn.Module):
+    """z / sqrt(mean(z^2) + 1e-8) over the channel axis (ProGAN Sec. 4.2), before the mapping MLP."""
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class Blur(nn.Module):
+    """Depthwise 3x3 binomial filter [1,2,1]^T [1,2,1] / 16 after upsampling / before downsampling
+    (StyleGAN Sec. 2, "bilinear" resampling). Buffers `weight` and `weight_flip` [C, 1, 3, 3] are
+    saved in the checkpoints (the port uses the flipped copy in its hand-written backward; autograd
+    gives the same gradient here, since the kernel is symmetric)."""
+
+    def __init__(self, channel):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = torch.outer(k, k) / 16.0
+        self.register_buffer("weight", k.expand(channel, 1, 3, 3).clone())
+        self.register_buffer("weight_flip", torch.flip(k, [0, 1]).expand(channel, 1, 3, 3).clone())
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, padding=1, groups=x.shape[1])
+
+
+def _box_filtered_kernel(weight):
+    """3x3 kernel -> 4x4 kernel = 2x2 box average of the zero-padded kernel (the port's fused
+    resampling). A stride-2 conv with it equals the 3x3 conv then 2x2 average pooling; a stride-2
+    transposed conv equals nearest 2x upsampling then the 3x3 conv, times 1/4 (box average, not sum:
+    the port's convention, kept so its weights give its images)."""
+    return F.avg_pool2d(F.pad(weight, [1, 1, 1, 1]), 2, stride=1)  # [a, b, 5, 5] -> [a, b, 4, 4]
+
+
+class FusedUpsample(nn.Module):
+    """Nearest 2x upsample + equalized 3x3 conv (scaled by 1/4) as one transposed conv. Raw
+    parameters (no `_orig`): `weight` [in, out, 3, 3] (transposed-conv layout), `bias` [out]."""
+
+    def __init__(self, in_channel, out_channel, kernel_size=3, padding=1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(in_channel, out_channel, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channel))
+        self.scale = math.sqrt(2 / (in_channel * kernel_size * kernel_size))
+        self.padding = padding
+
+    def forward(self, x):
+        w = _box_filtered_kernel(self.weight * self.scale)
+        return F.conv_transpose2d(x, w, self.bias, stride=2, padding=self.padding)  # H -> 2H
+
+
+class FusedDownsample(nn.Module):
+    """Equalized 3x3 conv + 2x2 average pooling as one stride-2 conv. Raw `weight` [out, in, 3, 3]."""
+
+    def __init__(self, in_channel, out_channel, kernel_size=3, padding=1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channel))
+        self.scale = math.sqrt(2 / (in_channel * kernel_size * kernel_size))
+        self.padding = padding
+
+    def forward(self, x):
+        w = _box_filtered_kernel(self.weight * self.scale)
+        return F.conv2d(x, w, self.bias, stride=2, padding=self.padding)  # H -> H/2
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator (StyleGAN Sec. 2, Fig. 1b)
+# ----------------------------------------------------------------------------------------------
+class AdaptiveInstanceNorm(nn.Module):
+    """AdaIN(x, y) = y_s * (x - mu(x)) / sigma(x) + y_b (StyleGAN Eq. 1); y = A(w) is the learned
+    affine `style` (bias initialised so that y_s = 1, y_b = 0)."""
+
+    def __init__(self, channel, style_dim):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channel)  # no affine, no running stats: no state_dict keys
+        self.style = EqualLinear(style_dim, 2 * channel)
+        with torch.no_grad():
+            self.style.linear.bias[:channel] = 1
+            self.style.linear.bias[channel:] = 0
+
+    def forward(self, x, w):
+        y = self.style(w)[:, :, None, None]  # [B, 2C, 1, 1]
+        y_s, y_b = y.chunk(2, dim=1)
+        return y_s * self.norm(x) + y_b
+
+
+class NoiseInjection(nn.Module):
+    """x + B * noise with a learned per-channel scale B (StyleGAN Sec. 2, "B" in Fig. 1b); the scale
+    is stored equalized as `weight_orig` [1, C, 1, 1], multiplier sqrt(2 / C)."""
+
+    def __init__(self, channel):
+        super().__init__()
+        self.weight_orig = nn.Parameter(torch.zeros(1, channel, 1, 1))
+        self.scale = math.sqrt(2 / channel)
+
+    def forward(self, x, noise):
+        return x + self.weight_orig * self.scale * noise  # noise [B, 1, H, W] broadcast over C
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 constant that replaces the latent input (StyleGAN Sec. 2)."""
+
+    def __init__(self, channel, size=4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch):
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConvBlock(nn.Module):
+    """One resolution of the synthesis network: [upsample +] conv, noise, lrelu, AdaIN, twice.
+    Block 0 starts from the constant; blocks 1-4 upsample (nearest) then conv then blur; blocks 5-8
+    use FusedUpsample then blur. Both halves get the same noise map."""
+
+    def __init__(self, in_channel, out_channel, style_dim, initial=False, fused=False):
+        super().__init__()
+        if initial:
+            self.conv1 = ConstantInput(in_channel)
+        elif fused:
+            self.conv1 = nn.Sequential(FusedUpsample(in_channel, out_channel, 3, padding=1),
+                                       Blur(out_channel))
+        else:
+            self.conv1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                       EqualConv2d(in_channel, out_channel, 3, padding=1),
+                                       Blur(out_channel))
+        self.noise1 = NoiseInjection(out_channel)
+        self.adain1 = AdaptiveInstanceNorm(out_channel, style_dim)
+        self.conv2 = EqualConv2d(out_channel, out_channel, 3, padding=1)
+        self.noise2 = NoiseInjection(out_channel)
+        self.adain2 = AdaptiveInstanceNorm(out_channel, style_dim)
+        self.initial = initial
+
+    def forward(self, x, w, noise):
+        """w: [B, style_dim] for both AdaINs, or a pair (w1, w2), one per AdaIN."""
+        w1, w2 = w if isinstance(w, (tuple, list)) else (w, w)
+        out = self.conv1(x.shape[0]) if self.initial else self.conv1(x)
+        out = self.adain1(F.leaky_relu(self.noise1(out, noise), LRELU), w1)
+        out = self.conv2(out)
+        out = self.adain2(F.leaky_relu(self.noise2(out, noise), LRELU), w2)
+        return out
+
+
+class Generator(nn.Module):
+    """Synthesis network g: 9 progressive blocks (4..1024 px) and their 1x1 `to_rgb` convs."""
+
+    def __init__(self, style_dim=CODE_DIM, channels=CHANNELS):
+        super().__init__()
+        assert len(channels) == N_BLOCKS, channels
+        self.progression = nn.ModuleList()
+        self.to_rgb = nn.ModuleList()
+        for i, c_out in enumerate(channels):
+            c_in = channels[i - 1] if i > 0 else c_out
+            self.progression.append(StyledConvBlock(c_in, c_out, style_dim, initial=(i == 0),
+                                                    fused=(i >= FUSED_FROM)))
+            self.to_rgb.append(EqualConv2d(c_out, 3, 1))
+
+    def forward(self, ws, noise, step, alpha=-1):
+        """ws: list of step + 1 styles [B, style_dim], one per block (or (w1, w2) pairs, one per
+        AdaIN); noise: list of [B, 1, 4*2^i,
+        4*2^i]. alpha in [0, 1) blends in the new block (ProGAN Sec. 3, Fig. 2):
+        out = (1 - alpha) * up(to_rgb[step-1](h_{step-1})) + alpha * to_rgb[step](h_step)."""
+        out = None
+        for i in range(step + 1):
+            prev = out
+            out = self.progression[i](out if i > 0 else noise[0], ws[i], noise[i])
+        img = self.to_rgb[step](out)  # [B, 3, 4*2^step, 4*2^step]
+        if step > 0 and 0 <= alpha < 1:
+            skip = F.interpolate(self.to_rgb[step - 1](prev), scale_factor=2, mode="nearest")
+            img = (1 - alpha) * skip + alpha * img
+        return img
+
+
+class StyledGenerator(nn.Module):
+    """Mapping network f (8 equalized FC layers, lr x0.01, Sec. 2) + synthesis network g.
+
+    forward(z or [z1, z2], noise=None, step, alpha, mean_style=None, style_weight=1, mixing_range):
+      - a list of two z's mixes styles (Sec. 3.1): blocks 0..k use w1 and blocks k+1.. use w2, with
+        k drawn uniformly from 0..step-1 (python `random`), unless mixing_range=(a, b) is given, in
+        which case blocks a..b use w2 and all others w1.
+      - mean_style (the mean w) and style_weight psi give truncation w' = mean + psi (w - mean) (Sec. B).
+    """
+
+    def __init__(self, code_dim=CODE_DIM, n_mlp=N_MLP, channels=CHANNELS):
+        super().__init__()
+        self.code_dim = code_dim
+        self.channels = tuple(channels)
+        self.generator = Generator(code_dim, channels)
+        layers = [PixelNorm()]
+        for _ in range(n_mlp):  # keys style.1, style.3, ..., style.15
+            layers += [EqualLinear(code_dim, code_dim), nn.LeakyReLU(LRELU)]
+        self.style = nn.Sequential(*layers)
+
+    def make_noise(self, batch, step, device="cpu", generator=None):
+        """One noise map per block (both convs of a block share it): [B, 1, 4*2^i, 4*2^i]."""
+        return [torch.randn(batch, 1, 4 * 2 ** i, 4 * 2 ** i, device=device, generator=generator)
+                for i in range(step + 1)]
+
+    def mean_style(self, z):
+        return self.style(z).mean(0, keepdim=True)  # [1, code_dim]
+
+    def forward(self, z, noise=None, step=0, alpha=-1, mean_style=None, style_weight=1.0,
+                mixing_range=(-1, -1)):
+        zs = list(z) if isinstance(z, (list, tuple)) else [z]
+        for zi in zs:
+            assert zi.ndim == 2 and zi.shape[1] == self.code_dim, f"z must be [B, {self.code_dim}]"
+        assert 0 <= step < N_BLOCKS, step
+        styles = [self.style(zi) for zi in zs]  # each [B, code_dim]
+        if mean_style is not None:
+            styles = [mean_style + style_weight * (w - mean_style) for w in styles]
+        if noise is None:
+            noise = self.make_noise(zs[0].shape[0], step, zs[0].device)
+        if len(styles) == 1:
+            ws = styles * (step + 1)
+        elif mixing_range != (-1, -1):
+            ws = [styles[1] if mixing_range[0] <= i <= mixing_range[1] else styles[0]
+                  for i in range(step + 1)]
+        elif step == 0:  # a single block: nothing to cross over
+            ws = [styles[0]]
+        else:
+            k = random.randrange(step)  # crossover after block k
+            ws = [styles[0] if i <= k else styles[1] for i in range(step + 1)]
+        return self.generator(ws, noise, step, alpha)
+
+
+# ----------------------------------------------------------------------------------------------
+# Discriminator (ProGAN Sec. 3-4, progressive, minibatch stddev)
+# ----------------------------------------------------------------------------------------------
+class ConvBlock(nn.Module):
+    """conv3x3 + lrelu, then [blur + (fused) stride-2 conv | blur + conv + avgpool | conv k2] + lrelu."""
+
+    def __init__(self, in_channel, out_channel, kernel_size=3, padding=1, kernel_size2=None,
+                 padding2=None, downsample=False, fused=False):
+        super().__init__()
+        k2 = kernel_size if kernel_size2 is None else kernel_size2
+        p2 = padding if padding2 is None else padding2
+        self.conv1 = nn.Sequential(EqualConv2d(in_channel, out_channel, kernel_size, padding),
+                                   nn.LeakyReLU(LRELU))
+        if downsample and fused:
+            self.conv2 = nn.Sequential(Blur(out_channel), FusedDownsample(out_channel, out_channel, k2, p2),
+                                       nn.LeakyReLU(LRELU))
+        elif downsample:
+            self.conv2 = nn.Sequential(Blur(out_channel), EqualConv2d(out_channel, out_channel, k2, p2),
+                                       nn.AvgPool2d(2), nn.LeakyReLU(LRELU))
+        else:
+            self.conv2 = nn.Sequential(EqualConv2d(out_channel, out_channel, k2, p2), nn.LeakyReLU(LRELU))
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
+def minibatch_stddev(x):
+    """Append one channel: the std over the batch, averaged over C, H, W (ProGAN Sec. 3)."""
+    std = torch.sqrt(x.var(0, unbiased=False) + 1e-8).mean()
+    return torch.cat([x, std.expand(x.shape[0], 1, x.shape[2], x.shape[3])], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Progressive D. Block N reads resolution 1024 / 2^N (N = 0..7, downsampling), block 8 is the
+    4x4 head after minibatch stddev; `from_rgb.N` feeds block N. At step s (2^(s+2) px) the blocks
+    8-s .. 8 run. from_rgb_activate=True (rosinality train.py default, FreezeD) names the 1x1 conv
+    `from_rgb.N.0.conv.*` and follows it with a leaky ReLU; False names it `from_rgb.N.conv.*`."""
+
+    def __init__(self, channels=CHANNELS, from_rgb_activate=True):
+        super().__init__()
+        c = tuple(reversed(channels))  # D input width per block: 16, 32, ..., 512
+        self.progression = nn.ModuleList()
+        for n in range(N_BLOCKS - 1):
+            self.progression.append(ConvBlock(c[n], c[n + 1], 3, 1, downsample=True,
+                                              fused=(n < N_BLOCKS - FUSED_FROM)))
+        self.progression.append(ConvBlock(c[-1] + 1, c[-1], 3, 1, 4, 0))  # 4x4 -> 1x1
+        self.from_rgb = nn.ModuleList(
+            [nn.Sequential(EqualConv2d(3, c[n], 1), nn.LeakyReLU(LRELU)) if from_rgb_activate
+             else EqualConv2d(3, c[n], 1) for n in range(N_BLOCKS)])
+        self.linear = EqualLinear(c[-1], 1)
+        self.from_rgb_activate = from_rgb_activate
+
+    def forward(self, x, step=0, alpha=-1, feature_blocks=None):
+        """x: [B, 3, 2^(step+2), 2^(step+2)] -> logits [B, 1]. With feature_blocks=K, returns instead
+        the activation after the first K active blocks (FreezeD's get_feature with
+        feature_loc = step + 1 - K), flattened to [B, -1]."""
+        assert x.ndim == 4 and x.shape[1] == 3 and x.shape[2] == x.shape[3] == 4 * 2 ** step, \
+            f"D at step {step} expects [B, 3, {4 * 2 ** step}, {4 * 2 ** step}], got {list(x.shape)}"
+        first = N_BLOCKS - 1 - step
+        out = self.from_rgb[first](x)
+        for n in range(first, N_BLOCKS):
+            if n == N_BLOCKS - 1:
+                out = minibatch_stddev(out)  # [B, C + 1, 4, 4]
+            out = self.progression[n](out)
+            if n == first and step > 0 and 0 <= alpha < 1:  # fade-in, after the new block
+                skip = self.from_rgb[first + 1](F.avg_pool2d(x, 2))
+                out = (1 - alpha) * skip + alpha * out
+            if feature_blocks is not None and n - first + 1 == feature_blocks:
+                return out.flatten(1)
+        return self.linear(out.flatten(1))  # [B, C, 1, 1] -> [B, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint I/O. Keys follow rosinality train.py: {generator, discriminator, g_optimizer,
+# d_optimizer, g_running}; our run files add step, args (plain dict), progress, rng, sampler,
+# fixed sample latents and, for L2-SP / FM, the source networks.
+# ----------------------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(path, ckpt):
+    """Write atomically: a half-written file never replaces a good one (temp file + os.replace)."""
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """torch.load(weights_only=True) -> dict. Accepts a train dict or a bare g_running state dict."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors of many kinds: report them in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint ({first})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict of state dicts, got {type(ckpt).__name__}")
+    if "g_running" not in ckpt and "generator" not in ckpt:
+        if any(k.startswith("generator.progression.") for k in ckpt):  # bare g_running file
+            return {"g_running": ckpt}
+        raise CheckpointError(f"{path}: no 'g_running' or 'generator' entry and not a bare StyleGAN v1 "
+                              f"generator state dict (first keys: {list(ckpt)[:3]})")
+    return ckpt
+
+
+def _strip_module(sd):
+    """DataParallel-saved state dicts carry a 'module.' prefix; the released files do not."""
+    return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def generator_arch(sd, path="checkpoint"):
+    """Read code_dim, n_mlp and the 9 block widths off a StyledGenerator state dict."""
+    try:
+        code_dim = sd["style.1.linear.weight_orig"].shape[1]
+        n_mlp = sum(1 for k in sd if k.startswith("style.") and k.endswith(".linear.weight_orig"))
+        channels = tuple(sd[f"generator.to_rgb.{i}.conv.weight_orig"].shape[1] for i in range(N_BLOCKS))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not a StyleGAN v1 generator state dict (missing key {e})") from None
+    return dict(code_dim=int(code_dim), n_mlp=int(n_mlp), channels=tuple(int(c) for c in channels))
+
+
+def discriminator_arch(sd, path="checkpoint"):
+    activate = "from_rgb.0.0.conv.weight_orig" in sd
+    key = "from_rgb.{}.0.conv.weight_orig" if activate else "from_rgb.{}.conv.weight_orig"
+    try:
+        channels = tuple(int(sd[key.format(N_BLOCKS - 1 - i)].shape[0]) for i in range(N_BLOCKS))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not a StyleGAN v1 discriminator state dict (missing key {e})") from None
+    return dict(channels=channels, from_rgb_activate=activate)
+
+
+def load_strict(module, sd, path, what):
+    """load_state_dict(strict=True) with a one-line error listing what does not match."""
+    sd = _strip_module(sd)
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {list(sd[k].shape)} != {list(own[k].shape)}" for k in own
+             if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shape (e.g. {wrong[0]})")
+        raise CheckpointError(f"{path}: '{what}' does not fit the StyleGAN v1 layout: " + "; ".join(parts))
+    module.load_state_dict(sd, strict=True)
+
+
+def build_generator_from(sd, path):
+    g = StyledGenerator(**generator_arch(_strip_module(sd), path))
+    load_strict(g, sd, path, "generator")
+    return g
+
+
+def build_discriminator_from(sd, path):
+    d = Discriminator(**discriminator_arch(_strip_module(sd), path))
+    load_strict(d, sd, path, "discriminator")
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: a folder of images, decoded once, kept as uint8, resized per resolution (LANCZOS, as
+# rosinality prepare_data.py); random horizontal flips; scaled to [-1, 1].
+# ----------------------------------------------------------------------------------------------
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+NOT_TRAINING_IMAGES = ("contact_sheet.png",)  # 01_prepare_data.py's preview grid of the crops
+
+
+class ImageFolder:
+    """The images directly in `root` (as ops.fid reads the real set) as RGB uint8 [N, 3, size, size]."""
+
+    def __init__(self, root, size):
+        if not os.path.isdir(root):
+            raise ValueError(f"{root}: data folder does not exist")
+        files = sorted(os.path.join(root, f) for f in os.listdir(root)
+                       if f.lower().endswith(IMAGE_EXTS) and f not in NOT_TRAINING_IMAGES
+                       and os.path.isfile(os.path.join(root, f)))
+        if not files:
+            raise ValueError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTS)})")
+        images, bad, resized = [], [], 0
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    if im.size != (size, size):
+                        resized += 1
+                        im = _center_crop_resize(im, size)
+                    images.append(np.asarray(im, dtype=np.uint8))
+            except Exception as e:
+                bad.append(f"{f} ({type(e).__name__})")
+        if bad:
+            print(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(bad)}", file=sys.stderr)
+        if not images:
+            raise ValueError(f"{root}: none of the {len(files)} image files could be read")
+        if resized:
+            print(f"note: {resized} of {len(images)} images in {root} were not {size}x{size}; "
+                  f"center-cropped and resized (LANCZOS)", file=sys.stderr)
+        self.root, self.size = root, size
+        self.full = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # [N, 3, S, S] uint8
+        self._cache = {size: self.full}
+
+    def __len__(self):
+        return self.full.shape[0]
+
+    def at(self, resolution):
+        """[N, 3, r, r] uint8, resized from the full size with LANCZOS once per resolution."""
+        if resolution not in self._cache:
+            arr = [np.asarray(Image.fromarray(x.permute(1, 2, 0).numpy()).resize(
+                (resolution, resolution), Image.LANCZOS)) for x in self.full]
+            self._cache[resolution] = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()
+        return self._cache[resolution]
+
+
+def _center_crop_resize(im, size):
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return im.resize((size, size), Image.LANCZOS)
+
+
+class BatchSampler:
+    """Endless shuffled epochs with its own torch.Generator, so resume continues the same order."""
+
+    def __init__(self, n, seed):
+        self.n = n
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self, data, batch):
+        """data [N, 3, r, r] uint8 -> [batch, 3, r, r] float in [-1, 1], randomly flipped."""
+        idx = []
+        while len(idx) < batch:
+            if self.pos >= self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = min(batch - len(idx), self.n - self.pos)
+            idx += self.perm[self.pos:self.pos + take].tolist()
+            self.pos += take
+        x = data[idx].float() / 127.5 - 1
+        flip = torch.rand(batch, generator=self.gen) < 0.5
+        x[flip] = x[flip].flip(3)
+        return x
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"], int(s["pos"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and regularizers
+# ----------------------------------------------------------------------------------------------
+def d_logistic_loss(real_pred, fake_pred):
+    """Non-saturating logistic D loss (GAN paper Eq. 1): softplus(-D(x)) + softplus(D(G(z)))."""
+    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def g_nonsaturating_loss(fake_pred):
+    """-log sigmoid(D(G(z))) = softplus(-D(G(z)))."""
+    return F.softplus(-fake_pred).mean()
+
+
+def d_r1_penalty(real_pred, real_img):
+    """R1 (Mescheder et al. Eq. 9): gamma/2 * E ||grad_x D(x)||^2 on real data, every step."""
+    (grad,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
+    return R1_GAMMA / 2 * grad.pow(2).flatten(1).sum(1).mean()
+
+
+def d_wgan_loss(real_pred, fake_pred):
+    """WGAN critic loss with ProGAN's drift term: -E D(x) + eps_drift E D(x)^2 + E D(G(z))."""
+    return -(real_pred.mean() - DRIFT * real_pred.pow(2).mean()) + fake_pred.mean()
+
+
+def d_gradient_penalty(d, real_img, fake_img, step, alpha):
+    """WGAN-GP (Gulrajani et al. Eq. 3): lambda E (||grad D(x_hat)||_2 - 1)^2, x_hat on the segment."""
+    eps = torch.rand(real_img.shape[0], 1, 1, 1, device=real_img.device)
+    x_hat = (eps * real_img.detach() + (1 - eps) * fake_img.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x_hat, step, alpha).sum(), x_hat, create_graph=True)
+    return GP_LAMBDA * (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def l2_sp(target, source):
+    """L2-SP (Li et al. 2018), as in FreezeD finetune.py: sum over tensors of mean((p - p_src)^2)."""
+    return sum(F.mse_loss(p, q) for p, q in zip(target.parameters(), source.parameters()))
+
+
+def feature_matching(d, d_source, real_img, step, alpha, blocks):
+    """Feature distillation (FreezeD baseline): mse between target and source D activations on real
+    images after the first `blocks` active D blocks (FreezeD's feature_loc = step + 1 - blocks)."""
+    with torch.no_grad():
+        f_src = d_source(real_img, step, alpha, feature_blocks=blocks)
+    return F.mse_loss(d(real_img, step, alpha, feature_blocks=blocks), f_src)
+
+
+def accumulate(ema, model, decay=EMA_DECAY):
+    """EMA of the parameters (not buffers), as rosinality train.py: ema = decay ema + (1 - decay) model."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, p in ema.named_parameters():
+            p.mul_(decay).add_(params[name], alpha=1 - decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# FreezeD (Mo et al. Sec. 3): freeze the discriminator's lower (input-side) blocks
+# ----------------------------------------------------------------------------------------------
+def freezed_trainable(d, step, freeze_d):
+    """Names of D parameters trained with `--freeze-d K` at `step`. K = 0: all of them. K > 0: only
+    progression.{8-step+K} .. progression.8 and linear, i.e. FreezeD's rule with
+    feature_loc = step + 1 - K (names containing progression.{8-loc} for loc < feature_loc, and
+    'linear'); from_rgb and the first K active blocks stay frozen."""
+    names = [n for n, _ in d.named_parameters()]
+    if freeze_d == 0:
+        return set(names)
+    if not 0 < freeze_d <= step + 1:
+        raise ValueError(f"--freeze-d {freeze_d}: the {4 * 2 ** step} px discriminator has {step + 1} "
+                         f"blocks, so K must be in 0..{step + 1}")
+    feature_loc = step + 1 - freeze_d
+    keep = {f"progression.{N_BLOCKS - 1 - loc}." for loc in range(feature_loc)}
+    return {n for n in names if n.startswith("linear.") or any(n.startswith(k) for k in keep)}
+
+
+def set_requires_grad(module, flag, names=None):
+    for n, p in module.named_parameters():
+        p.requires_grad_(flag if names is None or n in names else not flag)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folder: image grids, the FID curve drawn with PIL, log lines
+# ----------------------------------------------------------------------------------------------
+def to_uint8(img):
+    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8 via (x * 127.5 + 128).clamp(0, 255), truncated
+    (NVlabs generate.py; the same contract as 03_stylegan2_ada.py generate)."""
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(img, path, nrow):
+    """Tile [B, 3, H, W] images row by row, nrow images per row, into one PNG."""
+    arr = to_uint8(img)
+    b, h, w, _ = arr.shape
+    rows = math.ceil(b / nrow)
+    canvas = np.zeros((rows * h, nrow * w, 3), np.uint8)
+    for i in range(b):
+        r, c = divmod(i, nrow)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
+    Image.fromarray(canvas).save(path)
+
+
+def draw_curve(path, xs, ys, title="FID", xlabel="step"):
+    """A line plot with labelled axes in pure PIL (matplotlib is not a dependency)."""
+    width, height, left, right, top, bottom = 640, 400, 70, 20, 30, 45
+    im = Image.new("RGB", (width, height), "white")
+    dr = ImageDraw.Draw(im)
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 1, y1 + 1
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(x, y):
+        return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+
+    dr.rectangle([left, top, width - right, height - bottom], outline="black")
+    for t in range(5):  # ticks: 5 on each axis
+        xv, yv = x0 + t / 4 * (x1 - x0), y0 + t / 4 * (y1 - y0)
+        gx, _ = px(xv, y0)
+        _, gy = px(x0, yv)
+        dr.line([gx, height - bottom, gx, height - bottom + 4], fill="black")
+        dr.text((gx - 12, height - bottom + 6), f"{xv:.0f}", fill="black")
+        dr.line([left - 4, gy, left, gy], fill="black")
+        dr.text((4, gy - 6), f"{yv:.2f}", fill="black")
+    pts = [px(x, y) for x, y in zip(xs, ys)]
+    if len(pts) > 1:
+        dr.line(pts, fill=(200, 30, 30), width=2)
+    for x, y in pts:
+        dr.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(200, 30, 30))
+    dr.text((width // 2 - 20, 8), title, fill="black")
+    dr.text((width // 2 - 10, height - 18), xlabel, fill="black")
+    im.save(path)
+
+
+def read_fid_csv(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f)]
+
+
+def record_fid(out, step, result):
+    """Append one row to fid.csv and redraw fid.png from the whole file."""
+    path = os.path.join(out, "fid.csv")
+    fields = ["step", "fid", "kid_mean", "kid_std", "copies", "n_real", "n_gen"]
+    rows = [r for r in read_fid_csv(path) if int(r["step"]) < step]  # drop rows a resume replays
+    rows.append({"step": step, **{k: result.get(k, "") for k in fields[1:]}})
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    draw_curve(os.path.join(out, "fid.png"), [int(r["step"]) for r in rows], [float(r["fid"]) for r in rows])
+
+
+def make_fid_evaluator(args, device):
+    """ops.fid.Evaluator on the training folder, or None (one notice) when FID cannot run."""
+    if not args.fid_every:
+        return None
+    evaluator_cls = getattr(fid_ops, "Evaluator", None)
+    if evaluator_cls is None:
+        print("notice: ops/fid.py is not available; training without FID", file=sys.stderr)
+        return None
+    missing = getattr(fid_ops, "InceptionWeightsMissing", FileNotFoundError)
+    try:
+        return evaluator_cls(args.data, inception=args.fid_inception, device=str(device),
+                             batch_size=args.fid_batch, n_gen=args.fid_n,
+                             cache_dir=os.path.join(args.out, "fid_cache"))  # real features, once
+    except missing as e:
+        print(f"notice: FID disabled, Inception weights unavailable ({e})", file=sys.stderr)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def size_to_step(size, flag="--size"):
+    """Resolution -> progressive step: 4 px -> 0, 8 -> 1, ..., 256 -> 6, 1024 -> 8."""
+    if size < 4 or size > 4 * 2 ** (N_BLOCKS - 1) or size & (size - 1):
+        raise ValueError(f"{flag} {size}: must be a power of two between 4 and {4 * 2 ** (N_BLOCKS - 1)}")
+    return int(math.log2(size)) - 2
+
+
+def resolve_train_args(args):
+    """Fill preset and default values into a copy of the parsed flags (the parsed args stay as given)."""
+    cfg = argparse.Namespace(**vars(args))
+    for key, value in PRESETS.get(args.preset, {}).items() if args.preset else []:
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    cfg.freeze_d = cfg.freeze_d or 0
+    cfg.mixing = bool(cfg.mixing)
+    cfg.sched = bool(cfg.sched)
+    cfg.loss = cfg.loss or ("r1" if cfg.ckpt else "wgan-gp")  # FreezeD finetune.py / rosinality train.py
+    cfg.iter = 50000 if cfg.iter is None else cfg.iter
+    cfg.fm_blocks = cfg.fm_blocks or (cfg.freeze_d if cfg.freeze_d else 4)
+    if cfg.data is None or cfg.out is None:
+        raise ValueError("train needs --data DIR and --out RUN")
+    step = size_to_step(cfg.size)
+    if cfg.freeze_d and not cfg.ckpt:
+        raise ValueError(f"--freeze-d {cfg.freeze_d} needs --ckpt: FreezeD freezes a pretrained discriminator")
+    if (cfg.lambda_fm > 0 or cfg.lambda_l2_d > 0 or cfg.lambda_l2_g > 0) and not cfg.ckpt:
+        raise ValueError("--lambda-fm / --lambda-l2-g / --lambda-l2-d need --ckpt (the source networks)")
+    if cfg.ckpt and not 0 <= cfg.freeze_d <= step + 1:
+        raise ValueError(f"--freeze-d {cfg.freeze_d}: the {cfg.size} px discriminator has {step + 1} blocks, "
+                         f"so K must be in 0..{step + 1}")
+    if cfg.lambda_fm > 0 and not 1 <= cfg.fm_blocks <= step + 1:
+        raise ValueError(f"--fm-blocks {cfg.fm_blocks}: must be in 1..{step + 1} at {cfg.size} px")
+    return cfg
+
+
+def batch_for(cfg, res):
+    if cfg.batch:
+        return cfg.batch
+    if cfg.ckpt:
+        return SCHED_BATCH_FINETUNE.get(res, 8) if cfg.sched else 8
+    return SCHED_BATCH_PROGRESSIVE.get(res, 32) if cfg.sched else 32
+
+
+def lr_for(cfg, res):
+    return SCHED_LR.get(res, 0.001) if cfg.sched else cfg.lr
+
+
+def set_lr(opt, lr):
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("mult", 1)
+
+
+def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
+    """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
+    part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
+    batch, device = real.shape[0], real.device
+    if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
+        z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
+        z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
+    else:
+        z_d = torch.randn(batch, g.code_dim, device=device)
+        z_g = torch.randn(batch, g.code_dim, device=device)
+
+    # --- D step: only the FreezeD-trainable part of D receives gradients ---
+    set_requires_grad(g, False)
+    set_requires_grad(d, True, trainable_d)
+    d.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        fake = g(z_d, step=s, alpha=alpha)
+    real = real.detach().requires_grad_(cfg.loss == "r1")
+    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    if cfg.loss == "r1":
+        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), d_r1_penalty(real_pred, real)
+    else:
+        loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
+    zero = torch.zeros((), device=device)
+    fm = feature_matching(d, d_source, real, s, alpha, cfg.fm_blocks) if cfg.lambda_fm > 0 else zero
+    l2_d = l2_sp(d, d_source) if cfg.lambda_l2_d > 0 else zero
+    (loss_d + reg_d + cfg.lambda_fm * fm + cfg.lambda_l2_d * l2_d).backward()
+    d_opt.step()
+
+    # --- G step (D fully frozen), then the EMA generator ---
+    set_requires_grad(g, True)
+    set_requires_grad(d, False)
+    g.zero_grad(set_to_none=True)
+    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
+    l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
+    (loss_g + cfg.lambda_l2_g * l2_g).backward()
+    g_opt.step()
+    accumulate(g_ema, g)
+
+    stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
+    if cfg.lambda_fm > 0:
+        stats["fm"] = fm.item()
+    if cfg.lambda_l2_d > 0 or cfg.lambda_l2_g > 0:
+        stats["l2_d"], stats["l2_g"] = l2_d.item(), l2_g.item()
+    return stats
+
+
+def train(args):
+    """Fine-tune (with --ckpt) or train progressively; see the module docstring for the commands."""
+    ckpt_path = os.path.join(args.out, "checkpoint.pt") if args.out else None
+    resume = None
+    if args.resume:
+        if ckpt_path is None or not os.path.isfile(ckpt_path):
+            raise ValueError(f"{ckpt_path}: nothing to resume (no checkpoint.pt in --out)")
+        resume = load_checkpoint(ckpt_path)
+        if "args" not in resume or "step" not in resume:
+            raise CheckpointError(f"{ckpt_path}: not a run checkpoint of this script (no 'step'/'args')")
+        cfg = argparse.Namespace(**resume["args"])  # the run's own settings, except these:
+        cfg.out, cfg.quiet = args.out, args.quiet
+        cfg.iter = args.iter if args.iter is not None else cfg.iter
+        cfg.device = args.device or cfg.device
+    else:
+        cfg = resolve_train_args(args)
+    if getattr(args, "dry_run", False):
+        print(json.dumps(vars(cfg), indent=1))
+        return None
+    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    max_step = size_to_step(cfg.size)
+    data = ImageFolder(cfg.data, cfg.size)
+    finetune = cfg.ckpt is not None
+
+    # --- networks: from the source checkpoint, from our own run checkpoint, or new ---
+    g_source = d_source = None
+    if resume is not None:
+        arch = resume["arch"]
+        g = StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
+        d = Discriminator(arch["channels"], arch["from_rgb_activate"])
+        g_ema = StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
+        load_strict(g, resume["generator"], ckpt_path, "generator")
+        load_strict(d, resume["discriminator"], ckpt_path, "discriminator")
+        load_strict(g_ema, resume["g_running"], ckpt_path, "g_running")
+        if "g_source" in resume:
+            g_source = build_generator_from(resume["g_source"], ckpt_path)
+        if "d_source" in resume:
+            d_source = build_discriminator_from(resume["d_source"], ckpt_path)
+    elif finetune:
+        src = load_checkpoint(cfg.ckpt)
+        g_sd = src.get("generator", src.get("g_running"))
+        g = build_generator_from(g_sd, cfg.ckpt)
+        g_ema = build_generator_from(src.get("g_running", g_sd), cfg.ckpt)
+        if "discriminator" in src:
+            d = build_discriminator_from(src["discriminator"], cfg.ckpt)
+        else:
+            print(f"note: {cfg.ckpt} holds no discriminator; D starts from random weights", file=sys.stderr)
+            d = Discriminator(g.channels)
+        if cfg.lambda_l2_g > 0:
+            g_source = build_generator_from(g_sd, cfg.ckpt)
+        if cfg.lambda_fm > 0 or cfg.lambda_l2_d > 0:
+            d_source = build_discriminator_from(d.state_dict(), cfg.ckpt)
+    else:
+        channels = scaled_channels(cfg.channel_max)
+        g = StyledGenerator(cfg.code_dim, N_MLP, channels)
+        d = Discriminator(channels, from_rgb_activate=True)
+        g_ema = StyledGenerator(cfg.code_dim, N_MLP, channels)
+        g_ema.load_state_dict(g.state_dict())
+    arch = dict(code_dim=g.code_dim, n_mlp=len(g.style) // 2, channels=list(g.channels),
+                from_rgb_activate=d.from_rgb_activate)
+    g, d, g_ema = g.to(device), d.to(device), g_ema.eval().to(device)
+    for net in (g_source, d_source):
+        if net is not None:
+            net.to(device).eval().requires_grad_(False)
+
+    g_opt = torch.optim.Adam(g.generator.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    g_opt.add_param_group({"params": g.style.parameters(), "lr": cfg.lr * MAPPING_LR_MULT,
+                           "mult": MAPPING_LR_MULT})
+    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    sampler = BatchSampler(len(data), cfg.seed)
+    sample_z = torch.randn(cfg.n_sample, g.code_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    progress = {"step": max_step if finetune else size_to_step(min(cfg.init_size, cfg.size), "--init-size"),
+                "used_sample": 0}
+    init_step = progress["step"]
+    it = 0
+    if resume is not None:  # restore everything the loop reads, RNG last
+        g_opt.load_state_dict(resume["g_optimizer"])
+        d_opt.load_state_dict(resume["d_optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        progress = dict(resume["progress"])
+        init_step = int(resume["init_step"])
+        it = int(resume["step"])
+        sample_z = resume["sample_z"]
+        rng = resume["rng"]
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        print(f"resumed {ckpt_path} at step {it}", file=sys.stderr)
+
+    def checkpoint():
+        state = {"generator": g.state_dict(), "discriminator": d.state_dict(),
+                 "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
+                 "g_running": g_ema.state_dict(), "step": it, "args": vars(cfg), "arch": arch,
+                 "progress": dict(progress), "init_step": init_step, "sampler": sampler.state_dict(),
+                 "sample_z": sample_z,
+                 "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())}}
+        if device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(device)
+        if g_source is not None:
+            state["g_source"] = g_source.state_dict()
+        if d_source is not None:
+            state["d_source"] = d_source.state_dict()
+        save_checkpoint(ckpt_path, state)
+
+    def current_alpha():
+        if finetune or progress["step"] == init_step:
+            return 1.0  # nothing to fade from
+        return min(1.0, (progress["used_sample"] + 1) / cfg.phase)
+
+    @torch.no_grad()
+    def write_samples():
+        s = progress["step"]
+        noise = g_ema.make_noise(len(sample_z), s, "cpu", torch.Generator().manual_seed(cfg.seed + 2))
+        img = g_ema(sample_z.to(device), [n.to(device) for n in noise], step=s, alpha=current_alpha())
+        save_grid(img, os.path.join(cfg.out, "samples", f"{it:06d}.png"), nrow=int(math.ceil(len(img) ** 0.5)))
+
+    evaluator = make_fid_evaluator(cfg, device)
+
+    def run_fid():
+        s, a = progress["step"], current_alpha()
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)  # same latents at every evaluation
+
+        @torch.no_grad()
+        def gen_fn(batch):
+            z = torch.randn(batch, g_ema.code_dim, device=device, generator=gen)
+            return g_ema(z, g_ema.make_noise(batch, s, device, gen), step=s, alpha=a).clamp(-1, 1)
+
+        result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
+        record_fid(cfg.out, it, result)
+        return result
+
+    if evaluator is not None and it == 0:
+        print(f"FID at step 0: {run_fid()['fid']:.2f}", file=sys.stderr)
+
+    log_path = os.path.join(cfg.out, "log.jsonl")
+    if resume is not None and os.path.isfile(log_path):  # drop lines written after the checkpoint
+        with open(log_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= it]
+        with open(log_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(log_path + ".tmp", log_path)
+    log = open(log_path, "a")
+    pbar = tqdm(total=cfg.iter, initial=it, dynamic_ncols=True, disable=cfg.quiet)
+    trainable_d, trainable_step = None, None
+    t0 = time.time()
+    stop = []
+
+    def on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, stop; twice: abort
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        pbar.write("Ctrl-C: saving after this step (press again to abort without saving)")
+
+    try:
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: no handler, Ctrl-C aborts
+        previous_handler = None
+    try:
+        while it < cfg.iter and not stop:
+            # --- progressive growing (rosinality train.py): fade in for `phase` images, then stabilise ---
+            if not finetune and progress["used_sample"] > 2 * cfg.phase and progress["step"] < max_step:
+                progress["step"] += 1
+                progress["used_sample"] = 0
+            s = progress["step"]
+            res = 4 * 2 ** s
+            alpha = current_alpha()
+            batch = batch_for(cfg, res)
+            set_lr(g_opt, lr_for(cfg, res))
+            set_lr(d_opt, lr_for(cfg, res))
+            if trainable_step != s:
+                trainable_d, trainable_step = freezed_trainable(d, s, cfg.freeze_d), s
+
+            real = sampler.next(data.at(res), batch).to(device)  # [B, 3, res, res] in [-1, 1]
+            progress["used_sample"] += batch
+            stats = train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source, d_source)
+            it += 1
+
+            # --- bookkeeping ---
+            stats = {"step": it, "res": res, "alpha": round(alpha, 5), **stats}
+            pbar.update(1)
+            pbar.set_postfix(res=res, D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
+            if it % cfg.log_every == 0 or it == cfg.iter:
+                stats["sec"] = round(time.time() - t0, 2)
+                log.write(json.dumps(stats) + "\n")
+                log.flush()
+            if cfg.sample_every and (it % cfg.sample_every == 0 or it == cfg.iter):
+                write_samples()
+            if evaluator is not None and it % cfg.fid_every == 0:
+                result = run_fid()
+                log.write(json.dumps({"step": it, "fid": result["fid"]}) + "\n")
+                pbar.write(f"step {it}: FID {result['fid']:.2f}")
+            if cfg.ckpt_every and it % cfg.ckpt_every == 0:
+                checkpoint()
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+        pbar.close()
+        log.close()
+    checkpoint()
+    if stop:
+        print(f"interrupted at step {it}; saved {ckpt_path} (continue with --resume)", file=sys.stderr)
+    return ckpt_path
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and the style-mixing figure
+# ----------------------------------------------------------------------------------------------
+def parse_seeds(text):
+    """'0-7' -> [0..7]; '1,5,9-11' -> [1, 5, 9, 10, 11]."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-", 1)
+                seeds += list(range(int(a), int(b) + 1))
+            elif part.strip():
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"seeds {text!r}: expected a list like 0-7 or 1,5,9-11") from None
+    if not seeds:
+        raise ValueError(f"seeds {text!r}: no seed given")
+    return seeds
+
+
+def load_sampling_generator(path, device):
+    """The EMA generator (g_running) of a checkpoint, else its `generator`."""
+    ckpt = load_checkpoint(path)
+    sd = ckpt["g_running"] if "g_running" in ckpt else ckpt["generator"]
+    return build_generator_from(sd, path).eval().to(device), ckpt
+
+
+def seed_z(seed, code_dim):
+    """z = np.random.RandomState(seed).randn(1, code_dim) (the same latents as 03's generate)."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, code_dim)).float()
+
+
+def seed_noise(g, seed, step, mode, batch=1):
+    """Per-block noise maps: drawn from torch.Generator().manual_seed(seed) ('random') or zeros ('none')."""
+    noise = g.make_noise(batch, step, "cpu", torch.Generator().manual_seed(seed))
+    return [torch.zeros_like(n) for n in noise] if mode == "none" else noise
+
+
+def mean_w(g, device):
+    """Mean of W over 10 x 1024 z's (rosinality generate.py), from a fixed torch generator."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return sum(g.mean_style(torch.randn(TRUNC_BATCH, g.code_dim, generator=gen).to(device))
+                   for _ in range(TRUNC_ROUNDS)) / TRUNC_ROUNDS
+
+
+def _check_size(args, ckpt, path):
+    step = size_to_step(args.size)
+    trained = ckpt.get("args", {}).get("size") if isinstance(ckpt.get("args"), dict) else None
+    if trained and args.size > trained:
+        print(f"note: {path} was trained up to {trained} px; blocks above that are untrained", file=sys.stderr)
+    return step
+
+
+@torch.no_grad()
+def generate(args):
+    """One PNG per seed, `seed0000.png`, ..., from the EMA generator at --size."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    g, ckpt = load_sampling_generator(args.ckpt, device)
+    step = _check_size(args, ckpt, args.ckpt)
+    seeds = parse_seeds(args.seeds)
+    os.makedirs(args.out, exist_ok=True)
+    mean = mean_w(g, device) if args.truncation != 1 else None
+    paths = []
+    for seed in seeds:
+        z = seed_z(seed, g.code_dim).to(device)
+        noise = [n.to(device) for n in seed_noise(g, seed, step, args.noise_mode)]
+        img = g(z, noise, step=step, alpha=1, mean_style=mean, style_weight=args.truncation)  # [1, 3, S, S]
+        path = os.path.join(args.out, f"seed{seed:04d}.png")
+        Image.fromarray(to_uint8(img)[0]).save(path)
+        paths.append(path)
+    print(f"wrote {len(paths)} images to {args.out}")
+    return paths
+
+
+@torch.no_grad()
+def mix(args):
+    """Style-mixing figure (StyleGAN Fig. 3). Top row: the --cols images (source A); left column:
+    the --rows images (source B). Then three bands of rows: each cell takes the styles of blocks
+    coarse (4-8 px), middle (16-32 px) or fine (64 px and up) from its row's B and all other styles
+    from its column's A. One shared noise draw for every cell."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    g, ckpt = load_sampling_generator(args.ckpt, device)
+    step = _check_size(args, ckpt, args.ckpt)
+    rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
+    mean = mean_w(g, device) if args.truncation != 1 else None
+    z_a = torch.cat([seed_z(s, g.code_dim) for s in cols]).to(device)  # [C, code_dim]
+    z_b = torch.cat([seed_z(s, g.code_dim) for s in rows]).to(device)  # [R, code_dim]
+    base_noise = seed_noise(g, 0, step, args.noise_mode)
+
+    def render(z, mixing_range=(-1, -1)):
+        n = z[0].shape[0] if isinstance(z, list) else z.shape[0]
+        noise = [x.expand(n, -1, -1, -1).to(device) for x in base_noise]
+        return g(z, noise, step=step, alpha=1, mean_style=mean, style_weight=args.truncation,
+                 mixing_range=mixing_range)
+
+    size = 4 * 2 ** step
+    levels = [(name, lo, min(hi, step)) for name, lo, hi in MIX_LEVELS if lo <= step]
+    canvas = np.full(((1 + len(levels) * len(rows)) * size, (1 + len(cols)) * size, 3), 255, np.uint8)
+
+    def put(r, c, img):
+        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = to_uint8(img)[0]
+
+    for j, img in enumerate(render(z_a).split(1)):
+        put(0, 1 + j, img)
+    row_imgs = render(z_b).split(1)
+    for band, (name, lo, hi) in enumerate(levels):
+        for i in range(len(rows)):
+            r = 1 + band * len(rows) + i
+            put(r, 0, row_imgs[i])
+            mixed = render([z_a, z_b[i:i + 1].expand(len(cols), -1)], mixing_range=(lo, hi))
+            for j, img in enumerate(mixed.split(1)):
+                put(r, 1 + j, img)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    Image.fromarray(canvas).save(args.out)
+    print(f"wrote {args.out}: top row = cols {cols}; left column = rows {rows}; bands = "
+          + ", ".join(f"{n} (blocks {lo}-{hi} from the row)" for n, lo, hi in levels))
+    return args.out
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def build_parser():
+    p = argparse.ArgumentParser(description="StyleGAN v1 + FreezeD (rosinality / sangwoomo layout)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune from --ckpt (FreezeD) or train progressively")
+    t.add_argument("--data", help="folder of training images")
+    t.add_argument("--size", type=int, default=256, help="training (final) resolution (default 256)")
+    t.add_argument("--out", help="run folder: checkpoint.pt, samples/, log.jsonl, fid.csv, fid.png")
+    t.add_argument("--ckpt", help="source checkpoint to fine-tune (rosinality .model dict or g_running file)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (its saved settings)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="fills unset flags with a FreezeD paper row")
+    t.add_argument("--freeze-d", type=int, default=None,
+                   help="K input-side D blocks (+ from_rgb) frozen; FreezeD feature_loc = step+1-K "
+                        "(256 px: 7-K; FreezeD README = 4); 0 = plain fine-tuning (default 0)")
+    t.add_argument("--loss", choices=["r1", "wgan-gp"], default=None,
+                   help="default r1 with --ckpt (FreezeD), wgan-gp from scratch (rosinality)")
+    t.add_argument("--mixing", action=argparse.BooleanOptionalAction, default=None,
+                   help="style mixing regularization, p 0.9 (default off unless a preset sets it)")
+    t.add_argument("--sched", action=argparse.BooleanOptionalAction, default=None,
+                   help="lr/batch per resolution (lr 0.002 at 256 px; batch 8 fine-tuning, 32 scratch)")
+    t.add_argument("--lr", type=float, default=0.001, help="Adam lr without --sched (default 0.001)")
+    t.add_argument("--batch", type=int, default=None, help="batch size (default from the schedule)")
+    t.add_argument("--iter", type=int, default=None, help="iterations (FreezeD 50000, the default)")
+    t.add_argument("--phase", type=int, default=600_000, help="images per fade-in / stabilise phase (scratch)")
+    t.add_argument("--init-size", type=int, default=8, help="first resolution when training from scratch")
+    t.add_argument("--lambda-fm", type=float, default=0.0, help="feature matching to the source D (FreezeD code: 0)")
+    t.add_argument("--fm-blocks", type=int, default=None,
+                   help="FM after this many input-side D blocks (default --freeze-d, else 4 = feature_loc 3)")
+    t.add_argument("--lambda-l2-g", type=float, default=0.0, help="L2-SP weight on G (FreezeD code: 0)")
+    t.add_argument("--lambda-l2-d", type=float, default=0.0, help="L2-SP weight on D (FreezeD code: 0)")
+    t.add_argument("--channel-max", type=int, default=512, help="cap on block widths (scratch only; 512 = paper)")
+    t.add_argument("--code-dim", type=int, default=CODE_DIM, help="z / w size (scratch only; 512 = paper)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
+    t.add_argument("--sample-every", type=int, default=1000)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--ckpt-every", type=int, default=1000)
+    t.add_argument("--fid-every", type=int, default=1000, help="FID every N steps (FreezeD 1000); 0 = off")
+    t.add_argument("--fid-n", type=int, default=5000, help="generated images per FID (FreezeD 5000)")
+    t.add_argument("--fid-batch", type=int, default=50)
+    t.add_argument("--fid-inception", default=None, help="Inception weights file for ops.fid (default: its own)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
+
+    def sampling_flags(s):
+        s.add_argument("--ckpt", required=True, help="checkpoint (train dict or bare g_running state dict)")
+        s.add_argument("--size", type=int, default=256, help="output resolution (checkpoints hold 4..1024)")
+        s.add_argument("--truncation", type=float, default=1.0, help="psi in W (rosinality generate.py: 0.7)")
+        s.add_argument("--noise-mode", choices=["random", "none"], default="random",
+                       help="random: noise seeded per image; none: zero noise")
+        s.add_argument("--device", default=None)
+
+    gen = sub.add_parser("generate", help="one PNG per seed")
+    sampling_flags(gen)
+    gen.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9")
+    gen.add_argument("--out", required=True, help="output folder")
+
+    m = sub.add_parser("mix", help="style-mixing figure: coarse / middle / fine crossovers")
+    sampling_flags(m)
+    m.add_argument("--rows", default="1-3", help="seeds of the left column (styles copied in)")
+    m.add_argument("--cols", default="4-8", help="seeds of the top row")
+    m.add_argument("--out", required=True, help="PNG path")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args)
+        if args.command == "generate":
+            return generate(args)
+        return mix(args)
+    except (CheckpointError, ValueError) as e:
+        if __name__ == "__main__":
+            sys.exit(f"error: {e}")
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,614 @@
+"""Tests for 02_stylegan_freezed.py (StyleGAN v1 in rosinality/style-based-gan-pytorch's layout + FreezeD).
+
+Independent references used here: the key/shape tables of the port written out below from its
+model.py layout (not read from the script), a hand-written forward for the non-fused blocks, scipy
+convolution, numpy statistics, and FreezeD finetune.py's substring freezing rule.
+"""
+import csv
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy.signal import convolve2d
+
+from conftest import load_script
+
+m = load_script("02_stylegan_freezed")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run far faster on one thread than on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+FULL = (512, 512, 512, 512, 256, 128, 64, 32, 16)  # generator block widths, 4 .. 1024 px
+TINY = (8, 8, 8, 8, 8, 8, 8, 8, 8)
+TINY_CODE = 8
+
+
+# ----------------------------------------------------------------------------------------------
+# The port's state-dict tables (rosinality model.py / FreezeD stylegan/model.py)
+# ----------------------------------------------------------------------------------------------
+def generator_table(ch=FULL, code=512, n_mlp=8):
+    t = {"generator.progression.0.conv1.input": (1, ch[0], 4, 4)}
+    for n in range(9):
+        c_in, c_out = (ch[n - 1] if n else ch[0]), ch[n]
+        p = f"generator.progression.{n}."
+        if 1 <= n <= 4:  # Sequential[Upsample, EqualConv2d, Blur]
+            t[p + "conv1.1.conv.weight_orig"] = (c_out, c_in, 3, 3)
+            t[p + "conv1.1.conv.bias"] = (c_out,)
+            t[p + "conv1.2.weight"] = (c_out, 1, 3, 3)
+            t[p + "conv1.2.weight_flip"] = (c_out, 1, 3, 3)
+        elif n >= 5:  # Sequential[FusedUpsample, Blur]; transposed layout [in, out, 3, 3]
+            t[p + "conv1.0.weight"] = (c_in, c_out, 3, 3)
+            t[p + "conv1.0.bias"] = (c_out,)
+            t[p + "conv1.1.weight"] = (c_out, 1, 3, 3)
+            t[p + "conv1.1.weight_flip"] = (c_out, 1, 3, 3)
+        for half in ("1", "2"):
+            t[p + f"noise{half}.weight_orig"] = (1, c_out, 1, 1)
+            t[p + f"adain{half}.style.linear.weight_orig"] = (2 * c_out, code)
+            t[p + f"adain{half}.style.linear.bias"] = (2 * c_out,)
+        t[p + "conv2.conv.weight_orig"] = (c_out, c_out, 3, 3)
+        t[p + "conv2.conv.bias"] = (c_out,)
+        t[f"generator.to_rgb.{n}.conv.weight_orig"] = (3, c_out, 1, 1)
+        t[f"generator.to_rgb.{n}.conv.bias"] = (3,)
+    for i in range(n_mlp):
+        t[f"style.{2 * i + 1}.linear.weight_orig"] = (code, code)
+        t[f"style.{2 * i + 1}.linear.bias"] = (code,)
+    return t
+
+
+def discriminator_table(ch=FULL, activate=True):
+    c = tuple(reversed(ch))  # 16, 32, 64, 128, 256, 512, 512, 512, 512
+    t = {}
+    for n in range(8):
+        p = f"progression.{n}."
+        t[p + "conv1.0.conv.weight_orig"] = (c[n + 1], c[n], 3, 3)
+        t[p + "conv1.0.conv.bias"] = (c[n + 1],)
+        t[p + "conv2.0.weight"] = (c[n + 1], 1, 3, 3)
+        t[p + "conv2.0.weight_flip"] = (c[n + 1], 1, 3, 3)
+        if n <= 3:  # FusedDownsample, raw weight
+            t[p + "conv2.1.weight"] = (c[n + 1], c[n + 1], 3, 3)
+            t[p + "conv2.1.bias"] = (c[n + 1],)
+        else:
+            t[p + "conv2.1.conv.weight_orig"] = (c[n + 1], c[n + 1], 3, 3)
+            t[p + "conv2.1.conv.bias"] = (c[n + 1],)
+    t["progression.8.conv1.0.conv.weight_orig"] = (c[8], c[8] + 1, 3, 3)
+    t["progression.8.conv1.0.conv.bias"] = (c[8],)
+    t["progression.8.conv2.0.conv.weight_orig"] = (c[8], c[8], 4, 4)
+    t["progression.8.conv2.0.conv.bias"] = (c[8],)
+    for n in range(9):
+        pre = f"from_rgb.{n}.0.conv." if activate else f"from_rgb.{n}.conv."
+        t[pre + "weight_orig"] = (c[n], 3, 1, 1)
+        t[pre + "bias"] = (c[n],)
+    t["linear.linear.weight_orig"] = (1, c[8])
+    t["linear.linear.bias"] = (1,)
+    return t
+
+
+def random_state_dict(table, seed):
+    """Random weights in the table's layout; blur buffers hold the binomial filter, as in the port."""
+    g = torch.Generator().manual_seed(seed)
+    blur = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    sd = {}
+    for k, shape in table.items():
+        if k.endswith((".weight", ".weight_flip")) and len(shape) == 4 and shape[1] == 1 and shape[2] == 3:
+            sd[k] = blur.expand(shape).clone()
+        elif "adain" in k and k.endswith("bias"):
+            sd[k] = torch.cat([1 + 0.2 * torch.randn(shape[0] // 2, generator=g),
+                               0.2 * torch.randn(shape[0] // 2, generator=g)])
+        else:
+            sd[k] = torch.randn(shape, generator=g) * (0.3 if "noise" in k or k.endswith("bias") else 1.0)
+    return sd
+
+
+def write_source_checkpoint(path, ch=TINY, code=TINY_CODE, seed=0, bare=False):
+    g_sd = random_state_dict(generator_table(ch, code), seed)
+    ema_sd = random_state_dict(generator_table(ch, code), seed + 1)
+    if bare:
+        torch.save(ema_sd, path)
+    else:
+        torch.save({"generator": g_sd, "discriminator": random_state_dict(discriminator_table(ch), seed + 2),
+                    "g_optimizer": {"state": {}, "param_groups": []},
+                    "d_optimizer": {"state": {}, "param_groups": []}, "g_running": ema_sd}, path)
+    return g_sd, ema_sd
+
+
+def make_images(folder, n=6, size=16, seed=0, mode="RGB"):
+    os.makedirs(folder, exist_ok=True)
+    rs = np.random.RandomState(seed)
+    for i in range(n):
+        arr = rs.randint(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).convert(mode).save(os.path.join(folder, f"img{i:02d}.png"))
+    return str(folder)
+
+
+def png(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def read_log(run):
+    with open(os.path.join(run, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_train_args(data, out, *extra):
+    return ["train", "--data", data, "--out", out, "--size", "16", "--batch", "2", "--fid-every", "0",
+            "--sample-every", "0", "--log-every", "1", "--quiet", *extra]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout and strict loading
+# ----------------------------------------------------------------------------------------------
+def test_full_size_key_tables_load_strictly():
+    gt, dt = generator_table(), discriminator_table()
+    assert len(gt) == 139 and len(dt) == 72  # REFERENCE A.3 count check
+    g = m.StyledGenerator()
+    assert {k: tuple(v.shape) for k, v in g.state_dict().items()} == gt
+    d = m.Discriminator()
+    assert {k: tuple(v.shape) for k, v in d.state_dict().items()} == dt
+    g.load_state_dict({k: torch.zeros(()).expand(v) for k, v in gt.items()}, strict=True)
+    d.load_state_dict({k: torch.zeros(()).expand(v) for k, v in dt.items()}, strict=True)
+    d_plain = m.Discriminator(from_rgb_activate=False)
+    assert {k: tuple(v.shape) for k, v in d_plain.state_dict().items()} == discriminator_table(activate=False)
+
+
+def test_released_layout_checkpoint_and_bare_ema_file_load(tmp_path):
+    path = str(tmp_path / "stylegan-16px-new.model")
+    g_sd, ema_sd = write_source_checkpoint(path)
+    ckpt = m.load_checkpoint(path)
+    g = m.build_generator_from(ckpt["g_running"], path)
+    assert all(torch.equal(g.state_dict()[k], v) for k, v in ema_sd.items())
+    d = m.build_discriminator_from(ckpt["discriminator"], path)
+    assert d.from_rgb_activate
+    bare = str(tmp_path / "010000.model")
+    write_source_checkpoint(bare, bare=True)
+    assert set(m.load_checkpoint(bare)) == {"g_running"}
+
+
+def reference_image(sd, z, step, code=TINY_CODE, noise=None):
+    """The port's forward for blocks 0..4 (non-fused), written from its description: per half
+    conv -> + noise * weight -> lrelu -> AdaIN; zero noise unless given."""
+    lrelu = lambda x: F.leaky_relu(x, 0.2)
+    w = z / torch.sqrt((z ** 2).mean(1, keepdim=True) + 1e-8)
+    for i in range(8):
+        wt, b = sd[f"style.{2 * i + 1}.linear.weight_orig"], sd[f"style.{2 * i + 1}.linear.bias"]
+        w = lrelu(w @ (wt * math.sqrt(2 / code)).t() + b)
+
+    def adain(x, key):
+        s = w @ (sd[key + ".style.linear.weight_orig"] * math.sqrt(2 / code)).t() + sd[key + ".style.linear.bias"]
+        c = x.shape[1]
+        mu, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
+        return s[:, :c, None, None] * (x - mu) / torch.sqrt(var + 1e-5) + s[:, c:, None, None]
+
+    def conv(x, key, pad):
+        wt = sd[key + ".weight_orig"]
+        return F.conv2d(x, wt * math.sqrt(2 / (wt.shape[1] * wt.shape[2] * wt.shape[3])), sd[key + ".bias"], padding=pad)
+
+    x = sd["generator.progression.0.conv1.input"].expand(z.shape[0], -1, -1, -1)
+    for n in range(step + 1):
+        p = f"generator.progression.{n}."
+        if n > 0:
+            x = x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+            x = conv(x, p + "conv1.1.conv", 1)
+            x = F.conv2d(x, sd[p + "conv1.2.weight"], padding=1, groups=x.shape[1])
+        nz = 0 if noise is None else noise[n]
+
+        def add_noise(x, key):
+            return x + sd[key + ".weight_orig"] * math.sqrt(2 / x.shape[1]) * nz
+
+        x = adain(lrelu(add_noise(x, p + "noise1")), p + "adain1")
+        x = adain(lrelu(add_noise(conv(x, p + "conv2.conv", 1), p + "noise2")), p + "adain2")
+    return conv(x, f"generator.to_rgb.{step}.conv", 0)
+
+
+def test_generate_matches_reference_forward_and_uint8_contract(tmp_path):
+    path = str(tmp_path / "src.model")
+    _, ema_sd = write_source_checkpoint(path)
+    out = str(tmp_path / "gen")
+    m.main(["generate", "--ckpt", path, "--size", "16", "--seeds", "3,5", "--noise-mode", "none",
+            "--out", out, "--device", "cpu"])
+    assert sorted(os.listdir(out)) == ["seed0003.png", "seed0005.png"]
+    z = torch.from_numpy(np.random.RandomState(5).randn(1, TINY_CODE)).float()
+    ref = reference_image(ema_sd, z, step=2)[0].permute(1, 2, 0).numpy()
+    expected = np.floor(np.clip(ref * 127.5 + 128, 0, 255))
+    got = png(os.path.join(out, "seed0005.png")).astype(np.float64)
+    assert got.shape == (16, 16, 3)
+    assert np.abs(got - expected).max() <= 1  # float32 vs float32 order of operations
+    assert np.mean(got == expected) > 0.97
+
+
+def test_forward_with_noise_and_truncation_matches_reference():
+    sd = random_state_dict(generator_table(TINY, TINY_CODE), 7)
+    g = m.StyledGenerator(TINY_CODE, 8, TINY)
+    m.load_strict(g, sd, "test", "generator")
+    z = torch.randn(2, TINY_CODE)
+    noise = g.make_noise(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(g(z, noise, step=3, alpha=1), reference_image(sd, z, 3, noise=noise),
+                                   atol=1e-4, rtol=1e-4)
+        mean = g.mean_style(torch.randn(64, TINY_CODE))
+        # psi = 0: every sample becomes the mean-w image
+        a = g(z, noise, step=1, mean_style=mean, style_weight=0.0)
+        b = g(torch.randn(2, TINY_CODE), noise, step=1, mean_style=mean, style_weight=0.0)
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_resampling_equals_unfused_ops():
+    torch.manual_seed(1)
+    up, down = m.FusedUpsample(3, 5), m.FusedDownsample(3, 5)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        w = (up.weight * up.scale).transpose(0, 1).flip(2, 3)  # transposed-conv -> conv layout
+        nearest = x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+        ref_up = F.conv2d(nearest, w, padding=1) / 4 + up.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(up(x), ref_up, atol=1e-5, rtol=1e-5)
+        y = torch.randn(2, 3, 8, 8)
+        conv = F.conv2d(y, down.weight * down.scale, down.bias, padding=1)
+        ref_down = conv.reshape(2, 5, 4, 2, 4, 2).mean((3, 5))
+        torch.testing.assert_close(down(y), ref_down, atol=1e-5, rtol=1e-5)
+
+
+def test_blur_is_zero_padded_binomial_convolution():
+    blur = m.Blur(2)
+    x = torch.randn(1, 2, 7, 5, dtype=torch.float64)
+    k = np.outer([1, 2, 1], [1, 2, 1]) / 16
+    ref = np.stack([convolve2d(x[0, c].numpy(), k, mode="same") for c in range(2)])
+    np.testing.assert_allclose(blur.double()(x)[0].numpy(), ref, atol=1e-12)
+    assert torch.equal(blur.weight, blur.weight_flip)
+
+
+def test_minibatch_stddev_against_numpy():
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    out = m.minibatch_stddev(x)
+    ref = np.sqrt(x.numpy().var(axis=0) + 1e-8).mean()
+    assert out.shape == (5, 4, 4, 4)
+    np.testing.assert_allclose(out[:, 3].numpy(), ref, rtol=1e-12)
+
+
+def test_r1_penalty_on_linear_critic():
+    w = torch.randn(1, 3, 4, 4)
+    x = torch.randn(6, 3, 4, 4, requires_grad=True)
+    pred = (x * w).flatten(1).sum(1, keepdim=True)
+    assert torch.allclose(m.d_r1_penalty(pred, x), 5.0 * w.pow(2).sum(), rtol=1e-5)
+
+
+def test_l2_sp_is_sum_of_per_tensor_mse():
+    a, b = m.ConvBlock(2, 3, downsample=True), m.ConvBlock(2, 3, downsample=True)
+    ref = sum(np.mean((p.detach().numpy() - q.detach().numpy()) ** 2) for p, q in zip(a.parameters(), b.parameters()))
+    assert abs(m.l2_sp(a, b).item() - ref) < 1e-5 * max(1.0, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progressive fade-in
+# ----------------------------------------------------------------------------------------------
+def test_generator_fade_in_alpha_zero_is_skip_path_and_linear_in_alpha():
+    torch.manual_seed(2)
+    g = m.StyledGenerator(TINY_CODE, 8, TINY).eval()
+    z = torch.randn(3, TINY_CODE)
+    noise = g.make_noise(3, 3)
+    with torch.no_grad():
+        low = g(z, noise[:3], step=2, alpha=1)  # 16 px
+        out = {a: g(z, noise, step=3, alpha=a) for a in (0.0, 0.3, 0.3 + 1e-4, 1.0)}
+    torch.testing.assert_close(out[0.0], low.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    torch.testing.assert_close(out[0.3], 0.7 * out[0.0] + 0.3 * out[1.0], atol=1e-5, rtol=1e-5)
+    step_change = (out[0.3 + 1e-4] - out[0.3]).abs().max()
+    assert step_change <= 1e-4 * (out[1.0] - out[0.0]).abs().max() * 1.01 + 1e-6
+
+
+def test_discriminator_fade_in_alpha_zero_is_downsampled_input():
+    torch.manual_seed(3)
+    d = m.Discriminator(TINY)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        d0 = d(x, step=3, alpha=0.0)
+        low = d(F.avg_pool2d(x, 2), step=2, alpha=1)
+        d1, dh = d(x, step=3, alpha=1.0), d(x, step=3, alpha=0.5)
+    torch.testing.assert_close(d0, low)
+    assert d0.shape == (4, 1)
+    assert not torch.allclose(d0, d1)
+    assert (dh - d0).abs().max() < (d1 - d0).abs().max() + 1e-4  # continuous between the ends
+
+
+# ----------------------------------------------------------------------------------------------
+# FreezeD
+# ----------------------------------------------------------------------------------------------
+def freezed_rule(names, feature_loc):
+    """sangwoomo/FreezeD finetune.py: requires_grad on for names containing progression.{8-loc},
+    loc < feature_loc, and 'linear'."""
+    return {n for n in names if "linear" in n or any(f"progression.{8 - loc}" in n for loc in range(feature_loc))}
+
+
+def test_freeze_d_k_maps_to_feature_loc():
+    d = m.Discriminator(TINY)
+    names = [n for n, _ in d.named_parameters()]
+    for k in range(1, 8):  # 256 px: step 6, seven blocks
+        assert m.freezed_trainable(d, 6, k) == freezed_rule(names, 7 - k)
+    assert m.freezed_trainable(d, 6, 4) == freezed_rule(names, 3)  # FreezeD README command
+    assert m.freezed_trainable(d, 6, 0) == set(names)
+    with pytest.raises(ValueError, match="--freeze-d 8"):
+        m.freezed_trainable(d, 6, 8)
+
+
+def test_finetune_step_keeps_frozen_blocks_bit_identical(tmp_path):
+    src = str(tmp_path / "src.model")
+    g_sd, _ = write_source_checkpoint(src)
+    d_sd = torch.load(src, weights_only=True)["discriminator"]
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(data, out, "--ckpt", src, "--freeze-d", "2", "--iter", "2", "--mixing"))
+    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    d_new = ck["discriminator"]
+    # 16 px = step 2: active D blocks 6, 7, 8; K = 2 freezes from_rgb and blocks 6, 7
+    trainable = [k for k in d_sd if k.startswith(("progression.8.", "linear."))]
+    frozen = [k for k in d_sd if k not in trainable]
+    assert all(torch.equal(d_new[k], d_sd[k]) for k in frozen)
+    assert all(not torch.equal(d_new[k], d_sd[k]) for k in trainable if "weight_orig" in k)
+    g_new = ck["generator"]
+    for k in ("style.1.linear.weight_orig", "generator.progression.0.conv1.input",
+              "generator.progression.2.conv2.conv.weight_orig", "generator.to_rgb.2.conv.weight_orig"):
+        assert not torch.equal(g_new[k], g_sd[k]), k
+    assert torch.equal(g_new["generator.to_rgb.5.conv.weight_orig"], g_sd["generator.to_rgb.5.conv.weight_orig"])
+    assert ck["step"] == 2 and ck["args"]["loss"] == "r1"
+
+
+def test_regularizers_start_at_zero_and_run(tmp_path):
+    src = str(tmp_path / "src.model")
+    write_source_checkpoint(src)
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(data, out, "--ckpt", src, "--iter", "1", "--lambda-fm", "1",
+                           "--lambda-l2-g", "1", "--lambda-l2-d", "1", "--fm-blocks", "2"))
+    row = read_log(out)[0]
+    assert row["fm"] == 0 and row["l2_d"] == 0 and row["l2_g"] == 0  # target == source before any update
+    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert "d_source" in ck and "g_source" in ck
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume, Ctrl-C, run folder
+# ----------------------------------------------------------------------------------------------
+def test_resume_equals_uninterrupted_run(tmp_path):
+    data = make_images(tmp_path / "data")
+    common = ["--channel-max", "8", "--code-dim", "8", "--init-size", "8", "--phase", "3", "--mixing",
+              "--loss", "r1"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    m.main(tiny_train_args(data, a, *common, "--iter", "5"))
+    m.main(tiny_train_args(data, b, *common, "--iter", "3"))
+    with open(os.path.join(b, "log.jsonl"), "a") as f:  # a line from after the checkpoint (a crash)
+        f.write(json.dumps({"step": 4, "loss_d": 0.0}) + "\n")
+    m.main(["train", "--out", b, "--resume", "--iter", "5", "--quiet"])
+    ca = torch.load(os.path.join(a, "checkpoint.pt"), weights_only=True)
+    cb = torch.load(os.path.join(b, "checkpoint.pt"), weights_only=True)
+    assert ca["step"] == cb["step"] == 5
+    assert ca["progress"] == cb["progress"] and ca["progress"]["step"] == 2  # grew 8 -> 16 px
+    for net in ("generator", "discriminator", "g_running"):
+        for k, v in ca[net].items():
+            assert torch.equal(v, cb[net][k]), (net, k)
+    sa, sb = ca["d_optimizer"]["state"], cb["d_optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    log = read_log(b)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+
+
+def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch):
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    calls = []
+    real_accumulate = m.accumulate
+
+    def accumulate_then_interrupt(ema, model, decay=m.EMA_DECAY):
+        real_accumulate(ema, model, decay)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(m, "accumulate", accumulate_then_interrupt)
+    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "10"))
+    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ck["step"] == 2 and len(calls) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not os.path.exists(os.path.join(out, "checkpoint.pt.tmp"))
+
+
+class FakeEvaluator:
+    def __init__(self, real_folder, **kw):
+        self.kw, self.calls = kw, 0
+
+    def evaluate(self, gen_fn, n_gen=None):
+        img = gen_fn(3)
+        assert img.shape == (3, 3, 16, 16) and img.min() >= -1 and img.max() <= 1
+        self.calls += 1
+        return {"fid": 100.0 / self.calls, "kid_mean": 0.1, "kid_std": 0.01, "copies": 1, "n_real": 6, "n_gen": 3}
+
+
+def test_fid_curve_written_to_csv_and_png(tmp_path, monkeypatch):
+    class FakeOps:
+        Evaluator = FakeEvaluator
+
+        class InceptionWeightsMissing(Exception):
+            pass
+
+    monkeypatch.setattr(m, "fid_ops", FakeOps)
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    args = tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "4", "--n-sample", "4",
+                           "--sample-every", "2", "--init-size", "16")
+    args[args.index("--fid-every") + 1] = "2"
+    m.main(args)
+    rows = read_csv(os.path.join(out, "fid.csv"))
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    assert [float(r["fid"]) for r in rows] == [100.0, 50.0, 100.0 / 3]
+    assert png(os.path.join(out, "fid.png")).shape == (400, 640, 3)
+    assert sorted(os.listdir(os.path.join(out, "samples"))) == ["000002.png", "000004.png"]
+    assert png(os.path.join(out, "samples", "000004.png")).shape == (32, 32, 3)
+
+
+def test_fid_with_ops_fid_random_inception(tmp_path, monkeypatch):
+    """The real ops.fid.Evaluator path, with random Inception weights (values not comparable),
+    cut to its 64-d first block and no loader workers so that it runs in seconds on a CPU."""
+    from ops import fid
+
+    class SmallFid:
+        InceptionWeightsMissing = fid.InceptionWeightsMissing
+
+        @staticmethod
+        def Evaluator(*a, **kw):
+            return fid.Evaluator(*a, dims=64, num_workers=0, kid_subsets=2, kid_subset_size=3, **kw)
+
+    monkeypatch.setattr(m, "fid_ops", SmallFid)
+    data = make_images(tmp_path / "data", n=4)
+    out = str(tmp_path / "run")
+    args = tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "1", "--init-size", "16",
+                           "--fid-inception", "random", "--fid-n", "4", "--fid-batch", "4")
+    args[args.index("--fid-every") + 1] = "1"
+    with pytest.warns(UserWarning, match="fewer images"):  # ops.fid flags 4 images vs 64 dims
+        m.main(args)
+    rows = read_csv(os.path.join(out, "fid.csv"))
+    assert [int(r["step"]) for r in rows] == [0, 1] and all(float(r["fid"]) >= 0 for r in rows)
+    assert all(int(r["n_gen"]) == 4 and int(r["n_real"]) == 4 for r in rows)
+
+
+def test_missing_inception_weights_gives_one_notice_and_trains(tmp_path, monkeypatch, capsys):
+    class NoWeightsOps:
+        class InceptionWeightsMissing(Exception):
+            pass
+
+        class Evaluator:
+            def __init__(self, *a, **kw):
+                raise NoWeightsOps.InceptionWeightsMissing("pt_inception weights not found")
+
+    monkeypatch.setattr(m, "fid_ops", NoWeightsOps)
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    args = tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "2")
+    args[args.index("--fid-every") + 1] = "1"
+    m.main(args)
+    assert capsys.readouterr().err.count("FID disabled") == 1
+    assert not os.path.exists(os.path.join(out, "fid.csv"))
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 2
+
+
+def test_wgan_gp_from_scratch_runs(tmp_path):
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "1", "--init-size", "16"))
+    row = read_log(out)[0]
+    assert "gp" in row and math.isfinite(row["loss_d"]) and row["res"] == 16
+
+
+# ----------------------------------------------------------------------------------------------
+# mix
+# ----------------------------------------------------------------------------------------------
+def test_mix_grid_layout_and_border_images(tmp_path):
+    path = str(tmp_path / "src.model")
+    write_source_checkpoint(path, ch=(8, 8, 8, 8, 4, 4, 4, 4, 4))
+    mix_png, gen_dir = str(tmp_path / "mix.png"), str(tmp_path / "gen")
+    m.main(["mix", "--ckpt", path, "--size", "64", "--rows", "1-2", "--cols", "3-5", "--noise-mode", "none",
+            "--out", mix_png, "--device", "cpu"])
+    m.main(["generate", "--ckpt", path, "--size", "64", "--seeds", "1-5", "--noise-mode", "none",
+            "--out", gen_dir, "--device", "cpu"])
+    grid = png(mix_png)
+    assert grid.shape == ((1 + 3 * 2) * 64, (1 + 3) * 64, 3)  # header + coarse/middle/fine x 2 rows
+    cell = lambda r, c: grid[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
+    img = lambda s: png(os.path.join(gen_dir, f"seed{s:04d}.png"))
+    for j, s in enumerate((3, 4, 5)):
+        assert np.abs(cell(0, 1 + j).astype(int) - img(s)).max() <= 1
+    for band in range(3):
+        assert np.abs(cell(1 + band * 2 + 1, 0).astype(int) - img(2)).max() <= 1
+    # the fine band copies only 64 px styles: closer to the column image than the coarse band is
+    d_coarse = np.abs(cell(1, 1).astype(int) - img(3)).mean()
+    d_fine = np.abs(cell(5, 1).astype(int) - img(3)).mean()
+    assert d_fine < d_coarse
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+def test_data_folder_errors_and_notes(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        m.ImageFolder(str(empty), 16)
+    folder = make_images(tmp_path / "mixed", n=3, size=20, mode="L")  # grayscale, wrong size
+    (tmp_path / "mixed" / "broken.png").write_bytes(b"not a png")
+    ds = m.ImageFolder(folder, 16)
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "3 of 3 images" in err
+    assert ds.full.shape == (3, 3, 16, 16) and ds.full.dtype == torch.uint8
+    assert torch.equal(ds.full[:, 0], ds.full[:, 1])  # L -> RGB
+    assert ds.at(8).shape == (3, 3, 8, 8)
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.jpg").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="none of the 1 image files"):
+        m.ImageFolder(str(only_bad), 16)
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    wrong = str(tmp_path / "stylegan2.pt")
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(2)}}, wrong)
+    with pytest.raises(m.CheckpointError, match="stylegan2.pt: no 'g_running'"):
+        m.load_checkpoint(wrong)
+    text = str(tmp_path / "notes.model")
+    with open(text, "w") as f:
+        f.write("hello")
+    with pytest.raises(m.CheckpointError, match="notes.model: not a readable"):
+        m.load_checkpoint(text)
+    shapes = str(tmp_path / "shapes.model")
+    sd = random_state_dict(generator_table(TINY, TINY_CODE), 0)
+    sd["generator.progression.3.conv2.conv.weight_orig"] = torch.zeros(8, 8, 1, 1)
+    torch.save({"g_running": sd}, shapes)
+    with pytest.raises(m.CheckpointError, match=r"shapes.model: 'generator' .*progression.3.conv2"):
+        m.main(["generate", "--ckpt", shapes, "--size", "8", "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="--size 48"):
+        m.main(["generate", "--ckpt", shapes, "--size", "48", "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="nothing to resume"):
+        m.main(["train", "--out", str(tmp_path / "none"), "--resume"])
+
+
+def test_flag_errors_are_one_line_and_early(tmp_path):
+    data = make_images(tmp_path / "data")
+    src = str(tmp_path / "src.model")
+    write_source_checkpoint(src)
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="--freeze-d 2 needs --ckpt"):
+        m.main(tiny_train_args(data, out, "--freeze-d", "2"))
+    with pytest.raises(ValueError, match=r"--freeze-d 4: the 16 px discriminator has 3 blocks"):
+        m.main(tiny_train_args(data, out, "--ckpt", src, "--freeze-d", "4"))
+    with pytest.raises(ValueError, match="--size 24"):
+        m.main(tiny_train_args(data, out, "--size", "24"))
+    with pytest.raises(ValueError, match="need --ckpt"):
+        m.main(tiny_train_args(data, out, "--lambda-fm", "1"))
+    assert not os.path.exists(out)  # nothing written before the flags are checked
+
+def test_per_adain_styles(tmp_path):
+    """Generator.forward also takes a (w1, w2) pair per block, one per AdaIN (genforce's layer
+    numbering: slot 2b = adain1, 2b + 1 = adain2 of block b)."""
+    sd = random_state_dict(generator_table(TINY, TINY_CODE), 3)
+    g = m.StyledGenerator(TINY_CODE, 8, TINY)
+    m.load_strict(g, sd, "test", "generator")
+    z = torch.randn(2, TINY_CODE)
+    noise = [torch.zeros(2, 1, 4 * 2 ** i, 4 * 2 ** i) for i in range(3)]
+    with torch.no_grad():
+        w, w_other = g.style(z), g.style(torch.randn(2, TINY_CODE))
+        same = g.generator([(w, w)] * 3, noise, step=2)
+        torch.testing.assert_close(same, reference_image(sd, z, step=2), atol=1e-4, rtol=1e-4)
+        last_differs = g.generator([(w, w), (w, w), (w, w_other)], noise, step=2)
+    assert not torch.allclose(same, last_differs)
