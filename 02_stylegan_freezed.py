@@ -1310,7 +1310,8 @@ def build_parser():
     t.add_argument("--fid-every", type=int, default=1000, help="FID every N steps (FreezeD 1000); 0 = off")
     t.add_argument("--fid-n", type=int, default=5000, help="generated images per FID (FreezeD 5000)")
     t.add_argument("--fid-batch", type=int, default=50)
-    t.add_argument("--fid-inception", default=None, help="Inception weights file for ops.fid (default: its own)")
+    t.add_argument("--inception", "--fid-inception", dest="fid_inception", default=None,
+                   help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
 
