@@ -1,0 +1,476 @@
+"""ops.fid: FID Inception, statistics, Frechet distance, CLI, Evaluator, memorization check.
+
+References used here are independent of ops/fid.py: numpy/scipy formulas written in the test,
+images decoded with PIL in the test, torchvision's unmodified stem, and pytorch-fid itself when
+it is installed (same random weights, since the released file cannot be downloaded here).
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import requires_cuda
+from ops import fid
+
+HAS_PYTORCH_FID = importlib.util.find_spec("pytorch_fid") is not None
+
+
+@pytest.fixture(scope="module")
+def random_sd():
+    return fid.random_inception_state_dict()
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return fid.load_inception("random", dims=64)
+
+
+def _smooth_images(n, size, seed):
+    """n distinct smooth RGB images, uint8 [n, size, size, 3]."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(n, 3, 6, 6, generator=g), size=size, mode="bilinear",
+                      align_corners=False)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _write_folder(folder, images, fmt="png", modes=None):
+    os.makedirs(folder, exist_ok=True)
+    for i, a in enumerate(images):
+        im = Image.fromarray(a)
+        if modes:
+            im = im.convert(modes[i % len(modes)])
+        im.save(os.path.join(folder, f"{i:03d}.{fmt}"))
+    return folder
+
+
+def _pil_batch(folder):
+    """Independent loader: PIL -> RGB -> float [0, 1], [N, 3, H, W]."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
+    arr = [np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")) for n in names]
+    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255
+
+
+def _fid_formula(f1, f2):
+    """FID written out with numpy/scipy (pytorch-fid's formula), float64."""
+    m1, m2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2)
+                 - 2 * np.trace(np.real(covmean)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Network and weights
+
+
+def test_state_dict_has_released_key_set(random_sd):
+    assert len(random_sd) == 566
+    assert sum(not k.endswith("num_batches_tracked") for k in random_sd) == 472
+    assert not any(k.startswith("AuxLogits") for k in random_sd)
+    shapes = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
+              "Mixed_5b.branch1x1.conv.weight": (64, 192, 1, 1),
+              "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+              "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7),
+              "fc.weight": (1008, 2048), "fc.bias": (1008,)}
+    for k, s in shapes.items():
+        assert tuple(random_sd[k].shape) == s
+    n_numbers = sum(v.numel() for k, v in random_sd.items() if "num_batches" not in k)
+    assert n_numbers == 23_885_392  # REFERENCE.md section H
+
+
+@pytest.mark.parametrize("form", ["566", "472-with-metadata", "472-plain-dict"])
+def test_weights_file_loads_strictly_in_both_forms(tmp_path, random_sd, form):
+    sd = random_sd.copy()  # OrderedDict copy keeps _metadata (version 2 batch norms)
+    if form != "566":
+        for k in [k for k in sd if k.endswith("num_batches_tracked")]:
+            del sd[k]
+        if form == "472-plain-dict":
+            sd = dict(sd)
+        assert len(sd) == 472
+    path = tmp_path / "w.pth"
+    torch.save(sd, path)
+    model = fid.load_inception(str(path), dims=64)
+    got = model.state_dict()
+    assert len(got) == 566
+    assert all(torch.equal(got[k], v) for k, v in sd.items())
+    assert model.comparable and model.weights_name == "w.pth"
+    assert model.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_foreign_state_dict_is_a_one_line_error(tmp_path, random_sd):
+    sd = dict(random_sd)
+    sd["blocks.0.0.conv.weight"] = sd.pop("Conv2d_1a_3x3.conv.weight")
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match="not the FID Inception state dict") as e:
+        fid.load_inception(str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_weights_name_file_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub_home"))
+    with pytest.raises(fid.InceptionWeightsMissing) as e:
+        fid.load_inception(None, download=False)
+    msg = str(e.value)
+    assert isinstance(e.value, RuntimeError) and "\n" not in msg
+    assert fid.FID_WEIGHTS_NAME in msg and fid.FID_WEIGHTS_URL in msg
+    assert str(tmp_path / "hub_home") in msg
+    with pytest.raises(fid.InceptionWeightsMissing, match="nothere.pth"):
+        fid.load_inception(str(tmp_path / "nothere.pth"))
+    with pytest.raises(SystemExit, match=fid.FID_WEIGHTS_NAME):
+        fid.main([str(tmp_path), str(tmp_path), "--inception", str(tmp_path / "x.pth")])
+
+
+def test_hub_cache_file_is_used(tmp_path, monkeypatch, random_sd):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = tmp_path / "hub" / "checkpoints" / fid.FID_WEIGHTS_NAME
+    path.parent.mkdir(parents=True)
+    torch.save(random_sd, path)
+    model = fid.load_inception(None, dims=64, download=False)
+    assert model.weights_name == fid.FID_WEIGHTS_NAME and model.comparable
+
+
+def test_download_goes_to_hub_cache_and_checks_hash(tmp_path, monkeypatch, random_sd):
+    src = tmp_path / "served.pth"
+    torch.save(random_sd, src)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fid, "FID_WEIGHTS_URL", src.as_uri())  # file:// stands in for https://
+    with pytest.raises(fid.InceptionWeightsMissing, match="sha256"):
+        fid.load_inception(None, dims=64)
+    assert not os.path.exists(fid.hub_weights_path())  # nothing half-written left behind
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    monkeypatch.setattr(fid, "FID_WEIGHTS_SHA256_PREFIX", digest[:8])
+    model = fid.load_inception(None, dims=64)
+    assert model.weights_sha256 == digest
+    assert os.path.isfile(tmp_path / "home" / "hub" / "checkpoints" / fid.FID_WEIGHTS_NAME)
+
+
+def test_preprocessing_matches_torchvision_stem(random_sd, model64):
+    """dims=64 output = torchvision's unmodified stem on 2x-1 of a bilinear 299 resize."""
+    from torchvision.models.inception import Inception3
+    with torch.device("meta"):
+        tv = Inception3(num_classes=1008, aux_logits=False, init_weights=False).eval()
+    tv.load_state_dict(random_sd, assign=True)
+    model = model64
+    x = torch.rand(2, 3, 37, 53)
+    with torch.no_grad():
+        y = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+        y = tv.maxpool1(tv.Conv2d_2b_3x3(tv.Conv2d_2a_3x3(tv.Conv2d_1a_3x3(y))))
+        ref = y.mean((2, 3))
+        out = model(x)
+    assert out.shape == (2, 64)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_PYTORCH_FID, reason="pytorch-fid not installed")
+def test_features_equal_pytorch_fid(monkeypatch, random_sd):
+    import pytorch_fid.inception as pfi
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: random_sd)
+    monkeypatch.setattr(torch.nn.init, "trunc_normal_", lambda t, *a, **k: t)  # weights loaded
+    ref = pfi.InceptionV3([0, 3]).eval()  # dims 64 and 2048
+    x = torch.rand(1, 3, 45, 40)
+    with torch.no_grad():
+        r64, r2048 = (o.mean((2, 3)) for o in ref(x))  # pytorch-fid pools when not 1x1
+    model = fid.load_inception("random", dims=2048)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (1, 2048)
+    torch.testing.assert_close(out, r2048, rtol=1e-4, atol=1e-5)
+    model.dims = 64
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), r64, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frechet distance
+
+
+def test_frechet_distance_closed_form_diagonal():
+    rng = np.random.default_rng(1)
+    d = 32
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = rng.uniform(0.1, 3, d), rng.uniform(0, 2, d)
+    s2[:4] = 0.0  # singular second covariance
+    expected = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    for method in ("auto", "fast", "sqrtm"):
+        got = fid.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2), method=method)
+        assert got == pytest.approx(expected, rel=1e-9)
+
+
+def _rotated(eigs, rng):
+    q, _ = np.linalg.qr(rng.normal(size=(len(eigs), len(eigs))))
+    return (q * eigs) @ q.T
+
+
+@pytest.mark.parametrize("case", ["sample-cov", "ill-conditioned", "singular-few-samples",
+                                  "both-singular-shared-null"])
+def test_fast_path_equals_sqrtm_path(case):
+    rng = np.random.default_rng(2)
+    d = 64
+    if case == "sample-cov":
+        f1, f2 = rng.gamma(2.0, size=(200, d)), rng.gamma(2.2, size=(150, d))
+        s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    elif case == "ill-conditioned":
+        s1 = _rotated(np.logspace(-12, 2, d), rng)
+        s2 = _rotated(np.logspace(-10, 1, d), rng)
+    elif case == "singular-few-samples":  # N < d: rank N - 1, as with 500 images at 2048-d
+        s1 = np.cov(np.abs(rng.normal(size=(20, d))), rowvar=False)
+        s2 = np.cov(np.abs(rng.normal(size=(30, d))) + 0.2, rowvar=False)
+    else:
+        basis = rng.normal(size=(d, 10))
+        s1 = np.cov(rng.normal(size=(25, 10)) @ basis.T, rowvar=False)
+        s2 = np.cov(rng.normal(size=(35, 10)) @ basis.T * 1.3, rowvar=False)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    fast = fid.frechet_distance(mu1, s1, mu2, s2, method="fast")
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == fast  # auto takes the fast path here
+    indep = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(
+        np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert fast == pytest.approx(indep, rel=1e-6)
+    if HAS_PYTORCH_FID:
+        from pytorch_fid.fid_score import calculate_frechet_distance
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy deprecates the disp argument it passes
+            theirs = calculate_frechet_distance(mu1, s1, mu2, s2)
+        assert fast == pytest.approx(theirs, rel=1e-6)
+
+
+def test_non_psd_input_falls_back_to_sqrtm_path():
+    rng = np.random.default_rng(3)
+    d = 16
+    s1 = _rotated(np.linspace(0.5, 2, d), rng)
+    s2 = _rotated(np.r_[-3e-7, np.linspace(0.5, 2, d - 1)], rng)  # slightly indefinite
+    s3 = s1 + np.triu(np.full((d, d), 1e-3), 1)  # not symmetric
+    mu = np.zeros(d)
+    for a, b in ((s1, s2), (s3, s1)):
+        with pytest.raises(ValueError, match="positive semi-definite"):
+            fid.frechet_distance(mu, a, mu, b, method="fast")
+        indep = np.trace(a) + np.trace(b) - 2 * np.trace(np.real(scipy.linalg.sqrtm(a @ b)))
+        assert fid.frechet_distance(mu, a, mu, b) == pytest.approx(indep, rel=1e-12)
+
+
+def test_frechet_distance_bad_shapes():
+    with pytest.raises(ValueError, match="sigma"):
+        fid.frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="dimensions differ"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics, files, cache
+
+
+def test_statistics_and_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(20, 8)).astype(np.float32)
+    mu, sigma = fid.statistics(f)
+    np.testing.assert_allclose(mu, f.astype(np.float64).sum(0) / 20, rtol=1e-12)
+    c = f.astype(np.float64) - mu
+    np.testing.assert_allclose(sigma, c.T @ c / 19, rtol=1e-10)  # N - 1
+    fid.save_statistics(str(tmp_path / "s.npz"), mu, sigma, n=20)
+    d = fid.load_npz(str(tmp_path / "s.npz"))
+    assert np.array_equal(d["mu"], mu) and np.array_equal(d["sigma"], sigma)
+    np.savez_compressed(tmp_path / "pf.npz", mu=mu, sigma=sigma)  # pytorch-fid's own format
+    assert np.array_equal(fid.load_npz(str(tmp_path / "pf.npz"))["sigma"], sigma)
+    with pytest.raises(ValueError, match="N >= 2"):
+        fid.statistics(f[:1])
+
+
+def test_folder_fid_cli_end_to_end(tmp_path, capsys, model64):
+    """Mixed modes and sizes; the FID line equals the formula on independently decoded images."""
+    a = _write_folder(str(tmp_path / "a"), _smooth_images(6, 32, 0), modes=["RGB", "L", "P"])
+    b = _write_folder(str(tmp_path / "b"), _smooth_images(5, 24, 1), modes=["RGBA", "RGB"])
+    Image.fromarray(_smooth_images(1, 40, 2)[0]).save(tmp_path / "b" / "zz_other_size.jpg")
+    open(tmp_path / "b" / "notes.txt", "w").write("ignored")
+    with pytest.warns(UserWarning, match="fewer images than the 64"):
+        fid.main([a, b, "--inception", "random", "--dims", "64", "--device", "cpu",
+                  "--num-workers", "0", "--batch-size", "4", "--json", str(tmp_path / "r.json")])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("FID: ")
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["device"] == "cpu" and rec["counts"] == {"a": 6, "b": 6}
+    assert rec["file_types"] == {"a": {"png": 6}, "b": {"png": 5, "jpg": 1}}
+    assert rec["weights_sha256"] == "random" and rec["comparable"] is False
+    model = model64
+    with torch.no_grad():
+        fa = model(_pil_batch(a)).double().numpy()
+        xb = _pil_batch(b)
+        jb = torch.from_numpy(np.array(Image.open(tmp_path / "b" / "zz_other_size.jpg")
+                                         .convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        fb = torch.cat([model(xb), model(jb)]).double().numpy()
+    assert float(last.split()[1]) == pytest.approx(_fid_formula(fa, fb), rel=1e-5)
+
+
+def test_save_stats_and_reuse(tmp_path, capsys, model64):
+    a = _write_folder(str(tmp_path / "a"), _smooth_images(5, 32, 0))
+    out = str(tmp_path / "a.npz")
+    fid.main(["--save-stats", a, out, "--inception", "random", "--dims", "64",
+              "--num-workers", "1"])
+    d = np.load(out)
+    model = model64
+    with torch.no_grad():
+        f = model(_pil_batch(a)).double().numpy()
+    np.testing.assert_allclose(d["mu"], f.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d["sigma"], np.cov(f, rowvar=False), rtol=1e-4, atol=1e-9)
+    with pytest.raises(SystemExit, match="already exists"):
+        fid.main(["--save-stats", a, out, "--inception", "random", "--dims", "64"])
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="fewer images"):
+        fid.main([out, a, "--inception", "random", "--dims", "64", "--num-workers", "0"])
+    assert float(capsys.readouterr().out.strip().splitlines()[-1].split()[1]) == pytest.approx(
+        0.0, abs=1e-6)
+
+
+@pytest.mark.skipif(not HAS_PYTORCH_FID, reason="pytorch-fid not installed")
+def test_folder_statistics_equal_pytorch_fid(tmp_path, monkeypatch, random_sd, model64):
+    import pytorch_fid.inception as pfi
+    from pytorch_fid.fid_score import calculate_activation_statistics
+    monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: random_sd)
+    a = _write_folder(str(tmp_path / "a"), _smooth_images(6, 32, 5), modes=["RGB", "L"])
+    files = sorted(str(p) for p in (tmp_path / "a").iterdir())
+    mu_ref, sigma_ref = calculate_activation_statistics(
+        files, pfi.InceptionV3([0]).eval(), batch_size=4, dims=64, device="cpu", num_workers=0)
+    model = model64
+    mu, sigma = fid.statistics(fid.folder_features(a, model, 4, num_workers=0)["features"])
+    np.testing.assert_allclose(mu, mu_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4, atol=1e-9)
+
+
+def test_bad_folders(tmp_path, model64):
+    model = model64
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        fid.folder_features(str(empty), model)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="a.png"), pytest.raises(ValueError, match="no readable"):
+        fid.folder_features(str(junk), model, num_workers=0)
+    _write_folder(str(junk), _smooth_images(2, 16, 0))  # 000.png, 001.png
+    os.remove(junk / "001.png")
+    with pytest.warns(UserWarning, match="a.png"), pytest.raises(ValueError, match="at least 2"):
+        fid.folder_features(str(junk), model, num_workers=0)
+    _write_folder(str(junk), _smooth_images(3, 16, 0))
+    with pytest.warns(UserWarning, match="a.png"):
+        out = fid.folder_features(str(junk), model, num_workers=0)
+    assert out["features"].shape == (3, 64) and out["skipped"] == ["a.png"]
+    with pytest.raises(SystemExit, match="no image files"):
+        fid.main([str(empty), str(junk), "--inception", "random", "--dims", "64"])
+
+
+def test_cache_reused_and_invalidated(tmp_path, model64):
+    a = _write_folder(str(tmp_path / "a"), _smooth_images(4, 16, 0))
+    model = model64
+    cache = str(tmp_path / "cache")
+    first = fid.folder_features(a, model, num_workers=0, cache_dir=cache)
+    second = fid.folder_features(a, model, num_workers=0, cache_dir=cache)
+    assert "cache_file" in second and np.array_equal(first["features"], second["features"])
+    Image.fromarray(_smooth_images(1, 16, 9)[0]).save(os.path.join(a, "000.png"))
+    os.utime(os.path.join(a, "000.png"), ns=(1, 1))  # content changed: new size/mtime key
+    third = fid.folder_features(a, model, num_workers=0, cache_dir=cache)
+    assert "cache_file" not in third
+    assert not np.array_equal(third["features"][0], first["features"][0])
+
+
+def test_generated_images_take_the_png_path(tmp_path, model64):
+    """gen_fn output -> quantize -> features equals saving PNGs and reading the folder."""
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(5, 3, 24, 24, generator=g) * 2.2 - 1.1  # beyond [-1, 1]: clamped
+    u8 = (imgs * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # NVlabs' conversion
+    assert torch.equal((fid.quantize_images(imgs) * 255).round().to(torch.uint8), u8)
+    folder = _write_folder(str(tmp_path / "g"), u8.permute(0, 2, 3, 1).numpy())
+    model = model64
+    it = iter([imgs[:2], imgs[2:4], imgs[4:]])
+    gen = fid.generator_features(lambda b: next(it), 5, model, batch_size=2)
+    ref = fid.folder_features(folder, model, num_workers=0)
+    np.testing.assert_array_equal(gen["features"], ref["features"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluator (used by the training scripts) and the memorization check
+
+
+def test_evaluator_scores_and_copies(tmp_path):
+    train = _smooth_images(10, 32, 0)
+    real = _write_folder(str(tmp_path / "real"), train)
+    with pytest.warns(UserWarning, match="fewer images than the 64"):
+        ev = fid.Evaluator(real, inception="random", dims=64, batch_size=4, num_workers=0,
+                           cache_dir=str(tmp_path / "cache"), kid_subsets=3)
+    assert ev.provenance["comparable"] is False and ev.provenance["counts"]["real"] == 10
+    as_gen = torch.from_numpy(train).permute(0, 3, 1, 2).float() / 127.5 - 1  # exact copies
+    pos = [0]
+
+    def copies(b):
+        out = as_gen[pos[0]:pos[0] + b]
+        pos[0] += b
+        return out
+
+    r = ev.evaluate(copies, n_gen=10)
+    assert set(r) == {"fid", "kid_mean", "kid_std", "copies", "n_real", "n_gen"}
+    assert r["copies"] == 10 and r["n_real"] == 10 and r["n_gen"] == 10
+    assert abs(r["fid"]) < 1e-6
+    # identical sides, subsets = whole sets: KID = 2 (sum_{i!=j} k / (m (m-1)) - sum_ij k / m^2)
+    f = ev.real_feats.astype(np.float64)
+    k = (f @ f.T / 64 + 1) ** 3
+    expected = 2 * ((k.sum() - np.trace(k)) / 90 - k.sum() / 100)
+    assert r["kid_mean"] == pytest.approx(expected, rel=1e-9) and r["kid_std"] < 1e-12
+    g = torch.Generator().manual_seed(7)
+    r2 = ev.evaluate(lambda b: torch.rand(b, 3, 16, 16, generator=g) * 2 - 1, n_gen=7)
+    assert r2["copies"] == 0 and r2["n_gen"] == 7 and r2["fid"] > 1e-3
+
+
+def test_nearest_cli_flags_planted_copies(tmp_path, capsys):
+    train = _smooth_images(16, 32, 0)
+    train_dir = _write_folder(str(tmp_path / "train"), train)
+    rng = np.random.default_rng(0)
+    noised = np.clip(train[2:4].astype(float) + rng.normal(0, 3, train[2:4].shape), 0, 255)
+    gen = np.concatenate([train[:2], noised.round().astype(np.uint8), _smooth_images(4, 32, 99)])
+    gen_dir = _write_folder(str(tmp_path / "gen"), gen)
+    out = tmp_path / "near"
+    res = fid.main(["nearest", gen_dir, train_dir, "--out", str(out), "--top", "3",
+                    "--inception", "random", "--dims", "64", "--num-workers", "0"])
+    assert res["copy"].tolist() == [True] * 4 + [False] * 4
+    assert res["pixel_index"][:4].tolist() == [0, 1, 2, 3]
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("copies: 4 of 8")
+    rows = (out / "nearest.csv").read_text().strip().splitlines()
+    assert len(rows) == 9 and rows[1].split(",")[:2] == ["000.png", "000.png"]
+    grid = Image.open(out / "nearest.png")
+    assert grid.size == (2 * 64 + 3 * 2, 2 + 3 * (64 + 2))  # 3 pairs, side by side
+
+
+def test_nearest_thresholds_match_brute_force():
+    rng = np.random.default_rng(5)
+    tf, gf = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
+    tt = rng.integers(0, 256, (9, 3, 64, 64), dtype=np.uint8)
+    gt = rng.integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)
+    res = fid.nearest(gf, gt, tf, tt)
+    cos = lambda a, b: 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    l2 = lambda a, b: np.linalg.norm(a.astype(float) / 255 - b.astype(float) / 255)  # noqa: E731
+    thr_c = min(cos(tf[i], tf[j]) for i in range(9) for j in range(9) if i != j)
+    thr_p = min(l2(tt[i], tt[j]) for i in range(9) for j in range(9) if i != j)
+    assert res["thresholds"] == (pytest.approx(thr_c), pytest.approx(thr_p))
+    for g in range(5):
+        dc = [cos(gf[g], tf[j]) for j in range(9)]
+        dp = [l2(gt[g], tt[j]) for j in range(9)]
+        assert res["feat_index"][g] == np.argmin(dc) and res["pixel_index"][g] == np.argmin(dp)
+        assert res["feat_dist"][g] == pytest.approx(min(dc), abs=1e-12)
+        assert res["pixel_dist"][g] == pytest.approx(min(dp), rel=1e-9)
+
+
+@requires_cuda
+def test_cuda_features_match_cpu(model64):
+    x = torch.rand(3, 3, 40, 40)
+    gpu = fid.load_inception("random", device="cuda", dims=2048)
+    cpu = fid.load_inception("random", dims=2048)
+    torch.testing.assert_close(torch.from_numpy(fid._features_of_batch(gpu, x, "cuda")),
+                               torch.from_numpy(fid._features_of_batch(cpu, x, "cpu")),
+                               rtol=2e-3, atol=2e-3)  # cuDNN may use TF32 convolutions
