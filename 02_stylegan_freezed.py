@@ -757,65 +757,6 @@ def save_grid(img, path, nrow):
     Image.fromarray(canvas).save(path)
 
 
-def draw_curve(path, xs, ys, title="FID", xlabel="step"):
-    """A line plot with labelled axes in pure PIL (matplotlib is not a dependency)."""
-    width, height, left, right, top, bottom = 640, 400, 70, 20, 30, 45
-    im = Image.new("RGB", (width, height), "white")
-    dr = ImageDraw.Draw(im)
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 1, y1 + 1
-    pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
-
-    dr.rectangle([left, top, width - right, height - bottom], outline="black")
-    for t in range(5):  # ticks: 5 on each axis
-        xv, yv = x0 + t / 4 * (x1 - x0), y0 + t / 4 * (y1 - y0)
-        gx, _ = px(xv, y0)
-        _, gy = px(x0, yv)
-        dr.line([gx, height - bottom, gx, height - bottom + 4], fill="black")
-        dr.text((gx - 12, height - bottom + 6), f"{xv:.0f}", fill="black")
-        dr.line([left - 4, gy, left, gy], fill="black")
-        dr.text((4, gy - 6), f"{yv:.2f}", fill="black")
-    pts = [px(x, y) for x, y in zip(xs, ys)]
-    if len(pts) > 1:
-        dr.line(pts, fill=(200, 30, 30), width=2)
-    for x, y in pts:
-        dr.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(200, 30, 30))
-    dr.text((width // 2 - 20, 8), title, fill="black")
-    dr.text((width // 2 - 10, height - 18), xlabel, fill="black")
-    im.save(path)
-
-
-def read_fid_csv(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f)]
-
-
-def record_fid(out, step, result):
-    """Append one row to fid.csv and redraw fid.png from the whole file."""
-    path = os.path.join(out, "fid.csv")
-    fields = ["step", "fid", "kid_mean", "kid_std", "copies", "n_real", "n_gen"]
-    rows = [r for r in read_fid_csv(path) if int(r["step"]) < step]  # drop rows a resume replays
-    rows.append({"step": step, **{k: result.get(k, "") for k in fields[1:]}})
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-    draw_curve(os.path.join(out, "fid.png"), [int(r["step"]) for r in rows], [float(r["fid"]) for r in rows])
-
-
 def make_fid_evaluator(args, device):
     """ops.fid.Evaluator on the training folder, or None (one notice) when FID cannot run."""
     if not args.fid_every:
@@ -1068,7 +1009,11 @@ def train(args):
             return g_ema(z, g_ema.make_noise(batch, s, device, gen), step=s, alpha=a).clamp(-1, 1)
 
         result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
-        record_fid(cfg.out, it, result)
+        from ops.fid import record_fid  # fid.csv (with its provenance header) and fid.png: FID and KID
+        record_fid(cfg.out, it, result, getattr(evaluator, "provenance", None), kimg=it * cfg.batch / 1000)
+        with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
+            f.write(json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),
+                                "kid_std": float(result["kid_std"]), "copies": int(result["copies"])}) + "\n")
         return result
 
     if evaluator is not None and it == 0:

@@ -58,7 +58,7 @@ import scipy.linalg.lapack
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux,
                                           InceptionB, InceptionC, InceptionD, InceptionE)
 
@@ -981,6 +981,106 @@ class Evaluator:
         return {"fid": frechet_distance(self.mu, self.sigma, mu, sigma), "kid_mean": km,
                 "kid_std": ks, "copies": int(near["copy"].sum()), "n_real": len(self.real_feats),
                 "n_gen": n}
+
+
+# ----------------------------------------------------------------------------------------------
+# 8b. The training log every run folder shares: fid.csv (with its provenance) and fid.png
+
+FID_FIELDS = ("step", "kimg", "fid", "kid_mean", "kid_std", "copies", "n_real", "n_gen")
+
+
+def read_fid_csv(path):
+    """fid.csv -> list of row dicts (numbers as float/int); '#' provenance lines are skipped."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    out = []
+    for r in rows:
+        out.append({k: (int(float(v)) if k in ("step", "copies", "n_real", "n_gen") else float(v))
+                    for k, v in r.items() if k in FID_FIELDS and v not in ("", None)})
+    return out
+
+
+def record_fid(run_dir, step, result, provenance=None, kimg=None):
+    """Add one evaluation to RUN/fid.csv and redraw RUN/fid.png; returns all rows.
+
+    The file starts with '# provenance: {json}' (Inception weights and sha256, image counts, file
+    types, resize, device, dims, git commit), then the columns of FID_FIELDS. Rows at or after
+    `step` are dropped first, so a resumed run that replays an evaluation does not duplicate it.
+    """
+    path = os.path.join(run_dir, "fid.csv")
+    rows = [r for r in read_fid_csv(path) if r["step"] < step]
+    rows.append({"step": step, "kimg": kimg, **{k: result.get(k) for k in FID_FIELDS[2:]}})
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        if provenance is not None:
+            f.write("# provenance: " + json.dumps(provenance, sort_keys=True, default=str) + "\n")
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(FID_FIELDS)
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else r[k] for k in FID_FIELDS])
+    os.replace(tmp, path)
+    draw_fid_curve(rows, os.path.join(run_dir, "fid.png"))
+    return rows
+
+
+def _panel(draw, box, xs, ys, errs, color, label):
+    """One line plot (with optional +-err band) in the pixel box (left, top, right, bottom)."""
+    left, top, right, bottom = box
+    draw.rectangle(box, outline="black")
+    pts = [(x, y) for x, y in zip(xs, ys) if y == y]  # drop NaN
+    draw.text((left + 6, top + 4), label, fill="black")
+    if not pts:
+        return
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    lo = min(y - (e or 0) for (x, y), e in zip(pts, errs or [0] * len(pts)))
+    hi = max(y + (e or 0) for (x, y), e in zip(pts, errs or [0] * len(pts)))
+    if hi - lo < 1e-12:
+        lo, hi = lo - 1, hi + 1
+    lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
+
+    def xy(x, y):
+        return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top))
+
+    for t in range(5):
+        yv = lo + (hi - lo) * t / 4
+        py = xy(x0, yv)[1]
+        draw.line([left - 4, py, left, py], fill="black")
+        draw.text((4, py - 6), f"{yv:.3g}", fill="black")
+    if errs:
+        for (x, y), e in zip(pts, errs):
+            if e == e and e:
+                draw.line([xy(x, y - e), xy(x, y + e)], fill=color, width=1)
+    line = [xy(x, y) for x, y in pts]
+    if len(line) > 1:
+        draw.line(line, fill=color, width=2)
+    for px, py in line:
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
+
+
+def draw_fid_curve(rows, path, width=640, height=520):
+    """fid.png: FID (top) and KID mean +- std (bottom) against the iteration, drawn with PIL."""
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    xs = [r["step"] for r in rows]
+    if rows:
+        fids = [r.get("fid", float("nan")) for r in rows]
+        best = min(range(len(rows)), key=lambda i: fids[i] if fids[i] == fids[i] else float("inf"))
+        _panel(d, (70, 20, width - 20, height // 2 - 20), xs, fids, None, (200, 30, 30),
+               f"FID (best {fids[best]:.2f} at iteration {xs[best]})")
+        _panel(d, (70, height // 2 + 10, width - 20, height - 40), xs,
+               [r.get("kid_mean", float("nan")) for r in rows], [r.get("kid_std", 0.0) for r in rows],
+               (30, 80, 200), "KID (mean +- std over subsets)")
+        x0, x1 = min(xs), max(xs)
+        for t in range(5):
+            xv = x0 + (x1 - x0) * t / 4
+            px = 70 + (xv - x0) / ((x1 - x0) or 1) * (width - 90)
+            d.text((px - 12, height - 34), f"{xv:.0f}", fill="black")
+    d.text((width // 2 - 25, height - 18), "iteration", fill="black")
+    tmp = path + ".tmp.png"
+    img.save(tmp)
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -474,3 +474,19 @@ def test_cuda_features_match_cpu(model64):
     torch.testing.assert_close(torch.from_numpy(fid._features_of_batch(gpu, x, "cuda")),
                                torch.from_numpy(fid._features_of_batch(cpu, x, "cpu")),
                                rtol=2e-3, atol=2e-3)  # cuDNN may use TF32 convolutions
+
+
+def test_record_fid_keeps_provenance_and_drops_replayed_rows(tmp_path):
+    from ops import fid as F_
+    prov = {"weights": "random", "comparable": False}
+    for step, value in ((0, 90.0), (10, 70.0), (20, 60.0)):
+        F_.record_fid(str(tmp_path), step, {"fid": value, "kid_mean": value / 1000, "kid_std": 0.001,
+                                            "copies": 0, "n_real": 8, "n_gen": 8}, prov, kimg=step * 0.016)
+    # a resumed run re-evaluates step 10: the old 10 and 20 rows go, the new 10 stays
+    F_.record_fid(str(tmp_path), 10, {"fid": 65.0, "kid_mean": 0.05, "kid_std": 0.002, "copies": 1,
+                                      "n_real": 8, "n_gen": 8}, prov)
+    text = (tmp_path / "fid.csv").read_text().splitlines()
+    assert json.loads(text[0][len("# provenance: "):]) == prov
+    rows = F_.read_fid_csv(str(tmp_path / "fid.csv"))
+    assert [(r["step"], r["fid"], r["copies"]) for r in rows] == [(0, 90.0, 0), (10, 65.0, 1)]
+    assert Image.open(tmp_path / "fid.png").size == (640, 520)

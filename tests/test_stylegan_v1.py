@@ -144,7 +144,7 @@ def read_log(run):
 
 def read_csv(path):
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
 def tiny_train_args(data, out, *extra):
@@ -455,7 +455,7 @@ def test_fid_curve_written_to_csv_and_png(tmp_path, monkeypatch):
     rows = read_csv(os.path.join(out, "fid.csv"))
     assert [int(r["step"]) for r in rows] == [0, 2, 4]
     assert [float(r["fid"]) for r in rows] == [100.0, 50.0, 100.0 / 3]
-    assert png(os.path.join(out, "fid.png")).shape == (400, 640, 3)
+    assert png(os.path.join(out, "fid.png")).shape == (520, 640, 3)
     assert sorted(os.listdir(os.path.join(out, "samples"))) == ["000002.png", "000004.png"]
     assert png(os.path.join(out, "samples", "000004.png")).shape == (32, 32, 3)
 
@@ -483,6 +483,10 @@ def test_fid_with_ops_fid_random_inception(tmp_path, monkeypatch):
     rows = read_csv(os.path.join(out, "fid.csv"))
     assert [int(r["step"]) for r in rows] == [0, 1] and all(float(r["fid"]) >= 0 for r in rows)
     assert all(int(r["n_gen"]) == 4 and int(r["n_real"]) == 4 for r in rows)
+    with open(os.path.join(out, "fid.csv")) as f:
+        assert f.readline().startswith("# provenance: ")  # weights, counts, resize, device, commit
+    evals = [json.loads(line) for line in open(os.path.join(out, "log.jsonl")) if '"copies"' in line]
+    assert [e["step"] for e in evals] == [0, 1]
 
 
 def test_missing_inception_weights_gives_one_notice_and_trains(tmp_path, monkeypatch, capsys):
