@@ -1,0 +1,2607 @@
+"""StyleGAN2 with ADA, DiffAugment, FreezeD and FreezeG, in one file.
+
+Papers
+- Karras, Laine, Aittala, Hellsten, Lehtinen, Aila (2020). "Analyzing and Improving the Image
+  Quality of StyleGAN" (StyleGAN2), arXiv:1912.04958.
+- Karras, Aittala, Hellsten, Laine, Lehtinen, Aila (2020). "Training Generative Adversarial
+  Networks with Limited Data" (ADA), arXiv:2006.06676.
+- Zhao, Liu, Lin, Zhu, Han (2020). "Differentiable Augmentation for Data-Efficient GAN
+  Training" (DiffAugment), arXiv:2006.10738.
+- Mo, Cho, Shin (2020). "Freeze the Discriminator: a Simple Baseline for Fine-Tuning GANs"
+  (FreezeD), arXiv:2002.10964.
+- FreezeG: bryandlee/FreezeG (fine-tune only the highest-resolution generator blocks).
+
+What is here
+- Generator and Discriminator with the state-dict names and shapes of rosinality/stylegan2-pytorch
+  (model.py), so that port's `.pt` checkpoints (including the converted FFHQ config-f ones) load
+  with strict=True and give the same images for the same weights, latents and noise.
+- Readers for NVIDIA's StyleGAN2-ADA `.pkl` files (PyTorch, and the TensorFlow-era ones whose
+  weights are numpy arrays) through a restricted unpickler that never runs code from the file.
+- Data and augmentation: an image-folder dataset with x-flips; ADA's 'bgc' pipeline (xflip,
+  rotate90, integer translation, isotropic scale, rotation, anisotropic scale, fractional
+  translation; brightness, contrast, luma flip, hue, saturation) with NVlabs' sampling and its
+  adaptive p (sign of D(real) toward 0.6); DiffAugment's color, translation and cutout policies.
+- Training (rosinality train.py's loop with NVlabs' defaults): non-saturating logistic loss, lazy R1
+  (every 16) and path-length regularization (every 4), style mixing 0.9, G EMA, Adam with the
+  lazy-regularization correction; FreezeD (`--freeze-d K`), FreezeG (`--freeze-g K`); `--preset`
+  names the seed experiment's ablation rows; exact `--resume`; FID/KID during training through
+  ops.fid; DDP under torchrun.
+- `generate`: images for seeds, NVIDIA's seed convention (z = RandomState(seed).randn(1, 512)).
+
+Modulated convolution (Sec. 2.2, Eq. 1-3) has two equal formulations here:
+- fused: per-sample weights w'_ijk = s_i * w_ijk * d_j and one grouped convolution (groups = B);
+- non-fused: scale the input channels by s, run ONE convolution with the shared weight, and
+  multiply the output channels by d_j = 1 / sqrt(sum_ik (s_i w_ijk)^2 + eps).
+`ModulatedConv2d.fused = None` (default) picks per call: non-fused on the CPU (a shared-weight
+convolution uses the fast oneDNN kernels, and its weight gradient is one ordinary GEMM instead of B
+small grouped ones; one training iteration at 64 px, channel multiplier 1, batch 4 costs 4.4 s of
+CPU time against 6.7 s fused, a 256 px config-f forward 2.9 s against 4.3 s); on CUDA fused for
+inference (no grad) and non-fused for training, as NVlabs. 1x1 kernels (ToRGB) on channels_last
+input use per-sample weights and one batched matmul. On the CPU activations run channels_last
+(NHWC): oneDNN's transposed and depthwise (blur) convolutions are several times faster there.
+
+Run
+    python 03_stylegan2_ada.py train --data DATA --out runs/freezed-ada --ckpt ffhq-256.pt --preset freezed-ada
+    python 03_stylegan2_ada.py train --resume runs/freezed-ada                   # continue exactly
+    python 03_stylegan2_ada.py train --data DATA --out runs/x --preset ada --dry-run   # print the settings
+    torchrun --nproc_per_node 2 03_stylegan2_ada.py train --data DATA --out runs/ddp --ckpt ffhq-256.pt
+    python 03_stylegan2_ada.py generate --ckpt stylegan2-ffhq-config-f.pt --seeds 0-7 --out out/ffhq
+    python 03_stylegan2_ada.py generate --ckpt ffhq.pkl --seeds 0-7 --truncation 0.7 --out out/pkl
+    python 03_stylegan2_ada.py train --data DATA --out runs/tiny --size 32 --channel-max 32 \
+        --style-dim 32 --n-mlp 2 --batch 4 --iter 20 --fid-every 0 --device cpu     # CPU smoke run
+    python bench/bench_stylegan2.py --device cpu
+
+Sections: constants and presets -> building blocks -> Generator / Discriminator -> checkpoint I/O
+(+ rosinality .pt and NVIDIA .pkl converters) -> data and augmentation (dataset, ADA, DiffAugment)
+-> losses and regularizers -> freezing -> settings -> train(args) -> generate(args) -> CLI.
+"""
+import argparse
+import copy
+import io
+import json
+import math
+import os
+import pickle
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import autograd
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+import ops
+from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
+
+# ---------------------------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------------------------
+# Channels per resolution of rosinality's Generator/Discriminator before the channel multiplier
+# (resolutions >= 64) and before the channel_max cap: 512 up to 32 px, then 16384 / r * cm.
+BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+DEMOD_EPS = 1e-8          # Eq. 3 epsilon (both reference implementations)
+MBSTD_EPS = 1e-8          # minibatch standard deviation epsilon
+TRUNCATION_MEAN_N = 4096  # z samples for the mean w when a checkpoint stores no latent_avg
+
+
+def channel_table(size, channel_multiplier=2, channel_max=512):
+    """{resolution: channels} for 4..size, rosinality's table capped at channel_max."""
+    table = {}
+    r = 4
+    while r <= size:
+        base = BASE_CHANNELS[r] * (channel_multiplier if r >= 64 else 1)
+        table[r] = int(min(channel_max, base))
+        r *= 2
+    return table
+
+
+# ---- Presets: the seed experiment's ablation rows, and the train defaults ---------------------------
+
+# The ablation of the seed experiment (bryandlee/malnyun_faces): 500 cartoon faces at 256 px,
+# StyleGAN2 transferred from FFHQ (`--ckpt` is the user's FFHQ model), FID after 30k iterations:
+# Baseline 75.96, FreezeD 50.74, DiffAug 63.74, ADA 46.23, FreezeD + DiffAug 45.24, FreezeD + ADA 38.94.
+# `freeze_d` is given at 256 px (FreezeD's feature_loc 3: fromRGB and the 256..32 px blocks stay
+# fixed); at other sizes it is shifted so that the same two lowest-resolution blocks train.
+# Flags given on the command line override the preset.
+PRESETS = {
+    "baseline":        {"augment": "none",    "freeze_d": 0},
+    "freezed":         {"augment": "none",    "freeze_d": 4},
+    "diffaug":         {"augment": "diffaug", "freeze_d": 0},
+    "ada":             {"augment": "ada",     "freeze_d": 0},
+    "freezed-diffaug": {"augment": "diffaug", "freeze_d": 4},
+    "freezed-ada":     {"augment": "ada",     "freeze_d": 4},
+}
+PRESET_FREEZE_D_SIZE = 256  # resolution at which the presets' freeze_d counts blocks
+
+# Defaults of every train flag (argparse defaults are None so that presets and --resume can tell
+# which flags were given). Numbers are StyleGAN2 config-f / ADA defaults unless noted.
+TRAIN_DEFAULTS = {
+    "data": None, "out": None, "ckpt": None, "size": 256,
+    "iter": 30000,             # the seed experiment's FID table is at 30k iterations
+    "batch": 16,               # total over all processes (rosinality's default, one GPU)
+    "lr": 0.002,               # Adam, betas (0, 0.99), both networks
+    "r1_gamma": 10.0,          # R1 weight gamma (penalty * gamma / 2)
+    "d_reg_every": 16,         # lazy R1 interval (0 = no R1)
+    "g_reg_every": 4,          # lazy path-length interval (0 = none)
+    "pl_weight": 2.0,          # path-length weight
+    "pl_decay": 0.01,          # decay of the running mean a of path lengths
+    "pl_batch_shrink": 2,      # path-length batch = batch // 2
+    "mixing": 0.9,             # style-mixing probability
+    "ema_kimg": 10.0,          # G_ema half-life in thousands of images (NVlabs 'stylegan2' cfg)
+    "ema_rampup": 0.0,         # NVlabs ramp-up (0.05 in their "auto" cfg); 0 = off (ema_beta)
+    "augment": "none",         # none | ada | diffaug
+    "ada_p": None,             # fixed ADA p (None = adaptive)
+    "ada_target": 0.6,         # ADA target of E[sign(D(real))]
+    "ada_interval": 4,         # iterations between p updates
+    "ada_kimg": None,          # images (thousands) for p to move by 1: 500, or 100 with --ckpt
+    "diffaug_policy": "color,translation,cutout",
+    "xflip": True,             # mirrored copies of the real images (NVlabs --mirror; rosinality flips)
+    "freeze_d": 0,             # FreezeD: fromRGB + this many D blocks from the image side stay fixed
+    "freeze_g": 0,             # FreezeG: mapping + this many lowest-resolution G blocks stay fixed
+    "channel_multiplier": 2, "channel_max": 512, "style_dim": 512, "n_mlp": 8,
+    "seed": 0,
+    "n_sample": 16,            # images in each sample grid (fixed latents)
+    "sample_every": 500, "ckpt_every": 2000, "keep": 3, "log_every": 10,
+    "fid_every": 1000,         # 0 = no FID during training
+    "fid_n": 5000,             # generated images per FID (FreezeD evaluates 5000)
+    "fid_batch": 50, "inception": None,
+    "fid_cache": None,         # cached real-image features (default RUN/fid_cache)
+    "fid_dims": 2048,          # Inception features (2048 = pool3, the FID standard; less: smoke tests)
+    "num_workers": 2, "device": None, "progress": True,
+}
+# Settings that may change when a run is continued with --resume; all others come from the run.
+RESUME_OVERRIDABLE = ("data", "iter", "n_sample", "sample_every", "ckpt_every", "keep", "log_every",
+                      "fid_every", "fid_n", "fid_batch", "inception", "fid_cache", "fid_dims", "num_workers",
+                      "device", "progress")
+# Architecture settings that a --ckpt or --resume checkpoint decides.
+ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+class PixelNorm(nn.Module):
+    """z / sqrt(mean(z^2) + 1e-8) along channels (mapping network input, StyleGAN Sec. 2)."""
+
+    def forward(self, x):
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class Blur(nn.Module):
+    """Depthwise FIR low-pass filter (upfirdn2d with up = down = 1); buffer `kernel`."""
+
+    def __init__(self, kernel, pad, upsample_factor=1):
+        super().__init__()
+        k = make_kernel(kernel)
+        if upsample_factor > 1:
+            k = k * upsample_factor ** 2  # keep the DC level after zero insertion
+        self.register_buffer("kernel", k)
+        self.pad = pad
+
+    def forward(self, x):
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x upsampling with the FIR filter (ToRGB skip path); buffer `kernel` sums to 4."""
+
+    def __init__(self, kernel, factor=2):
+        super().__init__()
+        self.factor = factor
+        k = make_kernel(kernel) * factor ** 2
+        self.register_buffer("kernel", k)
+        p = k.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x):
+        return upfirdn2d(x, self.kernel, up=self.factor, down=1, pad=self.pad)
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalized learning rate (ProGAN Sec. 4.1).
+
+    weight is stored as N(0, 1) / lr_mul and scaled at run time by lr_mul / sqrt(in_dim);
+    bias is scaled by lr_mul. activation="fused_lrelu" applies bias + leaky ReLU * sqrt(2).
+    """
+
+    def __init__(self, in_dim, out_dim, bias=True, bias_init=0.0, lr_mul=1.0, activation=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x):
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return fused_leaky_relu(out, self.bias * self.lr_mul)
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
+
+
+class EqualConv2d(nn.Module):
+    """Conv2d with equalized learning rate: weight N(0, 1) scaled by 1 / sqrt(in * k * k)."""
+
+    def __init__(self, in_channel, out_channel, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
+        self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
+        self.stride = stride
+        self.padding = padding
+        self.bias = nn.Parameter(torch.zeros(out_channel)) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self):
+        o, i, k, _ = self.weight.shape
+        return f"{i}, {o}, {k}, stride={self.stride}, padding={self.padding}"
+
+
+class ModulatedConv2d(nn.Module):
+    """Weight (de)modulation, StyleGAN2 Sec. 2.2, Eq. 1-3.
+
+        s = modulation(w)                       (affine, bias init 1)          [B, in]
+        w'_ijk = s_i * scale * w_ijk            (Eq. 1)
+        d_j = 1 / sqrt(sum_ik w'_ijk^2 + 1e-8)  (Eq. 3), w''_ijk = d_j * w'_ijk
+
+    `fused` True: grouped convolution with per-sample weights; False: input scaled by s, one
+    shared-weight convolution, output scaled by d (equal results); None: chosen per call
+    (module docstring). upsample: transposed conv stride 2, then Blur (pad (1, 1), gain 4).
+    """
+
+    def __init__(self, in_channel, out_channel, kernel_size, style_dim,
+                 demodulate=True,                 # Eq. 3 (False for ToRGB)
+                 upsample=False,                  # 2x up before the conv (H -> 2H)
+                 blur_kernel=(1, 3, 3, 1),
+                 fused=None):                     # None = choose per device, see class doc
+        super().__init__()
+        self.in_channel, self.out_channel = in_channel, out_channel
+        self.kernel_size = kernel_size
+        self.demodulate = demodulate
+        self.upsample = upsample
+        self.fused = fused
+        self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        if upsample:
+            p = (len(blur_kernel) - 2) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
+
+    def extra_repr(self):
+        return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, "
+                f"demodulate={self.demodulate}, upsample={self.upsample}, fused={self.fused}")
+
+    def use_fused(self, x):
+        if self.fused is not None:
+            return self.fused
+        return x.is_cuda and not torch.is_grad_enabled()
+
+    def forward(self, x, style, noise=None):
+        """x [B, in, H, W], style w [B, style_dim] -> [B, out, H', W'] (H' = 2H if upsample).
+
+        noise: optional tensor broadcastable to the output ([B, 1, H', W'], already scaled by the
+        noise strength) added after demodulation, in the same memory pass on the non-fused path.
+        """
+        b, c, h, w_ = x.shape
+        assert c == self.in_channel, f"expected {self.in_channel} input channels, got {c}"
+        s = self.modulation(style)                                  # [B, in]
+        weight = self.weight[0] * self.scale                        # [out, in, k, k]
+        if self.kernel_size == 1 and not self.upsample and x.is_contiguous(memory_format=torch.channels_last):
+            out = self._forward_1x1(x, s, weight)
+            return out if noise is None else out + noise
+        if self.use_fused(x):
+            out = self._forward_fused(x, s, weight)
+            return out if noise is None else out + noise
+        return self._forward_nonfused(x, s, weight, noise)
+
+    def _forward_1x1(self, x, s, weight):
+        """1x1 kernels (ToRGB): per-sample [out, in] weights and one batched matmul over pixels.
+
+        Reads the activations once (no modulated copy); on channels_last input both reshapes
+        are views.
+        """
+        b, c, h, w_ = x.shape
+        wmod = weight[:, :, 0, 0].unsqueeze(0) * s.view(b, 1, c)     # [B, out, in]
+        if self.demodulate:
+            wmod = wmod * torch.rsqrt(wmod.square().sum(2, keepdim=True) + DEMOD_EPS)
+        pixels = x.permute(0, 2, 3, 1).reshape(b, h * w_, c)        # [B, HW, in]
+        out = torch.bmm(pixels, wmod.transpose(1, 2).to(x.dtype))   # [B, HW, out]
+        return out.view(b, h, w_, self.out_channel).permute(0, 3, 1, 2)  # [B, out, H, W]
+
+    def _forward_fused(self, x, s, weight):
+        b, c, h, w_ = x.shape
+        k = self.kernel_size
+        wmod = weight.unsqueeze(0) * s.view(b, 1, c, 1, 1)          # [B, out, in, k, k]
+        if self.demodulate:
+            d = torch.rsqrt(wmod.square().sum([2, 3, 4]) + DEMOD_EPS)  # [B, out]
+            wmod = wmod * d.view(b, self.out_channel, 1, 1, 1)
+        x = x.reshape(1, b * c, h, w_)
+        if self.upsample:
+            wt = wmod.transpose(1, 2).reshape(b * c, self.out_channel, k, k)  # [B*in, out, k, k]
+            out = F.conv_transpose2d(x, wt, stride=2, padding=0, groups=b)
+            out = out.view(b, self.out_channel, out.shape[2], out.shape[3])  # [B, out, 2H+1, 2W+1]
+            return self.blur(out)                                   # [B, out, 2H, 2W]
+        out = F.conv2d(x, wmod.reshape(b * self.out_channel, c, k, k), padding=self.padding, groups=b)
+        return out.view(b, self.out_channel, h, w_)
+
+    def _forward_nonfused(self, x, s, weight, noise=None):
+        b, c = x.shape[:2]
+        x = x * s.view(b, c, 1, 1).to(x.dtype)                      # modulate activations
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)
+            out = self.blur(out)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if not self.demodulate:
+            return out if noise is None else out + noise
+        # sum_ik (s_i w_ijk)^2 = sum_i s_i^2 * (sum_k w_ijk^2): a [B, in] x [in, out] product
+        d = torch.rsqrt(s.square() @ weight.square().sum([2, 3]).t() + DEMOD_EPS)  # [B, out]
+        d = d.view(b, self.out_channel, 1, 1).to(out.dtype)
+        return out * d if noise is None else torch.addcmul(noise, out, d)
+
+
+def memory_format(x):
+    """channels_last on the CPU (oneDNN's transposed and depthwise convs are 2-10x faster in
+    NHWC), the default layout elsewhere."""
+    return torch.contiguous_format if x.is_cuda else torch.channels_last
+
+
+def set_modconv_path(module, fused):
+    """Force every ModulatedConv2d under `module` to fused=True/False, or None (automatic)."""
+    for m in module.modules():
+        if isinstance(m, ModulatedConv2d):
+            m.fused = fused
+    return module
+
+
+class NoiseInjection(nn.Module):
+    """Per-pixel noise B (StyleGAN Sec. 2): x + weight * noise, weight init 0, one map per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, noise=None):
+        if noise is None:
+            b, _, h, w = x.shape
+            noise = x.new_empty(b, 1, h, w).normal_()
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 constant that starts synthesis; `input` [1, C, 4, 4]."""
+
+    def __init__(self, channel, size=4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch):
+        return self.input.repeat(batch, 1, 1, 1)
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 conv -> noise -> bias + leaky ReLU (StyleGAN2 Fig. 2c)."""
+
+    def __init__(self, in_channel, out_channel, kernel_size, style_dim, upsample=False,
+                 blur_kernel=(1, 3, 3, 1), demodulate=True):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
+                                    demodulate=demodulate, upsample=upsample, blur_kernel=blur_kernel)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x, style, noise=None):
+        """x [B, in, H, W] -> [B, out, H', W']; noise [B or 1, 1, H', W'] or None (fresh N(0, 1))."""
+        if noise is None:
+            r = x.shape[2] * (2 if self.conv.upsample else 1)
+            noise = x.new_empty(x.shape[0], 1, r, x.shape[3] * r // x.shape[2]).normal_()
+        # conv -> + noise strength * noise (NoiseInjection, fused with the demodulation pass)
+        out = self.conv(x, style, noise=self.noise.weight * noise)
+        return self.activate(out)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB without demodulation, plus the upsampled skip (Fig. 7b)."""
+
+    def __init__(self, in_channel, style_dim, upsample=True, blur_kernel=(1, 3, 3, 1)):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x, style, skip=None):
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator and Discriminator
+# ---------------------------------------------------------------------------------------------
+class Generator(nn.Module):
+    """StyleGAN2 config-f generator with skip ToRGB outputs (StyleGAN2 Sec. 4, Fig. 7b).
+
+    Mapping network f: z -> w (PixelNorm + n_mlp equalized FC layers, lr multiplier 0.01),
+    synthesis from a learned 4x4 constant with two styled convs per resolution and one ToRGB each.
+    Names and shapes follow rosinality/stylegan2-pytorch model.py; channel_max caps the channel
+    table (512 = rosinality; smaller values make tiny CPU networks).
+    """
+
+    def __init__(self, size, style_dim=512, n_mlp=8, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
+                 lr_mlp=0.01,            # mapping-network learning-rate multiplier
+                 channel_max=512):       # cap on channels per layer
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2 ** log_size != size or not 4 <= log_size <= 10:
+            raise ValueError(f"Generator size must be a power of two in 16..1024, got {size}")
+        self.size = size
+        self.style_dim = style_dim
+        self.n_mlp = n_mlp
+        self.channel_multiplier = channel_multiplier
+        self.channel_max = channel_max
+        self.log_size = log_size
+        self.num_layers = (log_size - 2) * 2 + 1  # noise inputs
+        self.n_latent = log_size * 2 - 2          # w vectors (14 at 256 px)
+        self.channels = channel_table(size, channel_multiplier, channel_max)
+
+        self.style = nn.Sequential(PixelNorm(), *[
+            EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)])
+
+        c4 = self.channels[4]
+        self.input = ConstantInput(c4)
+        self.conv1 = StyledConv(c4, c4, 3, style_dim, blur_kernel=blur_kernel)
+        self.to_rgb1 = ToRGB(c4, style_dim, upsample=False)
+
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            r = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+        in_channel = c4
+        for k in range(3, log_size + 1):
+            out_channel = self.channels[2 ** k]
+            self.convs.append(StyledConv(in_channel, out_channel, 3, style_dim, upsample=True,
+                                         blur_kernel=blur_kernel))
+            self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel))
+            self.to_rgbs.append(ToRGB(out_channel, style_dim, blur_kernel=blur_kernel))
+            in_channel = out_channel
+
+    def make_noise(self):
+        """Fresh noise maps, one per noise input: list of [1, 1, r, r]."""
+        device = self.input.input.device
+        return [torch.randn(1, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2), device=device)
+                for i in range(self.num_layers)]
+
+    @torch.no_grad()
+    def mean_latent(self, n_latent):
+        """Mean of f(z) over n_latent random z: [1, style_dim] (truncation centre)."""
+        z = torch.randn(n_latent, self.style_dim, device=self.input.input.device)
+        return self.style(z).mean(0, keepdim=True)
+
+    def get_latent(self, z):
+        return self.style(z)
+
+    def forward(self, styles, return_latents=False, inject_index=None, truncation=1,
+                truncation_latent=None, input_is_latent=False, noise=None, randomize_noise=True):
+        """styles: list of 1 or 2 [B, style_dim] (z, or w with input_is_latent), or [[B, n_latent, dim]].
+
+        Returns (img [B, 3, size, size], latent [B, n_latent, dim] or None).
+        Truncation (StyleGAN Sec. 3.1 / Eq. in App. B): w' = w_avg + psi * (w - w_avg).
+        Style mixing (Sec. 3.1): w layers [0, inject_index) from styles[0], the rest from styles[1].
+        """
+        if not isinstance(styles, (list, tuple)):
+            raise TypeError("styles must be a list of tensors (rosinality's convention)")
+        if not input_is_latent:
+            styles = [self.style(s) for s in styles]
+        if noise is None:
+            if randomize_noise:
+                noise = [None] * self.num_layers
+            else:
+                noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+        if truncation < 1:
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+
+        if len(styles) < 2:
+            inject_index = self.n_latent
+            latent = styles[0] if styles[0].ndim == 3 else styles[0].unsqueeze(1).repeat(1, inject_index, 1)
+        else:
+            if inject_index is None:
+                inject_index = random.randint(1, self.n_latent - 1)
+            latent = torch.cat([styles[0].unsqueeze(1).repeat(1, inject_index, 1),
+                                styles[1].unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)], 1)
+        assert latent.shape[1:] == (self.n_latent, self.style_dim), f"latent shape {tuple(latent.shape)}"
+
+        out = self.input(latent.shape[0]).contiguous(memory_format=memory_format(latent))  # [B, C4, 4, 4]
+        out = self.conv1(out, latent[:, 0], noise=noise[0])
+        skip = self.to_rgb1(out, latent[:, 1])                      # [B, 3, 4, 4]
+        i = 1
+        for conv_up, conv, noise1, noise2, to_rgb in zip(self.convs[::2], self.convs[1::2],
+                                                          noise[1::2], noise[2::2], self.to_rgbs):
+            out = conv_up(out, latent[:, i], noise=noise1)          # [B, C_r, r, r], r doubles
+            out = conv(out, latent[:, i + 1], noise=noise2)
+            skip = to_rgb(out, latent[:, i + 2], skip)              # [B, 3, r, r]
+            i += 2
+        return skip, (latent if return_latents else None)
+
+
+class ConvLayer(nn.Sequential):
+    """[Blur if downsample] + EqualConv2d + [bias + leaky ReLU]; rosinality's key indices."""
+
+    def __init__(self, in_channel, out_channel, kernel_size, downsample=False, blur_kernel=(1, 3, 3, 1),
+                 bias=True, activate=True):
+        layers = []
+        if downsample:
+            p = (len(blur_kernel) - 2) + (kernel_size - 1)
+            layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_channel, out_channel, kernel_size, stride=stride, padding=padding,
+                                  bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_channel, bias=bias))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """Residual D block (StyleGAN2 Fig. 7c): (conv2(conv1(x)) + skip(x)) / sqrt(2), 2x down."""
+
+    def __init__(self, in_channel, out_channel, blur_kernel=(1, 3, 3, 1)):
+        super().__init__()
+        self.conv1 = ConvLayer(in_channel, in_channel, 3)
+        self.conv2 = ConvLayer(in_channel, out_channel, 3, downsample=True, blur_kernel=blur_kernel)
+        self.skip = ConvLayer(in_channel, out_channel, 1, downsample=True, blur_kernel=blur_kernel,
+                              activate=False, bias=False)
+
+    def forward(self, x):
+        return (self.conv2(self.conv1(x)) + self.skip(x)) * (1 / math.sqrt(2))
+
+
+class Discriminator(nn.Module):
+    """Residual discriminator with minibatch standard deviation (StyleGAN2 Fig. 7c; ProGAN Sec. 3).
+
+    convs.0 = fromRGB (1x1), convs.1.. = ResBlocks from the image side (convs.1 takes size x size),
+    then mbstd (group mbstd_group, 1 feature), final_conv 3x3 and two equalized FC layers -> logit.
+    """
+
+    def __init__(self, size, channel_multiplier=2, blur_kernel=(1, 3, 3, 1), channel_max=512, mbstd_group=4):
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2 ** log_size != size or not 4 <= log_size <= 10:
+            raise ValueError(f"Discriminator size must be a power of two in 16..1024, got {size}")
+        self.size = size
+        self.channel_multiplier = channel_multiplier
+        self.channel_max = channel_max
+        self.mbstd_group = mbstd_group
+        self.channels = ch = channel_table(size, channel_multiplier, channel_max)
+        layers = [ConvLayer(3, ch[size], 1)]
+        in_channel = ch[size]
+        for k in range(log_size, 2, -1):
+            out_channel = ch[2 ** (k - 1)]
+            layers.append(ResBlock(in_channel, out_channel, blur_kernel))
+            in_channel = out_channel
+        self.convs = nn.Sequential(*layers)
+        self.final_conv = ConvLayer(in_channel + 1, ch[4], 3)
+        self.final_linear = nn.Sequential(EqualLinear(ch[4] * 4 * 4, ch[4], activation="fused_lrelu"),
+                                          EqualLinear(ch[4], 1))
+
+    def minibatch_stddev(self, x):
+        """Append the mean over (C, H, W) of the per-group std over samples as one channel."""
+        b, c, h, w = x.shape
+        group = min(b, self.mbstd_group)
+        if b % group:
+            raise ValueError(f"batch {b} is not divisible by the minibatch-stddev group {group}")
+        y = x.view(group, -1, 1, c, h, w)                            # [G, B/G, 1, C, H, W]
+        y = torch.sqrt(y.var(0, unbiased=False) + MBSTD_EPS)        # [B/G, 1, C, H, W]
+        y = y.mean([2, 3, 4], keepdim=True).squeeze(2)              # [B/G, 1, 1, 1]
+        y = y.repeat(group, 1, h, w)                                # [B, 1, H, W]
+        return torch.cat([x, y], 1)
+
+    def forward(self, img):
+        """img [B, 3, size, size] -> logits [B, 1]."""
+        assert img.ndim == 4 and img.shape[1:] == (3, self.size, self.size), \
+            f"expected [B, 3, {self.size}, {self.size}], got {tuple(img.shape)}"
+        out = self.convs(img.contiguous(memory_format=memory_format(img)))  # [B, C4, 4, 4]
+        out = self.minibatch_stddev(out)                            # [B, C4 + 1, 4, 4]
+        out = self.final_conv(out)
+        return self.final_linear(out.flatten(1))                    # [B, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint I/O
+# ---------------------------------------------------------------------------------------------
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, unsafe or of another architecture (one line)."""
+
+
+def save_checkpoint(path, ckpt):
+    """torch.save(ckpt) to a temp file in the same folder, then os.replace: never a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # old torch.save
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read our checkpoints, rosinality .pt files and NVIDIA .pkl files into one dict.
+
+    .pt (zip or legacy torch.save): torch.load(weights_only=True), with argparse.Namespace (the
+    `args` of rosinality's train.py) as the only allow-listed class; `args` becomes a plain dict.
+    A bare generator state dict becomes {"g_ema": state}. Pickles (NVIDIA) go through
+    load_nvidia_pkl. Any problem raises CheckpointError with one line naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if len(head) == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    is_zip = head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(path)  # torch.save's zip format
+    if not is_zip and head != _LEGACY_TORCH_MAGIC:
+        if head[:1] == b"\x80":
+            return load_nvidia_pkl(path)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint or NVIDIA pickle (unknown format)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused by the weights-only loader or corrupt ({_first_line(e)})") from None
+    except Exception as e:  # truncated zip, bad records, ...
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(e)})") from None
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        if "style.1.weight" not in ckpt:
+            raise CheckpointError(f"{path}: a bare state dict that is not a StyleGAN2 generator")
+        ckpt = {"g_ema": ckpt}
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if isinstance(ckpt.get("args"), argparse.Namespace):
+        ckpt["args"] = dict(vars(ckpt["args"]))
+    return ckpt
+
+
+def state_mismatch(module, state_dict):
+    """One-line description of how state_dict differs from module's (empty string if it fits)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {list(state_dict[k].shape)} vs {list(own[k].shape)}" for k in own
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shapes differ (file vs model)", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {name}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts)
+
+
+def load_state_checked(module, state_dict, where):
+    """Strict load_state_dict with a one-line CheckpointError naming `where` and the differences."""
+    diff = state_mismatch(module, state_dict)
+    if diff:
+        found = ""
+        if isinstance(module, Generator):
+            try:
+                found = f"file holds a {generator_config_from_state(state_dict)['size']} px generator, "
+            except CheckpointError:
+                pass
+        raise CheckpointError(f"{where}: {found}does not fit {type(module).__name__}"
+                              f"({getattr(module, 'size', '?')} px): {diff}")
+    module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def generator_config_from_state(state_dict, args=None):
+    """Infer Generator(size, style_dim, n_mlp, channel_multiplier, channel_max) from tensor shapes.
+
+    Stored args (ours or rosinality's Namespace) take precedence for the channel multiplier when
+    the shapes cannot tell it (tiny networks where channel_max caps every layer).
+    """
+    args = dict(args or {})
+    if "style.1.weight" not in state_dict or "input.input" not in state_dict:
+        raise CheckpointError("state dict has no 'style.1.weight' / 'input.input': not a StyleGAN2 generator")
+    n_mlp = sum(1 for k in state_dict if k.startswith("style.") and k.endswith(".weight"))
+    style_dim = state_dict["style.1.weight"].shape[1]
+    n_rgbs = sum(1 for k in state_dict if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
+    size = 2 ** (n_rgbs + 2)
+    c4 = state_dict["input.input"].shape[1]
+    channel_max = int(args.get("channel_max", c4))
+    cm = args.get("channel_multiplier")
+    if cm is None:
+        cm = 2
+        for r in (64, 128, 256, 512, 1024):
+            key = f"to_rgbs.{int(math.log2(r)) - 3}.conv.weight"
+            if key in state_dict and state_dict[key].shape[2] < channel_max:
+                cm = state_dict[key].shape[2] / BASE_CHANNELS[r]
+                cm = int(cm) if float(cm).is_integer() else cm
+                break
+    return dict(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=cm, channel_max=channel_max)
+
+
+def build_generator_from_state(state_dict, args=None, where="generator state"):
+    """A Generator whose size/style_dim/n_mlp/channels fit state_dict, loaded strictly.
+
+    `where` (e.g. the file name) starts the one-line CheckpointError if the weights do not fit.
+    """
+    try:
+        cfg = generator_config_from_state(state_dict, args)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    return load_state_checked(Generator(**cfg), state_dict, where)
+
+
+def load_generator(path, device="cpu", which="g_ema"):
+    """(Generator in eval mode on device, latent_avg [1, style_dim] or None) from any supported file."""
+    ckpt = load_checkpoint(path)
+    if which not in ckpt:
+        raise CheckpointError(f"{path}: no '{which}' entry (keys: {', '.join(sorted(map(str, ckpt)))})")
+    try:
+        g = build_generator_from_state(ckpt[which], ckpt.get("args"), where=f"{path} ['{which}']")
+    except ValueError as e:  # e.g. a size that is not a power of two
+        raise CheckpointError(f"{path} ['{which}']: {e}") from None
+    latent_avg = ckpt.get("latent_avg")
+    if latent_avg is not None:
+        latent_avg = torch.as_tensor(latent_avg, dtype=torch.float32).reshape(1, -1).to(device)
+    return g.to(device).eval(), latent_avg
+
+
+# ---- NVIDIA .pkl (NVlabs/stylegan2-ada-pytorch and the TensorFlow-era StyleGAN2 pickles) ------
+class PersistentObject:
+    """Placeholder for an NVlabs persistent-class object: its class name and __dict__ (`state`).
+
+    NVlabs' torch_utils.persistence pickles every network as a call
+    _reconstruct_persistent_obj(meta) whose meta carries the module source; the real function
+    exec()s that source. Here the call only records meta['class_name'] and meta['state'].
+    """
+
+    def __init__(self, meta):
+        if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
+            raise pickle.UnpicklingError("persistent object without a state dict")
+        self.class_name = str(meta.get("class_name"))
+        self.state = meta["state"]
+
+
+class TFNetworkStub:
+    """Placeholder for dnnlib.tflib.network.Network (TF-era): keeps the pickled state dict."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _EasyDictStub(dict):
+    """dnnlib.util.EasyDict as a plain dict (constructor kwargs in NVlabs pickles)."""
+
+
+def _load_storage_bytes(data):
+    """torch.storage._load_from_bytes, but through the weights-only loader."""
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
+def _numpy_scalar(dtype, data=None):
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("numpy object scalars are not allowed")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _numpy_reconstruct(cls, shape, dtype):
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"numpy _reconstruct of {cls!r} is not allowed")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _numpy_frombuffer(buf, dtype, shape, order="C"):
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("numpy object arrays are not allowed")
+    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy()
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    if encoding not in ("latin1", "latin-1"):  # protocol-2 pickles store bytes as latin1 text
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state=None):
+    return torch.nn.Parameter(data, requires_grad)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds only tensors, numpy arrays/scalars, containers and NVIDIA placeholders.
+
+    Every global the file names is looked up in ALLOWED; anything else (os.system, builtins.eval,
+    NVlabs classes, ...) raises UnpicklingError before it can run.
+    """
+
+    ALLOWED = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+        ("torch.storage", "_load_from_bytes"): _load_storage_bytes,
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistentObject,
+        ("dnnlib.tflib.network", "Network"): TFNetworkStub,
+        ("dnnlib.util", "EasyDict"): _EasyDictStub,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
+        ("_codecs", "encode"): _codecs_encode,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
+            return getattr(torch, name)  # old files name storage classes (torch.FloatStorage)
+        raise pickle.UnpicklingError(f"refusing global {module}.{name}: only tensors, numbers, "
+                                     "containers and NVIDIA network placeholders may be unpickled")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def _persistent_state_dict(obj, prefix=""):
+    """Flatten a tree of PersistentObject modules into {dotted name: tensor} (params + buffers)."""
+    out = OrderedDict()
+    state = obj.state
+    skip = set(state.get("_non_persistent_buffers_set", ()) or ())
+    for name, t in (state.get("_parameters") or {}).items():
+        if t is not None:
+            out[prefix + name] = t.detach()
+    for name, t in (state.get("_buffers") or {}).items():
+        if t is not None and name not in skip:
+            out[prefix + name] = t.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if isinstance(child, PersistentObject):
+            out.update(_persistent_state_dict(child, prefix + name + "."))
+        elif child is not None:
+            raise pickle.UnpicklingError(f"unexpected submodule type at {prefix + name}")
+    return out
+
+
+def convert_nvidia_generator(sd, size):
+    """NVlabs PyTorch Generator names -> rosinality Generator names (REFERENCE 4.3).
+
+    Returns (state dict, w_avg or None). Resample filters are constants and are not copied;
+    the rosinality buffers that hold them are filled from make_kernel([1, 3, 3, 1]).
+    """
+    out = OrderedDict()
+    i = 0
+    while f"mapping.fc{i}.weight" in sd:
+        out[f"style.{i + 1}.weight"] = sd[f"mapping.fc{i}.weight"]
+        out[f"style.{i + 1}.bias"] = sd[f"mapping.fc{i}.bias"]
+        i += 1
+
+    def layer(src, dst, noise_idx):
+        out[f"{dst}.conv.weight"] = sd[f"{src}.weight"].unsqueeze(0)
+        out[f"{dst}.conv.modulation.weight"] = sd[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = sd[f"{src}.affine.bias"]
+        out[f"{dst}.noise.weight"] = sd[f"{src}.noise_strength"].reshape(1)
+        out[f"{dst}.activate.bias"] = sd[f"{src}.bias"]
+        nc = sd[f"{src}.noise_const"]
+        out[f"noises.noise_{noise_idx}"] = nc.reshape(1, 1, *nc.shape[-2:])
+
+    def torgb(src, dst):
+        out[f"{dst}.conv.weight"] = sd[f"{src}.weight"].unsqueeze(0)
+        out[f"{dst}.conv.modulation.weight"] = sd[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = sd[f"{src}.affine.bias"]
+        out[f"{dst}.bias"] = sd[f"{src}.bias"].reshape(1, 3, 1, 1)
+
+    out["input.input"] = sd["synthesis.b4.const"].unsqueeze(0)
+    layer("synthesis.b4.conv1", "conv1", 0)
+    torgb("synthesis.b4.torgb", "to_rgb1")
+    for k, log_r in enumerate(range(3, int(math.log2(size)) + 1)):
+        r = 2 ** log_r
+        layer(f"synthesis.b{r}.conv0", f"convs.{2 * k}", 2 * k + 1)
+        layer(f"synthesis.b{r}.conv1", f"convs.{2 * k + 1}", 2 * k + 2)
+        torgb(f"synthesis.b{r}.torgb", f"to_rgbs.{k}")
+    _add_resample_kernels(out, size)
+    return out, sd.get("mapping.w_avg")
+
+
+def convert_nvidia_discriminator(sd, size):
+    """NVlabs PyTorch Discriminator (resnet) names -> rosinality names (REFERENCE 4.3)."""
+    out = OrderedDict()
+    out["convs.0.0.weight"] = sd[f"b{size}.fromrgb.weight"]
+    out["convs.0.1.bias"] = sd[f"b{size}.fromrgb.bias"]
+    for k, log_r in enumerate(range(int(math.log2(size)), 2, -1), start=1):
+        r = 2 ** log_r
+        out[f"convs.{k}.conv1.0.weight"] = sd[f"b{r}.conv0.weight"]
+        out[f"convs.{k}.conv1.1.bias"] = sd[f"b{r}.conv0.bias"]
+        out[f"convs.{k}.conv2.1.weight"] = sd[f"b{r}.conv1.weight"]
+        out[f"convs.{k}.conv2.2.bias"] = sd[f"b{r}.conv1.bias"]
+        out[f"convs.{k}.skip.1.weight"] = sd[f"b{r}.skip.weight"]
+    out["final_conv.0.weight"] = sd["b4.conv.weight"]
+    out["final_conv.1.bias"] = sd["b4.conv.bias"]
+    out["final_linear.0.weight"] = sd["b4.fc.weight"]
+    out["final_linear.0.bias"] = sd["b4.fc.bias"]
+    out["final_linear.1.weight"] = sd["b4.out.weight"]
+    out["final_linear.1.bias"] = sd["b4.out.bias"]
+    _add_resample_kernels(out, size, discriminator=True)
+    return out
+
+
+def _add_resample_kernels(out, size, discriminator=False):
+    """Fill rosinality's constant FIR buffers (not present in foreign files)."""
+    k = make_kernel([1, 3, 3, 1])
+    n = int(math.log2(size))
+    if discriminator:
+        for b in range(1, n - 1):
+            out[f"convs.{b}.conv2.0.kernel"] = k.clone()
+            out[f"convs.{b}.skip.0.kernel"] = k.clone()
+    else:
+        for j in range(n - 2):
+            out[f"convs.{2 * j}.conv.blur.kernel"] = k * 4
+            out[f"to_rgbs.{j}.upsample.kernel"] = k * 4
+
+
+def _tf_params(net, prefix=""):
+    """TF-era Network placeholder -> {"component/.../var": ndarray}, components joined by '/'."""
+    state = net.state
+    if int(state.get("version", 0)) < 4:
+        raise pickle.UnpicklingError(f"TF network pickle version {state.get('version')} < 4 is not supported")
+    params = {}
+    for name, value in state.get("variables", []):
+        params[prefix + name] = value
+    for name, comp in (state.get("components") or {}).items():
+        params.update(_tf_params(comp, prefix + name + "/"))
+    return params
+
+
+def convert_tf_generator(tf, size):
+    """TF StyleGAN2 Gs variables -> rosinality Generator state (REFERENCE 4.1, 4.3 TF map)."""
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    out = OrderedDict()
+    i = 0
+    while f"mapping/Dense{i}/weight" in tf:
+        out[f"style.{i + 1}.weight"] = t(tf[f"mapping/Dense{i}/weight"]).t().contiguous()  # [in,out] -> [out,in]
+        out[f"style.{i + 1}.bias"] = t(tf[f"mapping/Dense{i}/bias"])
+        i += 1
+
+    def conv_weight(a, flip=False):
+        w = t(a)                                          # [kh, kw, in, out]
+        if flip:
+            w = torch.flip(w, [0, 1])                     # TF up-conv weights are stored flipped
+        return w.permute(3, 2, 0, 1).unsqueeze(0).contiguous()  # [1, out, in, kh, kw]
+
+    def modconv(src, dst, flip=False, rgb=False):
+        out[f"{dst}.conv.weight"] = conv_weight(tf[f"{src}/weight"], flip)
+        out[f"{dst}.conv.modulation.weight"] = t(tf[f"{src}/mod_weight"]).t().contiguous()
+        out[f"{dst}.conv.modulation.bias"] = t(tf[f"{src}/mod_bias"]) + 1  # TF adds 1 at run time
+        if rgb:
+            out[f"{dst}.bias"] = t(tf[f"{src}/bias"]).reshape(1, 3, 1, 1)
+        else:
+            out[f"{dst}.noise.weight"] = t(tf[f"{src}/noise_strength"]).reshape(1)
+            out[f"{dst}.activate.bias"] = t(tf[f"{src}/bias"])
+
+    out["input.input"] = t(tf["synthesis/4x4/Const/const"]).reshape(1, -1, 4, 4)
+    modconv("synthesis/4x4/Conv", "conv1")
+    modconv("synthesis/4x4/ToRGB", "to_rgb1", rgb=True)
+    for k, log_r in enumerate(range(3, int(math.log2(size)) + 1)):
+        r = 2 ** log_r
+        modconv(f"synthesis/{r}x{r}/Conv0_up", f"convs.{2 * k}", flip=True)
+        modconv(f"synthesis/{r}x{r}/Conv1", f"convs.{2 * k + 1}")
+        modconv(f"synthesis/{r}x{r}/ToRGB", f"to_rgbs.{k}", rgb=True)
+    n_noise = 2 * (int(math.log2(size)) - 2) + 1
+    for j in range(n_noise):
+        nz = t(tf[f"synthesis/noise{j}"])
+        out[f"noises.noise_{j}"] = nz.reshape(1, 1, *nz.shape[-2:])
+    _add_resample_kernels(out, size)
+    latent_avg = t(tf["dlatent_avg"]) if "dlatent_avg" in tf else None
+    return out, latent_avg
+
+
+def convert_tf_discriminator(tf, size):
+    """TF StyleGAN2 D variables (resnet) -> rosinality Discriminator state; no weight flips."""
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    conv = lambda a: t(a).permute(3, 2, 0, 1).contiguous()           # noqa: E731
+    out = OrderedDict()
+    out["convs.0.0.weight"] = conv(tf[f"{size}x{size}/FromRGB/weight"])
+    out["convs.0.1.bias"] = t(tf[f"{size}x{size}/FromRGB/bias"])
+    for k, log_r in enumerate(range(int(math.log2(size)), 2, -1), start=1):
+        r = 2 ** log_r
+        out[f"convs.{k}.conv1.0.weight"] = conv(tf[f"{r}x{r}/Conv0/weight"])
+        out[f"convs.{k}.conv1.1.bias"] = t(tf[f"{r}x{r}/Conv0/bias"])
+        out[f"convs.{k}.conv2.1.weight"] = conv(tf[f"{r}x{r}/Conv1_down/weight"])
+        out[f"convs.{k}.conv2.2.bias"] = t(tf[f"{r}x{r}/Conv1_down/bias"])
+        out[f"convs.{k}.skip.1.weight"] = conv(tf[f"{r}x{r}/Skip/weight"])
+    out["final_conv.0.weight"] = conv(tf["4x4/Conv/weight"])
+    out["final_conv.1.bias"] = t(tf["4x4/Conv/bias"])
+    out["final_linear.0.weight"] = t(tf["4x4/Dense0/weight"]).t().contiguous()
+    out["final_linear.0.bias"] = t(tf["4x4/Dense0/bias"])
+    out["final_linear.1.weight"] = t(tf["Output/weight"]).t().contiguous()
+    out["final_linear.1.bias"] = t(tf["Output/bias"])
+    _add_resample_kernels(out, size, discriminator=True)
+    return out
+
+
+def load_nvidia_pkl(path):
+    """NVIDIA StyleGAN2(-ADA) pickle -> our checkpoint dict ("g_ema", "g", "d", "latent_avg", "args").
+
+    PyTorch pickles: a dict with G, D, G_ema persistent objects. TF-era pickles: a tuple
+    (G, D, Gs) of tflib Networks. Nothing from the file is executed (RestrictedUnpickler).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = RestrictedUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: unsafe or unsupported pickle ({e})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: truncated or corrupt pickle ({_first_line(e)})") from None
+
+    ckpt, mbstd_group = {}, None
+    try:
+        if isinstance(data, dict) and isinstance(data.get("G_ema"), PersistentObject):
+            g_sd = _persistent_state_dict(data["G_ema"])
+            size = int(g_sd["synthesis.b4.const"].shape[-1] * 2 ** sum(
+                1 for k in g_sd if k.startswith("synthesis.b") and k.endswith(".torgb.weight") and "b4." not in k))
+            ckpt["g_ema"], w_avg = convert_nvidia_generator(g_sd, size)
+            if isinstance(data.get("G"), PersistentObject):
+                ckpt["g"], _ = convert_nvidia_generator(_persistent_state_dict(data["G"]), size)
+            if isinstance(data.get("D"), PersistentObject):
+                ckpt["d"] = convert_nvidia_discriminator(_persistent_state_dict(data["D"]), size)
+                epilogue = (data["D"].state.get("init_kwargs") or {}).get("epilogue_kwargs") or {}
+                if epilogue.get("mbstd_group_size"):
+                    mbstd_group = int(epilogue["mbstd_group_size"])
+            ckpt["format"] = "nvidia-pytorch"
+        elif isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, TFNetworkStub) for n in data):
+            tf_g, tf_d, tf_gs = (_tf_params(n) for n in data)
+            size = 2 ** (sum(1 for k in tf_gs if k.endswith("/ToRGB/weight")) + 1)
+            ckpt["g_ema"], w_avg = convert_tf_generator(tf_gs, size)
+            ckpt["g"], _ = convert_tf_generator(tf_g, size)
+            ckpt["d"] = convert_tf_discriminator(tf_d, size)
+            ckpt["format"] = "nvidia-tf"
+        else:
+            raise CheckpointError(f"{path}: pickle holds neither NVIDIA G/D/G_ema nor a TF (G, D, Gs) tuple")
+    except KeyError as e:
+        raise CheckpointError(f"{path}: NVIDIA network without expected parameter {e} "
+                              "(only the StyleGAN2 skip generator / resnet discriminator is supported)") from None
+    if w_avg is not None:
+        ckpt["latent_avg"] = w_avg.float()
+    ckpt["args"] = dict(generator_config_from_state(ckpt["g_ema"]))
+    if mbstd_group:
+        ckpt["args"]["mbstd_group"] = mbstd_group  # NVlabs configs differ (4, or 8 for paper256)
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and augmentation
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
+
+
+def _to_rgb(img):
+    """Any PIL mode -> RGB; transparent images are composited on white."""
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit grayscale (e.g. PNG): PIL's own conversion clips at 255 instead of scaling
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # mode L
+    return img.convert("RGB")
+
+
+def _load_image(path, size):
+    """Read one file -> (uint8 array [size, size, 3], resized?, cropped?). Raises on a bad file."""
+    with Image.open(path) as img:
+        img.load()
+        img = _to_rgb(img)
+    resized = cropped = False
+    if img.size != (size, size):
+        w, h = img.size
+        if w != h:  # centre-crop to a square first so faces are not stretched
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+            cropped = True
+        img = img.resize((size, size), _LANCZOS)
+        resized = True
+    return np.asarray(img, dtype=np.uint8), resized, cropped
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """The images of one folder (not recursive, sorted by name) as float tensors [3, size, size] in [-1, 1].
+
+    Reads .png/.jpg/.jpeg/.webp/.bmp in any mode (grayscale, palette, 16-bit, RGBA composited on
+    white), resizes images that are not size x size with Lanczos (centre-cropping non-square ones
+    first; one note says how many), skips unreadable files with one warning naming them.
+    xflip=True doubles the data set with mirrored copies, as NVlabs `--mirror`: item i + N is the
+    flipped item i, so every epoch shows each image once each way.
+    in_memory=True keeps the decoded uint8 images (N * 3 * size^2 bytes: 500 images at 256 px are
+    98 MB); False re-reads each file when it is asked for.
+    """
+
+    def __init__(self, folder, size, xflip=True, in_memory=True):
+        folder = os.fspath(folder)
+        if not os.path.exists(folder):
+            raise FileNotFoundError(f"data folder not found: {folder}")
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(f"data path is not a folder: {folder}")
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"image size must be a positive int, got {size!r}")
+        names = sorted(n for n in os.listdir(folder)
+                       if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+        self.folder, self.size, self.xflip = folder, size, xflip
+        self.paths, images, bad = [], [], []
+        n_resized = n_cropped = 0
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                arr, resized, cropped = _load_image(path, size)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                bad.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                continue
+            self.paths.append(path)
+            n_resized, n_cropped = n_resized + resized, n_cropped + cropped
+            if in_memory:
+                images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))  # [3, size, size] uint8
+        if bad:
+            shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+            warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}: {shown}")
+        if not self.paths:
+            found = f" ({len(bad)} unreadable)" if bad else ""
+            raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) in data folder {folder}{found}")
+        if n_resized:
+            print(f"note: {n_resized} of {len(self.paths)} images in {folder} are not {size}x{size} and were "
+                  f"resized with Lanczos ({n_cropped} centre-cropped to a square first)", file=sys.stderr)
+        self.images = torch.stack(images) if in_memory else None  # [N, 3, size, size] uint8
+        self.num_resized = n_resized
+
+    def __len__(self):
+        return len(self.paths) * (2 if self.xflip else 1)
+
+    def __getitem__(self, index):
+        n = len(self.paths)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        index %= len(self)
+        i, flip = index % n, index >= n
+        if self.images is not None:
+            img = self.images[i]
+        else:
+            img = torch.from_numpy(_load_image(self.paths[i], self.size)[0].copy()).permute(2, 0, 1)
+        img = img.float() / 127.5 - 1.0  # uint8 [0, 255] -> [-1, 1], as NVlabs' training loop
+        return img.flip(2) if flip else img  # [3, size, size]
+
+
+def infinite_loader(loader, start_epoch=0):
+    """Yield batches forever; tells the sampler the epoch (DistributedSampler reshuffles per epoch)."""
+    epoch = start_epoch
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        n = 0
+        for batch in loader:
+            n += 1
+            yield batch
+        if n == 0:
+            raise ValueError(f"the data loader gives no batches: {len(loader.dataset)} images, "
+                             f"batch size {loader.batch_size}, drop_last={loader.drop_last}")
+        epoch += 1
+
+
+# ---- ADA: adaptive discriminator augmentation (arXiv:2006.06676) ----------------------------
+
+# Symlet-6 (Daubechies' least-asymmetric orthogonal wavelet with 6 vanishing moments), the
+# decomposition low-pass filter; orthonormal (sum = sqrt 2, sum_k h[k] h[k + 2n] = delta_n).
+# ADA App. B uses it for the 2x up/down-sampling around the geometric warp (NVlabs `Hz_geom`).
+SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
+        0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
+        -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148)
+
+# NVlabs train.py augpipe_specs: which ops each named pipeline enables (probability multiplier 1).
+AUGPIPE_SPECS = {
+    "blit": dict(xflip=1, rotate90=1, xint=1),
+    "geom": dict(scale=1, rotate=1, aniso=1, xfrac=1),
+    "color": dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
+    "bg": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1),
+    "bgc": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
+                brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
+}
+_ALL_OPS = AUGPIPE_SPECS["bgc"].keys()
+
+
+def _matrix(rows, like):
+    """Nested list of scalars / [B] tensors -> [B, n, n] batched matrix (dtype/device of `like`)."""
+    entries = [torch.as_tensor(e, dtype=like.dtype, device=like.device).expand(like.shape[0])
+               for row in rows for e in row]
+    return torch.stack(entries, dim=1).view(-1, len(rows), len(rows))
+
+
+def _translate2d(tx, ty):
+    return _matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], tx)
+
+
+def _scale2d(sx, sy):
+    return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], sx)
+
+
+def _rotate2d(theta):
+    c, s = torch.cos(theta), torch.sin(theta)
+    return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], theta)
+
+
+def _const(v, batch, device):
+    return torch.full([batch], float(v), device=device)
+
+
+class AugmentPipe(nn.Module):
+    """ADA's non-leaking augmentation pipeline 'bgc' (Karras et al. 2020, Sec. 2.3, App. B).
+
+    Each op fires independently per image with probability (multiplier * p); in this order:
+    geometric, as one inverse homogeneous transform G_inv (output pixel -> input pixel, centred
+    coordinates, composed as G_inv = G_inv @ op^-1):
+      xflip     x -> -x with prob. 1/2
+      rotate90  rotation by k * 90 deg, k uniform in {0, 1, 2, 3}
+      xint      integer translation, t ~ U(-xint_max, xint_max) * size, rounded
+      scale     isotropic, s = 2^(N(0,1) * scale_std)
+      rotate    theta ~ U(-pi, pi) * rotate_max, before and after aniso, each with
+                p_rot = 1 - sqrt(1 - rotate * p) so that at least one fires with prob. rotate * p
+      aniso     (s, 1/s), s = 2^(N(0,1) * aniso_std)
+      xfrac     fractional translation, t ~ N(0, 1) * xfrac_std * size
+    colour, as one 4x4 matrix C acting on (r, g, b, 1), composed as C = op @ C:
+      brightness  + b, b ~ N(0, brightness_std)
+      contrast    * c, c = 2^(N(0,1) * contrast_std)
+      lumaflip    Householder reflection I - 2 v v^T about the luma axis v = (1,1,1)/sqrt 3, prob. 1/2
+      hue         rotation about v by theta ~ U(-pi, pi) * hue_max
+      saturation  v v^T + s (I - v v^T), s = 2^(N(0,1) * saturation_std)
+
+    Resampling (App. B): an image whose G_inv moves pixels by whole pixels only (xflip,
+    rotate90, xint and their compositions on square images) is an exact pixel gather here, with
+    the same reflect fill the warp uses. Every other transformed image goes the NVlabs way: reflect
+    padding by the margin the transformed corners need, 2x upsampling with the Symlet-6 low-pass,
+    bilinear `grid_sample` in the 2x domain, 2x downsampling with the same filter, crop.
+    NVlabs runs the blit-only images through that filter chain too, which slightly blurs flips and
+    90-degree turns because sym6 is not symmetric (integer shifts come out exact there as well:
+    perfect reconstruction of an orthogonal wavelet). Images on which nothing fired are returned
+    bit-identical; p = 0 returns the input tensor itself.
+
+    Constructor: one probability multiplier per op (default 1 each = 'bgc'; 0 disables the op),
+    then the strengths (NVlabs defaults). `p` is a plain float (set it directly, e.g. from
+    `AdaptiveP`); values above 1 act as 1.
+    Differentiable w.r.t. the images, also twice (R1 through the pipe).
+    """
+
+    def __init__(self, xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
+                 brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1,
+                 xint_max=0.125,        # max integer translation, fraction of the image size
+                 scale_std=0.2,         # log2 std of isotropic scaling
+                 rotate_max=1.0,        # max rotation, fraction of a half turn (1 = +-180 deg)
+                 aniso_std=0.2,         # log2 std of anisotropic scaling
+                 xfrac_std=0.125,       # std of fractional translation, fraction of the image size
+                 brightness_std=0.2,    # std of the brightness offset (images in [-1, 1])
+                 contrast_std=0.5,      # log2 std of contrast scaling
+                 hue_max=1.0,           # max hue rotation, fraction of a half turn
+                 saturation_std=1.0,    # log2 std of saturation scaling
+                 p=0.0):
+        super().__init__()
+        self.xflip, self.rotate90, self.xint = float(xflip), float(rotate90), float(xint)
+        self.scale, self.rotate, self.aniso, self.xfrac = float(scale), float(rotate), float(aniso), float(xfrac)
+        self.brightness, self.contrast, self.lumaflip = float(brightness), float(contrast), float(lumaflip)
+        self.hue, self.saturation = float(hue), float(saturation)
+        self.xint_max, self.scale_std, self.rotate_max = xint_max, scale_std, rotate_max
+        self.aniso_std, self.xfrac_std = aniso_std, xfrac_std
+        self.brightness_std, self.contrast_std = brightness_std, contrast_std
+        self.hue_max, self.saturation_std = hue_max, saturation_std
+        self.p = p
+        self.register_buffer("sym6", torch.tensor(SYM6) / sum(SYM6), persistent=False)  # [12], sum 1
+
+    @property
+    def p(self):
+        return self._p
+
+    @p.setter
+    def p(self, value):
+        value = float(value)
+        if not value >= 0:
+            raise ValueError(f"augmentation probability p must be >= 0, got {value}")
+        self._p = value
+
+    def extra_repr(self):
+        on = [k for k in _ALL_OPS if getattr(self, k) > 0]
+        return f"p={self.p:.4f}, ops={','.join(on) or 'none'}"
+
+    # -- random draws -----------------------------------------------------------------------
+    def _gate(self, value, neutral, prob, gen):
+        """Per image: keep `value` with probability `prob`, else the op's neutral value."""
+        fire = torch.rand(value.shape[0], device=value.device, generator=gen) < prob
+        return torch.where(fire.view(-1, *[1] * (value.ndim - 1)), value, torch.full_like(value, neutral))
+
+    def sample_geometry(self, batch, height, width, device, gen=None):
+        """Draw G_inv [B, 3, 3]: output pixel -> input pixel, coordinates centred on the image."""
+        rand = lambda *shape: torch.rand(shape, device=device, generator=gen)
+        randn = lambda *shape: torch.randn(shape, device=device, generator=gen)
+        G_inv = torch.eye(3, device=device).repeat(batch, 1, 1)
+        if self.xflip > 0:
+            i = self._gate(torch.floor(rand(batch) * 2), 0, self.xflip * self.p, gen)
+            G_inv = G_inv @ _scale2d(1 - 2 * i, _const(1, batch, device))  # its own inverse
+        if self.rotate90 > 0:
+            i = self._gate(torch.floor(rand(batch) * 4), 0, self.rotate90 * self.p, gen)
+            G_inv = G_inv @ _rotate2d(math.pi / 2 * i)  # inverse of a turn by -i * 90 deg
+        if self.xint > 0:
+            t = self._gate((rand(batch, 2) * 2 - 1) * self.xint_max, 0, self.xint * self.p, gen)
+            G_inv = G_inv @ _translate2d(-torch.round(t[:, 0] * width), -torch.round(t[:, 1] * height))
+        if self.scale > 0:
+            s = self._gate(torch.exp2(randn(batch) * self.scale_std), 1, self.scale * self.p, gen)
+            G_inv = G_inv @ _scale2d(1 / s, 1 / s)
+        p_rot = 1 - math.sqrt(min(max(1 - self.rotate * self.p, 0.0), 1.0))
+        if self.rotate > 0:  # pre-rotation
+            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.rotate_max, 0, p_rot, gen)
+            G_inv = G_inv @ _rotate2d(theta)  # inverse of a turn by -theta (theta is symmetric)
+        if self.aniso > 0:
+            s = self._gate(torch.exp2(randn(batch) * self.aniso_std), 1, self.aniso * self.p, gen)
+            G_inv = G_inv @ _scale2d(1 / s, s)
+        if self.rotate > 0:  # post-rotation
+            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.rotate_max, 0, p_rot, gen)
+            G_inv = G_inv @ _rotate2d(theta)
+        if self.xfrac > 0:
+            t = self._gate(randn(batch, 2) * self.xfrac_std, 0, self.xfrac * self.p, gen)
+            G_inv = G_inv @ _translate2d(-t[:, 0] * width, -t[:, 1] * height)
+        return G_inv
+
+    def sample_color(self, batch, num_channels, device, gen=None):
+        """Draw C [B, 4, 4], acting on homogeneous colours (r, g, b, 1)."""
+        rand = lambda *shape: torch.rand(shape, device=device, generator=gen)
+        randn = lambda *shape: torch.randn(shape, device=device, generator=gen)
+        I4 = torch.eye(4, device=device)
+        a = 1 / math.sqrt(3)
+        v = torch.tensor([a, a, a, 0.0], device=device)  # luma axis
+        vvT = torch.outer(v, v)  # [4, 4]
+        P = torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)) - vvT  # onto the chroma plane
+        K = torch.tensor([[0.0, -a, a, 0], [a, 0, -a, 0], [-a, a, 0, 0], [0, 0, 0, 0]],
+                         device=device)  # cross product with v: K x = v x x
+        # every matrix below is exactly I when its op does not fire (value 0 or 1)
+        C = I4.repeat(batch, 1, 1)
+        if self.brightness > 0:
+            b = self._gate(randn(batch) * self.brightness_std, 0, self.brightness * self.p, gen)
+            offset = torch.zeros(batch, 4, 4, device=device)
+            offset[:, :3, 3] = b[:, None]
+            C = (I4 + offset) @ C
+        if self.contrast > 0:
+            c = self._gate(torch.exp2(randn(batch) * self.contrast_std), 1, self.contrast * self.p, gen)
+            C = torch.diag_embed(torch.stack([c, c, c, torch.ones_like(c)], 1)) @ C
+        if self.lumaflip > 0:
+            i = self._gate(torch.floor(rand(batch) * 2), 0, self.lumaflip * self.p, gen)
+            C = (I4 - 2 * vvT * i.view(-1, 1, 1)) @ C
+        if self.hue > 0 and num_channels > 1:
+            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.hue_max, 0, self.hue * self.p, gen)
+            # Rodrigues about v: cos I + sin [v]x + (1 - cos) v v^T = I + sin K - (1 - cos) P
+            cos, sin = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
+            C = (I4 + sin * K - (1 - cos) * P) @ C
+        if self.saturation > 0 and num_channels > 1:
+            s = self._gate(torch.exp2(randn(batch) * self.saturation_std), 1, self.saturation * self.p, gen)
+            C = (I4 + (s.view(-1, 1, 1) - 1) * P) @ C  # v v^T + s (I - v v^T) on the colour axes
+        return C
+
+    # -- application ------------------------------------------------------------------------
+    def _warp_integer(self, images, M):
+        """Exact pixel gather. M [n, 3, 3]: integer index-space map, output (x, y, 1) -> input."""
+        n, c, h, w = images.shape
+        ys, xs = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
+                                indexing="ij")
+        xy1 = torch.stack([xs, ys, torch.ones_like(xs)]).view(1, 3, h * w).to(M.dtype)  # [1, 3, HW]
+        src = torch.round(M @ xy1).long()  # [n, 3, HW]
+        sx, okx = _reflect_index(src[:, 0], w)
+        sy, oky = _reflect_index(src[:, 1], h)
+        flat = (sy * w + sx)[:, None, :].expand(n, c, h * w)
+        out = images.reshape(n, c, h * w).gather(2, flat) * (okx & oky)[:, None, :].to(images.dtype)
+        return out.view(n, c, h, w)
+
+    def _warp_resampled(self, images, G_inv):
+        """NVlabs geometric warp: reflect pad, sym6 2x up, bilinear grid_sample, sym6 2x down, crop."""
+        n, c, h, w = images.shape
+        f = self.sym6.to(images.device, images.dtype)
+        pad_f = f.numel() // 4  # 3: half the filter support, in input pixels
+        mdtype = torch.float64 if images.dtype == torch.float64 else torch.float32  # matrices, grid
+        G_inv = G_inv.to(mdtype)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        # Margin: how far the transformed output corners reach beyond the image, plus the filter's
+        # room, at most size - 1 (the limit of reflect padding; beyond that grid_sample reads zeros).
+        corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]],
+                               dtype=mdtype, device=images.device)  # [3, 4]
+        reach = (G_inv @ corners)[:, :2, :].permute(1, 0, 2).reshape(2, -1)  # [xy, n * 4]
+        margin = torch.cat([-reach, reach]).amax(1)  # [x0, y0, x1, y1]
+        margin = margin + torch.tensor([2 * pad_f - cx, 2 * pad_f - cy] * 2, dtype=margin.dtype,
+                                       device=margin.device)
+        margin = torch.minimum(margin.clamp(min=0), torch.tensor([w - 1, h - 1] * 2, dtype=margin.dtype,
+                                                                  device=margin.device))
+        mx0, my0, mx1, my1 = [int(m) for m in margin.ceil().tolist()]
+        images = F.pad(images, [mx0, mx1, my0, my1], mode="reflect")
+        one = torch.ones(n, dtype=mdtype, device=images.device)
+        G_inv = _translate2d(one * (mx0 - mx1) / 2, one * (my0 - my1) / 2) @ G_inv  # origin of the padded image
+        # 2x upsample. NVlabs takes an input sample u to 2x-domain coordinate 2u - 1/2 (sym6's delay;
+        # its DC group delay makes that 2u - 0.402, so rotations and scalings pivot about 0.05 px
+        # off the centre: kept as NVlabs, harmless because reals and fakes get the same).
+        images = _sym6_upsample2x(images, f)
+        G_inv = _scale2d(2 * one, 2 * one) @ G_inv @ _scale2d(one / 2, one / 2)
+        G_inv = _translate2d(-one / 2, -one / 2) @ G_inv @ _translate2d(one / 2, one / 2)
+        # grid_sample in normalised coordinates (align_corners=False: [-1, 1] spans pixel edges)
+        out_h, out_w = (h + 2 * pad_f) * 2, (w + 2 * pad_f) * 2
+        in_h, in_w = images.shape[2:]
+        G_inv = _scale2d(2 / in_w * one, 2 / in_h * one) @ G_inv @ _scale2d(out_w / 2 * one, out_h / 2 * one)
+        grid = F.affine_grid(G_inv[:, :2, :], [n, c, out_h, out_w], align_corners=False)
+        images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        return _sym6_downsample2x(images, f, crop=2 * pad_f)  # [n, c, h, w]
+
+    def forward(self, images, generator=None):
+        """images [B, C, H, W] (C = 1 or 3, values in [-1, 1]) -> augmented, same shape."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"AugmentPipe expects images [B, 1 or 3, H, W], got {tuple(images.shape)}")
+        if self.p <= 0:
+            return images
+        batch, channels, height, width = images.shape
+        device = images.device
+
+        # Geometric part, routed per image: untouched / exact gather / filtered warp.
+        G_inv = self.sample_geometry(batch, height, width, device, generator)  # [B, 3, 3]
+        centre = _translate2d(_const((width - 1) / 2, batch, device), _const((height - 1) / 2, batch, device))
+        uncentre = _translate2d(_const(-(width - 1) / 2, batch, device), _const(-(height - 1) / 2, batch, device))
+        M = centre @ G_inv @ uncentre  # index space: output (x, y, 1) -> input
+        moved = (G_inv != torch.eye(3, device=device)).flatten(1).any(1)
+        whole = (M - M.round()).abs().flatten(1).amax(1) < 1e-4
+        moved, whole = moved.tolist(), whole.tolist()
+        blit = [i for i in range(batch) if moved[i] and whole[i]]
+        warp = [i for i in range(batch) if moved[i] and not whole[i]]
+        out = images
+        if blit:
+            idx = torch.tensor(blit, device=device)
+            out = out.index_copy(0, idx, self._warp_integer(images[idx], M[idx].round()))
+        if warp:
+            idx = torch.tensor(warp, device=device)
+            out = out.index_copy(0, idx, self._warp_resampled(images[idx], G_inv[idx]))
+
+        # Colour part: rgb -> C[:3, :3] rgb + C[:3, 3]; grayscale uses the mean row of C.
+        C = self.sample_color(batch, channels, device, generator).to(images.dtype)  # [B, 4, 4]
+        changed = (C != torch.eye(4, dtype=C.dtype, device=device)).flatten(1).any(1)
+        if bool(changed.any()):
+            flat = out.reshape(batch, channels, height * width)
+            if channels == 3:
+                recoloured = C[:, :3, :3] @ flat + C[:, :3, 3:]
+            else:
+                row = C[:, :3, :].mean(1, keepdim=True)  # [B, 1, 4]
+                recoloured = flat * row[:, :, :3].sum(2, keepdim=True) + row[:, :, 3:]
+            out = torch.where(changed.view(-1, 1, 1, 1), recoloured.view_as(out), out)
+        return out
+
+
+def _reflect_index(i, n):
+    """Index into a size-n axis with reflect padding (edge not repeated), as F.pad 'reflect'.
+
+    Valid for overshoots up to n - 1 (the most reflect padding allows); farther reads are zero,
+    as grid_sample's zero padding beyond the padded image. Returns (index, valid mask).
+    """
+    valid = (i >= -(n - 1)) & (i <= 2 * (n - 1))
+    i = i.abs()
+    i = torch.where(i > n - 1, 2 * (n - 1) - i, i)
+    return i.clamp(0, n - 1), valid
+
+
+def _sym6_upsample2x(x, f):
+    """2x upsampling with a separable FIR f [L] (sum 1), gain 2 per axis; [n,c,h,w] -> [n,c,2h,2w].
+
+    Zero insertion + true convolution, pads ((L+1)//2, (L-2)//2) per axis, as NVlabs upsample2d.
+    """
+    L = f.numel()
+    p0, p1 = (L + 1) // 2, (L - 2) // 2
+    k = (f * 2).view(1, L)
+    x = ops.upfirdn2d(x, k, up=(2, 1), pad=(p0, p1, 0, 0))
+    return ops.upfirdn2d(x, k.view(L, 1), up=(1, 2), pad=(0, 0, p0, p1))
+
+
+def _sym6_downsample2x(x, f, crop):
+    """2x downsampling with the same FIR applied as a correlation (NVlabs flip_filter=True), cropping
+    `crop` input pixels from each side: [n, c, 2(h + crop), 2(w + crop)] -> [n, c, h, w].
+
+    Correlation with f = true convolution with f reversed; pads ((L-1)//2 - crop, (L-2)//2 - crop).
+    """
+    L = f.numel()
+    p0, p1 = (L - 1) // 2 - crop, (L - 2) // 2 - crop
+    k = f.flip(0).view(1, L)
+    x = ops.upfirdn2d(x, k, down=(2, 1), pad=(p0, p1, 0, 0))
+    return ops.upfirdn2d(x, k.view(L, 1), down=(1, 2), pad=(0, 0, p0, p1))
+
+
+class AdaptiveP:
+    """ADA's p controller (Karras et al. 2020, Sec. 3, Eq. 1 r_t; NVlabs training_loop.py).
+
+    Overfitting heuristic r_t = E[sign(D(x_real))] over the real images of the last `interval`
+    D steps. Every `interval` iterations:
+        p <- max(p + sign(r_t - target) * batch_size * interval / (kimg * 1000), 0)
+    so p can move from 0 to 1 within `kimg` thousand images. batch_size is the total batch over all
+    processes; under torch.distributed the sign statistics are summed over processes.
+    p_max=1 clamps p at 1 (rosinality clamps too, NVlabs does not): AugmentPipe treats every p >= 1
+    the same, so values above 1 change nothing but make p lag when D stops overfitting.
+    p_max=None follows NVlabs exactly.
+    """
+
+    def __init__(self, target=0.6, interval=4, kimg=500, *, batch_size, p=0.0, p_max=1.0):
+        if interval < 1 or kimg <= 0 or batch_size < 1:
+            raise ValueError(f"AdaptiveP needs interval >= 1, kimg > 0, batch_size >= 1; got "
+                             f"{interval}, {kimg}, {batch_size}")
+        self.target, self.interval, self.kimg = float(target), int(interval), float(kimg)
+        self.batch_size, self.p_max = int(batch_size), p_max
+        self.p = float(p)
+        self.rt = None  # last r_t, for logging
+        self._sum, self._count = 0.0, 0  # sign sum (tensor once accumulated) and count, this interval
+
+    @property
+    def step_size(self):
+        return self.batch_size * self.interval / (self.kimg * 1000)
+
+    def accumulate(self, real_logits):
+        """Add sign(D(real)) of one D step: real_logits [B] or [B, 1] (augmented reals)."""
+        signs = real_logits.detach().sign().float()
+        self._sum = self._sum + signs.sum()  # stays on the device: no sync per step
+        self._count += signs.numel()
+
+    def step(self, iteration):
+        """Call after each training iteration with the number of finished iterations (1, 2, ...).
+
+        Adjusts p when iteration % interval == 0 (and something was accumulated); returns p.
+        """
+        if iteration % self.interval != 0 or self._count == 0:
+            return self.p
+        total = torch.as_tensor(self._sum, dtype=torch.float64).reshape(1)
+        stats = torch.cat([total, torch.tensor([float(self._count)], dtype=torch.float64, device=total.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_backend() == "nccl" and stats.device.type != "cuda":
+                stats = stats.cuda()
+            torch.distributed.all_reduce(stats)
+        signs_sum, count = stats.tolist()
+        self.rt = signs_sum / count
+        adjust = float(np.sign(self.rt - self.target)) * self.step_size
+        self.p = max(self.p + adjust, 0.0)
+        if self.p_max is not None:
+            self.p = min(self.p, float(self.p_max))
+        self._sum, self._count = 0.0, 0
+        return self.p
+
+    def state_dict(self):
+        """Plain numbers only (for a weights_only checkpoint)."""
+        return {"p": float(self.p), "rt": self.rt, "signs_sum": float(self._sum), "signs_count": int(self._count)}
+
+    def load_state_dict(self, state):
+        self.p = float(state["p"])
+        self.rt = state.get("rt")
+        self._sum, self._count = float(state.get("signs_sum", 0.0)), int(state.get("signs_count", 0))
+
+
+# ---- DiffAugment (arXiv:2006.10738) ----------------------------------------------------------
+# Each op draws one random value per image; images in [-1, 1].
+
+def _diffaug_brightness(x, gen=None):
+    """x + (u - 0.5), u ~ U[0, 1): shift in [-0.5, 0.5)."""
+    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
+    return x + (u - 0.5)
+
+
+def _diffaug_saturation(x, gen=None):
+    """(x - m) * 2u + m with m the per-pixel channel mean: factor in [0, 2)."""
+    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
+    m = x.mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    return (x - m) * (u * 2) + m
+
+
+def _diffaug_contrast(x, gen=None):
+    """(x - m) * (u + 0.5) + m with m the per-image mean: factor in [0.5, 1.5)."""
+    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
+    m = x.mean(dim=[1, 2, 3], keepdim=True)  # [B, 1, 1, 1]
+    return (x - m) * (u + 0.5) + m
+
+
+def _diffaug_translation(x, gen=None, ratio=0.125):
+    """out[i, j] = x[i + t_h, j + t_w], integer t in [-int(H/8 + 1/2), +...]; vacated pixels are 0."""
+    b, c, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    th = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device, generator=gen)
+    tw = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device, generator=gen)
+    # gather from a 1-pixel zero ring: any index outside the image lands on the ring
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + th + 1).clamp(0, h + 1)  # [B, H, 1]
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + tw + 1).clamp(0, w + 1)  # [B, 1, W]
+    flat = (rows * (w + 2) + cols).view(b, 1, h * w).expand(b, c, h * w)
+    padded = F.pad(x, [1, 1, 1, 1]).reshape(b, c, (h + 2) * (w + 2))
+    return padded.gather(2, flat).view(b, c, h, w)
+
+
+def _diffaug_cutout(x, gen=None, ratio=0.5):
+    """Zero a square of side int(size/2 + 1/2) centred at a random pixel (clipped at the borders)."""
+    b, c, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    oh = torch.randint(0, h + (1 - sh % 2), (b, 1, 1), device=x.device, generator=gen)
+    ow = torch.randint(0, w + (1 - sw % 2), (b, 1, 1), device=x.device, generator=gen)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) - (oh - sh // 2)  # [B, H, 1]
+    cols = torch.arange(w, device=x.device).view(1, 1, w) - (ow - sw // 2)  # [B, 1, W]
+    inside = (rows >= 0) & (rows < sh) & (cols >= 0) & (cols < sw)  # [B, H, W]
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+DIFFAUGMENT_POLICIES = {
+    "color": (_diffaug_brightness, _diffaug_saturation, _diffaug_contrast),
+    "translation": (_diffaug_translation,),
+    "cutout": (_diffaug_cutout,),
+}
+
+
+def _policy_names(policy):
+    """'color,translation' -> ['color', 'translation'], each checked."""
+    names = [n.strip() for n in policy.split(",") if n.strip()]
+    for name in names:
+        if name not in DIFFAUGMENT_POLICIES:
+            raise ValueError(f"unknown DiffAugment policy {name!r} (known: {', '.join(DIFFAUGMENT_POLICIES)})")
+    return names
+
+
+def diff_augment(x, policy="color,translation,cutout", generator=None):
+    """DiffAugment T(x) (Zhao et al. 2020, Sec. 3): the policy's ops in order, differentiable.
+
+    x [B, C, H, W] in [-1, 1]; the same policy goes on real and fake images, for D and G.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"diff_augment expects images [B, C, H, W], got {tuple(x.shape)}")
+    for name in _policy_names(policy):
+        for op in DIFFAUGMENT_POLICIES[name]:
+            x = op(x, generator)
+    return x.contiguous()
+
+
+class DiffAugment(nn.Module):
+    """`diff_augment` with a fixed policy, as a module."""
+
+    def __init__(self, policy="color,translation,cutout"):
+        super().__init__()
+        _policy_names(policy)  # fail now on a misspelt policy
+        self.policy = policy
+
+    def forward(self, images, generator=None):
+        return diff_augment(images, self.policy, generator)
+
+    def extra_repr(self):
+        return f"policy={self.policy!r}"
+
+
+class NoAugment(nn.Module):
+    """What D sees is what came in."""
+
+    def forward(self, images, generator=None):
+        return images
+
+
+def make_augment(kind, p=0.0, spec="bgc", policy="color,translation,cutout", **strengths):
+    """kind "none" | "ada" | "diffaug" -> module images [B, C, H, W] -> images.
+
+    "ada": AugmentPipe with the ops of `spec` (AUGPIPE_SPECS, default 'bgc'), starting probability
+    p (0 for adaptive ADA, a fixed value for `--ada-p`), optional strength overrides (e.g. scale_std).
+    "diffaug": DiffAugment with `policy`.
+    """
+    if kind == "none":
+        return NoAugment()
+    if kind == "ada":
+        if spec not in AUGPIPE_SPECS:
+            raise ValueError(f"unknown ADA pipeline {spec!r} (known: {', '.join(AUGPIPE_SPECS)})")
+        multipliers = {op: AUGPIPE_SPECS[spec].get(op, 0) for op in _ALL_OPS}
+        return AugmentPipe(**multipliers, p=p, **strengths)
+    if kind == "diffaug":
+        return DiffAugment(policy)
+    raise ValueError(f"unknown augmentation {kind!r} (choose none, ada or diffaug)")
+
+
+class TrainError(SystemExit):
+    """Bad input for training: exits with the one-line message (status 1)."""
+
+    def __init__(self, message):
+        super().__init__("error: " + message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and regularizers
+# ---------------------------------------------------------------------------------------------
+
+def d_logistic_loss(real_logits, fake_logits):
+    """Non-saturating logistic D loss (Goodfellow et al. 2014; StyleGAN2 App. B):
+    E[softplus(-D(x))] + E[softplus(D(G(z)))], i.e. -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z))))."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def g_nonsaturating_loss(fake_logits):
+    """Non-saturating G loss: E[softplus(-D(G(z)))] = -log sigmoid(D(G(z)))."""
+    return F.softplus(-fake_logits).mean()
+
+
+def d_r1_penalty(real_logits, real_img):
+    """R1 (Mescheder et al. 2018, Eq. 9; StyleGAN2 App. B): E_x ||grad_x D(x)||^2 over real x.
+
+    `real_img` is the un-augmented real batch with requires_grad, `real_logits` = D(augment(real_img)),
+    so the gradient runs back through the (differentiable) augmentation as in NVlabs. The caller
+    weights the penalty by gamma / 2 (and by the lazy interval).
+    """
+    (grad,) = autograd.grad(real_logits.sum(), real_img, create_graph=True)  # [B, 3, H, W]
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def g_path_length_penalty(img, latents, pl_mean, decay=0.01):
+    """Path-length regularizer (StyleGAN2 Sec. 3.2, Eq. 4): E_{w,y} (||J_w^T y||_2 - a)^2.
+
+    img [B, 3, H, W] = G(w), latents [B, n_latent, style_dim] = the w+ the image was made from,
+    y ~ N(0, I) / sqrt(H * W) (so the length does not depend on the resolution), J_w^T y by one
+    backward pass. The length of a sample is sqrt(mean over the n_latent styles of sum over dims),
+    as in both reference implementations. a (`pl_mean`, a 0-dim tensor) is a running mean with
+    a <- a + decay * (mean length - a); under torchrun the mean length is averaged over processes
+    so that every process keeps the same a. Returns (penalty, new pl_mean (detached), lengths [B]).
+    """
+    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = autograd.grad((img * y).sum(), latents, create_graph=True)  # [B, n_latent, style_dim]
+    lengths = grad.square().sum(2).mean(1).sqrt()                           # [B]
+    batch_mean = lengths.mean().detach()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(batch_mean)
+        batch_mean = batch_mean / dist.get_world_size()
+    pl_mean = pl_mean + decay * (batch_mean - pl_mean)
+    penalty = (lengths - pl_mean).square().mean()
+    return penalty, pl_mean.detach(), lengths
+
+
+def lazy_adam(params, lr, reg_every):
+    """Adam(lr, betas (0, 0.99)) with the lazy-regularization correction (StyleGAN2 Sec. 3.1, App. B):
+    with a regularizer step every k main steps the optimiser runs k + 1 times per k iterations, so
+    lr and the betas are rescaled by c = k / (k + 1): lr * c, (0 ** c, 0.99 ** c). k = 0: no correction."""
+    c = reg_every / (reg_every + 1) if reg_every > 0 else 1.0
+    return torch.optim.Adam(params, lr=lr * c, betas=(0.0 ** c, 0.99 ** c), eps=1e-8)
+
+
+def mixing_noise(batch, style_dim, prob, device):
+    """z for style mixing (StyleGAN Sec. 3.1): with probability `prob` two latents for the whole
+    batch (G switches from the first to the second at a random layer), else one. List of [B, style_dim]."""
+    if prob > 0 and random.random() < prob:
+        return list(torch.randn(2, batch, style_dim, device=device).unbind(0))
+    return [torch.randn(batch, style_dim, device=device)]
+
+
+@torch.no_grad()
+def ema_update(g_ema, g, beta):
+    """G_ema <- beta * G_ema + (1 - beta) * G over parameters only. Buffers (noise maps used by the
+    'const' noise mode, blur kernels) are not copied, as in rosinality: they are not trained, and a
+    transferred model keeps the noise maps of its own G_ema. (NVlabs copies buffers.)"""
+    for p_ema, p in zip(g_ema.parameters(), g.parameters()):
+        p_ema.lerp_(p, 1.0 - beta)
+
+
+def ema_beta(batch, ema_kimg, rampup, cur_nimg):
+    """NVlabs: beta = 0.5 ** (batch / ema_nimg), ema_nimg = ema_kimg * 1000, with the optional
+    ramp-up ema_nimg = min(ema_nimg, cur_nimg * rampup) (cur_nimg = images shown so far)."""
+    ema_nimg = ema_kimg * 1000
+    if rampup > 0:
+        ema_nimg = min(ema_nimg, cur_nimg * rampup)
+    return 0.5 ** (batch / max(ema_nimg, 1e-8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Freezing (FreezeD, FreezeG)
+# ---------------------------------------------------------------------------------------------
+
+def frozen_prefixes_d(k):
+    """FreezeD (Mo et al. 2020): fromRGB (convs.0) and the first k blocks from the image side
+    (convs.1..convs.k) keep their weights. k = 4 at 256 px is FreezeD's feature_loc 3."""
+    return [] if k <= 0 else [f"convs.{i}." for i in range(k + 1)]
+
+
+def frozen_prefixes_g(k):
+    """FreezeG (bryandlee/FreezeG): the mapping network and the k lowest-resolution generator blocks
+    stay fixed. Block 0 = input, conv1, to_rgb1 (4x4); block j >= 1 = convs.2j-2, convs.2j-1,
+    to_rgbs.j-1 (2^(j+2) px). Names are matched as prefixes with a dot, so convs.1 is not convs.10.
+    Unlike bryandlee/FreezeG, path-length regularization keeps running (on w made a leaf)."""
+    if k <= 0:
+        return []
+    names = ["style.", "input.", "conv1.", "to_rgb1."]
+    for j in range(1, k):
+        names += [f"convs.{2 * j - 2}.", f"convs.{2 * j - 1}.", f"to_rgbs.{j - 1}."]
+    return names
+
+
+def split_frozen(module, prefixes):
+    """Switch off requires_grad for parameters whose name starts with one of `prefixes`.
+    Returns (trainable parameters, names of the frozen ones); only the trainable ones go to Adam."""
+    trainable, frozen = [], []
+    for name, p in module.named_parameters():
+        if any(name.startswith(pre) for pre in prefixes):
+            p.requires_grad_(False)
+            frozen.append(name)
+        else:
+            trainable.append(p)
+    return trainable, frozen
+
+
+def set_requires_grad(params, flag):
+    for p in params:
+        p.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: defaults < preset < command line (or: < the run's stored settings with --resume)
+# ---------------------------------------------------------------------------------------------
+
+def _given(args, key):
+    value = getattr(args, key, None)
+    return value is not None
+
+
+def resolve_settings(args, stored=None, ckpt_arch=None):
+    """Resolve the training settings into a new Namespace plus a dict naming each value's source.
+
+    stored: the settings dict of the run being resumed (then only RESUME_OVERRIDABLE flags count);
+    ckpt_arch: the architecture read from --ckpt (size, style_dim, n_mlp, channel_multiplier,
+    channel_max), which flags may repeat but not contradict.
+    """
+    s, src = dict(TRAIN_DEFAULTS), {k: "default" for k in TRAIN_DEFAULTS}
+    if stored is not None:
+        for key, value in stored.items():
+            if key in s:
+                s[key], src[key] = value, "run"
+        for key in TRAIN_DEFAULTS:
+            if _given(args, key) and key in RESUME_OVERRIDABLE:
+                s[key], src[key] = getattr(args, key), "flag"
+            elif _given(args, key) and key not in ("out",) and getattr(args, key) != s[key]:
+                print(f"note: --{key.replace('_', '-')} {getattr(args, key)} ignored with --resume "
+                      f"(the run's value {s[key]!r} is used)")
+        return argparse.Namespace(**s), src
+
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise TrainError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        for key, value in PRESETS[preset].items():
+            s[key], src[key] = value, "preset " + preset
+    for key in TRAIN_DEFAULTS:
+        if _given(args, key):
+            s[key], src[key] = getattr(args, key), "flag"
+
+    if ckpt_arch is not None:
+        for key in ARCH_KEYS:
+            if src[key] == "flag" and s[key] != ckpt_arch[key]:
+                raise TrainError(f"{s['ckpt']}: the checkpoint has {key.replace('_', '-')} "
+                                 f"{ckpt_arch[key]}, but --{key.replace('_', '-')} {s[key]} was given")
+            s[key], src[key] = ckpt_arch[key], "checkpoint"
+
+    size = s["size"]
+    if not (isinstance(size, int) and 16 <= size <= 1024 and size & (size - 1) == 0):
+        raise TrainError(f"--size {size}: must be a power of two in 16..1024")
+    log_size = int(math.log2(size))
+    if src["freeze_d"].startswith("preset") and s["freeze_d"] > 0:
+        # shift the 256-px block count so that the same lowest-resolution blocks train
+        s["freeze_d"] = max(0, s["freeze_d"] + log_size - int(math.log2(PRESET_FREEZE_D_SIZE)))
+    if s["ada_kimg"] is None:
+        s["ada_kimg"], src["ada_kimg"] = (100 if s["ckpt"] else 500), "default (--ckpt: 100)"
+    if s["ada_p"] is not None and s["augment"] != "ada":
+        if src["augment"] == "flag":
+            raise TrainError(f"--ada-p needs --augment ada (got --augment {s['augment']})")
+        s["augment"], src["augment"] = "ada", "--ada-p"
+    _check_settings(s)
+    return argparse.Namespace(**s), src
+
+
+def _check_settings(s):
+    log_size = int(math.log2(s["size"]))
+    if s["augment"] not in ("none", "ada", "diffaug"):
+        raise TrainError(f"--augment {s['augment']!r}: choose none, ada or diffaug")
+    if not 0 <= s["freeze_d"] <= log_size - 2:
+        raise TrainError(f"--freeze-d {s['freeze_d']}: a {s['size']} px discriminator has "
+                         f"{log_size - 2} blocks (0..{log_size - 2})")
+    if not 0 <= s["freeze_g"] <= log_size - 2:
+        raise TrainError(f"--freeze-g {s['freeze_g']}: a {s['size']} px generator has {log_size - 1} "
+                         f"blocks and at least the last must train (0..{log_size - 2})")
+    if s["batch"] < 1 or s["iter"] < 0 or s["keep"] < 1:
+        raise TrainError("--batch and --keep must be >= 1 and --iter >= 0")
+    if s["ada_p"] is not None and not 0 <= s["ada_p"] <= 1:
+        raise TrainError(f"--ada-p {s['ada_p']}: must be in [0, 1]")
+
+
+def print_settings(cfg, src, world=1):
+    """Print the resolved settings with their sources and the derived optimiser numbers."""
+    print("settings (source):")
+    for key in TRAIN_DEFAULTS:
+        print(f"  {key:<20} {getattr(cfg, key)!r:<28} ({src.get(key, 'default')})")
+    for name, k in (("G", cfg.g_reg_every), ("D", cfg.d_reg_every)):
+        c = k / (k + 1) if k > 0 else 1.0
+        print(f"  {name} Adam: lr {cfg.lr * c:.6g}, betas ({0.0 ** c:g}, {0.99 ** c:.6f})"
+              f" (lazy regularization every {k}: c = {c:.4f})")
+    print(f"  batch per process {cfg.batch // world} x {world} process(es); "
+          f"EMA beta {ema_beta(cfg.batch, cfg.ema_kimg, 0, 1):.6f} per iteration")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder: sample grids, FID curve, checkpoints, RNG state
+# ---------------------------------------------------------------------------------------------
+
+def save_image_grid(images, path, nrow):
+    """images [N, 3, H, W] in [-1, 1] -> one PNG grid, nrow images per row (uint8 as `generate`)."""
+    n, c, h, w = images.shape
+    x = to_uint8(images.detach().float().cpu())  # [N, H, W, 3]
+    grid = torch.zeros(math.ceil(n / nrow) * h, nrow * w, c, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
+    Image.fromarray(grid.numpy()).save(path)
+
+
+def rng_state(device):
+    """RNG states of torch (CPU and CUDA), numpy and Python as tensors/numbers/lists, so that the
+    checkpoint loads with torch.load(weights_only=True)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def checkpoint_files(folder):
+    """Numbered checkpoints (000500.pt ...) in `folder`, oldest first (best.pt excluded)."""
+    if not os.path.isdir(folder):
+        return []
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and n[:-3].isdigit()]
+    return [os.path.join(folder, n) for n in sorted(names, key=lambda n: int(n[:-3]))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: every step gets the same images after --resume
+# ---------------------------------------------------------------------------------------------
+
+class StepBatchSampler:
+    """Endless batches of data-set indices for iterations start, start+1, ...
+
+    Epoch e is the DistributedSampler permutation for (seed, e) (this process's share under
+    torchrun), cut into full batches; iteration i takes batch i % per_epoch of epoch i // per_epoch.
+    So the data of each iteration depend only on the seed and i, and --resume continues exactly.
+    """
+
+    def __init__(self, sampler, batch, start):
+        self.sampler, self.batch, self.start = sampler, batch, start
+        self.per_epoch = len(sampler) // batch
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            epoch, offset = divmod(step, self.per_epoch)
+            self.sampler.set_epoch(epoch)
+            idx = list(self.sampler)
+            for k in range(offset, self.per_epoch):
+                yield idx[k * self.batch:(k + 1) * self.batch]
+            step = (epoch + 1) * self.per_epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# train(args)
+# ---------------------------------------------------------------------------------------------
+
+def _setup_distributed(device_flag):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then one process per device (nccl on GPU, gloo on
+    CPU). Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device_flag != "cpu"
+    if world == 1:
+        return 0, 1, torch.device(device_flag or ("cuda" if cuda else "cpu"))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current iteration, write a checkpoint, exit.
+    A second Ctrl-C interrupts at once (a checkpoint is still written)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _open_start_checkpoint(path):
+    """--ckpt: ours, rosinality .pt or NVIDIA .pkl (through load_checkpoint). Returns (dict, g_ema)
+    with g_ema built from the stored weights, which also tells the architecture."""
+    if not os.path.isfile(path):
+        raise TrainError(f"{path}: no such checkpoint file")
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("g_ema", ckpt.get("g"))
+    if state is None:
+        raise TrainError(f"{path}: no generator weights ('g_ema' or 'g') in this checkpoint")
+    g_ema = build_generator_from_state(state, ckpt.get("args"))
+    return ckpt, g_ema
+
+
+def _arch_of(g):
+    return {"size": g.size, "style_dim": g.style_dim, "n_mlp": g.n_mlp,
+            "channel_multiplier": g.channel_multiplier, "channel_max": g.channel_max}
+
+
+def _open_resume(path):
+    """--resume RUN (folder: its newest checkpoint) or a checkpoint file inside RUN/checkpoints."""
+    if os.path.isdir(path):
+        files = checkpoint_files(os.path.join(path, "checkpoints"))
+        if not files:
+            raise TrainError(f"{path}: no checkpoints/NNNNNN.pt to resume from")
+        run, file = path, files[-1]
+    elif os.path.isfile(path):
+        run, file = os.path.dirname(os.path.dirname(os.path.abspath(path))), path
+    else:
+        raise TrainError(f"{path}: no such run folder or checkpoint")
+    ckpt = load_checkpoint(file)
+    for key in ("g", "d", "g_ema", "g_optim", "d_optim", "args", "step"):
+        if key not in ckpt:
+            raise TrainError(f"{file}: not a training checkpoint of this script (no {key!r}); "
+                             f"use --ckpt to start a new run from it")
+    return run, file, ckpt
+
+
+def make_fid_evaluator(cfg, device):
+    """ops.fid.Evaluator on the training images (their features cached in --fid-cache), or None
+    with one notice when ops/fid or the Inception weights are unavailable: training runs on."""
+    try:
+        from ops import fid as fid_ops  # imported here: it pulls in torchvision
+    except ImportError as e:
+        print(f"notice: FID is off, ops/fid cannot be imported ({e})")
+        return None
+    try:
+        return fid_ops.Evaluator(cfg.data, inception=cfg.inception, device=device, batch_size=cfg.fid_batch,
+                                 cache_dir=cfg.fid_cache or os.path.join(cfg.out, "fid_cache"),
+                                 n_gen=cfg.fid_n, dims=cfg.fid_dims)
+    except fid_ops.InceptionWeightsMissing as e:
+        print(f"notice: FID is off, training runs on without it: {e} (or --fid-every 0)")
+        return None
+
+
+def train(args):
+    """Train StyleGAN2 (from scratch, from --ckpt, or continuing --resume RUN); see the module docstring.
+
+    Each iteration: D step, R1 every d_reg_every, G step, path length every g_reg_every, G_ema; then
+    ADA p, log, sample grid, FID, checkpoint. Returns the resolved settings (Namespace).
+    """
+    rank, world, device = _setup_distributed(getattr(args, "device", None))
+    try:
+        return _train(args, rank, world, device)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(args, rank, world, device):
+    main = rank == 0
+    say = print if main else (lambda *a, **k: None)
+
+    # ---------------- settings, start checkpoint, run folder ----------------
+    ckpt, g_ema_start, resume = None, None, None
+    if getattr(args, "resume", None):
+        run, resume_file, resume = _open_resume(args.resume)
+        cfg, src = resolve_settings(args, stored=resume["args"])
+        cfg.out = run
+        if getattr(args, "preset", None) is not None or getattr(args, "ckpt", None) is not None:
+            say("note: --preset and --ckpt are ignored with --resume (the run's settings and weights "
+                "are used)")
+    else:
+        if getattr(args, "ckpt", None):
+            ckpt, g_ema_start = _open_start_checkpoint(args.ckpt)
+        cfg, src = resolve_settings(args, ckpt_arch=_arch_of(g_ema_start) if ckpt else None)
+        if getattr(args, "preset", None) is not None and not cfg.ckpt:
+            say("note: the presets are transfer settings (the seed experiment starts from an FFHQ "
+                "model); without --ckpt this run starts from random weights")
+    if main:
+        print_settings(cfg, src, world)
+    if getattr(args, "dry_run", False):
+        return cfg
+    if cfg.data is None or cfg.out is None:
+        raise TrainError("--data DIR and --out RUN are needed (or --resume RUN)")
+    if cfg.batch % world:
+        raise TrainError(f"--batch {cfg.batch} must be divisible by the number of processes ({world})")
+    batch = cfg.batch // world  # per process
+    if batch % min(batch, 4):
+        raise TrainError(f"batch per process {batch}: must be below 4 or a multiple of 4 "
+                         f"(minibatch standard deviation groups of 4)")
+    try:  # read before anything is written; xflip: mirrored copies, as NVlabs --mirror
+        dataset = ImageFolderDataset(cfg.data, cfg.size, xflip=cfg.xflip)
+    except (OSError, ValueError) as e:
+        raise TrainError(str(e)) from None
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    if len(sampler) < batch:
+        raise TrainError(f"{cfg.data}: {len(dataset)} images (with mirrored copies) are fewer than "
+                         f"one batch ({batch} per process)")
+    if resume is None and main and os.path.isdir(cfg.out) and os.listdir(cfg.out):
+        raise TrainError(f"{cfg.out}: run folder exists and is not empty; continue it with "
+                         f"--resume {cfg.out} or choose another --out")
+
+    # ---------------- networks, freezing, optimisers ----------------
+    seed_everything(cfg.seed)  # same initial weights in every process
+    arch = dict(style_dim=cfg.style_dim, n_mlp=cfg.n_mlp, channel_multiplier=cfg.channel_multiplier,
+                channel_max=cfg.channel_max)
+    g = Generator(cfg.size, **arch).to(device)
+    d = Discriminator(cfg.size, channel_multiplier=cfg.channel_multiplier,
+                      channel_max=cfg.channel_max).to(device)
+    if ckpt is not None:
+        g_ema = g_ema_start.to(device)
+        which = "g" if "g" in ckpt else "g_ema"
+        load_state_checked(g, ckpt[which], f"{cfg.ckpt} ['{which}']")
+        if "d" in ckpt:
+            load_state_checked(d, ckpt["d"], f"{cfg.ckpt} ['d']")
+        elif cfg.freeze_d > 0:
+            raise TrainError(f"{cfg.ckpt}: has no discriminator weights ('d'), so --freeze-d has "
+                             f"nothing to keep")
+        else:
+            say(f"note: {cfg.ckpt} has no discriminator weights; D starts from random weights")
+    else:
+        g_ema = copy.deepcopy(g)
+    g_ema.eval().requires_grad_(False)
+
+    g_params, g_frozen = split_frozen(g, frozen_prefixes_g(cfg.freeze_g))
+    d_params, d_frozen = split_frozen(d, frozen_prefixes_d(cfg.freeze_d))
+    if g_frozen or d_frozen:
+        say(f"frozen: {len(g_frozen)} G tensors (FreezeG {cfg.freeze_g}), "
+            f"{len(d_frozen)} D tensors (FreezeD {cfg.freeze_d})")
+    g_optim = lazy_adam(g_params, cfg.lr, cfg.g_reg_every)
+    d_optim = lazy_adam(d_params, cfg.lr, cfg.d_reg_every)
+
+    # what D sees: ADA's 'bgc' pipeline (p from AdaptiveP, or --ada-p), DiffAugment, or nothing
+    augment = make_augment(cfg.augment, p=cfg.ada_p or 0.0, policy=cfg.diffaug_policy).to(device)
+    pipe = augment if cfg.augment == "ada" else None
+    adaptive = None
+    if pipe is not None and cfg.ada_p is None:
+        adaptive = AdaptiveP(target=cfg.ada_target, interval=cfg.ada_interval, kimg=cfg.ada_kimg,
+                             batch_size=cfg.batch, p=0.0)
+    pl_mean = torch.zeros((), device=device)
+    start, best_fid = 0, None
+
+    if resume is not None:
+        g.load_state_dict(resume["g"])
+        d.load_state_dict(resume["d"])
+        g_ema.load_state_dict(resume["g_ema"])
+        g_optim.load_state_dict(resume["g_optim"])
+        d_optim.load_state_dict(resume["d_optim"])
+        start, best_fid = int(resume["step"]), resume.get("best_fid")
+        pl_mean.fill_(float(resume.get("pl_mean", 0.0)))
+        if adaptive is not None and resume.get("ada_state") is not None:
+            adaptive.load_state_dict(resume["ada_state"])
+        if pipe is not None:
+            pipe.p = float(resume.get("ada_p", pipe.p))
+        say(f"resuming {resume_file} at iteration {start}")
+
+    # ---------------- the run folder (only now: bad input above leaves nothing behind) ----------------
+    if main:
+        for sub in ("samples", "checkpoints"):
+            os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+        if resume is None:
+            with open(os.path.join(cfg.out, "settings.json"), "w") as f:
+                json.dump(vars(cfg), f, indent=1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    g_train, d_train = g, d  # the wrappers that synchronise gradients under torchrun
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        g_train = DistributedDataParallel(g, device_ids=ids, broadcast_buffers=False)
+        d_train = DistributedDataParallel(d, device_ids=ids, broadcast_buffers=False)
+
+    # ---------------- data: this process's share, the same images for step i after --resume ----------------
+    loader = iter(DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, batch, start),
+                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                             generator=torch.Generator().manual_seed(cfg.seed + rank)))
+
+    # ---------------- FID (process 0) ----------------
+    evaluator = make_fid_evaluator(cfg, device) if main and cfg.fid_every > 0 else None
+
+    sample_z = torch.randn(cfg.n_sample, cfg.style_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    sample_z = sample_z.to(device)
+    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+
+    def write_samples(step):
+        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
+            imgs = torch.cat([g_ema([z], randomize_noise=False)[0] for z in sample_z.split(cfg.batch)])
+        save_image_grid(imgs, os.path.join(cfg.out, "samples", f"{step:06d}.png"),
+                        nrow=max(1, int(math.sqrt(cfg.n_sample))))
+
+    def make_checkpoint(step):
+        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
+            z = torch.randn(4096, cfg.style_dim, generator=torch.Generator().manual_seed(123)).to(device)
+            latent_avg = g_ema.style(z).mean(0)  # [style_dim], for truncation in `generate`
+        return {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
+                "g_optim": g_optim.state_dict(), "d_optim": d_optim.state_dict(),
+                "args": vars(cfg).copy(), "step": step, "latent_avg": latent_avg.cpu(),
+                "ada_p": float(pipe.p) if pipe is not None else 0.0,
+                "ada_state": adaptive.state_dict() if adaptive is not None else None,
+                "pl_mean": float(pl_mean), "best_fid": best_fid, "rng": rng_state(device)}
+
+    def write_checkpoint(step):
+        folder = os.path.join(cfg.out, "checkpoints")
+        save_checkpoint(os.path.join(folder, f"{step:06d}.pt"), make_checkpoint(step))
+        for old in checkpoint_files(folder)[:-cfg.keep]:
+            os.remove(old)
+
+    def run_fid(step):
+        nonlocal best_fid
+
+        def gen_fn(n):
+            return g_ema([torch.randn(n, cfg.style_dim, device=device)])[0]
+
+        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(cfg.seed + 777)  # the same latents at every evaluation
+            result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
+        from ops import fid as fid_ops  # already imported by make_fid_evaluator
+        fid_ops.record_fid(cfg.out, step, result, evaluator.provenance, kimg=step * cfg.batch / 1000)
+        with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
+            f.write(json.dumps({"step": step, "fid": round(float(result["fid"]), 4),
+                                "kid_mean": float(result["kid_mean"]), "kid_std": float(result["kid_std"]),
+                                "copies": int(result["copies"]), "n_gen": int(result["n_gen"])}) + "\n")
+        if best_fid is None or result["fid"] < best_fid:
+            best_fid = float(result["fid"])
+            save_checkpoint(os.path.join(cfg.out, "checkpoints", "best.pt"), make_checkpoint(step))
+        return result["fid"]
+
+    if main and start == 0:
+        write_samples(0)
+        if evaluator is not None:  # the starting point: for transfer, the source model on the new data
+            run_fid(0)
+
+    # training randomness differs per process; after a resume process 0 continues its exact stream
+    seed_everything(cfg.seed + 1000 * (rank + 1) + (0 if resume is None or main else start))
+    if resume is not None and main and resume.get("rng") is not None:
+        set_rng_state(resume["rng"], device)
+
+    # ---------------- the loop ----------------
+    log_path = os.path.join(cfg.out, "log.jsonl")
+    stats = {"d_loss": 0.0, "g_loss": 0.0, "r1": 0.0, "path_length": 0.0, "pl_penalty": 0.0,
+             "real_score": 0.0, "fake_score": 0.0}
+    bar = tqdm(total=cfg.iter, initial=start, dynamic_ncols=True, disable=not (main and cfg.progress))
+    t_last, step_last = time.time(), start
+    step = start
+    with _StopRequest() as stop:
+        try:
+            for i in range(start, cfg.iter):
+                real = next(loader).to(device, non_blocking=True)  # [B, 3, size, size] in [-1, 1]
+
+                # 1. D step: non-saturating logistic loss on augmented real and fake images
+                set_requires_grad(d_params, True)
+                with torch.no_grad():
+                    fake = g(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]
+                real_logits = d_train(augment(real))  # [B, 1]
+                fake_logits = d_train(augment(fake))
+                d_loss = d_logistic_loss(real_logits, fake_logits)
+                d_optim.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_optim.step()
+                if adaptive is not None:
+                    adaptive.accumulate(real_logits)  # sign(D(real)); summed over processes at its step
+
+                # 2. lazy R1 on the un-augmented real, through the augmentation
+                if cfg.d_reg_every > 0 and cfg.r1_gamma > 0 and i % cfg.d_reg_every == 0:
+                    real_r1 = real.detach().requires_grad_(True)
+                    logits = d_train(augment(real_r1))
+                    r1 = d_r1_penalty(logits, real_r1)
+                    d_optim.zero_grad(set_to_none=True)
+                    (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every + 0 * logits[0, 0]).backward()
+                    d_optim.step()
+                    stats["r1"] = r1.detach()
+
+                # 3. G step: non-saturating loss through the (frozen-for-now) D
+                set_requires_grad(d_params, False)
+                fake = g_train(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]
+                fake_logits_g = d(augment(fake))
+                g_loss = g_nonsaturating_loss(fake_logits_g)
+                g_optim.zero_grad(set_to_none=True)
+                g_loss.backward()
+                g_optim.step()
+
+                # 4. lazy path-length regularization on batch // pl_batch_shrink
+                if cfg.g_reg_every > 0 and cfg.pl_weight > 0 and i % cfg.g_reg_every == 0:
+                    pl_batch = max(1, batch // cfg.pl_batch_shrink)
+                    ws = [g.get_latent(z) for z in mixing_noise(pl_batch, cfg.style_dim, cfg.mixing, device)]
+                    if not ws[0].requires_grad:  # FreezeG: frozen mapping, w is a leaf
+                        ws = [w.requires_grad_(True) for w in ws]
+                    img, latents = g_train(ws, input_is_latent=True, return_latents=True)
+                    pl_penalty, pl_mean, lengths = g_path_length_penalty(img, latents, pl_mean, cfg.pl_decay)
+                    g_optim.zero_grad(set_to_none=True)
+                    (cfg.pl_weight * cfg.g_reg_every * pl_penalty + 0 * img[0, 0, 0, 0]).backward()
+                    g_optim.step()
+                    stats["path_length"], stats["pl_penalty"] = lengths.detach().mean(), pl_penalty.detach()
+
+                # 5. G_ema (NVlabs: beta from the total batch; ramp-up optional)
+                ema_update(g_ema, g, ema_beta(cfg.batch, cfg.ema_kimg, cfg.ema_rampup, i * cfg.batch))
+                step = i + 1
+
+                # 6. bookkeeping: ADA p (NVlabs: after the step, every ada_interval), log, samples, FID, ckpt
+                if adaptive is not None and step % cfg.ada_interval == 0:
+                    pipe.p = float(adaptive.step(step))
+                stats.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
+                             real_score=real_logits.detach().mean(), fake_score=fake_logits.detach().mean())
+                if step % cfg.log_every == 0 or step == cfg.iter:
+                    values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device)
+                                          for v in stats.values()])
+                    if world > 1:
+                        dist.all_reduce(values)
+                        values /= world
+                    now = time.time()
+                    record = {"step": step, "kimg": round(step * cfg.batch / 1000, 3)}
+                    record.update({k: round(float(v), 6) for k, v in zip(stats, values)})
+                    record.update(pl_mean=round(float(pl_mean), 6),
+                                  ada_p=round(float(pipe.p), 6) if pipe is not None else 0.0,
+                                  img_per_s=round((step - step_last) * cfg.batch / max(now - t_last, 1e-9),
+                                                  2))
+                    t_last, step_last = now, step
+                    if main:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        bar.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
+                                        r1=f"{record['r1']:.3f}", pl=f"{record['path_length']:.3f}",
+                                        p=f"{record['ada_p']:.3f}", refresh=False)
+                    if not all(math.isfinite(v) for v in record.values()):
+                        raise TrainError(f"non-finite loss at iteration {step}: {record}")
+                bar.update(1)
+                if main and (step % cfg.sample_every == 0 or step == cfg.iter):
+                    write_samples(step)
+                if evaluator is not None and (step % cfg.fid_every == 0 or step == cfg.iter):
+                    fid = run_fid(step)
+                    bar.write(f"iteration {step}: FID {fid:.2f} (best {best_fid:.2f})")
+                stopping = stop.requested
+                if world > 1:  # every process must stop at the same iteration: agree at log steps
+                    stopping = False
+                    if step % cfg.log_every == 0:
+                        flag = torch.tensor([float(stop.requested)], device=device)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        stopping = bool(flag.item())
+                if main and (step % cfg.ckpt_every == 0 or step == cfg.iter or stopping):
+                    write_checkpoint(step)
+                if stopping:
+                    say(f"\nstopped at iteration {step}; checkpoint written. Continue with "
+                        f"--resume {cfg.out}")
+                    raise SystemExit(130)
+        except KeyboardInterrupt:
+            if main:
+                write_checkpoint(step)
+                say(f"\ninterrupted during iteration {step + 1}; checkpoint of the state at that moment "
+                    f"written as iteration {step}. Continue with --resume {cfg.out}")
+            raise SystemExit(130)
+        finally:
+            bar.close()
+    return cfg
+
+
+def add_train_args(parser):
+    """Flags of the `train` subcommand. Defaults (shown in the help) are in TRAIN_DEFAULTS; the
+    argparse defaults are None so that --preset and --resume can tell which flags were given."""
+    D = TRAIN_DEFAULTS
+    a = parser.add_argument
+    a("--data", help="folder of training images (e.g. from 01_prepare_data.py)")
+    a("--out", help="run folder to create (samples/, checkpoints/, log.jsonl, fid.csv, fid.png)")
+    a("--ckpt", help="start G, D and G_ema from this checkpoint (ours, rosinality .pt, NVIDIA .pkl)")
+    a("--resume", help="continue the run in this folder exactly (or from one of its checkpoints)")
+    a("--preset", choices=list(PRESETS), help="an ablation row of the seed experiment (flags override it)")
+    a("--dry-run", action="store_true", help="print the resolved settings and exit")
+    a("--size", type=int, help=f"image size, power of two (default {D['size']}; read from --ckpt)")
+    a("--iter", type=int, help=f"training iterations (default {D['iter']})")
+    a("--batch", type=int, help=f"total batch over all processes (default {D['batch']})")
+    a("--lr", type=float, help=f"Adam learning rate before the lazy-regularization correction "
+                               f"(default {D['lr']})")
+    a("--r1-gamma", type=float, help=f"R1 weight gamma (default {D['r1_gamma']})")
+    a("--d-reg-every", type=int, help=f"lazy R1 interval, 0 = off (default {D['d_reg_every']})")
+    a("--g-reg-every", type=int, help=f"lazy path-length interval, 0 = off (default {D['g_reg_every']})")
+    a("--pl-weight", type=float, help=f"path-length weight (default {D['pl_weight']})")
+    a("--pl-decay", type=float, help=f"path-length mean decay (default {D['pl_decay']})")
+    a("--pl-batch-shrink", type=int, help=f"path-length batch divisor (default {D['pl_batch_shrink']})")
+    a("--mixing", type=float, help=f"style-mixing probability (default {D['mixing']})")
+    a("--ema-kimg", type=float, help=f"G_ema half-life in kimg (default {D['ema_kimg']})")
+    a("--ema-rampup", type=float, help=f"G_ema ramp-up, 0 = off (default {D['ema_rampup']})")
+    a("--augment", choices=["none", "ada", "diffaug"], help=f"augmentation (default {D['augment']})")
+    a("--ada-p", type=float, help="fixed ADA probability p (default: adaptive)")
+    a("--ada-target", type=float, help=f"ADA target for E[sign(D(real))] (default {D['ada_target']})")
+    a("--ada-interval", type=int, help=f"iterations between p updates (default {D['ada_interval']})")
+    a("--ada-kimg", type=float, help="kimg for p to move by 1 (default 500; 100 with --ckpt)")
+    a("--diffaug-policy", help=f"DiffAugment policy (default {D['diffaug_policy']})")
+    a("--xflip", action=argparse.BooleanOptionalAction,
+      help="add x-flipped copies of the images (default on)")
+    a("--freeze-d", type=int, help="FreezeD: keep fromRGB and the first K D blocks (default 0; "
+                                   "presets: 4 at 256 px)")
+    a("--freeze-g", type=int,
+      help="FreezeG: keep the mapping and the K lowest-resolution G blocks (default 0)")
+    a("--channel-multiplier", type=int, help=f"channel multiplier (default {D['channel_multiplier']})")
+    a("--channel-max", type=int, help=f"channel cap (default {D['channel_max']})")
+    a("--style-dim", type=int, help=f"z and w size (default {D['style_dim']})")
+    a("--n-mlp", type=int, help=f"mapping layers (default {D['n_mlp']})")
+    a("--seed", type=int, help=f"random seed (default {D['seed']})")
+    a("--n-sample", type=int, help=f"images per sample grid (default {D['n_sample']})")
+    a("--sample-every", type=int, help=f"iterations between sample grids (default {D['sample_every']})")
+    a("--ckpt-every", type=int, help=f"iterations between checkpoints (default {D['ckpt_every']})")
+    a("--keep", type=int, help=f"numbered checkpoints kept (default {D['keep']})")
+    a("--log-every", type=int, help=f"iterations between log.jsonl lines (default {D['log_every']})")
+    a("--fid-every", type=int, help=f"iterations between FIDs, 0 = off (default {D['fid_every']})")
+    a("--fid-n", type=int, help=f"generated images per FID (default {D['fid_n']})")
+    a("--fid-batch", type=int, help=f"FID batch (default {D['fid_batch']})")
+    a("--fid-cache", help="folder for the cached data-set features (default RUN/fid_cache)")
+    a("--inception", help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
+    a("--fid-dims", type=int, help="Inception feature size (default 2048, the FID standard)")
+    a("--num-workers", type=int, help=f"data-loading workers (default {D['num_workers']})")
+    a("--device", help="cuda or cpu (default: cuda if available)")
+    a("--progress", action=argparse.BooleanOptionalAction, help="tqdm progress bar (default on)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Generate
+# ---------------------------------------------------------------------------------------------
+def parse_seeds(text):
+    """'0-7' or '1,5,9-11' -> [0, ..., 7] / [1, 5, 9, 10, 11]."""
+    seeds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            if int(b) < int(a):
+                raise ValueError(f"empty seed range {part!r}")
+            seeds.extend(range(int(a), int(b) + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}")
+    return seeds
+
+
+def to_uint8(img):
+    """[-1, 1] float -> uint8 HWC: round half up of (x + 1) * 127.5, as NVlabs generate.py."""
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def generate(args):
+    """Write seed{s:04d}.png for each seed; z = RandomState(s).randn(1, style_dim) (NVlabs convention)."""
+    device = torch.device(args.device)
+    g, latent_avg = load_generator(args.ckpt, device=device)
+    os.makedirs(args.out, exist_ok=True)
+    if args.truncation < 1 and latent_avg is None:
+        torch.manual_seed(0)  # fixed mean w when the checkpoint stores none
+        latent_avg = g.mean_latent(TRUNCATION_MEAN_N)
+    paths = []
+    seeds = args.seeds if isinstance(args.seeds, (list, tuple)) else parse_seeds(args.seeds)
+    for seed in seeds:
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, g.style_dim)).float().to(device)
+        if args.noise_mode == "const":
+            noise = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
+        elif args.noise_mode == "none":
+            noise = [torch.zeros_like(getattr(g.noises, f"noise_{i}")) for i in range(g.num_layers)]
+        else:
+            torch.manual_seed(seed)
+            noise = [n.to(device) for n in g.make_noise()]
+        img, _ = g([z], truncation=args.truncation, truncation_latent=latent_avg, noise=noise)
+        path = os.path.join(args.out, f"seed{seed:04d}.png")
+        Image.fromarray(to_uint8(img)[0].cpu().numpy(), "RGB").save(path)
+        paths.append(path)
+    print(f"wrote {len(paths)} images to {args.out}")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def build_parser():
+    parser = argparse.ArgumentParser(description="StyleGAN2 + ADA / DiffAugment / FreezeD / FreezeG")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train or fine-tune (presets: the seed experiment's ablation rows)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_args(t)
+    t.set_defaults(func=train)
+
+    p = sub.add_parser("generate", help="images for seeds from a checkpoint (.pt ours/rosinality, NVIDIA .pkl)")
+    p.add_argument("--ckpt", required=True, help="checkpoint file")
+    p.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. 0-7 or 1,5,9-11")
+    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1 = off)")
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
+                   help="const = stored noise maps (NVlabs default), random, none = zeros")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(func=generate)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

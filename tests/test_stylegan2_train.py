@@ -1,0 +1,417 @@
+"""Tests of the training section of 03_stylegan2_ada.py: losses, lazy regularization, EMA, presets,
+FreezeD/FreezeG, exact resume, Ctrl-C, FID during training and a 2-process torchrun (gloo) run.
+
+CPU only, tiny networks (16-32 px, 16 channels, style_dim 16, 2 mapping layers)."""
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, load_script
+
+SCRIPT = "03_stylegan2_ada"
+
+
+@pytest.fixture(scope="module")
+def m():
+    return load_script(SCRIPT)
+
+
+def tiny_flags(size=16):
+    return ["--size", str(size), "--channel-max", "16", "--style-dim", "16", "--n-mlp", "2",
+            "--batch", "4", "--device", "cpu", "--num-workers", "0", "--no-progress",
+            "--n-sample", "4", "--fid-every", "0", "--log-every", "1"]
+
+
+def parse(m, argv):
+    parser = argparse.ArgumentParser()
+    m.add_train_args(parser)
+    return parser.parse_args(argv)
+
+
+def run(m, argv):
+    return m.train(parse(m, argv))
+
+
+def make_data(folder, size, n=8, seed=0):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            os.path.join(folder, f"{i:05d}.png"))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data16"), 16)
+
+
+@pytest.fixture(scope="module")
+def data32(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data32"), 32)
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss formulas and optimiser settings against hand computation
+# ---------------------------------------------------------------------------------------------
+
+def test_logistic_losses_match_softplus_by_hand(m):
+    real = torch.tensor([[2.0], [-1.5], [0.3], [-7.0]])
+    fake = torch.tensor([[-0.5], [4.0], [0.0], [1.25]])
+    r, f = real.numpy().ravel().astype(np.float64), fake.numpy().ravel().astype(np.float64)
+    # -log sigmoid(x) = log(1 + e^-x); -log(1 - sigmoid(x)) = log(1 + e^x)
+    want_d = np.mean(np.log1p(np.exp(-r))) + np.mean(np.log1p(np.exp(f)))
+    want_g = np.mean(-np.log(1 / (1 + np.exp(-f))))
+    assert m.d_logistic_loss(real, fake).item() == pytest.approx(want_d, rel=1e-6)
+    assert m.g_nonsaturating_loss(fake).item() == pytest.approx(want_g, rel=1e-6)
+
+
+def test_r1_penalty_of_a_linear_discriminator_through_an_augmentation(m):
+    torch.manual_seed(1)
+    w = torch.randn(3, 4, 4, requires_grad=True)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    # D(aug(x)) with aug(x) = 2 * flip(x) and D(y) = sum(w * y): grad_x = 2 * flip(w) for every sample
+    logits = (w * (2 * x.flip(3))).flatten(1).sum(1, keepdim=True)
+    penalty = m.d_r1_penalty(logits, x)
+    want = 4 * float((w.detach().double() ** 2).sum())
+    assert penalty.item() == pytest.approx(want, rel=1e-5)
+    penalty.backward()  # create_graph=True: the penalty trains D; d/dw 4 |w|^2 = 8 w
+    torch.testing.assert_close(w.grad, 8 * w.detach())
+
+
+def test_path_length_penalty_of_a_linear_generator(m):
+    torch.manual_seed(2)
+    b, n_latent, dim, h = 3, 4, 5, 6
+    A = torch.randn(n_latent, dim, 3 * h * h, dtype=torch.float64)
+    latents = torch.randn(b, n_latent, dim, dtype=torch.float64, requires_grad=True)
+    img = torch.einsum("bld,ldp->bp", latents, A).view(b, 3, h, h)
+    pl_mean = torch.tensor(0.7, dtype=torch.float64)
+    torch.manual_seed(3)
+    penalty, new_mean, lengths = m.g_path_length_penalty(img, latents, pl_mean, decay=0.01)
+    torch.manual_seed(3)
+    y = (torch.randn(b, 3, h, h, dtype=torch.float64) / h).view(b, -1).numpy()  # N(0, I) / sqrt(H W)
+    jty = np.einsum("ldp,bp->bld", A.numpy(), y)                                   # J_w^T y
+    want_len = np.sqrt((jty ** 2).sum(2).mean(1))
+    want_mean = 0.7 + 0.01 * (want_len.mean() - 0.7)
+    np.testing.assert_allclose(lengths.detach().numpy(), want_len, rtol=1e-10)
+    assert float(new_mean) == pytest.approx(want_mean, rel=1e-12)
+    assert float(penalty) == pytest.approx(np.mean((want_len - want_mean) ** 2), rel=1e-10)
+
+
+def test_lazy_regularization_corrects_lr_and_betas(m):
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    for k, c in ((16, 16 / 17), (4, 0.8), (0, 1.0)):
+        group = m.lazy_adam(p, 0.002, k).param_groups[0]
+        assert group["lr"] == pytest.approx(0.002 * c, rel=1e-12)
+        assert group["betas"][0] == 0.0
+        assert group["betas"][1] == pytest.approx(math.exp(c * math.log(0.99)), rel=1e-12)
+
+
+def test_ema_beta_nvlabs_rule(m):
+    assert m.ema_beta(16, 10, 0, 0) == pytest.approx(2 ** (-16 / 10000), rel=1e-12)
+    # ramp-up: ema_nimg = min(10000, 1000 * 0.05) = 50 images
+    assert m.ema_beta(16, 10, 0.05, 1000) == pytest.approx(2 ** (-16 / 50), rel=1e-12)
+
+
+def test_presets_resolve_and_explicit_flags_win(m):
+    cfg, src = m.resolve_settings(parse(m, ["--preset", "freezed-ada"]))
+    assert (cfg.augment, cfg.freeze_d, cfg.size, cfg.ada_kimg) == ("ada", 4, 256, 500)
+    cfg, _ = m.resolve_settings(parse(m, ["--preset", "freezed-diffaug", "--size", "1024"]))
+    assert (cfg.augment, cfg.freeze_d) == ("diffaug", 6)  # same two low-resolution blocks train
+    cfg, _ = m.resolve_settings(parse(m, ["--preset", "freezed-ada", "--freeze-d", "2",
+                                          "--augment", "none", "--ckpt", "start.pt"]))
+    assert (cfg.augment, cfg.freeze_d, cfg.ada_kimg) == ("none", 2, 100)
+    cfg, src = m.resolve_settings(parse(m, ["--ada-p", "0.3"]))
+    assert (cfg.augment, cfg.ada_p) == ("ada", 0.3)
+    assert {name: m.PRESETS[name]["augment"] for name in m.PRESETS} == {
+        "baseline": "none", "freezed": "none", "diffaug": "diffaug", "ada": "ada",
+        "freezed-diffaug": "diffaug", "freezed-ada": "ada"}
+    with pytest.raises(SystemExit, match="freeze-d 9"):
+        m.resolve_settings(parse(m, ["--size", "64", "--freeze-d", "9"]))
+
+
+def test_dry_run_prints_settings_and_writes_nothing(m, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = run(m, ["--data", str(tmp_path), "--out", str(out), "--preset", "ada", "--dry-run"])
+    text = capsys.readouterr().out
+    assert cfg.augment == "ada" and "preset ada" in text and "0.0016" in text  # G lr 0.002 * 4/5
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# One step of each preset from a checkpoint: what trains changes, what is frozen stays bit-identical
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def start_ckpt(m, tmp_path_factory):
+    """A 32 px starting checkpoint in our format (random weights, real key names)."""
+    torch.manual_seed(5)
+    g = m.Generator(32, style_dim=16, n_mlp=2, channel_max=16)
+    g_ema = m.Generator(32, style_dim=16, n_mlp=2, channel_max=16)
+    d = m.Discriminator(32, channel_max=16)
+    path = str(tmp_path_factory.mktemp("start") / "start.pt")
+    args = dict(size=32, style_dim=16, n_mlp=2, channel_multiplier=2, channel_max=16)
+    m.save_checkpoint(path, {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
+                               "args": args, "step": 0})
+    return path
+
+
+def check_step(m, start, after, frozen_d=(), frozen_g=()):
+    for net, frozen in (("d", frozen_d), ("g", frozen_g)):
+        for name, before in start[net].items():
+            if not before.is_floating_point() or name.startswith("noises.") or name.endswith("kernel"):
+                continue  # buffers
+            same = torch.equal(before, after[net][name])
+            if name.startswith(tuple(frozen)):
+                assert same, f"{net}.{name} is frozen but changed"
+            else:
+                assert not same, f"{net}.{name} should train but did not change"
+    beta = 0.5 ** (4 / 10000)  # one iteration, batch 4, ema_kimg 10
+    for name, p in after["g_ema"].items():
+        if name.startswith("noises.") or name.endswith("kernel"):
+            continue
+        want = start["g_ema"][name] * beta + after["g"][name] * (1 - beta)
+        torch.testing.assert_close(p, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["baseline", "freezed", "diffaug", "ada", "freezed-diffaug",
+                                    "freezed-ada"])
+def test_one_step_of_each_preset(m, tmp_path, data32, start_ckpt, preset):
+    out = str(tmp_path / preset)
+    run(m, tiny_flags(32) + ["--data", data32, "--out", out, "--ckpt", start_ckpt,
+                             "--preset", preset, "--iter", "1"])
+    after = load(os.path.join(out, "checkpoints", "000001.pt"))
+    start = load(start_ckpt)
+    # FreezeD at 32 px: the presets' 4 blocks at 256 px become 1 -> fromRGB (convs.0) and convs.1
+    frozen_d = ("convs.0.", "convs.1.") if preset.startswith("freezed") else ()
+    check_step(m, start, after, frozen_d=frozen_d)
+    assert after["args"]["augment"] == m.PRESETS[preset]["augment"]
+    # iteration 0 runs R1 and path length; optimisers carry the lazy-regularization correction
+    rec = read_log(out)[-1]
+    assert all(math.isfinite(rec[k]) for k in ("d_loss", "g_loss", "r1", "path_length"))
+    assert rec["r1"] > 0 and rec["path_length"] > 0
+    assert after["d_optim"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 16 / 17)
+    assert after["g_optim"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 4 / 5)
+    d_params = [k for k in start["d"] if k.endswith(("weight", "bias"))]
+    n_frozen = sum(1 for k in d_params if k.startswith(frozen_d))
+    assert len(after["d_optim"]["state"]) == len(d_params) - n_frozen  # frozen: not in the optimiser
+
+
+def test_freeze_g_keeps_mapping_and_lowest_blocks(m, tmp_path, data32, start_ckpt):
+    out = str(tmp_path / "freezeg")
+    run(m, tiny_flags(32) + ["--data", data32, "--out", out, "--ckpt", start_ckpt, "--iter", "1",
+                             "--freeze-g", "2", "--freeze-d", "2"])
+    after = load(os.path.join(out, "checkpoints", "000001.pt"))
+    # FreezeG 2: mapping + block 0 (4x4) + block 1 (8x8); FreezeD 2: fromRGB + two blocks
+    check_step(m, load(start_ckpt), after,
+               frozen_g=("style.", "input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0."),
+               frozen_d=("convs.0.", "convs.1.", "convs.2."))
+    assert read_log(out)[-1]["path_length"] > 0  # path length still runs with a frozen mapping
+
+
+def test_start_from_a_rosinality_training_checkpoint(m, tmp_path, data32, start_ckpt):
+    """rosinality's train.py file: g, d, g_ema, optimisers, args as an argparse.Namespace, ada_aug_p."""
+    ours = load(start_ckpt)
+    path = str(tmp_path / "rosinality.pt")
+    torch.save({"g": ours["g"], "d": ours["d"], "g_ema": ours["g_ema"], "g_optim": {}, "d_optim": {},
+                "args": argparse.Namespace(size=32, channel_multiplier=2, latent=16, n_mlp=2, r1=10.0),
+                "ada_aug_p": 0.3}, path)
+    out = str(tmp_path / "run")
+    run(m, tiny_flags(32) + ["--data", data32, "--out", out, "--ckpt", path, "--iter", "1"])
+    check_step(m, ours, load(os.path.join(out, "checkpoints", "000001.pt")))
+
+
+def test_ckpt_of_another_resolution_is_a_clear_error(m, tmp_path, data32, start_ckpt):
+    with pytest.raises(SystemExit, match=r"start\.pt.*size 32.*--size 64"):
+        run(m, tiny_flags(32)[2:] + ["--size", "64", "--data", data32, "--out", str(tmp_path / "r"),
+                                     "--ckpt", start_ckpt])
+    assert not (tmp_path / "r").exists()
+
+
+def test_freezed_needs_discriminator_weights_in_the_ckpt(m, tmp_path, data32, start_ckpt):
+    only_g = str(tmp_path / "converted.pt")  # like rosinality's converted FFHQ files: g_ema (+ latent_avg)
+    m.save_checkpoint(only_g, {"g_ema": load(start_ckpt)["g_ema"], "latent_avg": torch.zeros(16)})
+    with pytest.raises(SystemExit, match=r"converted\.pt.*no discriminator"):
+        run(m, tiny_flags(32) + ["--data", data32, "--out", str(tmp_path / "r"), "--ckpt", only_g,
+                                 "--preset", "freezed"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_discriminator_of_another_architecture_names_the_difference(m, tmp_path, data32, start_ckpt):
+    bad = str(tmp_path / "mixed.pt")
+    ckpt = load(start_ckpt)
+    ckpt["d"] = m.Discriminator(64, channel_max=16).state_dict()  # one block more than a 32 px D
+    m.save_checkpoint(bad, ckpt)
+    with pytest.raises(Exception, match=r"mixed\.pt \['d'\].*unexpected keys: convs\.4\."):
+        run(m, tiny_flags(32) + ["--data", data32, "--out", str(tmp_path / "r"), "--ckpt", bad])
+    assert not (tmp_path / "r").exists()
+
+
+def test_sample_grid_layout(m, tmp_path):
+    colours = torch.tensor([-1.0, -0.5, 0.25, 1.0])
+    images = colours.view(4, 1, 1, 1).expand(4, 3, 2, 3).contiguous()  # 4 flat images, 2x3 px
+    m.save_image_grid(images, str(tmp_path / "grid.png"), nrow=2)
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (4, 6, 3)
+    want = np.floor((colours.numpy() + 1) * 127.5 + 0.5).clip(0, 255)  # round half up: 0, 64, 159, 255
+    for i, v in enumerate(want):
+        r, q = divmod(i, 2)
+        assert (grid[r * 2:(r + 1) * 2, q * 3:(q + 1) * 3] == v).all()
+
+
+def test_refuses_a_non_empty_run_folder(m, tmp_path, data16):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="--resume"):
+        run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--iter", "1"])
+    assert os.listdir(out) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume, Ctrl-C
+# ---------------------------------------------------------------------------------------------
+
+def test_resume_equals_an_uninterrupted_run(m, tmp_path, data16):
+    flags = tiny_flags() + ["--data", data16, "--augment", "ada", "--ada-kimg", "0.01",
+                            "--ada-interval", "1", "--d-reg-every", "2", "--g-reg-every", "2"]
+    run(m, flags + ["--out", str(tmp_path / "a"), "--iter", "4"])
+    run(m, flags + ["--out", str(tmp_path / "b"), "--iter", "2"])
+    run(m, ["--resume", str(tmp_path / "b"), "--iter", "4"])
+    a = load(tmp_path / "a" / "checkpoints" / "000004.pt")
+    b = load(tmp_path / "b" / "checkpoints" / "000004.pt")
+    assert a["step"] == b["step"] == 4
+    for key in ("g", "d", "g_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    for key in ("g_optim", "d_optim"):
+        for i, state in a[key]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, b[key]["state"][i][name]), f"{key} state differs"
+    assert a["ada_p"] == b["ada_p"] and a["pl_mean"] == b["pl_mean"]
+    assert [r["d_loss"] for r in read_log(tmp_path / "a")] == [r["d_loss"] for r in read_log(tmp_path / "b")]
+    logs = [r["ada_p"] for r in read_log(tmp_path / "a")]
+    assert max(logs) > 0  # ADA p moved, so the augmentation's random draws were part of the run
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_ctrl_c_writes_a_checkpoint(m, tmp_path, data16, monkeypatch, how):
+    calls = {"n": 0}
+    original = m.g_nonsaturating_loss
+
+    def interrupting_loss(logits):
+        calls["n"] += 1
+        if calls["n"] == 2:  # during the G step of iteration 2
+            if how == "signal":
+                signal.raise_signal(signal.SIGINT)  # handled: the iteration finishes first
+            else:
+                raise KeyboardInterrupt
+        return original(logits)
+
+    monkeypatch.setattr(m, "g_nonsaturating_loss", interrupting_loss)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--iter", "50"])
+    assert exit_info.value.code == 130
+    step = 2 if how == "signal" else 1
+    ckpt = load(out / "checkpoints" / f"{step:06d}.pt")
+    assert ckpt["step"] == step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+# ---------------------------------------------------------------------------------------------
+# FID during training, offline notice
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:fewer images than")
+def test_fid_during_training_with_random_inception(m, tmp_path, data16):
+    pytest.importorskip("ops.fid", reason="ops/fid.py is not importable")
+    out = tmp_path / "run"
+    run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--iter", "2", "--fid-every", "1",
+                           "--fid-n", "8", "--fid-batch", "8", "--inception", "random",
+                           "--fid-dims", "64"])
+    lines = (out / "fid.csv").read_text().splitlines()
+    assert lines[0].startswith("# provenance: ")
+    prov = json.loads(lines[0][len("# provenance: "):])
+    assert prov["comparable"] is False and prov["counts"]["real"] > 0  # random weights are labelled
+    assert lines[1].startswith("step,kimg,fid,kid_mean,kid_std,copies") and len(lines) == 5  # steps 0, 1, 2
+    assert [int(line.split(",")[0]) for line in lines[2:]] == [0, 1, 2]
+    fids = [float(line.split(",")[2]) for line in lines[2:]]
+    assert all(math.isfinite(f) and f >= 0 for f in fids)
+    evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"copies"' in l]
+    assert [e["step"] for e in evals] == [0, 1, 2] and all(e["copies"] >= 0 for e in evals)
+    with Image.open(out / "fid.png") as im:
+        assert im.size == (640, 520)
+    best = load(out / "checkpoints" / "best.pt")
+    assert best["best_fid"] == pytest.approx(min(fids), abs=1e-3)
+    assert os.listdir(out / "fid_cache")  # the real images' features are cached
+
+
+def test_missing_inception_weights_give_one_notice_and_training_goes_on(m, tmp_path, data16, capsys):
+    pytest.importorskip("ops.fid", reason="ops/fid.py is not importable")
+    out = tmp_path / "run"
+    run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--iter", "1", "--fid-every", "1",
+                           "--inception", str(tmp_path / "missing.pth")])
+    text = capsys.readouterr().out
+    assert text.count("notice: FID is off") == 1 and "missing.pth" in text
+    assert (out / "checkpoints" / "000001.pt").exists() and not (out / "fid.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun: 2 processes, gloo on CPU
+# ---------------------------------------------------------------------------------------------
+
+def test_torchrun_two_processes_gloo(m, tmp_path, data16):
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(textwrap.dedent(f"""
+        import argparse, importlib.util, sys
+        sys.path.insert(0, {ROOT!r})
+        spec = importlib.util.spec_from_file_location("train_mod", {m.__file__!r})
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["train_mod"] = mod
+        spec.loader.exec_module(mod)
+        parser = argparse.ArgumentParser()
+        mod.add_train_args(parser)
+        mod.train(parser.parse_args(sys.argv[1:]))
+    """))
+    out = tmp_path / "ddp"
+    flags = tiny_flags()
+    flags[flags.index("--batch") + 1] = "8"  # 4 per process
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(launcher)] + flags + ["--data", data16, "--out", str(out), "--iter", "2",
+                                   "--augment", "ada", "--ada-interval", "1", "--ada-kimg", "0.01"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out / "checkpoints")) == ["000002.pt"]
+    ckpt = load(out / "checkpoints" / "000002.pt")
+    assert ckpt["step"] == 2 and ckpt["args"]["batch"] == 8
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2] and all(math.isfinite(r["d_loss"]) for r in log)
+    # ADA updated p at every iteration (sign statistics all-reduced over the processes): steps of
+    # 8 * 1 / (0.01 * 1000) = 0.8, kept in [0, 1]
+    ps = [0.0] + [r["ada_p"] for r in log]
+    for before, after in zip(ps, ps[1:]):
+        up, down = min(1.0, before + 0.8), max(0.0, before - 0.8)
+        assert after == pytest.approx(up) or after == pytest.approx(down)
+    assert ckpt["ada_state"]["rt"] is not None
