@@ -42,6 +42,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -485,6 +486,20 @@ class Session:
                 ws = apply_edit(ws, direction, float(amount) * float(scale), layers)
         return caption(to_pil(e.synthesize(ws)[0]), top or None, bottom or None)
 
+    def gif(self, seed, truncation, layer_start, layer_end, top, bottom, index, *amounts):
+        """A GIF sweeping direction `index` from -10 to +10 (slider units) on top of the other sliders."""
+        index = int(index)
+        if not 0 <= index < len(self.dirs):
+            raise ValueError(f"direction {index} outside 0..{len(self.dirs) - 1}")
+        frames = []
+        for a in np.linspace(-10, 10, 11):
+            values = list(amounts)
+            values[index] = float(a)
+            frames.append(self.render(seed, truncation, layer_start, layer_end, top, bottom, *values))
+        path = os.path.join(tempfile.mkdtemp(prefix="calm-gan-"), f"seed{int(seed):04d}_dir{index:02d}.gif")
+        save_gif(frames, path)
+        return path
+
 
 def build_ui(explorer, dirs=None, n_sliders=8):
     try:
@@ -507,12 +522,17 @@ def build_ui(explorer, dirs=None, n_sliders=8):
                 sliders = [gr.Slider(-10, 10, value=0, step=0.1, label=f"direction {i}")
                            for i in range(len(session.dirs))]
             with gr.Column():
-                image = gr.Image(type="pil", label="image", format="png")
+                image = gr.Image(type="pil", label="image (download with the arrow)", format="png", height=384)
+                gif_index = gr.Number(value=0, precision=0, label="GIF: sweep direction")
+                gif_button = gr.Button("make GIF")
+                gif_file = gr.File(label="GIF")
         inputs = [seed, trunc, start, end, top, bottom] + sliders
         for comp in inputs:
             comp.change(session.render, inputs, image, api_name=False)
         button = gr.Button("render")
         button.click(session.render, inputs, image, api_name="render")
+        gif_button.click(session.gif, [seed, trunc, start, end, top, bottom, gif_index] + sliders, gif_file,
+                         api_name="gif")
         demo.load(session.render, inputs, image, api_name=False)
     return demo
 

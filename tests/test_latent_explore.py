@@ -156,6 +156,9 @@ def test_ui_request_returns_image(tiny_ckpt, tmp_path):
         result = client.predict(3, 0.7, 0, e.n_latent - 1, "", "", 1.0, 0.0, 0.0, api_name="/render")
         img = Image.open(result if isinstance(result, str) else result["path"])
         assert img.size == (16, 16)
+        gif = client.predict(3, 0.7, 0, e.n_latent - 1, "", "", 1, 1.0, 0.0, 0.0, api_name="/gif")
+        gif = Image.open(gif if isinstance(gif, str) else gif["path"])
+        assert gif.n_frames == 11
     finally:
         demo.close()
 
@@ -175,3 +178,35 @@ def test_stylegan_v1_checkpoint_sefa_and_edit(tmp_path):
     base = e.synthesize(lx.styles_for(e, lx.seed_w(e, 1)))
     assert np.array_equal(np.asarray(frames[0]), np.asarray(lx.to_pil(base[0])))
     assert frames[0].size == (16, 16) and not np.array_equal(np.asarray(frames[0]), np.asarray(frames[1]))
+
+
+def test_ui_page_screenshot_shows_image_and_sliders(tiny_ckpt, tmp_path):
+    """Headless Chromium renders the page: the generated image and the direction sliders are there."""
+    import shutil
+    import subprocess
+    pytest.importorskip("gradio", reason="gradio is an optional extra (requirements-ui.txt)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs the Debian package chromium")
+    e = lx.load_explorer(tiny_ckpt)
+    demo = lx.build_ui(e, lx.sefa([w for _, w in e.style_weights(range(e.n_latent))]), n_sliders=3)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        shot = tmp_path / "ui.png"
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+             "--virtual-time-budget=8000", "--window-size=1100,1000", "--dump-dom", f"http://127.0.0.1:{port}/"],
+            capture_output=True, text=True, timeout=90).stdout
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'q'}",
+             "--virtual-time-budget=8000", "--window-size=1100,1000", f"--screenshot={shot}",
+             f"http://127.0.0.1:{port}/"], capture_output=True, timeout=90)
+        assert dom.count('type="range"') >= 3 + 3  # truncation, two layer bounds, three directions
+        assert "direction 2" in dom and "<img" in dom
+        pixels = np.asarray(Image.open(shot).convert("L"))
+        assert pixels.std() > 5  # not a blank page
+    finally:
+        demo.close()
