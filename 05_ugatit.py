@@ -1,0 +1,1090 @@
+"""U-GAT-IT: unpaired image-to-image translation with attention (CAM) and AdaLIN, full and light.
+
+Paper: J. Kim, M. Kim, H. Kang, K. Lee, "U-GAT-IT: Unsupervised Generative Attentional Networks with
+Adaptive Layer-Instance Normalization for Image-to-Image Translation", ICLR 2020, arXiv:1907.10830.
+
+This file holds the whole method: the ResNet generator with the class activation map (CAM) attention
+(Sec. 2.1.1, a_s(x) = w_s * E_s(x)) and the AdaLIN residual blocks with learned rho, the ILN up-sampling
+layers, the light variant (gamma/beta from pooled features), the global (7-layer) and local (5-layer)
+spectral-normalised discriminators with their own CAM (Sec. 2.1.2), the four losses of Sec. 2.2 (L_lsgan, L_cycle,
+L_identity, L_cam, weighted 1, 10, 10, 1000 in the full objective)
+and the training loop; plus `test` (translate a folder) and `chain` (StyleGAN2 faces -> cartoons, the
+seed experiment's figure). Checkpoints use the state-dict layout of znxlwm/UGATIT-pytorch
+(`networks.py`, `UGATIT.py`): keys `genA2B`, `genB2A`, `disGA`, `disGB`, `disLA`, `disLB`, with the same
+parameter names and shapes, so its files load with strict=True and translate the same images.
+Our own checkpoints add `g_optim`, `d_optim`, `step` and `args` (a plain dict).
+
+Differences to the reference, none of which changes a key or a shape:
+- AdaILN / ILN are computed as one per-channel scale and shift (the same AdaLIN formula, fewer tensors).
+- In the CAM the two re-weighted copies of the features feed a 1x1 convolution; we fold the CAM
+  weights into that convolution's weight instead (linear algebra, same result, half the work).
+- One step runs each generator on the real images once and reuses those outputs (detached) for the
+  discriminator update; the reference runs the same generators twice with unchanged weights.
+  Discriminators see real and fake images in one batch, so spectral normalisation does one power
+  iteration per discriminator call (two per step instead of the reference's three).
+- Below 128 px the reference's global discriminator shrinks its map to 1x1 and the final reflection
+  pad fails. Here a discriminator keeps all its layers and weights, but when an image is too small its
+  deepest stride-2 convolutions run with stride 1 (from the last one backwards) until every
+  reflection pad sees a map of at least 2 px; see `Discriminator.strides_for`. At 128 px and above
+  the strides are the reference's (global D at 64 px: the 5th down-sampling becomes stride 1, output
+  1x1 instead of a failure).
+- Training images are drawn from a per-epoch permutation seeded by (seed, epoch) and cropped and
+  flipped with a generator seeded by (seed, step), so a resumed run equals an uninterrupted one.
+- Training memory: the generators recompute their full- and half-resolution activations in
+  backward (`--no-recompute` keeps them); Adam updates each parameter inside backward as soon as
+  its gradient is complete and drops the gradient (`AdamInBackward`, the same update); the
+  discriminators take no weight gradients during the G update; spectral normalisation divides the
+  conv output by sigma instead of keeping a copy of W / sigma; fused Adam (no temporaries).
+  At 128 px (full, batch 1, CPU, bench/bench_ugatit.py) the peak resident memory is 4.6 GiB, against
+  6.9 GiB for the reference's loop driving the same networks (7.8 GiB for its own code).
+- Early versions of the reference computed the norm variance as a variance of variances; the current
+  one (and this file) uses the plain unbiased variance over (H, W) and (C, H, W).
+
+Run:
+    python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit --img-size 128 --batch 4 --iter 250000
+    python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit --img-size 128 --batch 4 --iter 250000 --resume
+    python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit_light --light --amp bf16      # less memory
+    python 05_ugatit.py test --ckpt runs/ugatit/checkpoint.pt --input data/face2cartoon/testA --out out/a2b
+    python 05_ugatit.py chain --ugatit runs/ugatit/checkpoint.pt --stylegan runs/sg2/checkpoint.pt --seeds 1 2 3 --walk 24 --out out/chain
+    python 05_ugatit.py train --data DIR --out runs/tiny --img-size 64 --ch 8 --n-res 1 --iter 20   # CPU demo
+
+Data: DIR/trainA and DIR/trainB (and optionally DIR/testA, DIR/testB for sample sheets), image files
+in any sub-folder; unreadable files are skipped with a warning.
+
+Sections: constants; building blocks (spectral norm, AdaILN/ILN, residual blocks); networks
+(ResnetGenerator, Discriminator); checkpoint I/O; data; losses; one training step; train(args);
+sample sheets and test(args); chain(args); CLI.
+"""
+import argparse
+import math
+import os
+import re
+import signal
+import sys
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from PIL import Image
+
+# ----------------------------------------------------------------------------------------------
+# Constants (paper / reference defaults)
+# ----------------------------------------------------------------------------------------------
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
+CROP_MARGIN = 30          # train: resize to img+30, then random crop img (reference transform)
+GLOBAL_D_LAYERS = 7       # reference hard-codes 7 and 5 (its --n_dis flag is unused)
+LOCAL_D_LAYERS = 5
+SN_EPS = 1e-12            # torch.nn.utils.spectral_norm's default eps for the power iteration
+NORM_EPS = 1e-5           # AdaILN / ILN epsilon
+MIN_SIZE = 32             # smallest training size: both discriminators still fit (Discriminator.strides_for)
+
+
+class InputError(Exception):
+    """Bad user input (folder, image, checkpoint); main() prints it as a one-line error."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+def spectral_sigma(weight_orig, u, v, training):
+    """Largest singular value estimate sigma(W) = u^T W v after one power iteration (Miyato et al. 2018).
+
+    As torch.nn.utils.spectral_norm: W is weight_orig flattened to [out, in*kh*kw]; in training mode
+    the buffers u [out] and v [in*kh*kw] are first updated in place, v = W^T u / |W^T u|,
+    u = W v / |W v|. Computed in float32 so that autocast never touches the running vectors.
+    """
+    with torch.autocast(weight_orig.device.type, enabled=False):
+        w_mat = weight_orig.float().flatten(1)                   # [out, in*kh*kw]
+        if training:
+            with torch.no_grad():
+                v.copy_(F.normalize(torch.mv(w_mat.t(), u), dim=0, eps=SN_EPS))
+                u.copy_(F.normalize(torch.mv(w_mat, v), dim=0, eps=SN_EPS))
+            u, v = u.clone(), v.clone()                          # keep backward safe from later updates
+        return torch.dot(u, torch.mv(w_mat, v))
+
+
+class SNConv2d(nn.Module):
+    """Conv2d under spectral normalisation, keys `weight_orig`, `bias`, `weight_u`, `weight_v`.
+
+    conv(x, W / sigma) + b is computed as conv(x, W) / sigma + b: the same value, but no normalised
+    copy of W is made and kept for backward (the global D's weights are ~200 MB per network).
+    forward(x, stride) lets the discriminator lower a stride for small images without new weights.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride, bias=True):
+        super().__init__()
+        self.stride = stride
+        self.weight_orig = nn.Parameter(torch.empty(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_ch)) if bias else None
+        fan_in = in_ch * kernel_size * kernel_size
+        nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))   # nn.Conv2d's default init
+        if bias:
+            nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        self.register_buffer("weight_u", F.normalize(torch.randn(out_ch), dim=0, eps=SN_EPS))
+        self.register_buffer("weight_v", F.normalize(torch.randn(fan_in), dim=0, eps=SN_EPS))
+
+    def forward(self, x, stride=None):
+        sigma = spectral_sigma(self.weight_orig, self.weight_u, self.weight_v, self.training)
+        out = F.conv2d(x, self.weight_orig.to(x.dtype), stride=stride or self.stride)
+        out = out / sigma.to(out.dtype)
+        return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
+
+
+class SNLinear(nn.Module):
+    """Linear (no bias) under spectral normalisation: the discriminator's CAM logits gap_fc/gmp_fc."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight_orig = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
+        self.register_buffer("weight_u", F.normalize(torch.randn(out_features), dim=0, eps=SN_EPS))
+        self.register_buffer("weight_v", F.normalize(torch.randn(in_features), dim=0, eps=SN_EPS))
+
+    def forward(self, x):
+        sigma = spectral_sigma(self.weight_orig, self.weight_u, self.weight_v, self.training)
+        return F.linear(x, self.weight_orig.to(x.dtype)) / sigma.to(x.dtype)
+
+
+def layer_instance_norm(x, rho, gamma, beta, eps=NORM_EPS):
+    """AdaLIN / LIN (Sec. 2.1.1): rho * IN(x) + (1 - rho) * LN(x), then * gamma + beta.
+
+    Written as one per-channel scale and shift, out = x * a + b, so that one output tensor is made.
+
+    x: [B, C, H, W]; rho: [1, C, 1, 1]; gamma, beta: [B, C, 1, 1] or [1, C, 1, 1].
+    IN statistics over (H, W), LN statistics over (C, H, W), both with the unbiased variance
+    (torch.var), as in the reference. Computed in float32 under autocast.
+    """
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    in_var, in_mean = torch.var_mean(xf, dim=(2, 3), keepdim=True)        # [B, C, 1, 1]
+    ln_var, ln_mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True)     # [B, 1, 1, 1]
+    s_in, s_ln = torch.rsqrt(in_var + eps), torch.rsqrt(ln_var + eps)
+    scale = rho * s_in + (1 - rho) * s_ln                                 # [B, C, 1, 1]
+    shift = -(rho * in_mean * s_in + (1 - rho) * ln_mean * s_ln)
+    out = torch.addcmul(shift * gamma + beta, xf, scale * gamma)
+    return out.to(x.dtype)
+
+
+class adaILN(nn.Module):
+    """Adaptive Layer-Instance Normalisation (Sec. 2.1.1): rho learned (init 0.9), gamma/beta from the FC."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
+
+    def forward(self, x, gamma, beta):
+        return layer_instance_norm(x, self.rho, gamma[:, :, None, None], beta[:, :, None, None])
+
+
+class ILN(nn.Module):
+    """Layer-Instance Normalisation of the up-sampling path: rho (init 0), gamma (1), beta (0) learned."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.rho = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+        self.gamma = nn.Parameter(torch.ones(1, num_features, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+
+    def forward(self, x):
+        return layer_instance_norm(x, self.rho, self.gamma, self.beta)
+
+
+class ResnetBlock(nn.Module):
+    """Encoder residual block: x + [pad, conv3, IN, ReLU, pad, conv3, IN](x) (keys conv_block.1/.5)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False), nn.InstanceNorm2d(dim))
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+class ResnetAdaILNBlock(nn.Module):
+    """Decoder residual block with AdaILN (Sec. 2.1.1); gamma/beta [B, C] come from the generator's FC."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.pad1 = nn.ReflectionPad2d(1)
+        self.conv1 = nn.Conv2d(dim, dim, 3, bias=False)
+        self.norm1 = adaILN(dim)
+        self.relu1 = nn.ReLU(True)
+        self.pad2 = nn.ReflectionPad2d(1)
+        self.conv2 = nn.Conv2d(dim, dim, 3, bias=False)
+        self.norm2 = adaILN(dim)
+
+    def forward(self, x, gamma, beta):
+        out = self.relu1(self.norm1(self.conv1(self.pad1(x)), gamma, beta))
+        out = self.norm2(self.conv2(self.pad2(out)), gamma, beta)
+        return out + x
+
+
+def cam_features(x, gap_fc, gmp_fc, gap_w, gmp_w, conv1x1, act):
+    """Class activation map attention (Sec. 2.1.1-2.1.2, a(x) = w * E(x)), for generator and discriminator.
+
+    x: [B, C, h, w]. The auxiliary classifier eta gives one logit from global average pooling and
+    one from global max pooling (cam_logit [B, 2]). The features are re-weighted by the classifier
+    weights (gap_w, gmp_w [1, C]), concatenated and mixed by a 1x1 conv; here the re-weighting is
+    folded into that conv's weight: conv1x1(cat[x * a, x * m]) == conv(x, W[:, :C] * a + W[:, C:] * m).
+    Returns (features [B, C, h, w], cam_logit [B, 2], heatmap [B, 1, h, w]).
+    """
+    C = x.shape[1]
+    gap_logit = gap_fc(x.mean(dim=(2, 3)))                                # [B, 1]
+    gmp_logit = gmp_fc(x.amax(dim=(2, 3)))                                # [B, 1]
+    cam_logit = torch.cat([gap_logit, gmp_logit], 1)                      # [B, 2]
+    w = conv1x1.weight[:, :C] * gap_w[0, :, None, None] + conv1x1.weight[:, C:] * gmp_w[0, :, None, None]
+    x = act(F.conv2d(x, w.to(x.dtype), conv1x1.bias.to(x.dtype)))         # [B, C, h, w]
+    heatmap = x.sum(dim=1, keepdim=True)                                  # [B, 1, h, w]
+    return x, cam_logit, heatmap
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------
+class ResnetGenerator(nn.Module):
+    """U-GAT-IT generator (Sec. 2.1.1): encoder, CAM attention, AdaILN decoder.
+
+    ngf: base channels (64); n_blocks: residual blocks in encoder and decoder (4 in UGATIT.py);
+    img_size: input size (fixes the full FC's input width); light: gamma/beta from pooled features.
+    forward(img [B, 3, S, S] in [-1, 1]) -> (img [B, 3, S, S] in [-1, 1], cam_logit [B, 2],
+    heatmap [B, 1, S/4, S/4]).
+    """
+
+    def __init__(self, ngf=64, n_blocks=4, img_size=256, light=False):
+        super().__init__()
+        self.ngf, self.n_blocks, self.img_size, self.light = ngf, n_blocks, img_size, light
+        self.recompute = False        # training: recompute the high-resolution activations in backward
+        C = ngf * 4                                                       # bottleneck channels
+        down = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, bias=False), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
+        for mult in (1, 2):                                               # two stride-2 down-samplings
+            down += [nn.ReflectionPad2d(1), nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, bias=False),
+                     nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
+        down += [ResnetBlock(C) for _ in range(n_blocks)]
+        self.DownBlock = nn.Sequential(*down)                             # indices 0..11 + blocks 12..
+
+        self.gap_fc = nn.Linear(C, 1, bias=False)                         # auxiliary classifier eta
+        self.gmp_fc = nn.Linear(C, 1, bias=False)
+        self.conv1x1 = nn.Conv2d(2 * C, C, 1, bias=True)
+        self.relu = nn.ReLU(True)
+
+        fc_in = C if light else (img_size // 4) * (img_size // 4) * C    # full: flattened features
+        self.FC = nn.Sequential(nn.Linear(fc_in, C, bias=False), nn.ReLU(True),
+                                nn.Linear(C, C, bias=False), nn.ReLU(True))
+        self.gamma = nn.Linear(C, C, bias=False)
+        self.beta = nn.Linear(C, C, bias=False)
+
+        for i in range(n_blocks):                                         # reference names: 1-based
+            setattr(self, f"UpBlock1_{i + 1}", ResnetAdaILNBlock(C))
+        up = []
+        for mult in (4, 2):
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                   nn.Conv2d(ngf * mult, ngf * mult // 2, 3, bias=False), ILN(ngf * mult // 2), nn.ReLU(True)]
+        up += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7, bias=False), nn.Tanh()]
+        self.UpBlock2 = nn.Sequential(*up)
+
+    def forward(self, img):
+        B, _, H, W = img.shape
+        assert img.shape[1] == 3 and H % 4 == 0 and W % 4 == 0, f"bad input shape {tuple(img.shape)}"
+        if not self.light:
+            assert H == W == self.img_size, f"full generator built for {self.img_size} px, got {H}x{W}"
+        x = self._run(self.DownBlock[:8], img)                            # [B, 2 ngf, H/2, W/2]
+        x = self.DownBlock[8:](x)                                         # [B, C, H/4, W/4]
+        x, cam_logit, heatmap = cam_features(x, self.gap_fc, self.gmp_fc, self.gap_fc.weight,
+                                             self.gmp_fc.weight, self.conv1x1, self.relu)
+        x_ = x.mean(dim=(2, 3)) if self.light else x.flatten(1)          # [B, C] or [B, C*H*W/16]
+        x_ = self.FC(x_)
+        gamma, beta = self.gamma(x_), self.beta(x_)                       # [B, C] each
+        for i in range(self.n_blocks):
+            x = getattr(self, f"UpBlock1_{i + 1}")(x, gamma, beta)
+        out = self._run(self.UpBlock2, x)                                 # [B, 3, H, W]
+        return out, cam_logit, heatmap
+
+    def _run(self, layers, x):
+        """layers(x); with `recompute` in training, keep only x and recompute the rest in backward.
+
+        Used for the full- and half-resolution layers: about half of the activation memory for a
+        quarter of the generator's FLOPs.
+        """
+        if self.recompute and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layers, x, use_reentrant=False)
+        return layers(x)
+
+
+class Discriminator(nn.Module):
+    """U-GAT-IT discriminator (Sec. 2.1.2): PatchGAN body with CAM; global n_layers=7, local 5.
+
+    Body: reflection pad 1 + spectral-normalised 4x4 conv + LeakyReLU(0.2), n_layers - 2 times with
+    stride 2, once with stride 1; channels ndf, 2 ndf, ... ndf * 2^(n_layers-2). Then CAM (the
+    re-weighting uses the un-normalised `weight_orig`, a quirk of the reference kept for equal
+    outputs), and a final pad 1 + 4x4 conv to one logit map.
+    forward(img [B, 3, S, S]) -> (logits [B, 1, s, s], cam_logit [B, 2], heatmap [B, 1, s', s']).
+    """
+
+    def __init__(self, ndf=64, n_layers=5):
+        super().__init__()
+        self.n_layers = n_layers
+        body = [nn.ReflectionPad2d(1), SNConv2d(3, ndf, 4, stride=2), nn.LeakyReLU(0.2, True)]
+        for i in range(1, n_layers - 2):
+            c = ndf * 2 ** (i - 1)
+            body += [nn.ReflectionPad2d(1), SNConv2d(c, 2 * c, 4, stride=2), nn.LeakyReLU(0.2, True)]
+        c = ndf * 2 ** (n_layers - 3)
+        body += [nn.ReflectionPad2d(1), SNConv2d(c, 2 * c, 4, stride=1), nn.LeakyReLU(0.2, True)]
+        self.model = nn.Sequential(*body)        # keys model.1, model.4, ...; forward walks it below
+        C = 2 * c
+        self.gap_fc = SNLinear(C, 1)
+        self.gmp_fc = SNLinear(C, 1)
+        self.conv1x1 = nn.Conv2d(2 * C, C, 1, bias=True)
+        self.leaky_relu = nn.LeakyReLU(0.2, True)
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv = SNConv2d(C, 1, 4, stride=1, bias=False)
+        self._plans = {}
+
+    def strides_for(self, size):
+        """Strides of the body convs for a `size`-px input.
+
+        The reference's strides when every reflection pad (body and final conv) sees >= 2 px;
+        otherwise the deepest stride-2 convs become stride 1, last first, until it does.
+        """
+        if size not in self._plans:
+            strides = [m.stride for m in self.model if isinstance(m, SNConv2d)]
+
+            def fits(strides):
+                d = size
+                for s in strides:
+                    if d < 2:                       # ReflectionPad2d(1) needs a map of >= 2 px
+                        return False
+                    d = (d + 2 - 4) // s + 1
+                return d >= 2                       # input of the final pad + 4x4 conv
+
+            while not fits(strides):
+                if 2 not in strides[1:]:
+                    raise ValueError(f"{size} px is too small for a {self.n_layers}-layer discriminator")
+                last = max(i for i, s in enumerate(strides) if s == 2)
+                strides[last] = 1
+            self._plans[size] = strides
+        return self._plans[size]
+
+    def forward(self, img):
+        assert img.dim() == 4 and img.shape[1] == 3, f"bad input shape {tuple(img.shape)}"
+        strides = iter(self.strides_for(min(img.shape[2:])))
+        x = img
+        for m in self.model:
+            x = m(x, next(strides)) if isinstance(m, SNConv2d) else m(x)  # [B, C, s', s']
+        x, cam_logit, heatmap = cam_features(x, self.gap_fc, self.gmp_fc, self.gap_fc.weight_orig,
+                                             self.gmp_fc.weight_orig, self.conv1x1, self.leaky_relu)
+        out = self.conv(self.pad(x))                                      # [B, 1, s'-1, s'-1]
+        return out, cam_logit, heatmap
+
+
+def build_networks(ch=64, n_res=4, img_size=256, light=False):
+    """The six networks of UGATIT.py, in the checkpoint's key order."""
+    return {
+        "genA2B": ResnetGenerator(ch, n_res, img_size, light),
+        "genB2A": ResnetGenerator(ch, n_res, img_size, light),
+        "disGA": Discriminator(ch, GLOBAL_D_LAYERS),
+        "disGB": Discriminator(ch, GLOBAL_D_LAYERS),
+        "disLA": Discriminator(ch, LOCAL_D_LAYERS),
+        "disLB": Discriminator(ch, LOCAL_D_LAYERS),
+    }
+
+
+def clip_rho_(*generators):
+    """RhoClipper(0, 1): clamp every AdaILN / ILN rho into [0, 1] after each generator step."""
+    with torch.no_grad():
+        for g in generators:
+            for m in g.modules():
+                if isinstance(m, (adaILN, ILN)):
+                    m.rho.clamp_(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint I/O
+# ----------------------------------------------------------------------------------------------
+def generator_config(state, where="checkpoint"):
+    """Read (ch, n_res, light, img_size) back from a generator state dict's shapes.
+
+    img_size is None for the light variant (its FC does not depend on the size).
+    """
+    try:
+        ch = state["DownBlock.1.weight"].shape[0]
+        fc_in = state["FC.0.weight"].shape[1]
+    except KeyError as e:
+        raise InputError(f"{where}: not a U-GAT-IT generator (missing {e.args[0]})") from None
+    n_res = len([k for k in state if re.fullmatch(r"UpBlock1_\d+\.norm1\.rho", k)])
+    C = 4 * ch
+    if fc_in == C:
+        return ch, n_res, True, None
+    side = math.isqrt(fc_in // C)
+    if side * side * C != fc_in:
+        raise InputError(f"{where}: FC.0.weight has {fc_in} inputs, not (S/4)^2 * {C} for any size S")
+    return ch, n_res, False, 4 * side
+
+
+def save_checkpoint(path, ckpt):
+    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Load one of our checkpoints or a UGATIT-pytorch `*_params_*.pt` (weights only)."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or "genA2B" not in ckpt:
+        raise InputError(f"{path}: no 'genA2B' entry; expected keys {', '.join(NET_NAMES)}")
+    return ckpt
+
+
+def load_generator(path, direction="A2B", img_size=None, device="cpu"):
+    """Build the generator stored under gen{direction} in `path`, sized from its shapes (strict load).
+
+    img_size: for the full variant it must equal the checkpoint's size (None: take it); for light,
+    None means the training size stored in `args`, else 256.
+    """
+    ckpt = load_checkpoint(path)
+    key = "gen" + direction
+    if key not in ckpt:
+        raise InputError(f"{path}: no '{key}' entry")
+    ch, n_res, light, size = generator_config(ckpt[key], path)
+    if light:
+        size = img_size or (ckpt.get("args") or {}).get("img_size", 256)
+    elif img_size is not None and img_size != size:
+        raise InputError(f"{path}: full U-GAT-IT trained at {size} px cannot run at --img-size {img_size} "
+                         "(its FC input width depends on the size)")
+    if size % 4:
+        raise InputError(f"--img-size {size}: must be a multiple of 4")
+    g = ResnetGenerator(ch, n_res, size, light)
+    try:
+        g.load_state_dict(ckpt[key], strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: {key} does not match the U-GAT-IT layout: {str(e).splitlines()[0]}") from None
+    return g.to(device).eval(), size
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def list_images(folder):
+    """Image files under `folder` (recursive, sorted), by extension."""
+    found = []
+    for root, _, files in os.walk(folder):
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(found)
+
+
+def read_image(path, size):
+    """RGB image resized to (size, size) with PIL bilinear (torchvision's Resize on PIL), or None."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # [3, size, size] uint8
+    except Exception as e:  # any decoder error: skip the file, as promised in the docstring
+        warnings.warn(f"{path}: skipped, cannot be read as an image ({type(e).__name__}: {e})")
+        return None
+
+
+def load_folder(folder, size):
+    """All readable images of `folder` as uint8 [N, 3, size, size] (decoded once, kept in memory)."""
+    imgs = [t for t in (read_image(p, size) for p in list_images(folder)) if t is not None]
+    if not imgs:
+        raise InputError(f"{folder}: no readable images")
+    return torch.stack(imgs)
+
+
+def to_float(img_u8):
+    """uint8 [0, 255] -> float [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
+    return img_u8.float().div(127.5).sub(1.0)
+
+
+def to_uint8(img):
+    """float [-1, 1] -> uint8 by rounding (x + 1) * 127.5."""
+    return ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def seed_of(seed, domain, count, salt):
+    """A reproducible 62-bit seed from (run seed, domain 'A'/'B', epoch or step, salt)."""
+    return (((seed * 1_000_003 + "AB".index(domain)) * 1_000_000_007 + count) * 4 + salt) % 2**62
+
+
+class UnpairedData:
+    """trainA/trainB (and testA/testB when present) of DIR, decoded once at img_size + 30 px.
+
+    batch(domain, step, n) draws the step's images deterministically: a permutation per epoch
+    seeded by (seed, domain, epoch), then a random crop and horizontal flip seeded by (seed, domain,
+    step) (reference: RandomHorizontalFlip, Resize(img+30), RandomCrop(img)).
+    """
+
+    def __init__(self, root, img_size, seed=0, with_test=True):
+        if not os.path.isdir(root):
+            raise InputError(f"{root}: data folder not found")
+        for d in ("trainA", "trainB"):
+            if not os.path.isdir(os.path.join(root, d)):
+                raise InputError(f"{os.path.join(root, d)}: missing; the data folder needs trainA and trainB")
+        self.img_size, self.seed = img_size, seed
+        self.train = {d: load_folder(os.path.join(root, "train" + d), img_size + CROP_MARGIN) for d in "AB"}
+        self.test = {}
+        for d in "AB":
+            folder = os.path.join(root, "test" + d)
+            if with_test and os.path.isdir(folder) and list_images(folder):
+                self.test[d] = load_folder(folder, img_size)
+        self._perm = {}
+
+    def _index(self, domain, pos):
+        n = len(self.train[domain])
+        epoch = pos // n
+        if self._perm.get(domain, (None,))[0] != epoch:
+            g = torch.Generator().manual_seed(seed_of(self.seed, domain, epoch, 0))
+            self._perm[domain] = (epoch, torch.randperm(n, generator=g))
+        return int(self._perm[domain][1][pos % n])
+
+    def batch(self, domain, step, n):
+        """Float [n, 3, S, S] in [-1, 1] for training step `step` (1-based)."""
+        g = torch.Generator().manual_seed(seed_of(self.seed, domain, step, 1))
+        S, out = self.img_size, []
+        for i in range(n):
+            img = self.train[domain][self._index(domain, (step - 1) * n + i)]
+            y, x = torch.randint(0, CROP_MARGIN + 1, (2,), generator=g).tolist()
+            img = img[:, y:y + S, x:x + S]
+            if torch.rand((), generator=g) < 0.5:
+                img = img.flip(-1)
+            out.append(img)
+        return to_float(torch.stack(out))
+
+    def fixed(self, domain, n):
+        """Up to n train images center-cropped plus up to n test images, for sample sheets."""
+        m = CROP_MARGIN // 2
+        train = self.train[domain][:n, :, m:m + self.img_size, m:m + self.img_size]
+        test = self.test.get(domain, train[:0])[:n]
+        return to_float(torch.cat([train, test]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (Sec. 2.2)
+# ----------------------------------------------------------------------------------------------
+def lsgan_loss(logit, target):
+    """Least-squares GAN loss L_lsgan (Sec. 2.2), on patch logits and on CAM logits: mean (D(x) - t)^2."""
+    return F.mse_loss(logit.float(), torch.full_like(logit.float(), target))
+
+
+def cam_loss(logit_source, logit_target):
+    """Generator CAM loss L_cam (Sec. 2.2): BCE(eta_s(x) from the source domain, 1) + BCE(eta_s(x_t), 0)."""
+    return (F.binary_cross_entropy_with_logits(logit_source.float(), torch.ones_like(logit_source.float()))
+            + F.binary_cross_entropy_with_logits(logit_target.float(), torch.zeros_like(logit_target.float())))
+
+
+def d_adv_loss(D, real, fake):
+    """Discriminator side of L_lsgan on patch logits and CAM logits, real and fake in one batch."""
+    out, cam, _ = D(torch.cat([real, fake]))
+    n = real.shape[0]
+    return (lsgan_loss(out[:n], 1.0) + lsgan_loss(out[n:], 0.0)
+            + lsgan_loss(cam[:n], 1.0) + lsgan_loss(cam[n:], 0.0))
+
+
+def g_adv_loss(D, fake):
+    """Generator side of L_lsgan on patch and CAM logits: (D(G(x)) - 1)^2."""
+    out, cam, _ = D(fake)
+    return lsgan_loss(out, 1.0) + lsgan_loss(cam, 1.0)
+
+
+def set_requires_grad(nets, flag):
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step
+# ----------------------------------------------------------------------------------------------
+def train_step(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers=None):
+    """One U-GAT-IT iteration: D update, then G update (full objective, Sec. 2.2), then rho clipping.
+
+    nets: the six networks; w: dict of loss weights adv, cycle, identity, cam; autocast: a context
+    manager factory (nullcontext for fp32); scalers: (d_scaler, g_scaler) for fp16, else None.
+    All six translations (A2B, B2A, A2A, B2B, A2B2A, B2A2B) come from three generator calls:
+    genA2B on [A; B], genB2A on [B; A; A2B] and genA2B on B2A (the norms are per sample, so
+    batching is exact; each full FC.0 weight gradient then has at most two contributions).
+    They are computed before the D update, detached for it, and reused by the G update, which is
+    exact since D's update does not touch G.
+    Returns a dict of float losses.
+    """
+    gA2B, gB2A = nets["genA2B"], nets["genB2A"]
+    dGA, dGB, dLA, dLB = nets["disGA"], nets["disGB"], nets["disLA"], nets["disLB"]
+    discriminators = (dGA, dGB, dLA, dLB)
+    n = real_A.shape[0]
+
+    # Generator forward (kept for the G update) ------------------------------------------------
+    with autocast():
+        out_AB, cam_AB, _ = gA2B(torch.cat([real_A, real_B]))     # [2n, 3, S, S]: A2B, B2B
+        fake_A2B, fake_B2B = out_AB[:n], out_AB[n:]
+        out_BA, cam_BA, _ = gB2A(torch.cat([real_B, real_A, fake_A2B]))   # [3n, ...]: B2A, A2A, A2B2A
+        fake_B2A, fake_A2A, fake_A2B2A = out_BA[:n], out_BA[n:2 * n], out_BA[2 * n:]
+        fake_B2A2B, _, _ = gA2B(fake_B2A)
+
+    # D update: LSGAN on patch and CAM logits, adversarial weight only -------------------------
+    set_requires_grad(discriminators, True)
+    with autocast():
+        fB2A, fA2B = fake_B2A.detach(), fake_A2B.detach()
+        d_loss_A = w["adv"] * (d_adv_loss(dGA, real_A, fB2A) + d_adv_loss(dLA, real_A, fB2A))
+        d_loss_B = w["adv"] * (d_adv_loss(dGB, real_B, fA2B) + d_adv_loss(dLB, real_B, fA2B))
+        d_loss = d_loss_A + d_loss_B
+    _backward_step(d_loss, d_optim, scalers and scalers[0])
+    d_optim.zero_grad(set_to_none=True)                            # free D grads before the G pass
+
+    # G update: adversarial + cycle + identity + CAM (Sec. 2.2) ---------------------------------
+    set_requires_grad(discriminators, False)                       # only input grads through D
+    with autocast():
+        adv_A = g_adv_loss(dGA, fake_B2A) + g_adv_loss(dLA, fake_B2A)
+        adv_B = g_adv_loss(dGB, fake_A2B) + g_adv_loss(dLB, fake_A2B)
+    cycle_A = F.l1_loss(fake_A2B2A.float(), real_A)                # L_cycle
+    cycle_B = F.l1_loss(fake_B2A2B.float(), real_B)
+    identity_A = F.l1_loss(fake_A2A.float(), real_A)               # L_identity
+    identity_B = F.l1_loss(fake_B2B.float(), real_B)
+    cam_A = cam_loss(cam_BA[:n], cam_BA[n:2 * n])                  # genB2A: B is its source domain
+    cam_B = cam_loss(cam_AB[:n], cam_AB[n:])                       # genA2B: A is its source domain
+    g_loss_A = w["adv"] * adv_A + w["cycle"] * cycle_A + w["identity"] * identity_A + w["cam"] * cam_A
+    g_loss_B = w["adv"] * adv_B + w["cycle"] * cycle_B + w["identity"] * identity_B + w["cam"] * cam_B
+    g_loss = g_loss_A + g_loss_B
+    _backward_step(g_loss, g_optim, scalers and scalers[1])
+    g_optim.zero_grad(set_to_none=True)
+    set_requires_grad(discriminators, True)
+    clip_rho_(gA2B, gB2A)
+
+    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": (adv_A + adv_B).item(),
+            "g_cycle": (cycle_A + cycle_B).item(), "g_identity": (identity_A + identity_B).item(),
+            "g_cam": (cam_A + cam_B).item()}
+
+
+def _backward_step(loss, optim, scaler):
+    if scaler is not None:                   # fp16: unscale and skip steps with inf/nan gradients
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+    else:
+        loss.backward()                      # AdamInBackward has already stepped every parameter
+        optim.step()
+
+
+class AdamInBackward:
+    """Adam whose update of each parameter runs inside backward, as soon as that parameter's gradient
+    is complete (Tensor.register_post_accumulate_grad_hook); the gradient is then dropped.
+
+    Adam is element-wise, so this is the same update as one Adam.step() after backward, but the
+    gradients of all parameters never exist at once (0.6 GiB for the two full generators at 128 px).
+    state_dict() has torch.optim.Adam's format, so each class resumes the other's checkpoints.
+    Not for fp16 with a GradScaler, which must see every gradient before any step.
+    """
+
+    def __init__(self, params, **adam_kwargs):
+        self.params = list(params)
+        self.optims = [torch.optim.Adam([p], **adam_kwargs) for p in self.params]
+        for p, opt in zip(self.params, self.optims):
+            p.register_post_accumulate_grad_hook(self._stepper(opt))
+
+    @staticmethod
+    def _stepper(opt):
+        def step(p):
+            opt.step()
+            p.grad = None
+        return step
+
+    def step(self):
+        pass
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    @property
+    def param_groups(self):
+        return [opt.param_groups[0] for opt in self.optims]
+
+    def state_dict(self):
+        states = [opt.state_dict() for opt in self.optims]
+        group = {k: v for k, v in states[0]["param_groups"][0].items() if k != "params"}
+        return {"state": {i: st["state"][0] for i, st in enumerate(states) if 0 in st["state"]},
+                "param_groups": [dict(group, params=list(range(len(self.params))))]}
+
+    def load_state_dict(self, state_dict):
+        group = {k: v for k, v in state_dict["param_groups"][0].items() if k != "params"}
+        if len(state_dict["param_groups"]) != 1 or len(state_dict["param_groups"][0]["params"]) != len(self.params):
+            raise ValueError("optimizer state holds a different set of parameters")
+        for i, opt in enumerate(self.optims):
+            state = {0: state_dict["state"][i]} if i in state_dict["state"] else {}
+            opt.load_state_dict({"state": state, "param_groups": [dict(group, params=[0])]})
+
+
+def make_optimizers(nets, lr, weight_decay, in_backward=True):
+    """Adam(lr, betas (0.5, 0.999), weight_decay) for both generators and for all four discriminators.
+
+    in_backward: AdamInBackward (same updates, less memory); False: torch.optim.Adam (fp16 scaler).
+    """
+    kwargs = dict(lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    if "fused" in torch.optim.Adam.__init__.__code__.co_varnames:
+        kwargs["fused"] = True                                           # one pass per tensor
+    g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
+    d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
+    cls = AdamInBackward if in_backward else torch.optim.Adam
+    return cls(g_params, **kwargs), cls(d_params, **kwargs)
+
+
+def learning_rate(step, total, lr0):
+    """Linear decay to 0 over the second half (UGATIT.py decay_flag): lr0 - lr0 * (step - T/2) / (T/2)."""
+    half = total // 2
+    if step <= half or half == 0:
+        return lr0
+    return max(lr0 - lr0 * (step - half) / half, 0.0)
+
+
+def release_freed_memory():
+    """CPU: serve blocks >= 1 MiB with mmap (glibc M_MMAP_THRESHOLD), so freed activations return to the OS.
+
+    glibc otherwise raises its threshold up to 32 MiB after the first large frees and keeps such
+    blocks in its heap: ~0.8 GiB of resident memory held for nothing at 128 px. No-op without glibc.
+    """
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)                  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def autocast_factory(amp, device):
+    """Context manager factory for --amp {bf16, fp16} (None: fp32)."""
+    import contextlib
+    if amp is None:
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# train(args)
+# ----------------------------------------------------------------------------------------------
+ARCH_KEYS = ("img_size", "light", "ch", "n_res")
+
+
+def train(args):
+    """Train U-GAT-IT on DIR/trainA <-> DIR/trainB; writes RUN/checkpoint.pt, RUN/samples/, RUN/log.txt."""
+    from tqdm import tqdm
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.amp == "fp16" and device.type != "cuda":
+        raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
+    if args.img_size % 4 or args.img_size < MIN_SIZE:
+        raise InputError(f"--img-size {args.img_size}: must be a multiple of 4 and at least {MIN_SIZE}")
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    resume = None
+    if os.path.exists(ckpt_path):
+        if not args.resume:
+            raise InputError(f"{ckpt_path}: exists; pass --resume to continue it or choose another --out")
+        resume = load_checkpoint(ckpt_path)
+        saved = resume.get("args", {})
+        for k in ARCH_KEYS:
+            if k in saved and saved[k] != getattr(args, k):
+                raise InputError(f"{ckpt_path}: was trained with --{k.replace('_', '-')} {saved[k]}, "
+                                 f"not {getattr(args, k)}")
+    data = UnpairedData(args.data, args.img_size, seed=args.seed)
+
+    torch.manual_seed(args.seed)
+    nets = build_networks(args.ch, args.n_res, args.img_size, args.light)
+    for net in nets.values():
+        net.to(device).train()
+    for g in (nets["genA2B"], nets["genB2A"]):
+        g.recompute = not args.no_recompute
+    if device.type == "cpu":
+        release_freed_memory()
+    g_optim, d_optim = make_optimizers(nets, args.lr, args.weight_decay, in_backward=args.amp != "fp16")
+    scalers = None
+    if args.amp == "fp16":
+        scalers = (torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda"))
+    start = 0
+    if resume is not None:
+        for k in NET_NAMES:
+            try:
+                nets[k].load_state_dict(resume[k], strict=True)
+            except (KeyError, RuntimeError) as e:
+                raise InputError(f"{ckpt_path}: {k} does not fit these settings: {str(e).splitlines()[0]}") from None
+        if "g_optim" not in resume or "step" not in resume:
+            raise InputError(f"{ckpt_path}: has no optimiser state/step to resume from")
+        g_optim.load_state_dict(resume["g_optim"])
+        d_optim.load_state_dict(resume["d_optim"])
+        if scalers is not None and "scalers" in resume:
+            for s, st in zip(scalers, resume["scalers"]):
+                s.load_state_dict(st)
+        start = int(resume["step"])
+        print(f"resuming {ckpt_path} at step {start}")
+    weights = {"adv": args.adv_weight, "cycle": args.cycle_weight,
+               "identity": args.identity_weight, "cam": args.cam_weight}
+    autocast = autocast_factory(args.amp, device)
+
+    def checkpoint(step):
+        ckpt = {k: nets[k].state_dict() for k in NET_NAMES}
+        ckpt.update(g_optim=g_optim.state_dict(), d_optim=d_optim.state_dict(), step=step,
+                    args={k: v for k, v in vars(args).items() if k != "func"})
+        if scalers is not None:
+            ckpt["scalers"] = [s.state_dict() for s in scalers]
+        save_checkpoint(ckpt_path, ckpt)
+
+    # Ctrl-C: finish the current step, save, stop (a second Ctrl-C stops at once).
+    stop = {"flag": False}
+    old_handler = None
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        print("\ninterrupt: saving after this step (Ctrl-C again to abort)")
+
+    if hasattr(signal, "SIGINT") and threading_is_main():
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+    step = start
+    try:
+        bar = tqdm(range(start + 1, args.iter + 1), initial=start, total=args.iter,
+                   disable=args.quiet, dynamic_ncols=True)
+        for step in bar:
+            lr = learning_rate(step, args.iter, args.lr)
+            for opt in (g_optim, d_optim):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            real_A = data.batch("A", step, args.batch).to(device)
+            real_B = data.batch("B", step, args.batch).to(device)
+            losses = train_step(nets, g_optim, d_optim, real_A, real_B, weights, autocast, scalers)
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
+            if step % args.log_every == 0 or step == args.iter:
+                bar.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}")
+                with open(os.path.join(args.out, "log.txt"), "a") as f:
+                    f.write(f"step {step} lr {lr:.3e} " + " ".join(f"{k} {v:.5f}" for k, v in losses.items()) + "\n")
+            if step % args.sample_every == 0 or step == args.iter:
+                write_sample_sheets(nets, data, os.path.join(args.out, "samples"), step, device)
+            if step % args.save_every == 0 or step == args.iter or stop["flag"]:
+                checkpoint(step)
+            if stop["flag"]:
+                print(f"saved {ckpt_path} at step {step}")
+                break
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    return nets
+
+
+def threading_is_main():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample sheets and test(args)
+# ----------------------------------------------------------------------------------------------
+def jet(x):
+    """Jet colour map of x in [0, 1]: [..., H, W] -> [..., 3, H, W] in [0, 1] (as cv2 COLORMAP_JET)."""
+    return torch.stack([(1.5 - (4 * x - c).abs()).clamp(0, 1) for c in (3, 2, 1)], dim=-3)
+
+
+def heatmap_tile(heatmap, size):
+    """CAM heat map [B, 1, h, w] -> coloured tile [B, 3, size, size] in [-1, 1] (min-max normalised)."""
+    h = heatmap.float()
+    h = h - h.amin(dim=(2, 3), keepdim=True)
+    h = h / h.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    h = F.interpolate(h, size=(size, size), mode="bilinear", align_corners=False)
+    return jet(h[:, 0]) * 2 - 1
+
+
+@torch.no_grad()
+def translation_sheet(g_fwd, g_back, real):
+    """Rows of 7 tiles (reference layout): real, CAM(x2x), x2x, CAM(x2y), x2y, CAM(x2y2x), x2y2x."""
+    S = real.shape[-1]
+    same, _, h_same = g_back(real)
+    fwd, _, h_fwd = g_fwd(real)
+    cyc, _, h_cyc = g_back(fwd)
+    tiles = [real, heatmap_tile(h_same, S), same, heatmap_tile(h_fwd, S), fwd, heatmap_tile(h_cyc, S), cyc]
+    rows = torch.cat([t.float().cpu() for t in tiles], dim=3)            # [B, 3, S, 7S]
+    return torch.cat(list(rows), dim=1)                                 # [3, B*S, 7S]
+
+
+def write_sample_sheets(nets, data, folder, step, device, n=5):
+    """RUN/samples/A2B_{step}.png and B2A_{step}.png (networks in eval mode meanwhile)."""
+    for net in nets.values():
+        net.eval()
+    for src, g_fwd, g_back in (("A", nets["genA2B"], nets["genB2A"]), ("B", nets["genB2A"], nets["genA2B"])):
+        sheet = translation_sheet(g_fwd, g_back, data.fixed(src, n).to(device))
+        name = "A2B" if src == "A" else "B2A"
+        save_png(sheet, os.path.join(folder, f"{name}_{step:07d}.png"))
+    for net in nets.values():
+        net.train()
+
+
+def save_png(img, path):
+    """float [3, H, W] in [-1, 1] -> PNG."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(to_uint8(img).permute(1, 2, 0).cpu().numpy()).save(path)
+
+
+@torch.no_grad()
+def test(args):
+    """Translate every image of --input (resized to S, [-1, 1]) and write PNGs with the same names."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    g, size = load_generator(args.ckpt, args.direction, args.img_size, device)
+    if not os.path.isdir(args.input):
+        raise InputError(f"{args.input}: input folder not found")
+    paths = list_images(args.input)
+    if not paths:
+        raise InputError(f"{args.input}: no images")
+    written = []
+    for p in paths:
+        img = read_image(p, size)
+        if img is None:
+            continue
+        out, _, _ = g(to_float(img)[None].to(device))
+        rel = os.path.splitext(os.path.relpath(p, args.input))[0] + ".png"
+        dst = os.path.join(args.out, rel)
+        save_png(out[0], dst)
+        written.append(dst)
+    print(f"wrote {len(written)} images to {args.out}")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# chain(args): StyleGAN2 faces -> U-GAT-IT cartoons
+# ----------------------------------------------------------------------------------------------
+def slerp(a, b, t):
+    """Spherical interpolation between latent codes a, b [1, D] (t in [0, 1])."""
+    an, bn = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    omega = torch.acos((an * bn).sum(1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+@torch.no_grad()
+def chain(args):
+    """Faces from a 03_stylegan2_ada.py checkpoint translated A to B: frames face | cartoon and a GIF.
+
+    Writes OUT/seed{seed}.png for each seed and, with --walk N, OUT/walk.gif (N frames between
+    consecutive seeds, spherical interpolation in z).
+    """
+    import importlib
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    root = os.path.dirname(os.path.abspath(__file__))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    sg2 = importlib.import_module("03_stylegan2_ada")
+    try:
+        g_face, latent_avg = sg2.load_generator(args.stylegan, device=str(device), which="g_ema")
+    except sg2.CheckpointError as e:
+        raise InputError(str(e)) from None
+    g_face.eval()
+    toon, size = load_generator(args.ugatit, "A2B", args.img_size, device)
+    style_dim = getattr(g_face, "style_dim", 512)
+    if args.truncation < 1 and latent_avg is None:
+        latent_avg = g_face.mean_latent(4096) if hasattr(g_face, "mean_latent") else None
+        if latent_avg is None:
+            raise InputError(f"{args.stylegan}: no average latent for --truncation {args.truncation}")
+
+    def frame(z):
+        face, _ = g_face([z], truncation=args.truncation, truncation_latent=latent_avg, randomize_noise=False)
+        face = F.interpolate(face.float().clamp(-1, 1), size=(size, size), mode="bilinear",
+                             align_corners=False, antialias=True)
+        cartoon, _, _ = toon(face)
+        return torch.cat([face[0], cartoon[0]], dim=2)                  # [3, S, 2S]
+
+    zs = [torch.randn(1, style_dim, generator=torch.Generator().manual_seed(s)).to(device) for s in args.seeds]
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for s, z in zip(args.seeds, zs):
+        path = os.path.join(args.out, f"seed{s}.png")
+        save_png(frame(z), path)
+        written.append(path)
+    if args.walk and len(zs) > 1:
+        frames = []
+        for a, b in zip(zs, zs[1:] + zs[:1]):                           # closed loop through the seeds
+            for i in range(args.walk):
+                img = to_uint8(frame(slerp(a, b, i / args.walk))).permute(1, 2, 0)   # [S, 2S, 3]
+                frames.append(Image.fromarray(img.cpu().numpy()))
+        path = os.path.join(args.out, "walk.gif")
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=args.frame_ms, loop=0)
+        written.append(path)
+    print(f"wrote {len(written)} files to {args.out}")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+def build_parser():
+    p = argparse.ArgumentParser(description="U-GAT-IT (arXiv:1907.10830): train, test, chain")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train on DIR/trainA <-> DIR/trainB")
+    t.add_argument("--data", required=True, help="folder with trainA, trainB (and testA, testB)")
+    t.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.txt")
+    t.add_argument("--img-size", type=int, default=256, help="image size (paper 256; the seed used 128)")
+    t.add_argument("--light", action="store_true", help="light variant: gamma/beta from pooled features")
+    t.add_argument("--ch", type=int, default=64, help="base channels of G and D (64)")
+    t.add_argument("--n-res", type=int, default=4, help="residual blocks in encoder and decoder (4)")
+    t.add_argument("--batch", type=int, default=1, help="batch size (1; the seed used 4 at 128 px)")
+    t.add_argument("--iter", type=int, default=1_000_000, help="training iterations (1,000,000)")
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4); linear decay to 0 over the 2nd half")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (1e-4)")
+    t.add_argument("--adv-weight", type=float, default=1.0, help="adversarial loss weight (1)")
+    t.add_argument("--cycle-weight", type=float, default=10.0, help="cycle loss weight (10)")
+    t.add_argument("--identity-weight", type=float, default=10.0, help="identity loss weight (10)")
+    t.add_argument("--cam-weight", type=float, default=1000.0, help="CAM loss weight (1000)")
+    t.add_argument("--amp", choices=("bf16", "fp16"), nargs="?", const="bf16", default=None,
+                   help="mixed precision (bf16 if given alone; fp16 needs CUDA)")
+    t.add_argument("--no-recompute", action="store_true",
+                   help="keep generator activations instead of recomputing them in backward (faster, more memory)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt (if present)")
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--sample-every", type=int, default=1000, help="sample sheets every N steps (1000)")
+    t.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (1000)")
+    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=train)
+
+    s = sub.add_parser("test", help="translate a folder of images")
+    s.add_argument("--ckpt", required=True, help="our checkpoint.pt or a UGATIT-pytorch *_params_*.pt")
+    s.add_argument("--input", required=True, help="folder of images")
+    s.add_argument("--out", required=True, help="output folder (same names, .png)")
+    s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
+    s.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's size")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=test)
+
+    c = sub.add_parser("chain", help="StyleGAN2 faces -> U-GAT-IT A2B, frames and a latent-walk GIF")
+    c.add_argument("--ugatit", required=True, help="U-GAT-IT checkpoint (genA2B used)")
+    c.add_argument("--stylegan", required=True, help="checkpoint loadable by 03_stylegan2_ada.py")
+    c.add_argument("--seeds", type=int, nargs="+", required=True, help="latent seeds")
+    c.add_argument("--walk", type=int, default=0, help="frames between consecutive seeds (0: no GIF)")
+    c.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
+    c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
+    c.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration")
+    c.add_argument("--out", required=True)
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=chain)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        raise SystemExit(f"05_ugatit.py {args.command}: error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

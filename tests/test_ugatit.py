@@ -1,0 +1,463 @@
+"""Tests for 05_ugatit.py (U-GAT-IT): layout, layers against independent formulas, training, CLI."""
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import ROOT, load_script, requires_cuda
+
+u = load_script("05_ugatit")
+
+
+# ---- the reference key table (znxlwm/UGATIT-pytorch networks.py, with ch in place of 64) -------
+def reference_generator_table(ch, n_res, img, light):
+    """{key: shape} of znxlwm/UGATIT-pytorch's ResnetGenerator(ngf=ch, n_blocks=n_res)."""
+    C = 4 * ch
+    t = {"DownBlock.1.weight": (ch, 3, 7, 7), "DownBlock.5.weight": (2 * ch, ch, 3, 3),
+         "DownBlock.9.weight": (C, 2 * ch, 3, 3)}
+    for i in range(n_res):
+        t[f"DownBlock.{12 + i}.conv_block.1.weight"] = (C, C, 3, 3)
+        t[f"DownBlock.{12 + i}.conv_block.5.weight"] = (C, C, 3, 3)
+    t.update({"gap_fc.weight": (1, C), "gmp_fc.weight": (1, C), "conv1x1.weight": (C, 2 * C, 1, 1),
+              "conv1x1.bias": (C,), "FC.0.weight": (C, C if light else (img // 4) ** 2 * C),
+              "FC.2.weight": (C, C), "gamma.weight": (C, C), "beta.weight": (C, C)})
+    for i in range(1, n_res + 1):
+        for k in ("conv1.weight", "conv2.weight"):
+            t[f"UpBlock1_{i}.{k}"] = (C, C, 3, 3)
+        for k in ("norm1.rho", "norm2.rho"):
+            t[f"UpBlock1_{i}.{k}"] = (1, C, 1, 1)
+    t.update({"UpBlock2.2.weight": (2 * ch, C, 3, 3), "UpBlock2.7.weight": (ch, 2 * ch, 3, 3),
+              "UpBlock2.11.weight": (3, ch, 7, 7)})
+    for idx, c in ((3, 2 * ch), (8, ch)):
+        for k in ("rho", "gamma", "beta"):
+            t[f"UpBlock2.{idx}.{k}"] = (1, c, 1, 1)
+    return t
+
+
+def reference_discriminator_table(ch, n_layers):
+    """{key: shape} of the spectral-normalised Discriminator(ndf=ch, n_layers)."""
+    chans = [3] + [ch * 2 ** i for i in range(n_layers - 1)]      # 3, ch, 2ch, ..., ch*2^(n-2)
+    t = {}
+    for j, (cin, cout) in enumerate(zip(chans, chans[1:])):
+        k = 1 + 3 * j
+        t.update({f"model.{k}.weight_orig": (cout, cin, 4, 4), f"model.{k}.bias": (cout,),
+                  f"model.{k}.weight_u": (cout,), f"model.{k}.weight_v": (cin * 16,)})
+    C = chans[-1]
+    for fc in ("gap_fc", "gmp_fc"):
+        t.update({f"{fc}.weight_orig": (1, C), f"{fc}.weight_u": (1,), f"{fc}.weight_v": (C,)})
+    t.update({"conv1x1.weight": (C, 2 * C, 1, 1), "conv1x1.bias": (C,),
+              "conv.weight_orig": (1, C, 4, 4), "conv.weight_u": (1,), "conv.weight_v": (C * 16,)})
+    return t
+
+
+def test_reference_tables_match_reference_numbers():
+    g256 = reference_generator_table(64, 4, 256, False)
+    assert g256["FC.0.weight"] == (256, 1_048_576)
+    assert reference_generator_table(64, 4, 128, False)["FC.0.weight"] == (256, 262_144)
+    dg, dl = reference_discriminator_table(64, 7), reference_discriminator_table(64, 5)
+    assert dg["model.16.weight_orig"] == (2048, 1024, 4, 4) and dg["conv.weight_v"] == (32768,)
+    assert dl["model.10.weight_orig"] == (512, 256, 4, 4) and dl["conv.weight_v"] == (8192,)
+    assert "model.19.weight_orig" not in dg and "model.13.weight_orig" not in dl
+
+
+def random_reference_checkpoint(ch, n_res, img, light):
+    gen = reference_generator_table(ch, n_res, img, light)
+    tables = {"genA2B": gen, "genB2A": gen, "disGA": reference_discriminator_table(ch, 7),
+              "disGB": reference_discriminator_table(ch, 7), "disLA": reference_discriminator_table(ch, 5),
+              "disLB": reference_discriminator_table(ch, 5)}
+    return {name: {k: torch.randn(s) * 0.1 for k, s in t.items()} for name, t in tables.items()}
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_strict_load_of_reference_layout(tmp_path, light):
+    ckpt = random_reference_checkpoint(4, 2, 64, light)
+    for net in ckpt.values():                                      # sigma^-1 needs unit u, v
+        for k, v in net.items():
+            if k.endswith(("weight_u", "weight_v")):
+                net[k] = v / v.norm()
+    path = str(tmp_path / "UGATIT_params_0001000.pt")
+    torch.save(ckpt, path)
+    nets = u.build_networks(4, 2, 64, light)
+    for name, net in nets.items():
+        assert set(net.state_dict()) == set(ckpt[name]), name
+        net.load_state_dict(ckpt[name], strict=True)
+    g, size = u.load_generator(path, "B2A", 64 if light else None)
+    assert size == 64 and g.light == light and g.n_blocks == 2 and g.ngf == 4
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    out, cam, heat = g(x)
+    assert out.shape == (2, 3, 64, 64) and cam.shape == (2, 2) and heat.shape == (2, 1, 16, 16)
+    assert torch.equal(out, nets["genB2A"].eval()(x)[0])
+
+
+# ---- whole networks against the reference forward, written out with plain torch ops -------------
+def _pad(t, p):
+    return F.pad(t, (p, p, p, p), mode="reflect")
+
+
+def _iln(t, rho, gamma, beta):
+    """The reference's adaILN / ILN: rho * IN + (1 - rho) * LN (unbiased var), * gamma + beta."""
+    x_in = (t - t.mean((2, 3), keepdim=True)) / torch.sqrt(t.var((2, 3), keepdim=True) + 1e-5)
+    x_ln = (t - t.mean((1, 2, 3), keepdim=True)) / torch.sqrt(t.var((1, 2, 3), keepdim=True) + 1e-5)
+    return (rho * x_in + (1 - rho) * x_ln) * gamma + beta
+
+
+def reference_generator_forward(sd, x, n_res, light):
+    conv, relu, inorm = F.conv2d, F.relu, F.instance_norm
+    h = relu(inorm(conv(_pad(x, 3), sd["DownBlock.1.weight"])))
+    h = relu(inorm(conv(_pad(h, 1), sd["DownBlock.5.weight"], stride=2)))
+    h = relu(inorm(conv(_pad(h, 1), sd["DownBlock.9.weight"], stride=2)))
+    for i in range(n_res):
+        r = relu(inorm(conv(_pad(h, 1), sd[f"DownBlock.{12 + i}.conv_block.1.weight"])))
+        h = h + inorm(conv(_pad(r, 1), sd[f"DownBlock.{12 + i}.conv_block.5.weight"]))
+    ga, gm = sd["gap_fc.weight"], sd["gmp_fc.weight"]
+    cam = torch.cat([h.mean((2, 3)) @ ga.t(), h.amax((2, 3)) @ gm.t()], 1)
+    h = torch.cat([h * ga[0][None, :, None, None], h * gm[0][None, :, None, None]], 1)
+    h = relu(conv(h, sd["conv1x1.weight"], sd["conv1x1.bias"]))
+    heat = h.sum(1, keepdim=True)
+    v = h.mean((2, 3)) if light else h.flatten(1)
+    v = relu(relu(v @ sd["FC.0.weight"].t()) @ sd["FC.2.weight"].t())
+    gamma, beta = (v @ sd["gamma.weight"].t())[:, :, None, None], (v @ sd["beta.weight"].t())[:, :, None, None]
+    for i in range(1, n_res + 1):
+        r = relu(_iln(conv(_pad(h, 1), sd[f"UpBlock1_{i}.conv1.weight"]), sd[f"UpBlock1_{i}.norm1.rho"], gamma, beta))
+        h = h + _iln(conv(_pad(r, 1), sd[f"UpBlock1_{i}.conv2.weight"]), sd[f"UpBlock1_{i}.norm2.rho"], gamma, beta)
+    for c, n in ((2, 3), (7, 8)):
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = relu(_iln(conv(_pad(h, 1), sd[f"UpBlock2.{c}.weight"]),
+                      sd[f"UpBlock2.{n}.rho"], sd[f"UpBlock2.{n}.gamma"], sd[f"UpBlock2.{n}.beta"]))
+    return torch.tanh(conv(_pad(h, 3), sd["UpBlock2.11.weight"])), cam, heat
+
+
+def reference_discriminator_forward(sd, x, n_layers):
+    """Eval mode: W / (u^T W v) with the stored u, v; CAM re-weighting by weight_orig (as the reference)."""
+    def sn(k):
+        w = sd[k + ".weight_orig"]
+        return w / torch.dot(sd[k + ".weight_u"], w.flatten(1) @ sd[k + ".weight_v"])
+    h = x
+    for j in range(n_layers - 1):
+        k = f"model.{1 + 3 * j}"
+        h = F.leaky_relu(F.conv2d(_pad(h, 1), sn(k), sd[k + ".bias"], stride=1 if j == n_layers - 2 else 2), 0.2)
+    cam = torch.cat([h.mean((2, 3)) @ sn("gap_fc").t(), h.amax((2, 3)) @ sn("gmp_fc").t()], 1)
+    ga, gm = sd["gap_fc.weight_orig"], sd["gmp_fc.weight_orig"]
+    h = torch.cat([h * ga[0][None, :, None, None], h * gm[0][None, :, None, None]], 1)
+    h = F.leaky_relu(F.conv2d(h, sd["conv1x1.weight"], sd["conv1x1.bias"]), 0.2)
+    return F.conv2d(_pad(h, 1), sn("conv")), cam, h.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_generator_equals_reference_forward(light):
+    ckpt = random_reference_checkpoint(4, 2, 64, light)["genA2B"]
+    for k in ckpt:
+        if k.endswith("rho"):
+            ckpt[k] = torch.rand_like(ckpt[k])
+    g = u.ResnetGenerator(4, 2, 64, light).eval()
+    g.load_state_dict(ckpt, strict=True)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        for got, expect in zip(g(x), reference_generator_forward(ckpt, x, 2, light)):
+            torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers,size", [(7, 128), (5, 64)])
+def test_discriminator_equals_reference_forward(n_layers, size):
+    sd = random_reference_checkpoint(2, 1, 64, True)["disGA" if n_layers == 7 else "disLA"]
+    for k in sd:
+        if k.endswith(("weight_u", "weight_v")):
+            sd[k] = sd[k] / sd[k].norm()
+    d = u.Discriminator(2, n_layers).eval()
+    d.load_state_dict(sd, strict=True)
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        for got, expect in zip(d(x), reference_discriminator_forward(sd, x, n_layers)):
+            torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_adam_in_backward_and_recompute_equal_plain_step():
+    # a: what `train` runs (recomputed generator activations, Adam inside backward); b: plain
+    nets_a, nets_b = tiny_nets(light=True), tiny_nets(light=True)
+    nets_a["genA2B"].recompute = nets_a["genB2A"].recompute = True
+    opt_a = u.make_optimizers(nets_a, 1e-3, 1e-4, in_backward=True)
+    opt_b = u.make_optimizers(nets_b, 1e-3, 1e-4, in_backward=False)
+    ac = u.autocast_factory(None, torch.device("cpu"))
+    for step in range(2):
+        A, B = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+        la = u.train_step(nets_a, *opt_a, A, B, WEIGHTS, ac)
+        lb = u.train_step(nets_b, *opt_b, A, B, WEIGHTS, ac)
+        assert la == pytest.approx(lb, rel=1e-5)
+    for name in u.NET_NAMES:
+        for (k, a), b in zip(nets_a[name].state_dict().items(), nets_b[name].state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+    # same state_dict format: the plain Adam state loads into the in-backward one and back
+    sd = opt_b[0].state_dict()
+    opt_a[0].load_state_dict(sd)
+    re = opt_a[0].state_dict()
+    assert re["param_groups"][0]["params"] == sd["param_groups"][0]["params"]
+    for i in sd["state"]:
+        torch.testing.assert_close(re["state"][i]["exp_avg_sq"], sd["state"][i]["exp_avg_sq"])
+
+
+# ---- shapes -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("light", [False, True])
+def test_generator_shapes(light):
+    g = u.ResnetGenerator(ngf=4, n_blocks=1, img_size=64, light=light)
+    out, cam, heat = g(torch.rand(3, 3, 64, 64) * 2 - 1)
+    assert out.shape == (3, 3, 64, 64) and cam.shape == (3, 2) and heat.shape == (3, 1, 16, 16)
+    assert out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("size,n_layers,side", [(256, 7, 6), (256, 5, 30), (128, 7, 2), (128, 5, 14),
+                                                (64, 7, 1), (64, 5, 6)])
+def test_discriminator_output_sizes(size, n_layers, side):
+    # 256/128 px: the reference's output maps; 64 px global: the reference fails, ours gives 1x1
+    d = u.Discriminator(ndf=1, n_layers=n_layers)
+    out, cam, heat = d(torch.rand(1, 3, size, size))
+    assert out.shape == (1, 1, side, side) and cam.shape == (1, 2) and heat.shape[1] == 1
+    if size >= 128:
+        assert d.strides_for(size) == [2] * (n_layers - 2) + [1]
+
+
+def test_discriminator_keeps_stride_two_where_reference_runs():
+    d = u.Discriminator(ndf=1, n_layers=7)
+    assert d.strides_for(64) == [2, 2, 2, 2, 1, 1]
+    assert d.strides_for(96) == [2, 2, 2, 2, 2, 1]                 # 96->48->24->12->6->3->2->1
+    with pytest.raises(ValueError, match="too small"):
+        d.strides_for(4)
+
+
+# ---- layers against independent formulas -------------------------------------------------------
+def test_layer_instance_norm_matches_numpy_formula():
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    rho = torch.rand(1, 5, 1, 1, dtype=torch.float64)
+    gamma, beta = torch.randn(2, 5, 1, 1, dtype=torch.float64), torch.randn(2, 5, 1, 1, dtype=torch.float64)
+    xn, r, gm, bt = (t.numpy() for t in (x, rho, gamma, beta))
+    x_in = (xn - xn.mean((2, 3), keepdims=True)) / np.sqrt(xn.var((2, 3), ddof=1, keepdims=True) + 1e-5)
+    x_ln = (xn - xn.mean((1, 2, 3), keepdims=True)) / np.sqrt(xn.var((1, 2, 3), ddof=1, keepdims=True) + 1e-5)
+    expect = (r * x_in + (1 - r) * x_ln) * gm + bt
+    got = u.layer_instance_norm(x, rho, gamma, beta).numpy()
+    np.testing.assert_allclose(got, expect, rtol=1e-10, atol=1e-10)
+
+
+def test_cam_fold_equals_concatenation():
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    gap_fc, gmp_fc = nn.Linear(6, 1, bias=False).double(), nn.Linear(6, 1, bias=False).double()
+    conv = nn.Conv2d(12, 6, 1).double()
+    feats, logit, heat = u.cam_features(x, gap_fc, gmp_fc, gap_fc.weight, gmp_fc.weight, conv, torch.relu)
+    expect = torch.relu(conv(torch.cat([x * gap_fc.weight.view(1, 6, 1, 1), x * gmp_fc.weight.view(1, 6, 1, 1)], 1)))
+    torch.testing.assert_close(feats, expect)
+    torch.testing.assert_close(heat, expect.sum(1, keepdim=True))
+    torch.testing.assert_close(logit[:, 0], x.mean((2, 3)) @ gap_fc.weight[0])
+    torch.testing.assert_close(logit[:, 1], x.flatten(2).max(2).values @ gmp_fc.weight[0])
+
+
+def test_spectral_norm_matches_torch_spectral_norm():
+    ref = nn.utils.spectral_norm(nn.Conv2d(3, 5, 4, stride=2, bias=True))
+    ours = u.SNConv2d(3, 5, 4, stride=2)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 10, 10)
+    for _ in range(3):                                             # training: power iteration each call
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight_u, ref.weight_u)
+    torch.testing.assert_close(ours.weight_v, ref.weight_v)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight_u, ref.weight_u)          # eval: no update
+
+
+# ---- training -----------------------------------------------------------------------------------
+def tiny_nets(light=False, size=64):
+    torch.manual_seed(0)
+    return u.build_networks(ch=4, n_res=1, img_size=size, light=light)
+
+
+WEIGHTS = {"adv": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0}
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_training_step_finite_and_updates_all_six(light):
+    nets = tiny_nets(light)
+    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4)
+    before = {k: {n: p.detach().clone() for n, p in v.named_parameters()} for k, v in nets.items()}
+    real_A, real_B = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    losses = u.train_step(nets, g_optim, d_optim, real_A, real_B, WEIGHTS, u.autocast_factory(None, torch.device("cpu")))
+    assert set(losses) >= {"d_loss", "g_loss", "g_adv", "g_cycle", "g_identity", "g_cam"}
+    assert all(np.isfinite(v) for v in losses.values())
+    # an L1 between images in [-1, 1] lies in [0, 2]; the CAM BCE sum is positive
+    assert 0 <= losses["g_cycle"] <= 4 and losses["g_cam"] > 0
+    for k, net in nets.items():
+        changed = [n for n, p in net.named_parameters() if not torch.equal(p, before[k][n])]
+        assert len(changed) == len(before[k]), f"{k}: unchanged {set(before[k]) - set(changed)}"
+        assert all(p.grad is None for p in net.parameters()), f"{k}: gradients kept"
+
+
+def test_rho_clipped_to_unit_interval_after_step():
+    nets = tiny_nets()
+    g_optim, d_optim = u.make_optimizers(nets, 5.0, 0.0)              # huge lr: rho leaves [0, 1]
+    with torch.no_grad():
+        for m in nets["genA2B"].modules():
+            if isinstance(m, (u.adaILN, u.ILN)):
+                m.rho.fill_(0.5)
+    u.train_step(nets, g_optim, d_optim, torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1,
+                 WEIGHTS, u.autocast_factory(None, torch.device("cpu")))
+    rhos = torch.cat([m.rho.flatten() for g in ("genA2B", "genB2A") for m in nets[g].modules()
+                      if isinstance(m, (u.adaILN, u.ILN))])
+    assert rhos.numel() == 2 * (2 * 16 + 8 + 4)                        # per G: 2 adaILN x 16 ch, ILN 8 + 4 ch
+    assert rhos.min() >= 0 and rhos.max() <= 1
+    assert ((rhos == 0) | (rhos == 1)).any()                            # the clip did act
+
+
+def test_bf16_autocast_step_is_finite():
+    nets = tiny_nets(light=True)
+    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4)
+    losses = u.train_step(nets, g_optim, d_optim, torch.rand(1, 3, 64, 64) * 2 - 1,
+                          torch.rand(1, 3, 64, 64) * 2 - 1, WEIGHTS, u.autocast_factory("bf16", torch.device("cpu")))
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+@requires_cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_step_on_cuda(amp):
+    dev = torch.device("cuda")
+    nets = {k: v.to(dev) for k, v in tiny_nets().items()}
+    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4, in_backward=amp != "fp16")
+    scalers = (torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")) if amp == "fp16" else None
+    A, B = torch.rand(2, 3, 64, 64, device=dev) * 2 - 1, torch.rand(2, 3, 64, 64, device=dev) * 2 - 1
+    losses = u.train_step(nets, g_optim, d_optim, A, B, WEIGHTS, u.autocast_factory(amp, dev), scalers)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert all(p.dtype == torch.float32 for net in nets.values() for p in net.parameters())
+
+
+def test_learning_rate_linear_decay():
+    assert u.learning_rate(50, 100, 1e-4) == 1e-4
+    assert u.learning_rate(75, 100, 1e-4) == pytest.approx(5e-5)
+    assert u.learning_rate(100, 100, 1e-4) == 0.0
+
+
+# ---- CLI: data, train/resume, test, errors -------------------------------------------------------
+def make_domain(folder, n, seed, size=40):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size + i, 3), dtype=np.uint8)).save(os.path.join(folder, f"im{i}.png"))
+
+
+def make_data(root):
+    make_domain(os.path.join(root, "trainA"), 3, 1)
+    make_domain(os.path.join(root, "trainB"), 2, 2)
+    make_domain(os.path.join(root, "testA"), 1, 3)
+    return root
+
+
+TRAIN = ["--img-size", "64", "--ch", "4", "--n-res", "1", "--batch", "2", "--quiet", "--device", "cpu",
+         "--sample-every", "1000", "--save-every", "1000"]
+
+
+def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    data = make_data(str(tmp_path / "data"))
+    full = u.main(["train", "--data", data, "--out", str(tmp_path / "a"), "--iter", "4"] + TRAIN)
+
+    real_step = u.train_step
+    calls = []
+
+    def interrupted_step(*a, **k):                 # Ctrl-C during step 2
+        out = real_step(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(u, "train_step", interrupted_step)
+    u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4"] + TRAIN)
+    assert len(calls) == 2
+    ckpt = torch.load(str(tmp_path / "b" / "checkpoint.pt"), weights_only=True)
+    assert ckpt["step"] == 2
+    monkeypatch.setattr(u, "train_step", real_step)
+    with pytest.raises(SystemExit, match="--resume"):
+        u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4"] + TRAIN)
+    resumed = u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4", "--resume"] + TRAIN)
+    for name in u.NET_NAMES:
+        for (k, a), (_, b) in zip(full[name].state_dict().items(), resumed[name].state_dict().items()):
+            assert torch.equal(a, b), f"{name}.{k}"
+    assert torch.load(str(tmp_path / "b" / "checkpoint.pt"), weights_only=True)["step"] == 4
+    sheets = sorted(os.listdir(tmp_path / "a" / "samples"))
+    assert sheets == ["A2B_0000004.png", "B2A_0000004.png"]
+    # A2B sheet: 3 train + 1 test rows of 7 tiles; B2A: 2 train rows
+    assert Image.open(tmp_path / "a" / "samples" / sheets[0]).size == (7 * 64, 4 * 64)
+    assert Image.open(tmp_path / "a" / "samples" / sheets[1]).size == (7 * 64, 2 * 64)
+    # the other variant or size cannot resume this run
+    with pytest.raises(SystemExit, match="light"):
+        u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "6", "--resume", "--light"] + TRAIN)
+
+
+def test_test_command_writes_one_png_per_input(tmp_path):
+    nets = tiny_nets(light=False)
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({k: v.state_dict() for k, v in nets.items()}, path)   # reference-style file: nets only
+    src = tmp_path / "in"
+    make_domain(str(src / "sub"), 2, 5, size=50)
+    Image.fromarray(np.full((30, 20, 3), 200, np.uint8)).save(src / "c.jpg")
+    (src / "broken.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="broken.png"):
+        written = u.main(["test", "--ckpt", path, "--input", str(src), "--out", str(tmp_path / "out"),
+                          "--direction", "B2A", "--device", "cpu"])
+    names = sorted(os.path.relpath(p, tmp_path / "out") for p in written)
+    assert names == ["c.png", os.path.join("sub", "im0.png"), os.path.join("sub", "im1.png")]
+    # the pixels: B2A of the bilinear-resized image, (x + 1) * 127.5 rounded
+    img = np.asarray(Image.open(src / "c.jpg").convert("RGB").resize((64, 64), Image.BILINEAR), np.float32)
+    x = torch.from_numpy(img / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        y = nets["genB2A"].eval()(x)[0][0].permute(1, 2, 0).numpy()
+    expect = np.round((y + 1) * 127.5).clip(0, 255)
+    got = np.asarray(Image.open(tmp_path / "out" / "c.png"), np.float32)
+    assert got.shape == (64, 64, 3) and np.abs(got - expect).max() <= 1
+    with pytest.raises(SystemExit, match="64 px cannot run at --img-size 128"):
+        u.main(["test", "--ckpt", path, "--input", str(src), "--out", str(tmp_path / "o2"), "--img-size", "128"])
+
+
+def test_data_errors(tmp_path):
+    root = tmp_path / "d"
+    make_domain(str(root / "trainA"), 1, 0)
+    with pytest.raises(SystemExit, match=r"trainB: missing"):
+        u.main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--iter", "1"] + TRAIN)
+    os.makedirs(root / "trainB")
+    (root / "trainB" / "x.png").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="x.png: skipped"), pytest.raises(SystemExit, match="trainB: no readable images"):
+        u.main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--iter", "1"] + TRAIN)
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        u.main(["test", "--ckpt", str(tmp_path / "none.pt"), "--input", str(root), "--out", str(tmp_path / "o")])
+
+
+def test_unpaired_batches_are_reproducible_and_cover_epoch(tmp_path):
+    data = u.UnpairedData(make_data(str(tmp_path / "data")), 32, seed=3)
+    a1, a2 = data.batch("A", 5, 2), u.UnpairedData(str(tmp_path / "data"), 32, seed=3).batch("A", 5, 2)
+    assert a1.shape == (2, 3, 32, 32) and torch.equal(a1, a2)
+    assert a1.min() >= -1 and a1.max() <= 1
+    # one epoch of 3 images: positions 0..2 are a permutation
+    assert sorted(data._index("A", p) for p in range(3)) == [0, 1, 2]
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "03_stylegan2_ada.py")),
+                    reason="chain needs 03_stylegan2_ada.py (StyleGAN2 generator loader)")
+def test_chain_writes_frames_and_gif(tmp_path):
+    sg2 = load_script("03_stylegan2_ada")
+    torch.manual_seed(0)
+    face_g = sg2.Generator(32, style_dim=8, n_mlp=1, channel_multiplier=1, channel_max=8)
+    sg_path = str(tmp_path / "sg2.pt")
+    torch.save({"g_ema": face_g.state_dict(), "args": {"channel_max": 8, "channel_multiplier": 1},
+                "latent_avg": torch.zeros(8)}, sg_path)
+    nets = tiny_nets(light=True)
+    ug_path = str(tmp_path / "ug.pt")
+    torch.save({k: v.state_dict() for k, v in nets.items()}, ug_path)
+    written = u.main(["chain", "--ugatit", ug_path, "--stylegan", sg_path, "--seeds", "1", "2",
+                      "--walk", "2", "--img-size", "64", "--truncation", "0.7", "--out", str(tmp_path / "c"),
+                      "--device", "cpu"])
+    assert sorted(os.path.basename(p) for p in written) == ["seed1.png", "seed2.png", "walk.gif"]
+    assert Image.open(written[0]).size == (128, 64)
+    gif = Image.open(os.path.join(str(tmp_path / "c"), "walk.gif"))
+    assert gif.n_frames == 4 and gif.size == (128, 64)
+    with pytest.raises(SystemExit, match="sg2_missing.pt"):
+        u.main(["chain", "--ugatit", ug_path, "--stylegan", str(tmp_path / "sg2_missing.pt"), "--seeds", "1",
+                "--out", str(tmp_path / "c2")])
