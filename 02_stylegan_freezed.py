@@ -867,7 +867,7 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
     (loss_g + cfg.lambda_l2_g * l2_g).backward()
     g_opt.step()
-    accumulate(g_ema, g)
+    accumulate(g_ema, g, getattr(cfg, "ema_decay", EMA_DECAY))
 
     stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
     if cfg.lambda_fm > 0:
@@ -1246,6 +1246,8 @@ def build_parser():
     t.add_argument("--lambda-l2-d", type=float, default=0.0, help="L2-SP weight on D (FreezeD code: 0)")
     t.add_argument("--channel-max", type=int, default=512, help="cap on block widths (scratch only; 512 = paper)")
     t.add_argument("--code-dim", type=int, default=CODE_DIM, help="z / w size (scratch only; 512 = paper)")
+    t.add_argument("--ema-decay", type=float, default=EMA_DECAY,
+                   help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")

@@ -35,8 +35,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Settings: (full demo, --smoke). Iterations are multiplied by --scale.
 PRESET = {
-    "full": dict(faces=200, size=32, sg2_pretrain=400, sg2_finetune=300, sg1_iter=300, ugatit_iter=150,
-                 ugatit_size=64, fid_n=200, channel_max=64, style_dim=64, batch=8),
+    "full": dict(faces=200, size=32, sg2_pretrain=1500, sg2_finetune=500, sg1_iter=600, ugatit_iter=100,
+                 ugatit_size=64, fid_n=100, channel_max=64, style_dim=64, batch=8),
     "smoke": dict(faces=16, size=16, sg2_pretrain=4, sg2_finetune=4, sg1_iter=4, ugatit_iter=2,
                   ugatit_size=64, fid_n=16, channel_max=16, style_dim=32, batch=4),
 }
@@ -177,6 +177,9 @@ def main(argv=None):
         fid += ["--fid-dims", "64"]
     small = ["--size", s, "--channel-max", cm, "--style-dim", sd, "--n-mlp", "2", "--batch", b,
              "--device", args.device, "--num-workers", "0", "--no-progress"]
+    # Runs of a few thousand images: G_ema's half-life ramps up with the images seen (NVlabs ema_rampup
+    # 0.05), otherwise its default 10 kimg half-life would keep the samples at their initial state.
+    ema = ["--ema-rampup", "0.05"]
 
     # 1. data
     run("01 demo faces", ["01_prepare_data.py", "--demo", str(cfg["faces"]), "--size", s, "--out", data],
@@ -186,12 +189,12 @@ def main(argv=None):
     n_pre, n_fin = it("sg2_pretrain"), it("sg2_finetune")
     run("03 StyleGAN2 from scratch", ["03_stylegan2_ada.py", "train", "--data", data, "--out", pre,
         "--iter", str(n_pre), "--fid-every", fid_every(n_pre), "--sample-every", str(max(1, n_pre // 4)),
-        "--ckpt-every", str(n_pre)] + small + fid, log, timings)
+        "--ckpt-every", str(n_pre)] + small + ema + fid, log, timings)
     ckpt = newest(os.path.join(pre, "checkpoints"), ".pt")
     run("03 StyleGAN2 FreezeD + ADA", ["03_stylegan2_ada.py", "train", "--data", data, "--out", fin, "--ckpt", ckpt,
         "--preset", "freezed-ada", "--freeze-d", "1", "--iter", str(n_fin), "--fid-every", fid_every(n_fin),
         "--sample-every", str(max(1, n_fin // 4)), "--ckpt-every", str(n_fin), "--batch", b, "--device", args.device,
-        "--num-workers", "0", "--no-progress"] + fid, log, timings)
+        "--num-workers", "0", "--no-progress"] + ema + fid, log, timings)
     g2 = newest(os.path.join(fin, "checkpoints"), ".pt")
     run("03 generate", ["03_stylegan2_ada.py", "generate", "--ckpt", g2, "--seeds", "0-7",
         "--out", os.path.join(out, "sg2_samples"), "--device", args.device], log, timings)
@@ -202,7 +205,7 @@ def main(argv=None):
         "--channel-max", cm, "--code-dim", sd, "--iter", str(n1), "--batch", b, "--fid-every", fid_every(n1),
         "--fid-n", str(cfg["fid_n"]), "--inception", inception, "--sample-every", str(max(1, n1 // 4)),
         "--ckpt-every", str(n1), "--device", args.device, "--quiet", "--mixing", "--loss", "r1",
-        "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 4))], log, timings)
+        "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 4)), "--ema-decay", "0.99"], log, timings)
     run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", os.path.join(sg1, "checkpoint.pt"),
         "--size", s, "--rows", "1-3", "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
     # 4. latent exploration on the fine-tuned StyleGAN2
