@@ -51,9 +51,10 @@ Run
         --style-dim 32 --n-mlp 2 --batch 4 --iter 20 --fid-every 0 --device cpu     # CPU smoke run
     python bench/bench_stylegan2.py --device cpu
 
-Sections: constants and presets -> building blocks -> Generator / Discriminator -> checkpoint I/O
-(+ rosinality .pt and NVIDIA .pkl converters) -> data and augmentation (dataset, ADA, DiffAugment)
--> losses and regularizers -> freezing -> settings -> train(args) -> generate(args) -> CLI.
+Sections: presets and constants -> building blocks -> Generator / Discriminator -> checkpoint I/O
+(+ rosinality .pt and NVIDIA .pkl readers) -> data and augmentation (dataset, per-step batch
+sampler, ADA, DiffAugment) -> losses and regularizers -> training (freezing, settings, run folder,
+train(args)) -> generate(args) -> CLI.
 """
 import argparse
 import copy
@@ -80,36 +81,15 @@ from torch import autograd
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 import ops
 from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
 
 # ---------------------------------------------------------------------------------------------
-# Constants
+# Presets and constants
 # ---------------------------------------------------------------------------------------------
-# Channels per resolution of rosinality's Generator/Discriminator before the channel multiplier
-# (resolutions >= 64) and before the channel_max cap: 512 up to 32 px, then 16384 / r * cm.
-BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
-DEMOD_EPS = 1e-8          # Eq. 3 epsilon (both reference implementations)
-MBSTD_EPS = 1e-8          # minibatch standard deviation epsilon
-TRUNCATION_MEAN_N = 4096  # z samples for the mean w when a checkpoint stores no latent_avg
-
-
-def channel_table(size, channel_multiplier=2, channel_max=512):
-    """{resolution: channels} for 4..size, rosinality's table capped at channel_max."""
-    table = {}
-    r = 4
-    while r <= size:
-        base = BASE_CHANNELS[r] * (channel_multiplier if r >= 64 else 1)
-        table[r] = int(min(channel_max, base))
-        r *= 2
-    return table
-
-
-# ---- Presets: the seed experiment's ablation rows, and the train defaults ---------------------------
-
 # The ablation of the seed experiment (bryandlee/malnyun_faces): 500 cartoon faces at 256 px,
 # StyleGAN2 transferred from FFHQ (`--ckpt` is the user's FFHQ model), FID after 30k iterations:
 # Baseline 75.96, FreezeD 50.74, DiffAug 63.74, ADA 46.23, FreezeD + DiffAug 45.24, FreezeD + ADA 38.94.
@@ -168,6 +148,24 @@ RESUME_OVERRIDABLE = ("data", "iter", "n_sample", "sample_every", "ckpt_every", 
                       "device", "progress")
 # Architecture settings that a --ckpt or --resume checkpoint decides.
 ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
+
+# Channels per resolution of rosinality's Generator/Discriminator before the channel multiplier
+# (resolutions >= 64) and before the channel_max cap: 512 up to 32 px, then 16384 / r * cm.
+BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+DEMOD_EPS = 1e-8          # Eq. 3 epsilon (both reference implementations)
+MBSTD_EPS = 1e-8          # minibatch standard deviation epsilon
+TRUNCATION_MEAN_N = 4096  # z samples for the mean w when a checkpoint stores no latent_avg
+
+
+def channel_table(size, channel_multiplier=2, channel_max=512):
+    """{resolution: channels} for 4..size, rosinality's table capped at channel_max."""
+    table = {}
+    r = 4
+    while r <= size:
+        base = BASE_CHANNELS[r] * (channel_multiplier if r >= 64 else 1)
+        table[r] = int(min(channel_max, base))
+        r *= 2
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,8 +655,12 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19
 
 
 def _first_line(e):
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """`Type: first line` of an exception, cut at its first sentence when that line is long."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 100 and ". " in text:
+        text = text.split(". ", 1)[0] + "."
+    return f"{type(e).__name__}: {text}"
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -670,6 +672,8 @@ def load_checkpoint(path, map_location="cpu"):
     load_nvidia_pkl. Any problem raises CheckpointError with one line naming the file.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
@@ -909,7 +913,7 @@ def _persistent_state_dict(obj, prefix=""):
 
 
 def convert_nvidia_generator(sd, size):
-    """NVlabs PyTorch Generator names -> rosinality Generator names (REFERENCE 4.3).
+    """NVlabs PyTorch Generator names (stylegan2-ada-pytorch training/networks.py) -> rosinality names.
 
     Returns (state dict, w_avg or None). Resample filters are constants and are not copied;
     the rosinality buffers that hold them are filled from make_kernel([1, 3, 3, 1]).
@@ -949,7 +953,7 @@ def convert_nvidia_generator(sd, size):
 
 
 def convert_nvidia_discriminator(sd, size):
-    """NVlabs PyTorch Discriminator (resnet) names -> rosinality names (REFERENCE 4.3)."""
+    """NVlabs PyTorch Discriminator (resnet) names (training/networks.py) -> rosinality names."""
     out = OrderedDict()
     out["convs.0.0.weight"] = sd[f"b{size}.fromrgb.weight"]
     out["convs.0.1.bias"] = sd[f"b{size}.fromrgb.bias"]
@@ -998,7 +1002,8 @@ def _tf_params(net, prefix=""):
 
 
 def convert_tf_generator(tf, size):
-    """TF StyleGAN2 Gs variables -> rosinality Generator state (REFERENCE 4.1, 4.3 TF map)."""
+    """TF StyleGAN2 Gs variables (NVlabs/stylegan2 networks_stylegan2.py) -> rosinality Generator state,
+    the mapping of rosinality's convert_weight.py."""
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     out = OrderedDict()
     i = 0
@@ -1113,11 +1118,10 @@ def load_nvidia_pkl(path):
     return ckpt
 
 
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Data and augmentation
-# ----------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# ---------------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # as pytorch-fid, so FID sees what D sees
 _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
 
 
@@ -1168,9 +1172,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __init__(self, folder, size, xflip=True, in_memory=True):
         folder = os.fspath(folder)
         if not os.path.exists(folder):
-            raise FileNotFoundError(f"data folder not found: {folder}")
+            raise FileNotFoundError(f"{folder}: data folder not found")
         if not os.path.isdir(folder):
-            raise NotADirectoryError(f"data path is not a folder: {folder}")
+            raise NotADirectoryError(f"{folder}: not a folder (--data takes a folder of images)")
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"image size must be a positive int, got {size!r}")
         names = sorted(n for n in os.listdir(folder)
@@ -1194,7 +1198,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}: {shown}")
         if not self.paths:
             found = f" ({len(bad)} unreadable)" if bad else ""
-            raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) in data folder {folder}{found}")
+            raise ValueError(f"{folder}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in this folder{found}")
         if n_resized:
             print(f"note: {n_resized} of {len(self.paths)} images in {folder} are not {size}x{size} and were "
                   f"resized with Lanczos ({n_cropped} centre-cropped to a square first)", file=sys.stderr)
@@ -1218,20 +1222,29 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return img.flip(2) if flip else img  # [3, size, size]
 
 
-def infinite_loader(loader, start_epoch=0):
-    """Yield batches forever; tells the sampler the epoch (DistributedSampler reshuffles per epoch)."""
-    epoch = start_epoch
-    while True:
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise ValueError(f"the data loader gives no batches: {len(loader.dataset)} images, "
-                             f"batch size {loader.batch_size}, drop_last={loader.drop_last}")
-        epoch += 1
+class StepBatchSampler:
+    """Endless batches of data-set indices for iterations start, start+1, ...
+
+    Epoch e is the DistributedSampler permutation for (seed, e) (this process's share under
+    torchrun), cut into full batches; iteration i takes batch i % per_epoch of epoch i // per_epoch.
+    So the data of each iteration depend only on the seed and i, and --resume continues exactly.
+    """
+
+    def __init__(self, sampler, batch, start):
+        self.sampler, self.batch, self.start = sampler, batch, start
+        self.per_epoch = len(sampler) // batch
+        if self.per_epoch == 0:
+            raise ValueError(f"the sampler gives no full batch: {len(sampler)} indices, batch {batch}")
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            epoch, offset = divmod(step, self.per_epoch)
+            self.sampler.set_epoch(epoch)
+            idx = list(self.sampler)
+            for k in range(offset, self.per_epoch):
+                yield idx[k * self.batch:(k + 1) * self.batch]
+            step = (epoch + 1) * self.per_epoch
 
 
 # ---- ADA: adaptive discriminator augmentation (arXiv:2006.06676) ----------------------------
@@ -1598,10 +1611,10 @@ class AdaptiveP:
             return self.p
         total = torch.as_tensor(self._sum, dtype=torch.float64).reshape(1)
         stats = torch.cat([total, torch.tensor([float(self._count)], dtype=torch.float64, device=total.device)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_backend() == "nccl" and stats.device.type != "cuda":
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl" and stats.device.type != "cuda":
                 stats = stats.cuda()
-            torch.distributed.all_reduce(stats)
+            dist.all_reduce(stats)
         signs_sum, count = stats.tolist()
         self.rt = signs_sum / count
         adjust = float(np.sign(self.rt - self.target)) * self.step_size
@@ -1740,17 +1753,9 @@ def make_augment(kind, p=0.0, spec="bgc", policy="color,translation,cutout", **s
     raise ValueError(f"unknown augmentation {kind!r} (choose none, ada or diffaug)")
 
 
-class TrainError(SystemExit):
-    """Bad input for training: exits with the one-line message (status 1)."""
-
-    def __init__(self, message):
-        super().__init__("error: " + message)
-
-
 # ---------------------------------------------------------------------------------------------
 # Losses and regularizers
 # ---------------------------------------------------------------------------------------------
-
 def d_logistic_loss(real_logits, fake_logits):
     """Non-saturating logistic D loss (Goodfellow et al. 2014; StyleGAN2 App. B):
     E[softplus(-D(x))] + E[softplus(D(G(z)))], i.e. -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z))))."""
@@ -1830,9 +1835,9 @@ def ema_beta(batch, ema_kimg, rampup, cur_nimg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Freezing (FreezeD, FreezeG)
+# Training: freezing, settings, run folder, train(args)
 # ---------------------------------------------------------------------------------------------
-
+# ---- Freezing (FreezeD, FreezeG) -------------------------------------------------------------
 def frozen_prefixes_d(k):
     """FreezeD (Mo et al. 2020): fromRGB (convs.0) and the first k blocks from the image side
     (convs.1..convs.k) keep their weights. k = 4 at 256 px is FreezeD's feature_loc 3."""
@@ -1870,9 +1875,13 @@ def set_requires_grad(params, flag):
         p.requires_grad_(flag)
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings: defaults < preset < command line (or: < the run's stored settings with --resume)
-# ---------------------------------------------------------------------------------------------
+# ---- Settings: defaults < preset < command line (< the run's settings with --resume) ---------
+class TrainError(SystemExit):
+    """Bad input for training: exits with the one-line message (status 1)."""
+
+    def __init__(self, message):
+        super().__init__("error: " + message)
+
 
 def _given(args, key):
     value = getattr(args, key, None)
@@ -1924,7 +1933,8 @@ def resolve_settings(args, stored=None, ckpt_arch=None):
         # shift the 256-px block count so that the same lowest-resolution blocks train
         s["freeze_d"] = max(0, s["freeze_d"] + log_size - int(math.log2(PRESET_FREEZE_D_SIZE)))
     if s["ada_kimg"] is None:
-        s["ada_kimg"], src["ada_kimg"] = (100 if s["ckpt"] else 500), "default (--ckpt: 100)"
+        s["ada_kimg"] = 100 if s["ckpt"] else 500  # NVlabs: 100 when starting from a pickle
+        src["ada_kimg"] = "default with --ckpt" if s["ckpt"] else "default"
     if s["ada_p"] is not None and s["augment"] != "ada":
         if src["augment"] == "flag":
             raise TrainError(f"--ada-p needs --augment ada (got --augment {s['augment']})")
@@ -1962,12 +1972,14 @@ def print_settings(cfg, src, world=1):
           f"EMA beta {ema_beta(cfg.batch, cfg.ema_kimg, 0, 1):.6f} per iteration")
 
 
-# ---------------------------------------------------------------------------------------------
-# Run folder: sample grids, FID curve, checkpoints, RNG state
-# ---------------------------------------------------------------------------------------------
+# ---- Run folder: sample grids, checkpoints, RNG state ----------------------------------------
+def to_uint8(img):
+    """[-1, 1] float -> uint8 HWC: round half up of (x + 1) * 127.5, as NVlabs generate.py."""
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
 
 def save_image_grid(images, path, nrow):
-    """images [N, 3, H, W] in [-1, 1] -> one PNG grid, nrow images per row (uint8 as `generate`)."""
+    """images [N, 3, H, W] in [-1, 1] -> one PNG grid, nrow images per row (to_uint8, as `generate`)."""
     n, c, h, w = images.shape
     x = to_uint8(images.detach().float().cpu())  # [N, H, W, 3]
     grid = torch.zeros(math.ceil(n / nrow) * h, nrow * w, c, dtype=torch.uint8)
@@ -2017,44 +2029,27 @@ def checkpoint_files(folder):
     return [os.path.join(folder, n) for n in sorted(names, key=lambda n: int(n[:-3]))]
 
 
-# ---------------------------------------------------------------------------------------------
-# Data: every step gets the same images after --resume
-# ---------------------------------------------------------------------------------------------
+# ---- train(args) -----------------------------------------------------------------------------
+def parse_device(flag):
+    """--device value -> torch.device (None: cuda if available); a one-line SystemExit if unusable."""
+    if flag is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(flag)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {flag}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {flag}: CUDA is not available on this machine")
+    return device
 
-class StepBatchSampler:
-    """Endless batches of data-set indices for iterations start, start+1, ...
-
-    Epoch e is the DistributedSampler permutation for (seed, e) (this process's share under
-    torchrun), cut into full batches; iteration i takes batch i % per_epoch of epoch i // per_epoch.
-    So the data of each iteration depend only on the seed and i, and --resume continues exactly.
-    """
-
-    def __init__(self, sampler, batch, start):
-        self.sampler, self.batch, self.start = sampler, batch, start
-        self.per_epoch = len(sampler) // batch
-
-    def __iter__(self):
-        step = self.start
-        while True:
-            epoch, offset = divmod(step, self.per_epoch)
-            self.sampler.set_epoch(epoch)
-            idx = list(self.sampler)
-            for k in range(offset, self.per_epoch):
-                yield idx[k * self.batch:(k + 1) * self.batch]
-            step = (epoch + 1) * self.per_epoch
-
-
-# ---------------------------------------------------------------------------------------------
-# train(args)
-# ---------------------------------------------------------------------------------------------
 
 def _setup_distributed(device_flag):
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then one process per device (nccl on GPU, gloo on
     CPU). Returns (rank, world, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device_flag != "cpu"
     if world == 1:
-        return 0, 1, torch.device(device_flag or ("cuda" if cuda else "cpu"))
+        return 0, 1, parse_device(device_flag)
+    cuda = torch.cuda.is_available() and device_flag != "cpu"
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -2093,13 +2088,14 @@ class _StopRequest:
 def _open_start_checkpoint(path):
     """--ckpt: ours, rosinality .pt or NVIDIA .pkl (through load_checkpoint). Returns (dict, g_ema)
     with g_ema built from the stored weights, which also tells the architecture."""
-    if not os.path.isfile(path):
-        raise TrainError(f"{path}: no such checkpoint file")
     ckpt = load_checkpoint(path)
-    state = ckpt.get("g_ema", ckpt.get("g"))
-    if state is None:
+    which = "g_ema" if "g_ema" in ckpt else "g"
+    if which not in ckpt:
         raise TrainError(f"{path}: no generator weights ('g_ema' or 'g') in this checkpoint")
-    g_ema = build_generator_from_state(state, ckpt.get("args"))
+    try:
+        g_ema = build_generator_from_state(ckpt[which], ckpt.get("args"), where=f"{path} ['{which}']")
+    except ValueError as e:  # e.g. a size that is not a power of two
+        raise TrainError(f"{path} ['{which}']: {e}") from None
     return ckpt, g_ema
 
 
@@ -2150,6 +2146,8 @@ def train(args):
     Each iteration: D step, R1 every d_reg_every, G step, path length every g_reg_every, G_ema; then
     ADA p, log, sample grid, FID, checkpoint. Returns the resolved settings (Namespace).
     """
+    if getattr(args, "dry_run", False):  # settings only: no device, no process group
+        return _train(args, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), None)
     rank, world, device = _setup_distributed(getattr(args, "device", None))
     try:
         return _train(args, rank, world, device)
@@ -2162,7 +2160,7 @@ def _train(args, rank, world, device):
     main = rank == 0
     say = print if main else (lambda *a, **k: None)
 
-    # ---------------- settings, start checkpoint, run folder ----------------
+    # ---------------- settings, start checkpoint, input checks ----------------
     ckpt, g_ema_start, resume = None, None, None
     if getattr(args, "resume", None):
         run, resume_file, resume = _open_resume(args.resume)
@@ -2178,9 +2176,9 @@ def _train(args, rank, world, device):
         if getattr(args, "preset", None) is not None and not cfg.ckpt:
             say("note: the presets are transfer settings (the seed experiment starts from an FFHQ "
                 "model); without --ckpt this run starts from random weights")
-    if main:
-        print_settings(cfg, src, world)
     if getattr(args, "dry_run", False):
+        if main:
+            print_settings(cfg, src, world)
         return cfg
     if cfg.data is None or cfg.out is None:
         raise TrainError("--data DIR and --out RUN are needed (or --resume RUN)")
@@ -2202,6 +2200,8 @@ def _train(args, rank, world, device):
     if resume is None and main and os.path.isdir(cfg.out) and os.listdir(cfg.out):
         raise TrainError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                          f"--resume {cfg.out} or choose another --out")
+    if main:  # after the input checks, so that bad input gives its one line only
+        print_settings(cfg, src, world)
 
     # ---------------- networks, freezing, optimisers ----------------
     seed_everything(cfg.seed)  # same initial weights in every process
@@ -2244,9 +2244,8 @@ def _train(args, rank, world, device):
     start, best_fid = 0, None
 
     if resume is not None:
-        g.load_state_dict(resume["g"])
-        d.load_state_dict(resume["d"])
-        g_ema.load_state_dict(resume["g_ema"])
+        for net, key in ((g, "g"), (d, "d"), (g_ema, "g_ema")):
+            load_state_checked(net, resume[key], f"{resume_file} ['{key}']")
         g_optim.load_state_dict(resume["g_optim"])
         d_optim.load_state_dict(resume["d_optim"])
         start, best_fid = int(resume["step"]), resume.get("best_fid")
@@ -2294,7 +2293,8 @@ def _train(args, rank, world, device):
 
     def make_checkpoint(step):
         with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
-            z = torch.randn(4096, cfg.style_dim, generator=torch.Generator().manual_seed(123)).to(device)
+            z = torch.randn(TRUNCATION_MEAN_N, cfg.style_dim, generator=torch.Generator().manual_seed(123))
+            z = z.to(device)
             latent_avg = g_ema.style(z).mean(0)  # [style_dim], for truncation in `generate`
         return {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
                 "g_optim": g_optim.state_dict(), "d_optim": d_optim.state_dict(),
@@ -2401,7 +2401,7 @@ def _train(args, rank, world, device):
                 step = i + 1
 
                 # 6. bookkeeping: ADA p (NVlabs: after the step, every ada_interval), log, samples, FID, ckpt
-                if adaptive is not None and step % cfg.ada_interval == 0:
+                if adaptive is not None:  # moves p every ada_interval iterations
                     pipe.p = float(adaptive.step(step))
                 stats.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
                              real_score=real_logits.detach().mean(), fake_score=fake_logits.detach().mean())
@@ -2458,95 +2458,126 @@ def _train(args, rank, world, device):
 
 
 def add_train_args(parser):
-    """Flags of the `train` subcommand. Defaults (shown in the help) are in TRAIN_DEFAULTS; the
-    argparse defaults are None so that --preset and --resume can tell which flags were given."""
+    """Flags of the `train` subcommand, in groups. Defaults (stated in each help) are in
+    TRAIN_DEFAULTS; the argparse defaults are None so that --preset and --resume can tell which
+    flags were given."""
     D = TRAIN_DEFAULTS
-    a = parser.add_argument
-    a("--data", help="folder of training images (e.g. from 01_prepare_data.py)")
-    a("--out", help="run folder to create (samples/, checkpoints/, log.jsonl, fid.csv, fid.png)")
-    a("--ckpt", help="start G, D and G_ema from this checkpoint (ours, rosinality .pt, NVIDIA .pkl)")
-    a("--resume", help="continue the run in this folder exactly (or from one of its checkpoints)")
-    a("--preset", choices=list(PRESETS), help="an ablation row of the seed experiment (flags override it)")
-    a("--dry-run", action="store_true", help="print the resolved settings and exit")
-    a("--size", type=int, help=f"image size, power of two (default {D['size']}; read from --ckpt)")
-    a("--iter", type=int, help=f"training iterations (default {D['iter']})")
-    a("--batch", type=int, help=f"total batch over all processes (default {D['batch']})")
-    a("--lr", type=float, help=f"Adam learning rate before the lazy-regularization correction "
-                               f"(default {D['lr']})")
-    a("--r1-gamma", type=float, help=f"R1 weight gamma (default {D['r1_gamma']})")
-    a("--d-reg-every", type=int, help=f"lazy R1 interval, 0 = off (default {D['d_reg_every']})")
-    a("--g-reg-every", type=int, help=f"lazy path-length interval, 0 = off (default {D['g_reg_every']})")
-    a("--pl-weight", type=float, help=f"path-length weight (default {D['pl_weight']})")
-    a("--pl-decay", type=float, help=f"path-length mean decay (default {D['pl_decay']})")
-    a("--pl-batch-shrink", type=int, help=f"path-length batch divisor (default {D['pl_batch_shrink']})")
-    a("--mixing", type=float, help=f"style-mixing probability (default {D['mixing']})")
-    a("--ema-kimg", type=float, help=f"G_ema half-life in kimg (default {D['ema_kimg']})")
-    a("--ema-rampup", type=float, help=f"G_ema ramp-up, 0 = off (default {D['ema_rampup']})")
-    a("--augment", choices=["none", "ada", "diffaug"], help=f"augmentation (default {D['augment']})")
-    a("--ada-p", type=float, help="fixed ADA probability p (default: adaptive)")
-    a("--ada-target", type=float, help=f"ADA target for E[sign(D(real))] (default {D['ada_target']})")
-    a("--ada-interval", type=int, help=f"iterations between p updates (default {D['ada_interval']})")
-    a("--ada-kimg", type=float, help="kimg for p to move by 1 (default 500; 100 with --ckpt)")
-    a("--diffaug-policy", help=f"DiffAugment policy (default {D['diffaug_policy']})")
-    a("--xflip", action=argparse.BooleanOptionalAction,
-      help="add x-flipped copies of the images (default on)")
-    a("--freeze-d", type=int, help="FreezeD: keep fromRGB and the first K D blocks (default 0; "
-                                   "presets: 4 at 256 px)")
-    a("--freeze-g", type=int,
-      help="FreezeG: keep the mapping and the K lowest-resolution G blocks (default 0)")
-    a("--channel-multiplier", type=int, help=f"channel multiplier (default {D['channel_multiplier']})")
-    a("--channel-max", type=int, help=f"channel cap (default {D['channel_max']})")
-    a("--style-dim", type=int, help=f"z and w size (default {D['style_dim']})")
-    a("--n-mlp", type=int, help=f"mapping layers (default {D['n_mlp']})")
-    a("--seed", type=int, help=f"random seed (default {D['seed']})")
-    a("--n-sample", type=int, help=f"images per sample grid (default {D['n_sample']})")
-    a("--sample-every", type=int, help=f"iterations between sample grids (default {D['sample_every']})")
-    a("--ckpt-every", type=int, help=f"iterations between checkpoints (default {D['ckpt_every']})")
-    a("--keep", type=int, help=f"numbered checkpoints kept (default {D['keep']})")
-    a("--log-every", type=int, help=f"iterations between log.jsonl lines (default {D['log_every']})")
-    a("--fid-every", type=int, help=f"iterations between FIDs, 0 = off (default {D['fid_every']})")
-    a("--fid-n", type=int, help=f"generated images per FID (default {D['fid_n']})")
-    a("--fid-batch", type=int, help=f"FID batch (default {D['fid_batch']})")
-    a("--fid-cache", help="folder for the cached data-set features (default RUN/fid_cache)")
-    a("--inception", help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
-    a("--fid-dims", type=int, help="Inception feature size (default 2048, the FID standard)")
-    a("--num-workers", type=int, help=f"data-loading workers (default {D['num_workers']})")
-    a("--device", help="cuda or cpu (default: cuda if available)")
-    a("--progress", action=argparse.BooleanOptionalAction, help="tqdm progress bar (default on)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--data", metavar="DIR", help="folder of training images (e.g. from 01_prepare_data.py)")
+    g.add_argument("--out", metavar="RUN", help="run folder to create (samples/, checkpoints/, log.jsonl, "
+                                                "fid.csv, fid.png)")
+    g.add_argument("--ckpt", metavar="FILE", help="start G, D and G_ema from this checkpoint (ours, "
+                                                  "rosinality .pt, NVIDIA .pkl)")
+    g.add_argument("--resume", metavar="RUN", help="continue the run in this folder exactly (or from one "
+                                                   "of its checkpoints)")
+    g.add_argument("--preset", choices=list(PRESETS), help="an ablation row of the seed experiment "
+                                                           "(flags override it)")
+    g.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
+    g.add_argument("--iter", type=int, metavar="N", help=f"training iterations (default {D['iter']})")
+    g.add_argument("--batch", type=int, metavar="N", help=f"total batch over all processes "
+                                                          f"(default {D['batch']})")
+    g.add_argument("--seed", type=int, help=f"random seed (default {D['seed']})")
+    g.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    g.add_argument("--num-workers", type=int, metavar="N", help=f"data-loading workers "
+                                                                f"(default {D['num_workers']})")
+    g.add_argument("--xflip", action=argparse.BooleanOptionalAction,
+                   help="add x-flipped copies of the images (default on)")
+
+    g = parser.add_argument_group("architecture (read from --ckpt when given)")
+    g.add_argument("--size", type=int, metavar="PX", help=f"image size, power of two (default {D['size']})")
+    g.add_argument("--channel-multiplier", type=int, metavar="K",
+                   help=f"channel multiplier (default {D['channel_multiplier']})")
+    g.add_argument("--channel-max", type=int, metavar="C", help=f"channel cap (default {D['channel_max']})")
+    g.add_argument("--style-dim", type=int, metavar="C", help=f"z and w size (default {D['style_dim']})")
+    g.add_argument("--n-mlp", type=int, metavar="N", help=f"mapping layers (default {D['n_mlp']})")
+
+    g = parser.add_argument_group("losses, regularization and optimiser")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate before the lazy-regularization correction "
+                                            f"(default {D['lr']})")
+    g.add_argument("--r1-gamma", type=float, metavar="GAMMA", help=f"R1 weight gamma (default {D['r1_gamma']})")
+    g.add_argument("--d-reg-every", type=int, metavar="N",
+                   help=f"lazy R1 interval, 0 = off (default {D['d_reg_every']})")
+    g.add_argument("--g-reg-every", type=int, metavar="N",
+                   help=f"lazy path-length interval, 0 = off (default {D['g_reg_every']})")
+    g.add_argument("--pl-weight", type=float, metavar="W", help=f"path-length weight (default {D['pl_weight']})")
+    g.add_argument("--pl-decay", type=float, metavar="D",
+                   help=f"path-length mean decay (default {D['pl_decay']})")
+    g.add_argument("--pl-batch-shrink", type=int, metavar="K",
+                   help=f"path-length batch divisor (default {D['pl_batch_shrink']})")
+    g.add_argument("--mixing", type=float, metavar="P", help=f"style-mixing probability (default {D['mixing']})")
+    g.add_argument("--ema-kimg", type=float, metavar="KIMG",
+                   help=f"G_ema half-life in kimg (default {D['ema_kimg']})")
+    g.add_argument("--ema-rampup", type=float, metavar="R",
+                   help=f"G_ema ramp-up, 0 = off (default {D['ema_rampup']})")
+
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--augment", choices=["none", "ada", "diffaug"], help=f"augmentation (default {D['augment']})")
+    g.add_argument("--ada-p", type=float, metavar="P", help="fixed ADA probability p (default: adaptive)")
+    g.add_argument("--ada-target", type=float, metavar="T",
+                   help=f"ADA target for E[sign(D(real))] (default {D['ada_target']})")
+    g.add_argument("--ada-interval", type=int, metavar="N",
+                   help=f"iterations between p updates (default {D['ada_interval']})")
+    g.add_argument("--ada-kimg", type=float, metavar="KIMG",
+                   help="kimg for p to move by 1 (default 500; 100 with --ckpt)")
+    g.add_argument("--diffaug-policy", metavar="OPS", help=f"DiffAugment policy (default {D['diffaug_policy']})")
+
+    g = parser.add_argument_group("freezing")
+    g.add_argument("--freeze-d", type=int, metavar="K",
+                   help="FreezeD: keep fromRGB and the first K D blocks (default 0; presets: 4 at 256 px)")
+    g.add_argument("--freeze-g", type=int, metavar="K",
+                   help="FreezeG: keep the mapping and the K lowest-resolution G blocks (default 0)")
+
+    g = parser.add_argument_group("logging, samples, checkpoints and FID")
+    g.add_argument("--log-every", type=int, metavar="N",
+                   help=f"iterations between log.jsonl lines (default {D['log_every']})")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, help="tqdm progress bar (default on)")
+    g.add_argument("--n-sample", type=int, metavar="N", help=f"images per sample grid (default {D['n_sample']})")
+    g.add_argument("--sample-every", type=int, metavar="N",
+                   help=f"iterations between sample grids (default {D['sample_every']})")
+    g.add_argument("--ckpt-every", type=int, metavar="N",
+                   help=f"iterations between checkpoints (default {D['ckpt_every']})")
+    g.add_argument("--keep", type=int, metavar="N", help=f"numbered checkpoints kept (default {D['keep']})")
+    g.add_argument("--fid-every", type=int, metavar="N",
+                   help=f"iterations between FIDs, 0 = off (default {D['fid_every']})")
+    g.add_argument("--fid-n", type=int, metavar="N", help=f"generated images per FID (default {D['fid_n']})")
+    g.add_argument("--fid-batch", type=int, metavar="N", help=f"FID batch (default {D['fid_batch']})")
+    g.add_argument("--fid-cache", metavar="DIR",
+                   help="folder for the cached data-set features (default RUN/fid_cache)")
+    g.add_argument("--inception", metavar="FILE",
+                   help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
+    g.add_argument("--fid-dims", type=int, metavar="N",
+                   help=f"Inception feature size (default {D['fid_dims']}, the FID standard)")
     return parser
 
 
 # ---------------------------------------------------------------------------------------------
-# Generate
+# generate(args)
 # ---------------------------------------------------------------------------------------------
 def parse_seeds(text):
-    """'0-7' or '1,5,9-11' -> [0, ..., 7] / [1, 5, 9, 10, 11]."""
+    """'0-7' or '1,5,9-11' -> [0, ..., 7] / [1, 5, 9, 10, 11].
+
+    Raises argparse.ArgumentTypeError, which argparse prints as one line for --seeds.
+    """
     seeds = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            if int(b) < int(a):
-                raise ValueError(f"empty seed range {part!r}")
-            seeds.extend(range(int(a), int(b) + 1))
-        else:
-            seeds.append(int(part))
+        a, _, b = part.partition("-")
+        if not a.isdigit() or not (b.isdigit() or not b):
+            raise argparse.ArgumentTypeError(f"{part!r} is not a seed (N) or a seed range (N-M)")
+        if b and int(b) < int(a):
+            raise argparse.ArgumentTypeError(f"empty seed range {part!r}")
+        seeds.extend(range(int(a), int(b or a) + 1))
     if not seeds:
-        raise ValueError(f"no seeds in {text!r}")
+        raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
     return seeds
-
-
-def to_uint8(img):
-    """[-1, 1] float -> uint8 HWC: round half up of (x + 1) * 127.5, as NVlabs generate.py."""
-    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()
 def generate(args):
     """Write seed{s:04d}.png for each seed; z = RandomState(s).randn(1, style_dim) (NVlabs convention)."""
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     g, latent_avg = load_generator(args.ckpt, device=device)
     os.makedirs(args.out, exist_ok=True)
     if args.truncation < 1 and latent_avg is None:
@@ -2579,18 +2610,22 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train or fine-tune (presets: the seed experiment's ablation rows)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Train StyleGAN2 from scratch, fine-tune it from --ckpt, or continue a "
+                                   "run with --resume. Flags override --preset; --dry-run prints the "
+                                   "resolved settings.")
     add_train_args(t)
     t.set_defaults(func=train)
 
-    p = sub.add_parser("generate", help="images for seeds from a checkpoint (.pt ours/rosinality, NVIDIA .pkl)")
-    p.add_argument("--ckpt", required=True, help="checkpoint file")
-    p.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. 0-7 or 1,5,9-11")
-    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1 = off)")
+    p = sub.add_parser("generate", help="images for seeds from a checkpoint (.pt ours/rosinality, NVIDIA .pkl)",
+                       description="Write OUT/seedNNNN.png for each seed (z = RandomState(seed).randn).")
+    p.add_argument("--ckpt", required=True, metavar="FILE", help="checkpoint file (.pt or NVIDIA .pkl)")
+    p.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. 0-7 or 1,5,9-11 (default 0-7)")
+    p.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="truncation psi (default 1 = off)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
-                   help="const = stored noise maps (NVlabs default), random, none = zeros")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                   help="const = stored noise maps (NVlabs default), random, none = zeros (default const)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda or cpu (default: cuda if available)")
     p.set_defaults(func=generate)
     return parser
 

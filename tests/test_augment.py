@@ -392,7 +392,7 @@ def test_make_augment_kinds():
         ada.p = -0.1
 
 
-# ---- ImageFolderDataset / infinite_loader ----------------------------------------------------
+# ---- ImageFolderDataset / StepBatchSampler ---------------------------------------------------
 
 def _png(path, arr):
     Image.fromarray(np.asarray(arr)).save(path)  # mode from the shape: L, RGB or RGBA
@@ -474,21 +474,21 @@ def test_dataset_xflip_doubles_with_mirrored_copies(tmp_path):
         assert torch.equal(lazy[i + 3], ds[i + 3])
 
 
-def test_infinite_loader_advances_the_distributed_sampler_epoch():
+def test_step_batch_sampler_follows_the_distributed_sampler_epochs():
     data = torch.utils.data.TensorDataset(torch.arange(10))
     sampler = torch.utils.data.distributed.DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=3)
-    loader = torch.utils.data.DataLoader(data, batch_size=5, sampler=sampler)
-    it = aug.infinite_loader(loader)
-    epochs = [next(it)[0].tolist() for _ in range(3)]
     expected = []
     for e in range(3):  # a fresh sampler told epoch e gives the reference order
         ref = torch.utils.data.distributed.DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=3)
         ref.set_epoch(e)
         expected.append(list(ref))
+    it = iter(aug.StepBatchSampler(sampler, 5, start=0))
+    epochs = [next(it) for _ in range(3)]  # 5 indices per process: one batch per epoch
     assert epochs == expected and epochs[0] != epochs[1]
-    empty = torch.utils.data.DataLoader(data, batch_size=20, drop_last=True)
-    with pytest.raises(ValueError, match="no batches"):
-        next(aug.infinite_loader(empty))
+    # resuming at step 2 gives the batch that step 2 had
+    assert next(iter(aug.StepBatchSampler(sampler, 5, start=2))) == expected[2]
+    with pytest.raises(ValueError, match="no full batch"):
+        aug.StepBatchSampler(sampler, 6, start=0)
 
 
 def test_adaptive_p_all_reduces_its_statistics_under_torch_distributed(tmp_path):
