@@ -1029,7 +1029,7 @@ def train(args):
     log = open(log_path, "a")
     pbar = tqdm(total=cfg.iter, initial=it, dynamic_ncols=True, disable=cfg.quiet)
     trainable_d, trainable_step = None, None
-    t0 = time.time()
+    t0, it_start = time.time(), it
     stop = []
 
     def on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, stop; twice: abort
@@ -1068,6 +1068,7 @@ def train(args):
             pbar.set_postfix(res=res, D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
             if it % cfg.log_every == 0 or it == cfg.iter:
                 stats["sec"] = round(time.time() - t0, 2)
+                stats["img_per_s"] = round((it - it_start) * batch / max(stats["sec"], 1e-9), 2)
                 log.write(json.dumps(stats) + "\n")
                 log.flush()
             if cfg.sample_every and (it % cfg.sample_every == 0 or it == cfg.iter):

@@ -47,7 +47,7 @@ Run
     torchrun --nproc_per_node 2 03_stylegan2_ada.py train --data DATA --out runs/ddp --ckpt ffhq-256.pt
     python 03_stylegan2_ada.py generate --ckpt stylegan2-ffhq-config-f.pt --seeds 0-7 --out out/ffhq
     python 03_stylegan2_ada.py generate --ckpt ffhq.pkl --seeds 0-7 --truncation 0.7 --out out/pkl
-    python 03_stylegan2_ada.py train --data DATA --out runs/tiny --size 32 --channel-max 32 \
+    python 03_stylegan2_ada.py train --data DATA --out runs/tiny --size 32 --channel-max 32 \\
         --style-dim 32 --n-mlp 2 --batch 4 --iter 20 --fid-every 0 --device cpu     # CPU smoke run
     python bench/bench_stylegan2.py --device cpu
 

@@ -30,7 +30,7 @@ strongest first; `values` [K] (explained variances for GANSpace, eigenvalues for
 Run
     python 04_latent_explore.py sefa --ckpt RUN/checkpoints/best.pt --out sefa.pt
     python 04_latent_explore.py ganspace --ckpt RUN/checkpoints/best.pt --out ganspace.pt
-    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --index 0 \
+    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --index 0 \\
         --degrees=-5:5:11 --seeds 0-3 --caption-top "WHEN THE CODE" --caption-bottom "FINALLY RUNS" --out edits
     python 04_latent_explore.py mix --ckpt RUN/checkpoints/best.pt --rows 0-3 --cols 10-14 --out mix.png
     python 04_latent_explore.py ui --ckpt RUN/checkpoints/best.pt --dirs sefa.pt

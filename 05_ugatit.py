@@ -45,7 +45,7 @@ Run:
     python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit --img-size 128 --batch 4 --iter 250000 --resume
     python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit_light --light --amp bf16      # less memory
     python 05_ugatit.py test --ckpt runs/ugatit/checkpoint.pt --input data/face2cartoon/testA --out out/a2b
-    python 05_ugatit.py chain --ugatit runs/ugatit/checkpoint.pt --stylegan runs/sg2/checkpoint.pt --seeds 1 2 3 --walk 24 --out out/chain
+    python 05_ugatit.py chain --ugatit runs/ugatit/checkpoint.pt --stylegan runs/sg2/checkpoints/best.pt --seeds 1 2 3 --walk 24 --out out/chain
     python 05_ugatit.py train --data DIR --out runs/tiny --img-size 64 --ch 8 --n-res 1 --iter 20   # CPU demo
 
 Data: DIR/trainA and DIR/trainB (and optionally DIR/testA, DIR/testB for sample sheets), image files
@@ -477,9 +477,11 @@ def load_generator(path, direction="A2B", img_size=None, device="cpu"):
 # Data
 # ----------------------------------------------------------------------------------------------
 def list_images(folder):
-    """Image files under `folder` (recursive, sorted), by extension."""
+    """Image files under `folder` (recursive, sorted), by extension. `overview/` folders are skipped:
+    01_prepare_data.py writes its contact sheet there, and it is not a training image."""
     found = []
-    for root, _, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "overview"]
         found += [os.path.join(root, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
     return sorted(found)
 
