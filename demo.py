@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Settings: (full demo, --smoke). Iterations are multiplied by --scale.
 PRESET = {
-    "full": dict(faces=200, size=32, sg2_pretrain=1500, sg2_finetune=500, sg1_iter=600, ugatit_iter=100,
+    "full": dict(faces=200, size=32, sg2_pretrain=1500, sg2_finetune=500, sg1_iter=3000, ugatit_iter=200,
                  ugatit_size=64, fid_n=100, channel_max=64, style_dim=64, batch=8),
     "smoke": dict(faces=16, size=16, sg2_pretrain=4, sg2_finetune=4, sg1_iter=4, ugatit_iter=2,
                   ugatit_size=64, fid_n=16, channel_max=16, style_dim=32, batch=4),
