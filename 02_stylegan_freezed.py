@@ -49,7 +49,7 @@ Run
     python 02_stylegan_freezed.py train ... --ckpt FILE --lambda-fm 1.0
     python 02_stylegan_freezed.py train ... --ckpt FILE --lambda-l2-g 1.0 --lambda-l2-d 1.0
     # resume (restores networks, EMA, optimizers, data order, RNG and step)
-    python 02_stylegan_freezed.py train --out runs/freezed --resume --iter 50000
+    python 02_stylegan_freezed.py train --resume runs/freezed --iter 50000
     # progressive training from scratch (rosinality train.py, FFHQ recipe)
     python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/scratch --mixing --loss r1 --sched
     # sampling and the style-mixing figure (paper Fig. 3)
@@ -879,6 +879,8 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
 
 def train(args):
     """Fine-tune (with --ckpt) or train progressively; see the module docstring for the commands."""
+    if isinstance(args.resume, str) and args.resume:  # `--resume RUN`, as 03; bare `--resume` uses --out
+        args.out = args.resume
     ckpt_path = os.path.join(args.out, "checkpoint.pt") if args.out else None
     resume = None
     if args.resume:
@@ -1224,7 +1226,8 @@ def build_parser():
     t.add_argument("--size", type=int, default=256, help="training (final) resolution (default 256)")
     t.add_argument("--out", help="run folder: checkpoint.pt, samples/, log.jsonl, fid.csv, fid.png")
     t.add_argument("--ckpt", help="source checkpoint to fine-tune (rosinality .model dict or g_running file)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out (its saved settings)")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the run in RUN (or in --out) with its saved settings")
     t.add_argument("--preset", choices=sorted(PRESETS), help="fills unset flags with a FreezeD paper row")
     t.add_argument("--freeze-d", type=int, default=None,
                    help="K input-side D blocks (+ from_rgb) frozen; FreezeD feature_loc = step+1-K "

@@ -392,7 +392,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     m.main(tiny_train_args(data, b, *common, "--iter", "3"))
     with open(os.path.join(b, "log.jsonl"), "a") as f:  # a line from after the checkpoint (a crash)
         f.write(json.dumps({"step": 4, "loss_d": 0.0}) + "\n")
-    m.main(["train", "--out", b, "--resume", "--iter", "5", "--quiet"])
+    m.main(["train", "--out", b, "--resume", "--iter", "4", "--quiet"])  # `--out RUN --resume` ...
+    m.main(["train", "--resume", b, "--iter", "5", "--quiet"])          # ... and `--resume RUN`, as 03
     ca = torch.load(os.path.join(a, "checkpoint.pt"), weights_only=True)
     cb = torch.load(os.path.join(b, "checkpoint.pt"), weights_only=True)
     assert ca["step"] == cb["step"] == 5
