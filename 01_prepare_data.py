@@ -424,8 +424,8 @@ def load_carn(path, device="cpu"):
     """Build CARNV2 and load the released weights strictly.
 
     The released file is a state dict saved from nn.Sequential(tofp16(), model.half()), so its
-    keys carry a `1.` prefix and its tensors are fp16 (REFERENCE F.1); a bare state dict (no
-    prefix, or `module.`) is accepted too. Tensors are cast to float32.
+    keys carry a `1.` prefix and its tensors are fp16 (yu45020/Waifu2x Models.py loading recipe); a bare
+    state dict (no prefix, or `module.`) is accepted too. Tensors are cast to float32.
     """
     if not path:
         raise PrepareError(f"--upscaler carn needs --sr-weights FILE: {CARN_WEIGHTS_SOURCE}")

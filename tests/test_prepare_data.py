@@ -315,7 +315,8 @@ def released_carn_state():
 
 
 def _build_released_carn_state(seed=0):
-    """A state dict in the released CARN_V2 layout (REFERENCE F.3 + `1.` prefix, fp16), random values."""
+    """A state dict in the released CARN_V2 layout (yu45020/Waifu2x Models.py keys, `1.` prefix, fp16),
+    random values."""
     shapes = {"entry_block.m.0.weight": [64, 3, 3, 3], "entry_block.m.0.bias": [64]}
     for b in range(3):
         for j in (0, 2, 4):
@@ -346,7 +347,8 @@ def _build_released_carn_state(seed=0):
 
 
 def carn_reference_forward(sd, x):
-    """CARN_V2 forward written from REFERENCE F.2 with torch.nn.functional, on a bare float state dict."""
+    """CARN_V2 forward written from yu45020/Waifu2x Models.py + Common.py with torch.nn.functional,
+    on a bare float state dict."""
     act = lambda t: F.leaky_relu(t, 0.1)                      # noqa: E731
     conv = lambda t, p, pad=1: F.conv2d(t, sd[p + ".weight"], sd.get(p + ".bias"), padding=pad)  # noqa: E731
 

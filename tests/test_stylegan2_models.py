@@ -143,7 +143,8 @@ def lrelu(x):
 
 
 def generator_ref(sd, z, n_mlp, size):
-    """rosinality Generator forward written from REFERENCE 3.1-3.2 on a state dict (one w, stored noise)."""
+    """rosinality Generator forward written from rosinality/stylegan2-pytorch model.py on a state dict
+    (one w, stored noise)."""
     x = z.double() / torch.sqrt((z.double() ** 2).mean(1, keepdim=True) + 1e-8)    # PixelNorm
     for i in range(1, n_mlp + 1):
         wt, bias = sd[f"style.{i}.weight"].double(), sd[f"style.{i}.bias"].double()
@@ -248,7 +249,8 @@ def test_generator_matches_reference_forward(fused):
 
 
 def discriminator_ref(sd, img, size):
-    """rosinality Discriminator forward written from REFERENCE 3.3 (scipy blur, numpy mbstd)."""
+    """rosinality Discriminator forward written from rosinality/stylegan2-pytorch model.py
+    (scipy blur, numpy mbstd)."""
     kern = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64
 
     def conv(x, w, b=None, stride=1, pad=0):
@@ -617,7 +619,8 @@ def test_malicious_pickle_is_refused_before_running(tmp_path):
 
 
 def rosinality_to_tf_g(sd, size):
-    """Our (rosinality) generator weights -> TF StyleGAN2 Gs variables (inverse of REFERENCE 4.1)."""
+    """Our (rosinality) generator weights -> TF StyleGAN2 Gs variables
+    (inverse of NVlabs/stylegan2-ada-pytorch legacy.py)."""
     a = lambda t: t.detach().numpy().astype(np.float32)  # noqa: E731
     v = {"dlatent_avg": np.random.RandomState(1).randn(16).astype(np.float32)}
     i = 1

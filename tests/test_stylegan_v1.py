@@ -157,7 +157,7 @@ def tiny_train_args(data, out, *extra):
 # ----------------------------------------------------------------------------------------------
 def test_full_size_key_tables_load_strictly():
     gt, dt = generator_table(), discriminator_table()
-    assert len(gt) == 139 and len(dt) == 72  # REFERENCE A.3 count check
+    assert len(gt) == 139 and len(dt) == 72  # rosinality/style-based-gan-pytorch model.py
     g = m.StyledGenerator()
     assert {k: tuple(v.shape) for k, v in g.state_dict().items()} == gt
     d = m.Discriminator()
