@@ -205,7 +205,8 @@ def main(argv=None):
         "--channel-max", cm, "--code-dim", sd, "--iter", str(n1), "--batch", b, "--fid-every", fid_every(n1),
         "--fid-n", str(cfg["fid_n"]), "--inception", inception, "--sample-every", str(max(1, n1 // 4)),
         "--ckpt-every", str(n1), "--device", args.device, "--quiet", "--mixing", "--loss", "r1",
-        "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 4)), "--ema-decay", "0.99"], log, timings)
+        "--init-size", str(cfg["size"] // 2), "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 6)),
+        "--ema-decay", "0.99"]  # grows from size/2 to size: 2 phases at size/2, fade-in, then 3 stable, log, timings)
     run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", os.path.join(sg1, "checkpoint.pt"),
         "--size", s, "--rows", "1-3", "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
     # 4. latent exploration on the fine-tuned StyleGAN2
