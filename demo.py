@@ -201,12 +201,13 @@ def main(argv=None):
     # 3. StyleGAN v1 (progressive from scratch at this size) and its style mixing
     sg1 = os.path.join(out, "sg1")
     n1 = it("sg1_iter")
+    # grows from size/2 to size: two phases at size/2, a fade-in phase, then three stable ones
     run("02 StyleGAN v1", ["02_stylegan_freezed.py", "train", "--data", data, "--size", s, "--out", sg1,
         "--channel-max", cm, "--code-dim", sd, "--iter", str(n1), "--batch", b, "--fid-every", fid_every(n1),
         "--fid-n", str(cfg["fid_n"]), "--inception", inception, "--sample-every", str(max(1, n1 // 4)),
         "--ckpt-every", str(n1), "--device", args.device, "--quiet", "--mixing", "--loss", "r1",
         "--init-size", str(cfg["size"] // 2), "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 6)),
-        "--ema-decay", "0.99"]  # grows from size/2 to size: 2 phases at size/2, fade-in, then 3 stable, log, timings)
+        "--ema-decay", "0.99"], log, timings)
     run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", os.path.join(sg1, "checkpoint.pt"),
         "--size", s, "--rows", "1-3", "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
     # 4. latent exploration on the fine-tuned StyleGAN2
