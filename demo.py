@@ -1,6 +1,6 @@
 """The whole calm-gan pipeline on built-in demo data, end to end, with one command.
 
-    python demo.py                   # about 10-20 minutes on 2 CPU cores; everything lands in demo_out/
+    python demo.py                   # about 11 minutes on 2 CPU cores; everything lands in demo_out/
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
     python demo.py --device cuda --size 64 --faces 500 --scale 10   # the same commands, scaled up on a GPU
 
