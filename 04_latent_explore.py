@@ -304,9 +304,8 @@ def apply_edit(ws, direction, degree, layers):
 
 
 def to_pil(img):
-    """[3, H, W] in [-1, 1] -> PIL, uint8 = (x * 127.5 + 128) clamped and truncated (as 03 generate)."""
-    arr = (img.permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
-    return Image.fromarray(arr, "RGB")
+    """[3, H, W] in [-1, 1] -> PIL through 03's `to_uint8`, so edits quantize exactly as `generate`."""
+    return Image.fromarray(load_script("03_stylegan2_ada").to_uint8(img[None].cpu())[0].numpy(), "RGB")
 
 
 def load_font(size, font_path=None):

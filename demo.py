@@ -20,7 +20,6 @@ without them the demo computes FID/KID with random Inception weights and says so
 the trend of one run only and are not comparable with published FIDs.
 """
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -74,11 +73,9 @@ def inception_choice(explicit):
 
 
 def fid_rows(run_dir):
-    path = os.path.join(run_dir, "fid.csv")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+    """The rows of a run's fid.csv, read by the same ops.fid function that writes it."""
+    from ops.fid import read_fid_csv  # imported here: it pulls in torchvision
+    return read_fid_csv(os.path.join(run_dir, "fid.csv"))
 
 
 def last_json_line(path, key):
@@ -137,7 +134,8 @@ def write_summary(out, cfg, timings, real_fid, images):
         first, last = (rows[0], rows[-1]) if rows else ({}, {})
         ips = last_json_line(os.path.join(out, run_dir, "log.jsonl"), "img_per_s")
         fmt = lambda v: f"{float(v):.2f}" if v not in (None, "") else "n/a"  # noqa: E731
-        kid = f"{float(last['kid_mean']):.4f} ± {float(last['kid_std']):.4f}" if last.get("kid_mean") else "n/a"
+        kid = (f"{last['kid_mean']:.4f} ± {last.get('kid_std', 0.0):.4f}"
+               if last.get("kid_mean") is not None else "n/a")
         lines.append(f"| {name} | {fmt(first.get('fid'))} | {fmt(last.get('fid'))} | {kid} | {fmt(ips)} |")
     lines.append("")
     for title, path in images:
