@@ -57,6 +57,7 @@ sampler, ADA, DiffAugment) -> losses and regularizers -> training (freezing, set
 train(args)) -> generate(args) -> CLI.
 """
 import argparse
+import contextlib
 import copy
 import io
 import json
@@ -141,11 +142,13 @@ TRAIN_DEFAULTS = {
     "fid_cache": None,         # cached real-image features (default RUN/fid_cache)
     "fid_dims": 2048,          # Inception features (2048 = pool3, the FID standard; less: smoke tests)
     "num_workers": 2, "device": None, "progress": True,
+    "precision": None,         # fp32 | bf16 | fp16; None = per device (default_precision)
+    "batch_gpu": None,         # images per forward/backward; the batch is accumulated (None = all at once)
 }
 # Settings that may change when a run is continued with --resume; all others come from the run.
 RESUME_OVERRIDABLE = ("data", "iter", "n_sample", "sample_every", "ckpt_every", "keep", "log_every",
                       "fid_every", "fid_n", "fid_batch", "inception", "fid_cache", "fid_dims", "num_workers",
-                      "device", "progress")
+                      "device", "progress", "precision", "batch_gpu")
 # Architecture settings that a --ckpt or --resume checkpoint decides.
 ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
 
@@ -260,16 +263,22 @@ class ModulatedConv2d(nn.Module):
         w'_ijk = s_i * scale * w_ijk            (Eq. 1)
         d_j = 1 / sqrt(sum_ik w'_ijk^2 + 1e-8)  (Eq. 3), w''_ijk = d_j * w'_ijk
 
-    `fused` True: grouped convolution with per-sample weights; False: input scaled by s, one
-    shared-weight convolution, output scaled by d (equal results); None: chosen per call
-    (module docstring). upsample: transposed conv stride 2, then Blur (pad (1, 1), gain 4).
+    Two implementations with equal results (tests/test_stylegan2_models.py):
+    - `forward_paper`: the paper's form, per-sample weights w'' and one grouped convolution
+      (groups = B), as the paper describes its implementation;
+    - `forward_fast`: the fast path. Scale the input channels by s, run ONE convolution with the
+      shared weight, multiply the output channels by d (and add the noise in that same pass);
+      1x1 kernels on channels_last input use per-sample [out, in] weights and one batched matmul.
+    `fused` picks: True = paper form, False = fast path, None = by device (`use_fused`): fast
+    path on the CPU and for CUDA training, paper form for CUDA inference (as NVlabs).
+    upsample: transposed conv stride 2, then Blur (pad (1, 1), gain 4).
     """
 
     def __init__(self, in_channel, out_channel, kernel_size, style_dim,
                  demodulate=True,                 # Eq. 3 (False for ToRGB)
                  upsample=False,                  # 2x up before the conv (H -> 2H)
                  blur_kernel=(1, 3, 3, 1),
-                 fused=None):                     # None = choose per device, see class doc
+                 fused=None):                     # True paper form, False fast path, None by device
         super().__init__()
         self.in_channel, self.out_channel = in_channel, out_channel
         self.kernel_size = kernel_size
@@ -289,6 +298,7 @@ class ModulatedConv2d(nn.Module):
                 f"demodulate={self.demodulate}, upsample={self.upsample}, fused={self.fused}")
 
     def use_fused(self, x):
+        """True: the paper form (`forward_paper`) for this input; False: `forward_fast`."""
         if self.fused is not None:
             return self.fused
         return x.is_cuda and not torch.is_grad_enabled()
@@ -297,19 +307,54 @@ class ModulatedConv2d(nn.Module):
         """x [B, in, H, W], style w [B, style_dim] -> [B, out, H', W'] (H' = 2H if upsample).
 
         noise: optional tensor broadcastable to the output ([B, 1, H', W'], already scaled by the
-        noise strength) added after demodulation, in the same memory pass on the non-fused path.
+        noise strength) added after demodulation (the fast path adds it in the same memory pass).
         """
         b, c, h, w_ = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {c}"
         s = self.modulation(style)                                  # [B, in]
         weight = self.weight[0] * self.scale                        # [out, in, k, k]
+        if self.use_fused(x):
+            out = self.forward_paper(x, s, weight)
+            return out if noise is None else out + noise
+        return self.forward_fast(x, s, weight, noise)
+
+    def forward_paper(self, x, s, weight):
+        """Eq. 1-3 as written: per-sample weights w''_ijk = d_j s_i w_ijk, one grouped conv."""
+        b, c, h, w_ = x.shape
+        k = self.kernel_size
+        wmod = weight.unsqueeze(0) * s.view(b, 1, c, 1, 1)          # [B, out, in, k, k]  Eq. 1
+        if self.demodulate:
+            d = torch.rsqrt(wmod.square().sum([2, 3, 4]) + DEMOD_EPS)  # [B, out]  Eq. 3
+            wmod = wmod * d.view(b, self.out_channel, 1, 1, 1)
+        wmod = wmod.to(x.dtype)
+        x = x.reshape(1, b * c, h, w_)                              # the batch as B groups
+        if self.upsample:
+            wt = wmod.transpose(1, 2).reshape(b * c, self.out_channel, k, k)  # [B*in, out, k, k]
+            out = F.conv_transpose2d(x, wt, stride=2, padding=0, groups=b)
+            out = out.view(b, self.out_channel, out.shape[2], out.shape[3])  # [B, out, 2H+1, 2W+1]
+            return self.blur(out)                                   # [B, out, 2H, 2W]
+        out = F.conv2d(x, wmod.reshape(b * self.out_channel, c, k, k), padding=self.padding, groups=b)
+        return out.view(b, self.out_channel, h, w_)
+
+    # ---- the fast path (same results; module docstring for the timings) ----
+    def forward_fast(self, x, s, weight, noise=None):
+        """Non-fused: (conv(x * s, w) * d) + noise, one shared-weight convolution for the batch."""
+        b, c = x.shape[:2]
         if self.kernel_size == 1 and not self.upsample and x.is_contiguous(memory_format=torch.channels_last):
             out = self._forward_1x1(x, s, weight)
             return out if noise is None else out + noise
-        if self.use_fused(x):
-            out = self._forward_fused(x, s, weight)
+        x = x * s.view(b, c, 1, 1).to(x.dtype)                      # modulate activations
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2, padding=0)
+            out = self.blur(out)
+        else:
+            out = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
+        if not self.demodulate:
             return out if noise is None else out + noise
-        return self._forward_nonfused(x, s, weight, noise)
+        # sum_ik (s_i w_ijk)^2 = sum_i s_i^2 * (sum_k w_ijk^2): a [B, in] x [in, out] product
+        d = torch.rsqrt(s.square() @ weight.square().sum([2, 3]).t() + DEMOD_EPS)  # [B, out]
+        d = d.view(b, self.out_channel, 1, 1).to(out.dtype)
+        return out * d if noise is None else torch.addcmul(noise.to(out.dtype), out, d)
 
     def _forward_1x1(self, x, s, weight):
         """1x1 kernels (ToRGB): per-sample [out, in] weights and one batched matmul over pixels.
@@ -324,37 +369,6 @@ class ModulatedConv2d(nn.Module):
         pixels = x.permute(0, 2, 3, 1).reshape(b, h * w_, c)        # [B, HW, in]
         out = torch.bmm(pixels, wmod.transpose(1, 2).to(x.dtype))   # [B, HW, out]
         return out.view(b, h, w_, self.out_channel).permute(0, 3, 1, 2)  # [B, out, H, W]
-
-    def _forward_fused(self, x, s, weight):
-        b, c, h, w_ = x.shape
-        k = self.kernel_size
-        wmod = weight.unsqueeze(0) * s.view(b, 1, c, 1, 1)          # [B, out, in, k, k]
-        if self.demodulate:
-            d = torch.rsqrt(wmod.square().sum([2, 3, 4]) + DEMOD_EPS)  # [B, out]
-            wmod = wmod * d.view(b, self.out_channel, 1, 1, 1)
-        x = x.reshape(1, b * c, h, w_)
-        if self.upsample:
-            wt = wmod.transpose(1, 2).reshape(b * c, self.out_channel, k, k)  # [B*in, out, k, k]
-            out = F.conv_transpose2d(x, wt, stride=2, padding=0, groups=b)
-            out = out.view(b, self.out_channel, out.shape[2], out.shape[3])  # [B, out, 2H+1, 2W+1]
-            return self.blur(out)                                   # [B, out, 2H, 2W]
-        out = F.conv2d(x, wmod.reshape(b * self.out_channel, c, k, k), padding=self.padding, groups=b)
-        return out.view(b, self.out_channel, h, w_)
-
-    def _forward_nonfused(self, x, s, weight, noise=None):
-        b, c = x.shape[:2]
-        x = x * s.view(b, c, 1, 1).to(x.dtype)                      # modulate activations
-        if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)
-            out = self.blur(out)
-        else:
-            out = F.conv2d(x, weight, padding=self.padding)
-        if not self.demodulate:
-            return out if noise is None else out + noise
-        # sum_ik (s_i w_ijk)^2 = sum_i s_i^2 * (sum_k w_ijk^2): a [B, in] x [in, out] product
-        d = torch.rsqrt(s.square() @ weight.square().sum([2, 3]).t() + DEMOD_EPS)  # [B, out]
-        d = d.view(b, self.out_channel, 1, 1).to(out.dtype)
-        return out * d if noise is None else torch.addcmul(noise, out, d)
 
 
 def memory_format(x):
@@ -396,8 +410,26 @@ class ConstantInput(nn.Module):
         return self.input.repeat(batch, 1, 1, 1)
 
 
+def block_precision(module, x):
+    """(context, x) for one network block under mixed precision (see `set_precision`).
+
+    module.compute_dtype None: fp32, x cast to float32 (it may come from a half-precision block);
+    float16/bfloat16: torch.autocast runs the block's convolutions and matmuls in that dtype while
+    the parameters stay fp32 (autocast casts a copy per call)."""
+    dtype = getattr(module, "compute_dtype", None)
+    if dtype is None:
+        return contextlib.nullcontext(), x.float()
+    return torch.autocast(x.device.type, dtype=dtype), x
+
+
+def clamp_activations(module, x):
+    """NVIDIA's conv_clamp: fp16 layers clip their outputs to [-256, 256] so fp16 cannot overflow."""
+    c = getattr(module, "conv_clamp", None)
+    return x if c is None else x.clamp(-c, c)
+
+
 class StyledConv(nn.Module):
-    """Modulated 3x3 conv -> noise -> bias + leaky ReLU (StyleGAN2 Fig. 2c)."""
+    """Modulated 3x3 conv -> noise B -> bias + leaky ReLU (StyleGAN2 Fig. 2c)."""
 
     def __init__(self, in_channel, out_channel, kernel_size, style_dim, upsample=False,
                  blur_kernel=(1, 3, 3, 1), demodulate=True):
@@ -406,15 +438,20 @@ class StyledConv(nn.Module):
                                     demodulate=demodulate, upsample=upsample, blur_kernel=blur_kernel)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
+        self.compute_dtype, self.conv_clamp = None, None  # mixed precision (set_precision)
 
     def forward(self, x, style, noise=None):
         """x [B, in, H, W] -> [B, out, H', W']; noise [B or 1, 1, H', W'] or None (fresh N(0, 1))."""
         if noise is None:
             r = x.shape[2] * (2 if self.conv.upsample else 1)
             noise = x.new_empty(x.shape[0], 1, r, x.shape[3] * r // x.shape[2]).normal_()
-        # conv -> + noise strength * noise (NoiseInjection, fused with the demodulation pass)
-        out = self.conv(x, style, noise=self.noise.weight * noise)
-        return self.activate(out)
+        ctx, x = block_precision(self, x)
+        with ctx:
+            if self.conv.use_fused(x):  # the paper's form: conv, then NoiseInjection
+                out = self.noise(self.conv(x, style), noise)
+            else:  # fast path: the same noise term added inside the demodulation pass (addcmul)
+                out = self.conv(x, style, noise=self.noise.weight * noise)
+            return clamp_activations(self, self.activate(out))
 
 
 class ToRGB(nn.Module):
@@ -426,9 +463,14 @@ class ToRGB(nn.Module):
             self.upsample = Upsample(blur_kernel)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.compute_dtype, self.conv_clamp = None, None  # mixed precision (set_precision)
 
     def forward(self, x, style, skip=None):
-        out = self.conv(x, style) + self.bias
+        """x [B, in, H, W] -> RGB [B, 3, H, W] in fp32 (the image sum stays fp32, as NVlabs)."""
+        ctx, x = block_precision(self, x)
+        with ctx:
+            out = self.conv(x, style)
+        out = clamp_activations(self, out.float() + self.bias)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -574,7 +616,9 @@ class ResBlock(nn.Module):
                               activate=False, bias=False)
 
     def forward(self, x):
-        return (self.conv2(self.conv1(x)) + self.skip(x)) * (1 / math.sqrt(2))
+        y = clamp_activations(self, self.conv1(x))  # conv_clamp under fp16 (set_precision), else as is
+        y = clamp_activations(self, self.conv2(y))
+        return (y + self.skip(x)) * (1 / math.sqrt(2))
 
 
 class Discriminator(nn.Module):
@@ -621,11 +665,876 @@ class Discriminator(nn.Module):
         """img [B, 3, size, size] -> logits [B, 1]."""
         assert img.ndim == 4 and img.shape[1:] == (3, self.size, self.size), \
             f"expected [B, 3, {self.size}, {self.size}], got {tuple(img.shape)}"
-        out = self.convs(img.contiguous(memory_format=memory_format(img)))  # [B, C4, 4, 4]
-        out = self.minibatch_stddev(out)                            # [B, C4 + 1, 4, 4]
+        out = img.contiguous(memory_format=memory_format(img))
+        for block in self.convs:                                    # fromRGB, then ResBlocks
+            ctx, out = block_precision(block, out)                  # fp32 unless set_precision
+            with ctx:
+                out = clamp_activations(block, block(out))          # [B, C_r, r, r], r halves
+        out = self.minibatch_stddev(out.float())                    # [B, C4 + 1, 4, 4], fp32 from here
         out = self.final_conv(out)
         return self.final_linear(out.flatten(1))                    # [B, 1]
 
+
+# ---- Mixed precision (NVlabs stylegan2-ada-pytorch: num_fp16_res, conv_clamp) ----------------
+PRECISIONS = ("fp32", "bf16", "fp16")
+NUM_FP16_RES = 4   # NVlabs: the 4 highest resolutions run in fp16 ...
+CONV_CLAMP = 256   # ... and clip their activations to [-256, 256]
+
+
+def set_precision(net, precision, num_fp16_res=NUM_FP16_RES, conv_clamp=CONV_CLAMP):
+    """Choose the compute dtype of each block of a Generator or Discriminator; returns net.
+
+    fp32: everything fp32. fp16 (as NVlabs): the blocks at the num_fp16_res highest resolutions
+    (r >= max(size * 2 / 2^num_fp16_res, 8): 32..256 px at 256 px) compute in float16 with their
+    activations clamped to +-conv_clamp; the mapping network, the low resolutions, D's 4x4
+    epilogue (mbstd, final conv, FC), the losses and the regularizers stay fp32. bf16: every
+    resolution block in bfloat16 (same exponent range as fp32: no clamp, no loss scaling), the
+    mapping network, D's epilogue and the losses fp32. Parameters stay fp32 either way (autocast
+    casts copies), so optimiser state, EMA and checkpoints are fp32; the setting is not saved.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    first = 4 if precision == "bf16" else max(2 ** (int(math.log2(net.size)) + 1 - num_fp16_res), 8)
+    clamp = conv_clamp if precision == "fp16" else None
+
+    def mark(block, r):
+        block.compute_dtype, block.conv_clamp = (low, clamp) if low is not None and r >= first else (None, None)
+
+    if isinstance(net, Generator):
+        mark(net.conv1, 4)
+        mark(net.to_rgb1, 4)
+        for j, to_rgb in enumerate(net.to_rgbs):                  # block j + 1 at 2^(j + 3) px
+            r = 2 ** (j + 3)
+            for block in (net.convs[2 * j], net.convs[2 * j + 1], to_rgb):
+                mark(block, r)
+    elif isinstance(net, Discriminator):
+        mark(net.convs[0], net.size)                                # fromRGB
+        for j in range(1, len(net.convs)):                          # convs.j takes size / 2^(j-1) px
+            mark(net.convs[j], net.size // 2 ** (j - 1))
+    else:
+        raise TypeError(f"set_precision: expected a Generator or Discriminator, got {type(net).__name__}")
+    net.precision = precision
+    return net
+
+
+def default_precision(device):
+    """fp32 on the CPU (CPU half-precision convolutions are slower than fp32) and on GPUs without
+    bf16; bf16 on CUDA GPUs that support it (Ampere and newer: fp32's range, so no clamp or loss
+    scaling). fp16 is NVIDIA's setting for older GPUs with tensor cores (V100, RTX 20xx): ask for it."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation: ADA and DiffAugment
+# ---------------------------------------------------------------------------------------------
+# ---- ADA: adaptive discriminator augmentation (arXiv:2006.06676) ----------------------------
+
+# Symlet-6 (Daubechies' least-asymmetric orthogonal wavelet with 6 vanishing moments), the
+# decomposition low-pass filter; orthonormal (sum = sqrt 2, sum_k h[k] h[k + 2n] = delta_n).
+# ADA App. B uses it for the 2x up/down-sampling around the geometric warp (NVlabs `Hz_geom`).
+SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
+        0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
+        -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148)
+
+# NVlabs train.py augpipe_specs: which ops each named pipeline enables (probability multiplier 1).
+AUGPIPE_SPECS = {
+    "blit": dict(xflip=1, rotate90=1, xint=1),
+    "geom": dict(scale=1, rotate=1, aniso=1, xfrac=1),
+    "color": dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
+    "bg": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1),
+    "bgc": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
+                brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
+}
+_ALL_OPS = AUGPIPE_SPECS["bgc"].keys()
+
+
+def _matrix(rows, like):
+    """Nested list of scalars / [B] tensors -> [B, n, n] batched matrix (dtype/device of `like`)."""
+    entries = [torch.as_tensor(e, dtype=like.dtype, device=like.device).expand(like.shape[0])
+               for row in rows for e in row]
+    return torch.stack(entries, dim=1).view(-1, len(rows), len(rows))
+
+
+def _translate2d(tx, ty):
+    return _matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], tx)
+
+
+def _scale2d(sx, sy):
+    return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], sx)
+
+
+def _rotate2d(theta):
+    c, s = torch.cos(theta), torch.sin(theta)
+    return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], theta)
+
+
+def _const(v, batch, device):
+    return torch.full([batch], float(v), device=device)
+
+
+class AugmentPipe(nn.Module):
+    """ADA's non-leaking augmentation pipeline 'bgc' (Karras et al. 2020, Sec. 2.3, App. B).
+
+    Each op fires independently per image with probability (multiplier * p); in this order:
+    geometric, as one inverse homogeneous transform G_inv (output pixel -> input pixel, centred
+    coordinates, composed as G_inv = G_inv @ op^-1):
+      xflip     x -> -x with prob. 1/2
+      rotate90  rotation by k * 90 deg, k uniform in {0, 1, 2, 3}
+      xint      integer translation, t ~ U(-xint_max, xint_max) * size, rounded
+      scale     isotropic, s = 2^(N(0,1) * scale_std)
+      rotate    theta ~ U(-pi, pi) * rotate_max, before and after aniso, each with
+                p_rot = 1 - sqrt(1 - rotate * p) so that at least one fires with prob. rotate * p
+      aniso     (s, 1/s), s = 2^(N(0,1) * aniso_std)
+      xfrac     fractional translation, t ~ N(0, 1) * xfrac_std * size
+    colour, as one 4x4 matrix C acting on (r, g, b, 1), composed as C = op @ C:
+      brightness  + b, b ~ N(0, brightness_std)
+      contrast    * c, c = 2^(N(0,1) * contrast_std)
+      lumaflip    Householder reflection I - 2 v v^T about the luma axis v = (1,1,1)/sqrt 3, prob. 1/2
+      hue         rotation about v by theta ~ U(-pi, pi) * hue_max
+      saturation  v v^T + s (I - v v^T), s = 2^(N(0,1) * saturation_std)
+
+    Resampling (App. B): an image whose G_inv moves pixels by whole pixels only (xflip,
+    rotate90, xint and their compositions on square images) is an exact pixel gather here, with
+    the same reflect fill the warp uses. Every other transformed image goes the NVlabs way: reflect
+    padding by the margin the transformed corners need, 2x upsampling with the Symlet-6 low-pass,
+    bilinear `grid_sample` in the 2x domain, 2x downsampling with the same filter, crop.
+    NVlabs runs the blit-only images through that filter chain too, which slightly blurs flips and
+    90-degree turns because sym6 is not symmetric (integer shifts come out exact there as well:
+    perfect reconstruction of an orthogonal wavelet). Images on which nothing fired are returned
+    bit-identical; p = 0 returns the input tensor itself.
+
+    Constructor: one probability multiplier per op (default 1 each = 'bgc'; 0 disables the op),
+    then the strengths (NVlabs defaults). `p` is a plain float (set it directly, e.g. from
+    `AdaptiveP`); values above 1 act as 1.
+    Differentiable w.r.t. the images, also twice (R1 through the pipe).
+    """
+
+    def __init__(self, xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
+                 brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1,
+                 xint_max=0.125,        # max integer translation, fraction of the image size
+                 scale_std=0.2,         # log2 std of isotropic scaling
+                 rotate_max=1.0,        # max rotation, fraction of a half turn (1 = +-180 deg)
+                 aniso_std=0.2,         # log2 std of anisotropic scaling
+                 xfrac_std=0.125,       # std of fractional translation, fraction of the image size
+                 brightness_std=0.2,    # std of the brightness offset (images in [-1, 1])
+                 contrast_std=0.5,      # log2 std of contrast scaling
+                 hue_max=1.0,           # max hue rotation, fraction of a half turn
+                 saturation_std=1.0,    # log2 std of saturation scaling
+                 p=0.0):
+        super().__init__()
+        self.xflip, self.rotate90, self.xint = float(xflip), float(rotate90), float(xint)
+        self.scale, self.rotate, self.aniso, self.xfrac = float(scale), float(rotate), float(aniso), float(xfrac)
+        self.brightness, self.contrast, self.lumaflip = float(brightness), float(contrast), float(lumaflip)
+        self.hue, self.saturation = float(hue), float(saturation)
+        self.xint_max, self.scale_std, self.rotate_max = xint_max, scale_std, rotate_max
+        self.aniso_std, self.xfrac_std = aniso_std, xfrac_std
+        self.brightness_std, self.contrast_std = brightness_std, contrast_std
+        self.hue_max, self.saturation_std = hue_max, saturation_std
+        self.p = p
+        self.register_buffer("sym6", torch.tensor(SYM6) / sum(SYM6), persistent=False)  # [12], sum 1
+
+    @property
+    def p(self):
+        return self._p
+
+    @p.setter
+    def p(self, value):
+        value = float(value)
+        if not value >= 0:
+            raise ValueError(f"augmentation probability p must be >= 0, got {value}")
+        self._p = value
+
+    def extra_repr(self):
+        on = [k for k in _ALL_OPS if getattr(self, k) > 0]
+        return f"p={self.p:.4f}, ops={','.join(on) or 'none'}"
+
+    # -- random draws -----------------------------------------------------------------------
+    def _gate(self, value, neutral, prob, gen):
+        """Per image: keep `value` with probability `prob`, else the op's neutral value."""
+        fire = torch.rand(value.shape[0], device=value.device, generator=gen) < prob
+        return torch.where(fire.view(-1, *[1] * (value.ndim - 1)), value, torch.full_like(value, neutral))
+
+    def sample_geometry(self, batch, height, width, device, gen=None):
+        """Draw G_inv [B, 3, 3]: output pixel -> input pixel, coordinates centred on the image."""
+        rand = lambda *shape: torch.rand(shape, device=device, generator=gen)
+        randn = lambda *shape: torch.randn(shape, device=device, generator=gen)
+        G_inv = torch.eye(3, device=device).repeat(batch, 1, 1)
+        if self.xflip > 0:
+            i = self._gate(torch.floor(rand(batch) * 2), 0, self.xflip * self.p, gen)
+            G_inv = G_inv @ _scale2d(1 - 2 * i, _const(1, batch, device))  # its own inverse
+        if self.rotate90 > 0:
+            i = self._gate(torch.floor(rand(batch) * 4), 0, self.rotate90 * self.p, gen)
+            G_inv = G_inv @ _rotate2d(math.pi / 2 * i)  # inverse of a turn by -i * 90 deg
+        if self.xint > 0:
+            t = self._gate((rand(batch, 2) * 2 - 1) * self.xint_max, 0, self.xint * self.p, gen)
+            G_inv = G_inv @ _translate2d(-torch.round(t[:, 0] * width), -torch.round(t[:, 1] * height))
+        if self.scale > 0:
+            s = self._gate(torch.exp2(randn(batch) * self.scale_std), 1, self.scale * self.p, gen)
+            G_inv = G_inv @ _scale2d(1 / s, 1 / s)
+        p_rot = 1 - math.sqrt(min(max(1 - self.rotate * self.p, 0.0), 1.0))
+        if self.rotate > 0:  # pre-rotation
+            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.rotate_max, 0, p_rot, gen)
+            G_inv = G_inv @ _rotate2d(theta)  # inverse of a turn by -theta (theta is symmetric)
+        if self.aniso > 0:
+            s = self._gate(torch.exp2(randn(batch) * self.aniso_std), 1, self.aniso * self.p, gen)
+            G_inv = G_inv @ _scale2d(1 / s, s)
+        if self.rotate > 0:  # post-rotation
+            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.rotate_max, 0, p_rot, gen)
+            G_inv = G_inv @ _rotate2d(theta)
+        if self.xfrac > 0:
+            t = self._gate(randn(batch, 2) * self.xfrac_std, 0, self.xfrac * self.p, gen)
+            G_inv = G_inv @ _translate2d(-t[:, 0] * width, -t[:, 1] * height)
+        return G_inv
+
+    def sample_color(self, batch, num_channels, device, gen=None):
+        """Draw C [B, 4, 4], acting on homogeneous colours (r, g, b, 1)."""
+        rand = lambda *shape: torch.rand(shape, device=device, generator=gen)
+        randn = lambda *shape: torch.randn(shape, device=device, generator=gen)
+        I4 = torch.eye(4, device=device)
+        a = 1 / math.sqrt(3)
+        v = torch.tensor([a, a, a, 0.0], device=device)  # luma axis
+        vvT = torch.outer(v, v)  # [4, 4]
+        P = torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)) - vvT  # onto the chroma plane
+        K = torch.tensor([[0.0, -a, a, 0], [a, 0, -a, 0], [-a, a, 0, 0], [0, 0, 0, 0]],
+                         device=device)  # cross product with v: K x = v x x
+        # every matrix below is exactly I when its op does not fire (value 0 or 1)
+        C = I4.repeat(batch, 1, 1)
+        if self.brightness > 0:
+            b = self._gate(randn(batch) * self.brightness_std, 0, self.brightness * self.p, gen)
+            offset = torch.zeros(batch, 4, 4, device=device)
+            offset[:, :3, 3] = b[:, None]
+            C = (I4 + offset) @ C
+        if self.contrast > 0:
+            c = self._gate(torch.exp2(randn(batch) * self.contrast_std), 1, self.contrast * self.p, gen)
+            C = torch.diag_embed(torch.stack([c, c, c, torch.ones_like(c)], 1)) @ C
+        if self.lumaflip > 0:
+            i = self._gate(torch.floor(rand(batch) * 2), 0, self.lumaflip * self.p, gen)
+            C = (I4 - 2 * vvT * i.view(-1, 1, 1)) @ C
+        if self.hue > 0 and num_channels > 1:
+            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.hue_max, 0, self.hue * self.p, gen)
+            # Rodrigues about v: cos I + sin [v]x + (1 - cos) v v^T = I + sin K - (1 - cos) P
+            cos, sin = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
+            C = (I4 + sin * K - (1 - cos) * P) @ C
+        if self.saturation > 0 and num_channels > 1:
+            s = self._gate(torch.exp2(randn(batch) * self.saturation_std), 1, self.saturation * self.p, gen)
+            C = (I4 + (s.view(-1, 1, 1) - 1) * P) @ C  # v v^T + s (I - v v^T) on the colour axes
+        return C
+
+    # -- application ------------------------------------------------------------------------
+    def _warp_integer(self, images, M):
+        """Exact pixel gather. M [n, 3, 3]: integer index-space map, output (x, y, 1) -> input."""
+        n, c, h, w = images.shape
+        ys, xs = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
+                                indexing="ij")
+        xy1 = torch.stack([xs, ys, torch.ones_like(xs)]).view(1, 3, h * w).to(M.dtype)  # [1, 3, HW]
+        src = torch.round(M @ xy1).long()  # [n, 3, HW]
+        sx, okx = _reflect_index(src[:, 0], w)
+        sy, oky = _reflect_index(src[:, 1], h)
+        flat = (sy * w + sx)[:, None, :].expand(n, c, h * w)
+        out = images.reshape(n, c, h * w).gather(2, flat) * (okx & oky)[:, None, :].to(images.dtype)
+        return out.view(n, c, h, w)
+
+    def _warp_resampled(self, images, G_inv):
+        """NVlabs geometric warp: reflect pad, sym6 2x up, bilinear grid_sample, sym6 2x down, crop."""
+        n, c, h, w = images.shape
+        f = self.sym6.to(images.device, images.dtype)
+        pad_f = f.numel() // 4  # 3: half the filter support, in input pixels
+        mdtype = torch.float64 if images.dtype == torch.float64 else torch.float32  # matrices, grid
+        G_inv = G_inv.to(mdtype)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        # Margin: how far the transformed output corners reach beyond the image, plus the filter's
+        # room, at most size - 1 (the limit of reflect padding; beyond that grid_sample reads zeros).
+        corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]],
+                               dtype=mdtype, device=images.device)  # [3, 4]
+        reach = (G_inv @ corners)[:, :2, :].permute(1, 0, 2).reshape(2, -1)  # [xy, n * 4]
+        margin = torch.cat([-reach, reach]).amax(1)  # [x0, y0, x1, y1]
+        margin = margin + torch.tensor([2 * pad_f - cx, 2 * pad_f - cy] * 2, dtype=margin.dtype,
+                                       device=margin.device)
+        margin = torch.minimum(margin.clamp(min=0), torch.tensor([w - 1, h - 1] * 2, dtype=margin.dtype,
+                                                                  device=margin.device))
+        mx0, my0, mx1, my1 = [int(m) for m in margin.ceil().tolist()]
+        images = F.pad(images, [mx0, mx1, my0, my1], mode="reflect")
+        one = torch.ones(n, dtype=mdtype, device=images.device)
+        G_inv = _translate2d(one * (mx0 - mx1) / 2, one * (my0 - my1) / 2) @ G_inv  # origin of the padded image
+        # 2x upsample. NVlabs takes an input sample u to 2x-domain coordinate 2u - 1/2 (sym6's delay;
+        # its DC group delay makes that 2u - 0.402, so rotations and scalings pivot about 0.05 px
+        # off the centre: kept as NVlabs, harmless because reals and fakes get the same).
+        images = _sym6_upsample2x(images, f)
+        G_inv = _scale2d(2 * one, 2 * one) @ G_inv @ _scale2d(one / 2, one / 2)
+        G_inv = _translate2d(-one / 2, -one / 2) @ G_inv @ _translate2d(one / 2, one / 2)
+        # grid_sample in normalised coordinates (align_corners=False: [-1, 1] spans pixel edges)
+        out_h, out_w = (h + 2 * pad_f) * 2, (w + 2 * pad_f) * 2
+        in_h, in_w = images.shape[2:]
+        G_inv = _scale2d(2 / in_w * one, 2 / in_h * one) @ G_inv @ _scale2d(out_w / 2 * one, out_h / 2 * one)
+        grid = F.affine_grid(G_inv[:, :2, :], [n, c, out_h, out_w], align_corners=False)
+        images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        return _sym6_downsample2x(images, f, crop=2 * pad_f)  # [n, c, h, w]
+
+    def forward(self, images, generator=None):
+        """images [B, C, H, W] (C = 1 or 3, values in [-1, 1]) -> augmented, same shape."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"AugmentPipe expects images [B, 1 or 3, H, W], got {tuple(images.shape)}")
+        if self.p <= 0:
+            return images
+        batch, channels, height, width = images.shape
+        device = images.device
+
+        # Geometric part, routed per image: untouched / exact gather / filtered warp.
+        G_inv = self.sample_geometry(batch, height, width, device, generator)  # [B, 3, 3]
+        centre = _translate2d(_const((width - 1) / 2, batch, device), _const((height - 1) / 2, batch, device))
+        uncentre = _translate2d(_const(-(width - 1) / 2, batch, device), _const(-(height - 1) / 2, batch, device))
+        M = centre @ G_inv @ uncentre  # index space: output (x, y, 1) -> input
+        moved = (G_inv != torch.eye(3, device=device)).flatten(1).any(1)
+        whole = (M - M.round()).abs().flatten(1).amax(1) < 1e-4
+        moved, whole = moved.tolist(), whole.tolist()
+        blit = [i for i in range(batch) if moved[i] and whole[i]]
+        warp = [i for i in range(batch) if moved[i] and not whole[i]]
+        out = images
+        if blit:
+            idx = torch.tensor(blit, device=device)
+            out = out.index_copy(0, idx, self._warp_integer(images[idx], M[idx].round()))
+        if warp:
+            idx = torch.tensor(warp, device=device)
+            out = out.index_copy(0, idx, self._warp_resampled(images[idx], G_inv[idx]))
+
+        # Colour part: rgb -> C[:3, :3] rgb + C[:3, 3]; grayscale uses the mean row of C.
+        C = self.sample_color(batch, channels, device, generator).to(images.dtype)  # [B, 4, 4]
+        changed = (C != torch.eye(4, dtype=C.dtype, device=device)).flatten(1).any(1)
+        if bool(changed.any()):
+            flat = out.reshape(batch, channels, height * width)
+            if channels == 3:
+                recoloured = C[:, :3, :3] @ flat + C[:, :3, 3:]
+            else:
+                row = C[:, :3, :].mean(1, keepdim=True)  # [B, 1, 4]
+                recoloured = flat * row[:, :, :3].sum(2, keepdim=True) + row[:, :, 3:]
+            out = torch.where(changed.view(-1, 1, 1, 1), recoloured.view_as(out), out)
+        return out
+
+
+def _reflect_index(i, n):
+    """Index into a size-n axis with reflect padding (edge not repeated), as F.pad 'reflect'.
+
+    Valid for overshoots up to n - 1 (the most reflect padding allows); farther reads are zero,
+    as grid_sample's zero padding beyond the padded image. Returns (index, valid mask).
+    """
+    valid = (i >= -(n - 1)) & (i <= 2 * (n - 1))
+    i = i.abs()
+    i = torch.where(i > n - 1, 2 * (n - 1) - i, i)
+    return i.clamp(0, n - 1), valid
+
+
+def _sym6_upsample2x(x, f):
+    """2x upsampling with a separable FIR f [L] (sum 1), gain 2 per axis; [n,c,h,w] -> [n,c,2h,2w].
+
+    Zero insertion + true convolution, pads ((L+1)//2, (L-2)//2) per axis, as NVlabs upsample2d.
+    """
+    L = f.numel()
+    p0, p1 = (L + 1) // 2, (L - 2) // 2
+    k = (f * 2).view(1, L)
+    x = ops.upfirdn2d(x, k, up=(2, 1), pad=(p0, p1, 0, 0))
+    return ops.upfirdn2d(x, k.view(L, 1), up=(1, 2), pad=(0, 0, p0, p1))
+
+
+def _sym6_downsample2x(x, f, crop):
+    """2x downsampling with the same FIR applied as a correlation (NVlabs flip_filter=True), cropping
+    `crop` input pixels from each side: [n, c, 2(h + crop), 2(w + crop)] -> [n, c, h, w].
+
+    Correlation with f = true convolution with f reversed; pads ((L-1)//2 - crop, (L-2)//2 - crop).
+    """
+    L = f.numel()
+    p0, p1 = (L - 1) // 2 - crop, (L - 2) // 2 - crop
+    k = f.flip(0).view(1, L)
+    x = ops.upfirdn2d(x, k, down=(2, 1), pad=(p0, p1, 0, 0))
+    return ops.upfirdn2d(x, k.view(L, 1), down=(1, 2), pad=(0, 0, p0, p1))
+
+
+class AdaptiveP:
+    """ADA's p controller (Karras et al. 2020, Sec. 3, Eq. 1 r_t; NVlabs training_loop.py).
+
+    Overfitting heuristic r_t = E[sign(D(x_real))] over the real images of the last `interval`
+    D steps. Every `interval` iterations:
+        p <- max(p + sign(r_t - target) * batch_size * interval / (kimg * 1000), 0)
+    so p can move from 0 to 1 within `kimg` thousand images. batch_size is the total batch over all
+    processes; under torchrun the caller passes `average` (mean over processes) to `step`.
+    p_max=1 clamps p at 1 (rosinality clamps too, NVlabs does not): AugmentPipe treats every p >= 1
+    the same, so values above 1 change nothing but make p lag when D stops overfitting.
+    p_max=None follows NVlabs exactly.
+    """
+
+    def __init__(self, target=0.6, interval=4, kimg=500, *, batch_size, p=0.0, p_max=1.0):
+        if interval < 1 or kimg <= 0 or batch_size < 1:
+            raise ValueError(f"AdaptiveP needs interval >= 1, kimg > 0, batch_size >= 1; got "
+                             f"{interval}, {kimg}, {batch_size}")
+        self.target, self.interval, self.kimg = float(target), int(interval), float(kimg)
+        self.batch_size, self.p_max = int(batch_size), p_max
+        self.p = float(p)
+        self.rt = None  # last r_t, for logging
+        self._sum, self._count = 0.0, 0  # sign sum (tensor once accumulated) and count, this interval
+
+    @property
+    def step_size(self):
+        return self.batch_size * self.interval / (self.kimg * 1000)
+
+    def accumulate(self, real_logits):
+        """Add sign(D(real)) of one D step: real_logits [B] or [B, 1] (augmented reals)."""
+        signs = real_logits.detach().sign().float()
+        self._sum = self._sum + signs.sum()  # stays on the device: no sync per step
+        self._count += signs.numel()
+
+    def step(self, iteration, average=None):
+        """Call after each training iteration with the number of finished iterations (1, 2, ...).
+
+        Adjusts p when iteration % interval == 0 (and something was accumulated); returns p.
+        average: maps the [sign sum, count] tensor of this process to the mean over processes
+        (r_t = sum / count is the same for sums and for means); None = one process.
+        """
+        if iteration % self.interval != 0 or self._count == 0:
+            return self.p
+        stats = torch.tensor([float(self._sum), float(self._count)], dtype=torch.float64)
+        if average is not None:
+            stats = average(stats)
+        signs_sum, count = stats.tolist()
+        self.rt = signs_sum / count
+        adjust = float(np.sign(self.rt - self.target)) * self.step_size
+        self.p = max(self.p + adjust, 0.0)
+        if self.p_max is not None:
+            self.p = min(self.p, float(self.p_max))
+        self._sum, self._count = 0.0, 0
+        return self.p
+
+    def state_dict(self):
+        """Plain numbers only (for a weights_only checkpoint)."""
+        return {"p": float(self.p), "rt": self.rt, "signs_sum": float(self._sum), "signs_count": int(self._count)}
+
+    def load_state_dict(self, state):
+        self.p = float(state["p"])
+        self.rt = state.get("rt")
+        self._sum, self._count = float(state.get("signs_sum", 0.0)), int(state.get("signs_count", 0))
+
+
+# ---- DiffAugment (arXiv:2006.10738) ----------------------------------------------------------
+# Each op draws one random value per image; images in [-1, 1].
+
+def _diffaug_brightness(x, gen=None):
+    """x + (u - 0.5), u ~ U[0, 1): shift in [-0.5, 0.5)."""
+    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
+    return x + (u - 0.5)
+
+
+def _diffaug_saturation(x, gen=None):
+    """(x - m) * 2u + m with m the per-pixel channel mean: factor in [0, 2)."""
+    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
+    m = x.mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    return (x - m) * (u * 2) + m
+
+
+def _diffaug_contrast(x, gen=None):
+    """(x - m) * (u + 0.5) + m with m the per-image mean: factor in [0.5, 1.5)."""
+    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
+    m = x.mean(dim=[1, 2, 3], keepdim=True)  # [B, 1, 1, 1]
+    return (x - m) * (u + 0.5) + m
+
+
+def _diffaug_translation(x, gen=None, ratio=0.125):
+    """out[i, j] = x[i + t_h, j + t_w], integer t in [-int(H/8 + 1/2), +...]; vacated pixels are 0."""
+    b, c, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    th = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device, generator=gen)
+    tw = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device, generator=gen)
+    # gather from a 1-pixel zero ring: any index outside the image lands on the ring
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + th + 1).clamp(0, h + 1)  # [B, H, 1]
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + tw + 1).clamp(0, w + 1)  # [B, 1, W]
+    flat = (rows * (w + 2) + cols).view(b, 1, h * w).expand(b, c, h * w)
+    padded = F.pad(x, [1, 1, 1, 1]).reshape(b, c, (h + 2) * (w + 2))
+    return padded.gather(2, flat).view(b, c, h, w)
+
+
+def _diffaug_cutout(x, gen=None, ratio=0.5):
+    """Zero a square of side int(size/2 + 1/2) centred at a random pixel (clipped at the borders)."""
+    b, c, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    oh = torch.randint(0, h + (1 - sh % 2), (b, 1, 1), device=x.device, generator=gen)
+    ow = torch.randint(0, w + (1 - sw % 2), (b, 1, 1), device=x.device, generator=gen)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) - (oh - sh // 2)  # [B, H, 1]
+    cols = torch.arange(w, device=x.device).view(1, 1, w) - (ow - sw // 2)  # [B, 1, W]
+    inside = (rows >= 0) & (rows < sh) & (cols >= 0) & (cols < sw)  # [B, H, W]
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+DIFFAUGMENT_POLICIES = {
+    "color": (_diffaug_brightness, _diffaug_saturation, _diffaug_contrast),
+    "translation": (_diffaug_translation,),
+    "cutout": (_diffaug_cutout,),
+}
+
+
+def _policy_names(policy):
+    """'color,translation' -> ['color', 'translation'], each checked."""
+    names = [n.strip() for n in policy.split(",") if n.strip()]
+    for name in names:
+        if name not in DIFFAUGMENT_POLICIES:
+            raise ValueError(f"unknown DiffAugment policy {name!r} (known: {', '.join(DIFFAUGMENT_POLICIES)})")
+    return names
+
+
+def diff_augment(x, policy="color,translation,cutout", generator=None):
+    """DiffAugment T(x) (Zhao et al. 2020, Sec. 3): the policy's ops in order, differentiable.
+
+    x [B, C, H, W] in [-1, 1]; the same policy goes on real and fake images, for D and G.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"diff_augment expects images [B, C, H, W], got {tuple(x.shape)}")
+    for name in _policy_names(policy):
+        for op in DIFFAUGMENT_POLICIES[name]:
+            x = op(x, generator)
+    return x.contiguous()
+
+
+class DiffAugment(nn.Module):
+    """`diff_augment` with a fixed policy, as a module."""
+
+    def __init__(self, policy="color,translation,cutout"):
+        super().__init__()
+        _policy_names(policy)  # fail now on a misspelt policy
+        self.policy = policy
+
+    def forward(self, images, generator=None):
+        return diff_augment(images, self.policy, generator)
+
+    def extra_repr(self):
+        return f"policy={self.policy!r}"
+
+
+class NoAugment(nn.Module):
+    """What D sees is what came in."""
+
+    def forward(self, images, generator=None):
+        return images
+
+
+def make_augment(kind, p=0.0, spec="bgc", policy="color,translation,cutout", **strengths):
+    """kind "none" | "ada" | "diffaug" -> module images [B, C, H, W] -> images.
+
+    "ada": AugmentPipe with the ops of `spec` (AUGPIPE_SPECS, default 'bgc'), starting probability
+    p (0 for adaptive ADA, a fixed value for `--ada-p`), optional strength overrides (e.g. scale_std).
+    "diffaug": DiffAugment with `policy`.
+    """
+    if kind == "none":
+        return NoAugment()
+    if kind == "ada":
+        if spec not in AUGPIPE_SPECS:
+            raise ValueError(f"unknown ADA pipeline {spec!r} (known: {', '.join(AUGPIPE_SPECS)})")
+        multipliers = {op: AUGPIPE_SPECS[spec].get(op, 0) for op in _ALL_OPS}
+        return AugmentPipe(**multipliers, p=p, **strengths)
+    if kind == "diffaug":
+        return DiffAugment(policy)
+    raise ValueError(f"unknown augmentation {kind!r} (choose none, ada or diffaug)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and regularizers
+# ---------------------------------------------------------------------------------------------
+def d_logistic_loss(real_logits, fake_logits):
+    """Non-saturating logistic D loss (Goodfellow et al. 2014; StyleGAN2 App. B):
+    E[softplus(-D(x))] + E[softplus(D(G(z)))], i.e. -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z))))."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def g_nonsaturating_loss(fake_logits):
+    """Non-saturating G loss: E[softplus(-D(G(z)))] = -log sigmoid(D(G(z)))."""
+    return F.softplus(-fake_logits).mean()
+
+
+def d_r1_penalty(real_logits, real_img):
+    """R1 (Mescheder et al. 2018, Eq. 9; StyleGAN2 App. B): E_x ||grad_x D(x)||^2 over real x.
+
+    `real_img` is the un-augmented real batch with requires_grad, `real_logits` = D(augment(real_img)),
+    so the gradient runs back through the (differentiable) augmentation as in NVlabs. The caller
+    weights the penalty by gamma / 2 (and by the lazy interval).
+    """
+    (grad,) = autograd.grad(real_logits.sum(), real_img, create_graph=True)  # [B, 3, H, W]
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def path_lengths(img, latents, y, create_graph=True):
+    """||J_w^T y||_2 per sample (StyleGAN2 Sec. 3.2), J_w^T y by one backward pass: [B].
+
+    The length of a sample is sqrt(mean over the n_latent styles of sum over dims), as in both
+    reference implementations."""
+    (grad,) = autograd.grad((img * y).sum(), latents, create_graph=create_graph)  # [B, n_latent, dim]
+    return grad.square().sum(2).mean(1).sqrt()
+
+
+def g_path_length_penalty(img, latents, pl_mean, decay=0.01, y=None, average=None):
+    """Path-length regularizer (StyleGAN2 Sec. 3.2, Eq. 4): E_{w,y} (||J_w^T y||_2 - a)^2.
+
+    img [B, 3, H, W] = G(w), latents [B, n_latent, style_dim] = the w+ the image was made from,
+    y ~ N(0, I) / sqrt(H * W) (so the length does not depend on the resolution; drawn here unless
+    given). a (`pl_mean`, a 0-dim tensor) is a running mean with a <- a + decay * (mean length - a).
+    `average` maps this batch's mean length to the one a moves toward (train_step passes the mean
+    over all processes, or the whole batch's mean when the batch is split); None = this batch.
+    Returns (penalty, new pl_mean (detached), lengths [B]).
+    """
+    if y is None:
+        y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    lengths = path_lengths(img, latents, y)
+    batch_mean = lengths.mean().detach()
+    if average is not None:
+        batch_mean = average(batch_mean)
+    pl_mean = pl_mean + decay * (batch_mean - pl_mean)
+    penalty = (lengths - pl_mean).square().mean()
+    return penalty, pl_mean.detach(), lengths
+
+
+def lazy_adam(params, lr, reg_every):
+    """Adam(lr, betas (0, 0.99)) with the lazy-regularization correction (StyleGAN2 Sec. 3.1, App. B):
+    with a regularizer step every k main steps the optimiser runs k + 1 times per k iterations, so
+    lr and the betas are rescaled by c = k / (k + 1): lr * c, (0 ** c, 0.99 ** c). k = 0: no correction."""
+    c = reg_every / (reg_every + 1) if reg_every > 0 else 1.0
+    return torch.optim.Adam(params, lr=lr * c, betas=(0.0 ** c, 0.99 ** c), eps=1e-8)
+
+
+def mixing_noise(batch, style_dim, prob, device):
+    """z for style mixing (StyleGAN Sec. 3.1): with probability `prob` two latents for the whole
+    batch (G switches from the first to the second at a random layer), else one. List of [B, style_dim]."""
+    if prob > 0 and random.random() < prob:
+        return list(torch.randn(2, batch, style_dim, device=device).unbind(0))
+    return [torch.randn(batch, style_dim, device=device)]
+
+
+@torch.no_grad()
+def ema_update(g_ema, g, beta):
+    """G_ema <- beta * G_ema + (1 - beta) * G over parameters only. Buffers (noise maps used by the
+    'const' noise mode, blur kernels) are not copied, as in rosinality: they are not trained, and a
+    transferred model keeps the noise maps of its own G_ema. (NVlabs copies buffers.)"""
+    for p_ema, p in zip(g_ema.parameters(), g.parameters()):
+        p_ema.lerp_(p, 1.0 - beta)
+
+
+def ema_beta(batch, ema_kimg, rampup, cur_nimg):
+    """NVlabs: beta = 0.5 ** (batch / ema_nimg), ema_nimg = ema_kimg * 1000, with the optional
+    ramp-up ema_nimg = min(ema_nimg, cur_nimg * rampup) (cur_nimg = images shown so far)."""
+    ema_nimg = ema_kimg * 1000
+    if rampup > 0:
+        ema_nimg = min(ema_nimg, cur_nimg * rampup)
+    return 0.5 ** (batch / max(ema_nimg, 1e-8))
+
+
+# ---- Freezing (FreezeD, FreezeG) -------------------------------------------------------------
+def frozen_prefixes_d(k):
+    """FreezeD (Mo et al. 2020): fromRGB (convs.0) and the first k blocks from the image side
+    (convs.1..convs.k) keep their weights. k = 4 at 256 px is FreezeD's feature_loc 3."""
+    return [] if k <= 0 else [f"convs.{i}." for i in range(k + 1)]
+
+
+def frozen_prefixes_g(k):
+    """FreezeG (bryandlee/FreezeG): the mapping network and the k lowest-resolution generator blocks
+    stay fixed. Block 0 = input, conv1, to_rgb1 (4x4); block j >= 1 = convs.2j-2, convs.2j-1,
+    to_rgbs.j-1 (2^(j+2) px). Names are matched as prefixes with a dot, so convs.1 is not convs.10.
+    Unlike bryandlee/FreezeG, path-length regularization keeps running (on w made a leaf)."""
+    if k <= 0:
+        return []
+    names = ["style.", "input.", "conv1.", "to_rgb1."]
+    for j in range(1, k):
+        names += [f"convs.{2 * j - 2}.", f"convs.{2 * j - 1}.", f"to_rgbs.{j - 1}."]
+    return names
+
+
+def split_frozen(module, prefixes):
+    """Switch off requires_grad for parameters whose name starts with one of `prefixes`.
+    Returns (trainable parameters, names of the frozen ones); only the trainable ones go to Adam."""
+    trainable, frozen = [], []
+    for name, p in module.named_parameters():
+        if any(name.startswith(pre) for pre in prefixes):
+            p.requires_grad_(False)
+            frozen.append(name)
+        else:
+            trainable.append(p)
+    return trainable, frozen
+
+
+def set_requires_grad(params, flag):
+    for p in params:
+        p.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------------------------------------
+# One training iteration
+# ---------------------------------------------------------------------------------------------
+def draw_g_inputs(g, batch, style_dim, mixing, device):
+    """The random inputs of one G pass over `batch` images, drawn up front so that the batch can be
+    cut into chunks (--batch-gpu) and still be the same batch: (z list, inject_index, noise list).
+
+    The draws come in the order G itself would make them (z, the mixing layer, the noise maps of
+    layers 0, 1, ...), so an unsplit step gives the images G(z) with fresh noise would give."""
+    z = mixing_noise(batch, style_dim, mixing, device)                 # 1 or 2 x [B, style_dim]
+    inject_index = random.randint(1, g.n_latent - 1) if len(z) == 2 else None
+    noise = [torch.randn(batch, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2), device=device)
+             for i in range(g.num_layers)]                             # [B, 1, r, r] per noise input
+    return z, inject_index, noise
+
+
+def batch_chunks(batch, batch_gpu, mbstd_group):
+    """Split sample indices 0..batch-1 into chunks of batch_gpu for gradient accumulation.
+
+    D's minibatch stddev groups samples {j, j + B/G, j + 2B/G, ...} (view(G, -1)). When G divides
+    batch_gpu, each chunk takes whole groups, ordered so that D's grouping inside the chunk is the
+    full batch's: then the accumulated step equals the full-batch step. Otherwise (batch_gpu < G:
+    NVlabs' groups of min(G, batch_gpu)) the chunks are consecutive samples.
+    Returns a list of index tensors (one [batch] arange when batch_gpu >= batch)."""
+    if batch_gpu is None or batch_gpu >= batch:
+        return [torch.arange(batch)]
+    g = min(mbstd_group, batch)
+    if batch % g == 0 and batch_gpu % g == 0:
+        per = batch_gpu // g                                           # groups per chunk
+        grid = torch.arange(batch).view(g, batch // g)                 # [G, B/G]: grid[k, j] in group j
+        return [grid[:, c:c + per].reshape(-1) for c in range(0, batch // g, per)]
+    return list(torch.arange(batch).split(batch_gpu))
+
+
+def _pick(inputs, idx):
+    """The G inputs (z list, inject_index, noise list) of the samples `idx`."""
+    z, inject_index, noise = inputs
+    return [t[idx] for t in z], inject_index, [n[idx] for n in noise]
+
+
+def _optimizer_step(optim, fix_half_grads):
+    """Adam step; under fp16 NVlabs' guard replaces inf/NaN gradients (overflow) before it."""
+    if fix_half_grads:
+        for group in optim.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+    optim.step()
+
+
+def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
+               adaptive=None, g_train=None, d_train=None, average=None):
+    """One StyleGAN2 training iteration i (0, 1, ...) on the real batch [B, 3, size, size] in [-1, 1].
+
+    1. D step: non-saturating logistic loss on augment(real) and augment(G(z)) (App. B).
+    2. Lazy R1 every cfg.d_reg_every iterations (gamma / 2 * R1 * interval, Sec. 3.1).
+    3. G step: non-saturating loss through D (D's weights fixed).
+    4. Lazy path length every cfg.g_reg_every iterations on B // pl_batch_shrink images (Sec. 3.2).
+    5. G_ema <- beta G_ema + (1 - beta) G, beta from the total batch cfg.batch (NVlabs).
+    ADA: sign(D(augment(real))) of step 1 goes into `adaptive` (its p moves in the caller).
+
+    cfg: the resolved settings (style_dim, mixing, r1_gamma, d_reg_every, g_reg_every, pl_weight,
+    pl_decay, pl_batch_shrink, ema_kimg, ema_rampup, batch, batch_gpu). With
+    cfg.batch_gpu < B every loss is accumulated over chunks (batch_chunks) weighted by chunk / B,
+    so losses, R1, path length and the ADA statistics are those of the whole batch. The mixed
+    precision is the networks' own (set_precision); under fp16 inf/NaN gradients are replaced.
+    g_train, d_train: DDP wrappers of g and d under torchrun (default g, d); average: mean over
+    processes of a tensor (path-length mean), None = one process.
+    Returns (stats dict of 0-dim tensors, new pl_mean).
+    """
+    g_train, d_train = g_train or g, d_train or d
+    batch, device = real.shape[0], real.device
+    batch_gpu = getattr(cfg, "batch_gpu", None)
+    half = getattr(g, "precision", "fp32") == "fp16"
+    g_params = [p for group in g_optim.param_groups for p in group["params"]]
+    d_params = [p for group in d_optim.param_groups for p in group["params"]]
+    chunks = batch_chunks(batch, batch_gpu, d.mbstd_group)
+    stats = {}
+
+    # 1. D step: loss = E[softplus(-D(x))] + E[softplus(D(G(z)))], accumulated over chunks
+    set_requires_grad(d_params, True)
+    g_in = draw_g_inputs(g, batch, cfg.style_dim, cfg.mixing, device)
+    d_optim.zero_grad(set_to_none=True)
+    d_loss, real_score, fake_score = 0.0, 0.0, 0.0
+    for idx in chunks:
+        w = len(idx) / batch                                           # share of the batch
+        z, inject_index, noise = _pick(g_in, idx)
+        with torch.no_grad():
+            fake = g(z, inject_index=inject_index, noise=noise)[0]
+        real_logits = d_train(augment(real[idx]))                      # [n, 1]
+        fake_logits = d_train(augment(fake))
+        loss = d_logistic_loss(real_logits, fake_logits) * w
+        loss.backward()
+        d_loss = d_loss + loss.detach()
+        real_score = real_score + real_logits.detach().mean() * w
+        fake_score = fake_score + fake_logits.detach().mean() * w
+        if adaptive is not None:
+            adaptive.accumulate(real_logits)                           # sign(D(real)), this chunk
+    _optimizer_step(d_optim, half)
+    stats.update(d_loss=d_loss, real_score=real_score, fake_score=fake_score)
+
+    # 2. lazy R1 on the un-augmented real images, through the augmentation
+    if cfg.d_reg_every > 0 and cfg.r1_gamma > 0 and i % cfg.d_reg_every == 0:
+        d_optim.zero_grad(set_to_none=True)
+        r1_total = 0.0
+        for idx in chunks:
+            w = len(idx) / batch
+            real_r1 = real[idx].detach().requires_grad_(True)
+            logits = d_train(augment(real_r1))
+            r1 = d_r1_penalty(logits, real_r1) * w
+            # + 0 * logits: every D parameter joins this backward (the last bias gets no R1
+            # gradient), so DDP's gradient all-reduce finds each one and does not wait forever
+            (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every + 0 * logits[0, 0]).backward()
+            r1_total = r1_total + r1.detach()
+        _optimizer_step(d_optim, half)
+        stats["r1"] = r1_total
+
+    # 3. G step: loss = E[softplus(-D(G(z)))] through the fixed D
+    set_requires_grad(d_params, False)
+    g_in = draw_g_inputs(g, batch, cfg.style_dim, cfg.mixing, device)
+    g_optim.zero_grad(set_to_none=True)
+    g_loss = 0.0
+    for idx in chunks:
+        z, inject_index, noise = _pick(g_in, idx)
+        fake = g_train(z, inject_index=inject_index, noise=noise)[0]
+        loss = g_nonsaturating_loss(d(augment(fake))) * (len(idx) / batch)
+        loss.backward()
+        g_loss = g_loss + loss.detach()
+    _optimizer_step(g_optim, half)
+    stats["g_loss"] = g_loss
+
+    # 4. lazy path-length regularization on batch // pl_batch_shrink images
+    if cfg.g_reg_every > 0 and cfg.pl_weight > 0 and i % cfg.g_reg_every == 0:
+        pl_batch = max(1, batch // cfg.pl_batch_shrink)
+        z, inject_index, noise = draw_g_inputs(g, pl_batch, cfg.style_dim, cfg.mixing, device)
+        y = torch.randn(pl_batch, 3, g.size, g.size, device=device) / g.size  # N(0, I) / sqrt(H W)
+        pl_chunks = list(torch.arange(pl_batch).split(batch_gpu or pl_batch))
+
+        def images(idx, net):
+            ws = [g.get_latent(t[idx]) for t in z]
+            if not ws[0].requires_grad:                                # FreezeG: frozen mapping, w a leaf
+                ws = [w.requires_grad_(True) for w in ws]
+            return net(ws, input_is_latent=True, return_latents=True, inject_index=inject_index,
+                       noise=[n[idx] for n in noise])
+
+        pl_average = average
+        if len(pl_chunks) > 1:  # a first pass for the whole batch's mean length (a moves toward it)
+            lengths = torch.cat([path_lengths(*images(idx, g), y[idx], create_graph=False).detach()
+                                 for idx in pl_chunks])
+            whole = lengths.mean() if average is None else average(lengths.mean())
+            pl_average = lambda _: whole  # noqa: E731
+        g_optim.zero_grad(set_to_none=True)
+        penalty_total, lengths_all, new_mean = 0.0, [], pl_mean
+        for idx in pl_chunks:
+            img, latents = images(idx, g_train)
+            penalty, new_mean, lengths = g_path_length_penalty(img, latents, pl_mean, cfg.pl_decay,
+                                                               y=y[idx], average=pl_average)
+            penalty = penalty * (len(idx) / pl_batch)
+            # + 0 * img: every G parameter joins the backward (ToRGB's last bias has no path-length
+            # gradient), so DDP's all-reduce finds each one
+            (cfg.pl_weight * cfg.g_reg_every * penalty + 0 * img[0, 0, 0, 0]).backward()
+            penalty_total = penalty_total + penalty.detach()
+            lengths_all.append(lengths.detach())
+        _optimizer_step(g_optim, half)
+        pl_mean = new_mean
+        stats["path_length"], stats["pl_penalty"] = torch.cat(lengths_all).mean(), penalty_total
+
+    # 5. G_ema (NVlabs: beta from the total batch; ramp-up optional)
+    ema_update(g_ema, g, ema_beta(cfg.batch, cfg.ema_kimg, cfg.ema_rampup, i * cfg.batch))
+    return stats, pl_mean
+
+
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint I/O
@@ -1119,7 +2028,7 @@ def load_nvidia_pkl(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data and augmentation
+# Data: image folder and per-step batches
 # ---------------------------------------------------------------------------------------------
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # as pytorch-fid, so FID sees what D sees
 _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
@@ -1247,632 +2156,6 @@ class StepBatchSampler:
             step = (epoch + 1) * self.per_epoch
 
 
-# ---- ADA: adaptive discriminator augmentation (arXiv:2006.06676) ----------------------------
-
-# Symlet-6 (Daubechies' least-asymmetric orthogonal wavelet with 6 vanishing moments), the
-# decomposition low-pass filter; orthonormal (sum = sqrt 2, sum_k h[k] h[k + 2n] = delta_n).
-# ADA App. B uses it for the 2x up/down-sampling around the geometric warp (NVlabs `Hz_geom`).
-SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
-        0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
-        -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148)
-
-# NVlabs train.py augpipe_specs: which ops each named pipeline enables (probability multiplier 1).
-AUGPIPE_SPECS = {
-    "blit": dict(xflip=1, rotate90=1, xint=1),
-    "geom": dict(scale=1, rotate=1, aniso=1, xfrac=1),
-    "color": dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
-    "bg": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1),
-    "bgc": dict(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
-                brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1),
-}
-_ALL_OPS = AUGPIPE_SPECS["bgc"].keys()
-
-
-def _matrix(rows, like):
-    """Nested list of scalars / [B] tensors -> [B, n, n] batched matrix (dtype/device of `like`)."""
-    entries = [torch.as_tensor(e, dtype=like.dtype, device=like.device).expand(like.shape[0])
-               for row in rows for e in row]
-    return torch.stack(entries, dim=1).view(-1, len(rows), len(rows))
-
-
-def _translate2d(tx, ty):
-    return _matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], tx)
-
-
-def _scale2d(sx, sy):
-    return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], sx)
-
-
-def _rotate2d(theta):
-    c, s = torch.cos(theta), torch.sin(theta)
-    return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], theta)
-
-
-def _const(v, batch, device):
-    return torch.full([batch], float(v), device=device)
-
-
-class AugmentPipe(nn.Module):
-    """ADA's non-leaking augmentation pipeline 'bgc' (Karras et al. 2020, Sec. 2.3, App. B).
-
-    Each op fires independently per image with probability (multiplier * p); in this order:
-    geometric, as one inverse homogeneous transform G_inv (output pixel -> input pixel, centred
-    coordinates, composed as G_inv = G_inv @ op^-1):
-      xflip     x -> -x with prob. 1/2
-      rotate90  rotation by k * 90 deg, k uniform in {0, 1, 2, 3}
-      xint      integer translation, t ~ U(-xint_max, xint_max) * size, rounded
-      scale     isotropic, s = 2^(N(0,1) * scale_std)
-      rotate    theta ~ U(-pi, pi) * rotate_max, before and after aniso, each with
-                p_rot = 1 - sqrt(1 - rotate * p) so that at least one fires with prob. rotate * p
-      aniso     (s, 1/s), s = 2^(N(0,1) * aniso_std)
-      xfrac     fractional translation, t ~ N(0, 1) * xfrac_std * size
-    colour, as one 4x4 matrix C acting on (r, g, b, 1), composed as C = op @ C:
-      brightness  + b, b ~ N(0, brightness_std)
-      contrast    * c, c = 2^(N(0,1) * contrast_std)
-      lumaflip    Householder reflection I - 2 v v^T about the luma axis v = (1,1,1)/sqrt 3, prob. 1/2
-      hue         rotation about v by theta ~ U(-pi, pi) * hue_max
-      saturation  v v^T + s (I - v v^T), s = 2^(N(0,1) * saturation_std)
-
-    Resampling (App. B): an image whose G_inv moves pixels by whole pixels only (xflip,
-    rotate90, xint and their compositions on square images) is an exact pixel gather here, with
-    the same reflect fill the warp uses. Every other transformed image goes the NVlabs way: reflect
-    padding by the margin the transformed corners need, 2x upsampling with the Symlet-6 low-pass,
-    bilinear `grid_sample` in the 2x domain, 2x downsampling with the same filter, crop.
-    NVlabs runs the blit-only images through that filter chain too, which slightly blurs flips and
-    90-degree turns because sym6 is not symmetric (integer shifts come out exact there as well:
-    perfect reconstruction of an orthogonal wavelet). Images on which nothing fired are returned
-    bit-identical; p = 0 returns the input tensor itself.
-
-    Constructor: one probability multiplier per op (default 1 each = 'bgc'; 0 disables the op),
-    then the strengths (NVlabs defaults). `p` is a plain float (set it directly, e.g. from
-    `AdaptiveP`); values above 1 act as 1.
-    Differentiable w.r.t. the images, also twice (R1 through the pipe).
-    """
-
-    def __init__(self, xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
-                 brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1,
-                 xint_max=0.125,        # max integer translation, fraction of the image size
-                 scale_std=0.2,         # log2 std of isotropic scaling
-                 rotate_max=1.0,        # max rotation, fraction of a half turn (1 = +-180 deg)
-                 aniso_std=0.2,         # log2 std of anisotropic scaling
-                 xfrac_std=0.125,       # std of fractional translation, fraction of the image size
-                 brightness_std=0.2,    # std of the brightness offset (images in [-1, 1])
-                 contrast_std=0.5,      # log2 std of contrast scaling
-                 hue_max=1.0,           # max hue rotation, fraction of a half turn
-                 saturation_std=1.0,    # log2 std of saturation scaling
-                 p=0.0):
-        super().__init__()
-        self.xflip, self.rotate90, self.xint = float(xflip), float(rotate90), float(xint)
-        self.scale, self.rotate, self.aniso, self.xfrac = float(scale), float(rotate), float(aniso), float(xfrac)
-        self.brightness, self.contrast, self.lumaflip = float(brightness), float(contrast), float(lumaflip)
-        self.hue, self.saturation = float(hue), float(saturation)
-        self.xint_max, self.scale_std, self.rotate_max = xint_max, scale_std, rotate_max
-        self.aniso_std, self.xfrac_std = aniso_std, xfrac_std
-        self.brightness_std, self.contrast_std = brightness_std, contrast_std
-        self.hue_max, self.saturation_std = hue_max, saturation_std
-        self.p = p
-        self.register_buffer("sym6", torch.tensor(SYM6) / sum(SYM6), persistent=False)  # [12], sum 1
-
-    @property
-    def p(self):
-        return self._p
-
-    @p.setter
-    def p(self, value):
-        value = float(value)
-        if not value >= 0:
-            raise ValueError(f"augmentation probability p must be >= 0, got {value}")
-        self._p = value
-
-    def extra_repr(self):
-        on = [k for k in _ALL_OPS if getattr(self, k) > 0]
-        return f"p={self.p:.4f}, ops={','.join(on) or 'none'}"
-
-    # -- random draws -----------------------------------------------------------------------
-    def _gate(self, value, neutral, prob, gen):
-        """Per image: keep `value` with probability `prob`, else the op's neutral value."""
-        fire = torch.rand(value.shape[0], device=value.device, generator=gen) < prob
-        return torch.where(fire.view(-1, *[1] * (value.ndim - 1)), value, torch.full_like(value, neutral))
-
-    def sample_geometry(self, batch, height, width, device, gen=None):
-        """Draw G_inv [B, 3, 3]: output pixel -> input pixel, coordinates centred on the image."""
-        rand = lambda *shape: torch.rand(shape, device=device, generator=gen)
-        randn = lambda *shape: torch.randn(shape, device=device, generator=gen)
-        G_inv = torch.eye(3, device=device).repeat(batch, 1, 1)
-        if self.xflip > 0:
-            i = self._gate(torch.floor(rand(batch) * 2), 0, self.xflip * self.p, gen)
-            G_inv = G_inv @ _scale2d(1 - 2 * i, _const(1, batch, device))  # its own inverse
-        if self.rotate90 > 0:
-            i = self._gate(torch.floor(rand(batch) * 4), 0, self.rotate90 * self.p, gen)
-            G_inv = G_inv @ _rotate2d(math.pi / 2 * i)  # inverse of a turn by -i * 90 deg
-        if self.xint > 0:
-            t = self._gate((rand(batch, 2) * 2 - 1) * self.xint_max, 0, self.xint * self.p, gen)
-            G_inv = G_inv @ _translate2d(-torch.round(t[:, 0] * width), -torch.round(t[:, 1] * height))
-        if self.scale > 0:
-            s = self._gate(torch.exp2(randn(batch) * self.scale_std), 1, self.scale * self.p, gen)
-            G_inv = G_inv @ _scale2d(1 / s, 1 / s)
-        p_rot = 1 - math.sqrt(min(max(1 - self.rotate * self.p, 0.0), 1.0))
-        if self.rotate > 0:  # pre-rotation
-            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.rotate_max, 0, p_rot, gen)
-            G_inv = G_inv @ _rotate2d(theta)  # inverse of a turn by -theta (theta is symmetric)
-        if self.aniso > 0:
-            s = self._gate(torch.exp2(randn(batch) * self.aniso_std), 1, self.aniso * self.p, gen)
-            G_inv = G_inv @ _scale2d(1 / s, s)
-        if self.rotate > 0:  # post-rotation
-            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.rotate_max, 0, p_rot, gen)
-            G_inv = G_inv @ _rotate2d(theta)
-        if self.xfrac > 0:
-            t = self._gate(randn(batch, 2) * self.xfrac_std, 0, self.xfrac * self.p, gen)
-            G_inv = G_inv @ _translate2d(-t[:, 0] * width, -t[:, 1] * height)
-        return G_inv
-
-    def sample_color(self, batch, num_channels, device, gen=None):
-        """Draw C [B, 4, 4], acting on homogeneous colours (r, g, b, 1)."""
-        rand = lambda *shape: torch.rand(shape, device=device, generator=gen)
-        randn = lambda *shape: torch.randn(shape, device=device, generator=gen)
-        I4 = torch.eye(4, device=device)
-        a = 1 / math.sqrt(3)
-        v = torch.tensor([a, a, a, 0.0], device=device)  # luma axis
-        vvT = torch.outer(v, v)  # [4, 4]
-        P = torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)) - vvT  # onto the chroma plane
-        K = torch.tensor([[0.0, -a, a, 0], [a, 0, -a, 0], [-a, a, 0, 0], [0, 0, 0, 0]],
-                         device=device)  # cross product with v: K x = v x x
-        # every matrix below is exactly I when its op does not fire (value 0 or 1)
-        C = I4.repeat(batch, 1, 1)
-        if self.brightness > 0:
-            b = self._gate(randn(batch) * self.brightness_std, 0, self.brightness * self.p, gen)
-            offset = torch.zeros(batch, 4, 4, device=device)
-            offset[:, :3, 3] = b[:, None]
-            C = (I4 + offset) @ C
-        if self.contrast > 0:
-            c = self._gate(torch.exp2(randn(batch) * self.contrast_std), 1, self.contrast * self.p, gen)
-            C = torch.diag_embed(torch.stack([c, c, c, torch.ones_like(c)], 1)) @ C
-        if self.lumaflip > 0:
-            i = self._gate(torch.floor(rand(batch) * 2), 0, self.lumaflip * self.p, gen)
-            C = (I4 - 2 * vvT * i.view(-1, 1, 1)) @ C
-        if self.hue > 0 and num_channels > 1:
-            theta = self._gate((rand(batch) * 2 - 1) * math.pi * self.hue_max, 0, self.hue * self.p, gen)
-            # Rodrigues about v: cos I + sin [v]x + (1 - cos) v v^T = I + sin K - (1 - cos) P
-            cos, sin = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
-            C = (I4 + sin * K - (1 - cos) * P) @ C
-        if self.saturation > 0 and num_channels > 1:
-            s = self._gate(torch.exp2(randn(batch) * self.saturation_std), 1, self.saturation * self.p, gen)
-            C = (I4 + (s.view(-1, 1, 1) - 1) * P) @ C  # v v^T + s (I - v v^T) on the colour axes
-        return C
-
-    # -- application ------------------------------------------------------------------------
-    def _warp_integer(self, images, M):
-        """Exact pixel gather. M [n, 3, 3]: integer index-space map, output (x, y, 1) -> input."""
-        n, c, h, w = images.shape
-        ys, xs = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
-                                indexing="ij")
-        xy1 = torch.stack([xs, ys, torch.ones_like(xs)]).view(1, 3, h * w).to(M.dtype)  # [1, 3, HW]
-        src = torch.round(M @ xy1).long()  # [n, 3, HW]
-        sx, okx = _reflect_index(src[:, 0], w)
-        sy, oky = _reflect_index(src[:, 1], h)
-        flat = (sy * w + sx)[:, None, :].expand(n, c, h * w)
-        out = images.reshape(n, c, h * w).gather(2, flat) * (okx & oky)[:, None, :].to(images.dtype)
-        return out.view(n, c, h, w)
-
-    def _warp_resampled(self, images, G_inv):
-        """NVlabs geometric warp: reflect pad, sym6 2x up, bilinear grid_sample, sym6 2x down, crop."""
-        n, c, h, w = images.shape
-        f = self.sym6.to(images.device, images.dtype)
-        pad_f = f.numel() // 4  # 3: half the filter support, in input pixels
-        mdtype = torch.float64 if images.dtype == torch.float64 else torch.float32  # matrices, grid
-        G_inv = G_inv.to(mdtype)
-        cx, cy = (w - 1) / 2, (h - 1) / 2
-        # Margin: how far the transformed output corners reach beyond the image, plus the filter's
-        # room, at most size - 1 (the limit of reflect padding; beyond that grid_sample reads zeros).
-        corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]],
-                               dtype=mdtype, device=images.device)  # [3, 4]
-        reach = (G_inv @ corners)[:, :2, :].permute(1, 0, 2).reshape(2, -1)  # [xy, n * 4]
-        margin = torch.cat([-reach, reach]).amax(1)  # [x0, y0, x1, y1]
-        margin = margin + torch.tensor([2 * pad_f - cx, 2 * pad_f - cy] * 2, dtype=margin.dtype,
-                                       device=margin.device)
-        margin = torch.minimum(margin.clamp(min=0), torch.tensor([w - 1, h - 1] * 2, dtype=margin.dtype,
-                                                                  device=margin.device))
-        mx0, my0, mx1, my1 = [int(m) for m in margin.ceil().tolist()]
-        images = F.pad(images, [mx0, mx1, my0, my1], mode="reflect")
-        one = torch.ones(n, dtype=mdtype, device=images.device)
-        G_inv = _translate2d(one * (mx0 - mx1) / 2, one * (my0 - my1) / 2) @ G_inv  # origin of the padded image
-        # 2x upsample. NVlabs takes an input sample u to 2x-domain coordinate 2u - 1/2 (sym6's delay;
-        # its DC group delay makes that 2u - 0.402, so rotations and scalings pivot about 0.05 px
-        # off the centre: kept as NVlabs, harmless because reals and fakes get the same).
-        images = _sym6_upsample2x(images, f)
-        G_inv = _scale2d(2 * one, 2 * one) @ G_inv @ _scale2d(one / 2, one / 2)
-        G_inv = _translate2d(-one / 2, -one / 2) @ G_inv @ _translate2d(one / 2, one / 2)
-        # grid_sample in normalised coordinates (align_corners=False: [-1, 1] spans pixel edges)
-        out_h, out_w = (h + 2 * pad_f) * 2, (w + 2 * pad_f) * 2
-        in_h, in_w = images.shape[2:]
-        G_inv = _scale2d(2 / in_w * one, 2 / in_h * one) @ G_inv @ _scale2d(out_w / 2 * one, out_h / 2 * one)
-        grid = F.affine_grid(G_inv[:, :2, :], [n, c, out_h, out_w], align_corners=False)
-        images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
-        return _sym6_downsample2x(images, f, crop=2 * pad_f)  # [n, c, h, w]
-
-    def forward(self, images, generator=None):
-        """images [B, C, H, W] (C = 1 or 3, values in [-1, 1]) -> augmented, same shape."""
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"AugmentPipe expects images [B, 1 or 3, H, W], got {tuple(images.shape)}")
-        if self.p <= 0:
-            return images
-        batch, channels, height, width = images.shape
-        device = images.device
-
-        # Geometric part, routed per image: untouched / exact gather / filtered warp.
-        G_inv = self.sample_geometry(batch, height, width, device, generator)  # [B, 3, 3]
-        centre = _translate2d(_const((width - 1) / 2, batch, device), _const((height - 1) / 2, batch, device))
-        uncentre = _translate2d(_const(-(width - 1) / 2, batch, device), _const(-(height - 1) / 2, batch, device))
-        M = centre @ G_inv @ uncentre  # index space: output (x, y, 1) -> input
-        moved = (G_inv != torch.eye(3, device=device)).flatten(1).any(1)
-        whole = (M - M.round()).abs().flatten(1).amax(1) < 1e-4
-        moved, whole = moved.tolist(), whole.tolist()
-        blit = [i for i in range(batch) if moved[i] and whole[i]]
-        warp = [i for i in range(batch) if moved[i] and not whole[i]]
-        out = images
-        if blit:
-            idx = torch.tensor(blit, device=device)
-            out = out.index_copy(0, idx, self._warp_integer(images[idx], M[idx].round()))
-        if warp:
-            idx = torch.tensor(warp, device=device)
-            out = out.index_copy(0, idx, self._warp_resampled(images[idx], G_inv[idx]))
-
-        # Colour part: rgb -> C[:3, :3] rgb + C[:3, 3]; grayscale uses the mean row of C.
-        C = self.sample_color(batch, channels, device, generator).to(images.dtype)  # [B, 4, 4]
-        changed = (C != torch.eye(4, dtype=C.dtype, device=device)).flatten(1).any(1)
-        if bool(changed.any()):
-            flat = out.reshape(batch, channels, height * width)
-            if channels == 3:
-                recoloured = C[:, :3, :3] @ flat + C[:, :3, 3:]
-            else:
-                row = C[:, :3, :].mean(1, keepdim=True)  # [B, 1, 4]
-                recoloured = flat * row[:, :, :3].sum(2, keepdim=True) + row[:, :, 3:]
-            out = torch.where(changed.view(-1, 1, 1, 1), recoloured.view_as(out), out)
-        return out
-
-
-def _reflect_index(i, n):
-    """Index into a size-n axis with reflect padding (edge not repeated), as F.pad 'reflect'.
-
-    Valid for overshoots up to n - 1 (the most reflect padding allows); farther reads are zero,
-    as grid_sample's zero padding beyond the padded image. Returns (index, valid mask).
-    """
-    valid = (i >= -(n - 1)) & (i <= 2 * (n - 1))
-    i = i.abs()
-    i = torch.where(i > n - 1, 2 * (n - 1) - i, i)
-    return i.clamp(0, n - 1), valid
-
-
-def _sym6_upsample2x(x, f):
-    """2x upsampling with a separable FIR f [L] (sum 1), gain 2 per axis; [n,c,h,w] -> [n,c,2h,2w].
-
-    Zero insertion + true convolution, pads ((L+1)//2, (L-2)//2) per axis, as NVlabs upsample2d.
-    """
-    L = f.numel()
-    p0, p1 = (L + 1) // 2, (L - 2) // 2
-    k = (f * 2).view(1, L)
-    x = ops.upfirdn2d(x, k, up=(2, 1), pad=(p0, p1, 0, 0))
-    return ops.upfirdn2d(x, k.view(L, 1), up=(1, 2), pad=(0, 0, p0, p1))
-
-
-def _sym6_downsample2x(x, f, crop):
-    """2x downsampling with the same FIR applied as a correlation (NVlabs flip_filter=True), cropping
-    `crop` input pixels from each side: [n, c, 2(h + crop), 2(w + crop)] -> [n, c, h, w].
-
-    Correlation with f = true convolution with f reversed; pads ((L-1)//2 - crop, (L-2)//2 - crop).
-    """
-    L = f.numel()
-    p0, p1 = (L - 1) // 2 - crop, (L - 2) // 2 - crop
-    k = f.flip(0).view(1, L)
-    x = ops.upfirdn2d(x, k, down=(2, 1), pad=(p0, p1, 0, 0))
-    return ops.upfirdn2d(x, k.view(L, 1), down=(1, 2), pad=(0, 0, p0, p1))
-
-
-class AdaptiveP:
-    """ADA's p controller (Karras et al. 2020, Sec. 3, Eq. 1 r_t; NVlabs training_loop.py).
-
-    Overfitting heuristic r_t = E[sign(D(x_real))] over the real images of the last `interval`
-    D steps. Every `interval` iterations:
-        p <- max(p + sign(r_t - target) * batch_size * interval / (kimg * 1000), 0)
-    so p can move from 0 to 1 within `kimg` thousand images. batch_size is the total batch over all
-    processes; under torch.distributed the sign statistics are summed over processes.
-    p_max=1 clamps p at 1 (rosinality clamps too, NVlabs does not): AugmentPipe treats every p >= 1
-    the same, so values above 1 change nothing but make p lag when D stops overfitting.
-    p_max=None follows NVlabs exactly.
-    """
-
-    def __init__(self, target=0.6, interval=4, kimg=500, *, batch_size, p=0.0, p_max=1.0):
-        if interval < 1 or kimg <= 0 or batch_size < 1:
-            raise ValueError(f"AdaptiveP needs interval >= 1, kimg > 0, batch_size >= 1; got "
-                             f"{interval}, {kimg}, {batch_size}")
-        self.target, self.interval, self.kimg = float(target), int(interval), float(kimg)
-        self.batch_size, self.p_max = int(batch_size), p_max
-        self.p = float(p)
-        self.rt = None  # last r_t, for logging
-        self._sum, self._count = 0.0, 0  # sign sum (tensor once accumulated) and count, this interval
-
-    @property
-    def step_size(self):
-        return self.batch_size * self.interval / (self.kimg * 1000)
-
-    def accumulate(self, real_logits):
-        """Add sign(D(real)) of one D step: real_logits [B] or [B, 1] (augmented reals)."""
-        signs = real_logits.detach().sign().float()
-        self._sum = self._sum + signs.sum()  # stays on the device: no sync per step
-        self._count += signs.numel()
-
-    def step(self, iteration):
-        """Call after each training iteration with the number of finished iterations (1, 2, ...).
-
-        Adjusts p when iteration % interval == 0 (and something was accumulated); returns p.
-        """
-        if iteration % self.interval != 0 or self._count == 0:
-            return self.p
-        total = torch.as_tensor(self._sum, dtype=torch.float64).reshape(1)
-        stats = torch.cat([total, torch.tensor([float(self._count)], dtype=torch.float64, device=total.device)])
-        if dist.is_available() and dist.is_initialized():
-            if dist.get_backend() == "nccl" and stats.device.type != "cuda":
-                stats = stats.cuda()
-            dist.all_reduce(stats)
-        signs_sum, count = stats.tolist()
-        self.rt = signs_sum / count
-        adjust = float(np.sign(self.rt - self.target)) * self.step_size
-        self.p = max(self.p + adjust, 0.0)
-        if self.p_max is not None:
-            self.p = min(self.p, float(self.p_max))
-        self._sum, self._count = 0.0, 0
-        return self.p
-
-    def state_dict(self):
-        """Plain numbers only (for a weights_only checkpoint)."""
-        return {"p": float(self.p), "rt": self.rt, "signs_sum": float(self._sum), "signs_count": int(self._count)}
-
-    def load_state_dict(self, state):
-        self.p = float(state["p"])
-        self.rt = state.get("rt")
-        self._sum, self._count = float(state.get("signs_sum", 0.0)), int(state.get("signs_count", 0))
-
-
-# ---- DiffAugment (arXiv:2006.10738) ----------------------------------------------------------
-# Each op draws one random value per image; images in [-1, 1].
-
-def _diffaug_brightness(x, gen=None):
-    """x + (u - 0.5), u ~ U[0, 1): shift in [-0.5, 0.5)."""
-    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
-    return x + (u - 0.5)
-
-
-def _diffaug_saturation(x, gen=None):
-    """(x - m) * 2u + m with m the per-pixel channel mean: factor in [0, 2)."""
-    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
-    m = x.mean(dim=1, keepdim=True)  # [B, 1, H, W]
-    return (x - m) * (u * 2) + m
-
-
-def _diffaug_contrast(x, gen=None):
-    """(x - m) * (u + 0.5) + m with m the per-image mean: factor in [0.5, 1.5)."""
-    u = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device, generator=gen)
-    m = x.mean(dim=[1, 2, 3], keepdim=True)  # [B, 1, 1, 1]
-    return (x - m) * (u + 0.5) + m
-
-
-def _diffaug_translation(x, gen=None, ratio=0.125):
-    """out[i, j] = x[i + t_h, j + t_w], integer t in [-int(H/8 + 1/2), +...]; vacated pixels are 0."""
-    b, c, h, w = x.shape
-    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    th = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device, generator=gen)
-    tw = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device, generator=gen)
-    # gather from a 1-pixel zero ring: any index outside the image lands on the ring
-    rows = (torch.arange(h, device=x.device).view(1, h, 1) + th + 1).clamp(0, h + 1)  # [B, H, 1]
-    cols = (torch.arange(w, device=x.device).view(1, 1, w) + tw + 1).clamp(0, w + 1)  # [B, 1, W]
-    flat = (rows * (w + 2) + cols).view(b, 1, h * w).expand(b, c, h * w)
-    padded = F.pad(x, [1, 1, 1, 1]).reshape(b, c, (h + 2) * (w + 2))
-    return padded.gather(2, flat).view(b, c, h, w)
-
-
-def _diffaug_cutout(x, gen=None, ratio=0.5):
-    """Zero a square of side int(size/2 + 1/2) centred at a random pixel (clipped at the borders)."""
-    b, c, h, w = x.shape
-    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oh = torch.randint(0, h + (1 - sh % 2), (b, 1, 1), device=x.device, generator=gen)
-    ow = torch.randint(0, w + (1 - sw % 2), (b, 1, 1), device=x.device, generator=gen)
-    rows = torch.arange(h, device=x.device).view(1, h, 1) - (oh - sh // 2)  # [B, H, 1]
-    cols = torch.arange(w, device=x.device).view(1, 1, w) - (ow - sw // 2)  # [B, 1, W]
-    inside = (rows >= 0) & (rows < sh) & (cols >= 0) & (cols < sw)  # [B, H, W]
-    return x * (~inside).unsqueeze(1).to(x.dtype)
-
-
-DIFFAUGMENT_POLICIES = {
-    "color": (_diffaug_brightness, _diffaug_saturation, _diffaug_contrast),
-    "translation": (_diffaug_translation,),
-    "cutout": (_diffaug_cutout,),
-}
-
-
-def _policy_names(policy):
-    """'color,translation' -> ['color', 'translation'], each checked."""
-    names = [n.strip() for n in policy.split(",") if n.strip()]
-    for name in names:
-        if name not in DIFFAUGMENT_POLICIES:
-            raise ValueError(f"unknown DiffAugment policy {name!r} (known: {', '.join(DIFFAUGMENT_POLICIES)})")
-    return names
-
-
-def diff_augment(x, policy="color,translation,cutout", generator=None):
-    """DiffAugment T(x) (Zhao et al. 2020, Sec. 3): the policy's ops in order, differentiable.
-
-    x [B, C, H, W] in [-1, 1]; the same policy goes on real and fake images, for D and G.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"diff_augment expects images [B, C, H, W], got {tuple(x.shape)}")
-    for name in _policy_names(policy):
-        for op in DIFFAUGMENT_POLICIES[name]:
-            x = op(x, generator)
-    return x.contiguous()
-
-
-class DiffAugment(nn.Module):
-    """`diff_augment` with a fixed policy, as a module."""
-
-    def __init__(self, policy="color,translation,cutout"):
-        super().__init__()
-        _policy_names(policy)  # fail now on a misspelt policy
-        self.policy = policy
-
-    def forward(self, images, generator=None):
-        return diff_augment(images, self.policy, generator)
-
-    def extra_repr(self):
-        return f"policy={self.policy!r}"
-
-
-class NoAugment(nn.Module):
-    """What D sees is what came in."""
-
-    def forward(self, images, generator=None):
-        return images
-
-
-def make_augment(kind, p=0.0, spec="bgc", policy="color,translation,cutout", **strengths):
-    """kind "none" | "ada" | "diffaug" -> module images [B, C, H, W] -> images.
-
-    "ada": AugmentPipe with the ops of `spec` (AUGPIPE_SPECS, default 'bgc'), starting probability
-    p (0 for adaptive ADA, a fixed value for `--ada-p`), optional strength overrides (e.g. scale_std).
-    "diffaug": DiffAugment with `policy`.
-    """
-    if kind == "none":
-        return NoAugment()
-    if kind == "ada":
-        if spec not in AUGPIPE_SPECS:
-            raise ValueError(f"unknown ADA pipeline {spec!r} (known: {', '.join(AUGPIPE_SPECS)})")
-        multipliers = {op: AUGPIPE_SPECS[spec].get(op, 0) for op in _ALL_OPS}
-        return AugmentPipe(**multipliers, p=p, **strengths)
-    if kind == "diffaug":
-        return DiffAugment(policy)
-    raise ValueError(f"unknown augmentation {kind!r} (choose none, ada or diffaug)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses and regularizers
-# ---------------------------------------------------------------------------------------------
-def d_logistic_loss(real_logits, fake_logits):
-    """Non-saturating logistic D loss (Goodfellow et al. 2014; StyleGAN2 App. B):
-    E[softplus(-D(x))] + E[softplus(D(G(z)))], i.e. -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z))))."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-
-
-def g_nonsaturating_loss(fake_logits):
-    """Non-saturating G loss: E[softplus(-D(G(z)))] = -log sigmoid(D(G(z)))."""
-    return F.softplus(-fake_logits).mean()
-
-
-def d_r1_penalty(real_logits, real_img):
-    """R1 (Mescheder et al. 2018, Eq. 9; StyleGAN2 App. B): E_x ||grad_x D(x)||^2 over real x.
-
-    `real_img` is the un-augmented real batch with requires_grad, `real_logits` = D(augment(real_img)),
-    so the gradient runs back through the (differentiable) augmentation as in NVlabs. The caller
-    weights the penalty by gamma / 2 (and by the lazy interval).
-    """
-    (grad,) = autograd.grad(real_logits.sum(), real_img, create_graph=True)  # [B, 3, H, W]
-    return grad.square().flatten(1).sum(1).mean()
-
-
-def g_path_length_penalty(img, latents, pl_mean, decay=0.01):
-    """Path-length regularizer (StyleGAN2 Sec. 3.2, Eq. 4): E_{w,y} (||J_w^T y||_2 - a)^2.
-
-    img [B, 3, H, W] = G(w), latents [B, n_latent, style_dim] = the w+ the image was made from,
-    y ~ N(0, I) / sqrt(H * W) (so the length does not depend on the resolution), J_w^T y by one
-    backward pass. The length of a sample is sqrt(mean over the n_latent styles of sum over dims),
-    as in both reference implementations. a (`pl_mean`, a 0-dim tensor) is a running mean with
-    a <- a + decay * (mean length - a); under torchrun the mean length is averaged over processes
-    so that every process keeps the same a. Returns (penalty, new pl_mean (detached), lengths [B]).
-    """
-    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-    (grad,) = autograd.grad((img * y).sum(), latents, create_graph=True)  # [B, n_latent, style_dim]
-    lengths = grad.square().sum(2).mean(1).sqrt()                           # [B]
-    batch_mean = lengths.mean().detach()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(batch_mean)
-        batch_mean = batch_mean / dist.get_world_size()
-    pl_mean = pl_mean + decay * (batch_mean - pl_mean)
-    penalty = (lengths - pl_mean).square().mean()
-    return penalty, pl_mean.detach(), lengths
-
-
-def lazy_adam(params, lr, reg_every):
-    """Adam(lr, betas (0, 0.99)) with the lazy-regularization correction (StyleGAN2 Sec. 3.1, App. B):
-    with a regularizer step every k main steps the optimiser runs k + 1 times per k iterations, so
-    lr and the betas are rescaled by c = k / (k + 1): lr * c, (0 ** c, 0.99 ** c). k = 0: no correction."""
-    c = reg_every / (reg_every + 1) if reg_every > 0 else 1.0
-    return torch.optim.Adam(params, lr=lr * c, betas=(0.0 ** c, 0.99 ** c), eps=1e-8)
-
-
-def mixing_noise(batch, style_dim, prob, device):
-    """z for style mixing (StyleGAN Sec. 3.1): with probability `prob` two latents for the whole
-    batch (G switches from the first to the second at a random layer), else one. List of [B, style_dim]."""
-    if prob > 0 and random.random() < prob:
-        return list(torch.randn(2, batch, style_dim, device=device).unbind(0))
-    return [torch.randn(batch, style_dim, device=device)]
-
-
-@torch.no_grad()
-def ema_update(g_ema, g, beta):
-    """G_ema <- beta * G_ema + (1 - beta) * G over parameters only. Buffers (noise maps used by the
-    'const' noise mode, blur kernels) are not copied, as in rosinality: they are not trained, and a
-    transferred model keeps the noise maps of its own G_ema. (NVlabs copies buffers.)"""
-    for p_ema, p in zip(g_ema.parameters(), g.parameters()):
-        p_ema.lerp_(p, 1.0 - beta)
-
-
-def ema_beta(batch, ema_kimg, rampup, cur_nimg):
-    """NVlabs: beta = 0.5 ** (batch / ema_nimg), ema_nimg = ema_kimg * 1000, with the optional
-    ramp-up ema_nimg = min(ema_nimg, cur_nimg * rampup) (cur_nimg = images shown so far)."""
-    ema_nimg = ema_kimg * 1000
-    if rampup > 0:
-        ema_nimg = min(ema_nimg, cur_nimg * rampup)
-    return 0.5 ** (batch / max(ema_nimg, 1e-8))
-
-
-# ---------------------------------------------------------------------------------------------
-# Training: freezing, settings, run folder, train(args)
-# ---------------------------------------------------------------------------------------------
-# ---- Freezing (FreezeD, FreezeG) -------------------------------------------------------------
-def frozen_prefixes_d(k):
-    """FreezeD (Mo et al. 2020): fromRGB (convs.0) and the first k blocks from the image side
-    (convs.1..convs.k) keep their weights. k = 4 at 256 px is FreezeD's feature_loc 3."""
-    return [] if k <= 0 else [f"convs.{i}." for i in range(k + 1)]
-
-
-def frozen_prefixes_g(k):
-    """FreezeG (bryandlee/FreezeG): the mapping network and the k lowest-resolution generator blocks
-    stay fixed. Block 0 = input, conv1, to_rgb1 (4x4); block j >= 1 = convs.2j-2, convs.2j-1,
-    to_rgbs.j-1 (2^(j+2) px). Names are matched as prefixes with a dot, so convs.1 is not convs.10.
-    Unlike bryandlee/FreezeG, path-length regularization keeps running (on w made a leaf)."""
-    if k <= 0:
-        return []
-    names = ["style.", "input.", "conv1.", "to_rgb1."]
-    for j in range(1, k):
-        names += [f"convs.{2 * j - 2}.", f"convs.{2 * j - 1}.", f"to_rgbs.{j - 1}."]
-    return names
-
-
-def split_frozen(module, prefixes):
-    """Switch off requires_grad for parameters whose name starts with one of `prefixes`.
-    Returns (trainable parameters, names of the frozen ones); only the trainable ones go to Adam."""
-    trainable, frozen = [], []
-    for name, p in module.named_parameters():
-        if any(name.startswith(pre) for pre in prefixes):
-            p.requires_grad_(False)
-            frozen.append(name)
-        else:
-            trainable.append(p)
-    return trainable, frozen
-
-
-def set_requires_grad(params, flag):
-    for p in params:
-        p.requires_grad_(flag)
 
 
 # ---- Settings: defaults < preset < command line (< the run's settings with --resume) ---------
@@ -2043,6 +2326,23 @@ def parse_device(flag):
     return device
 
 
+def mean_over_processes(t):
+    """The mean of tensor t over the torchrun processes (all-reduce; NCCL needs a CUDA tensor).
+    The one place where the training reads another process's numbers: path-length mean, ADA sign
+    statistics, logged values, the stop flag."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    x = t.detach().clone()
+    if dist.get_backend() == "nccl" and x.device.type != "cuda":
+        x = x.cuda()
+    dist.all_reduce(x)
+    return (x / dist.get_world_size()).to(t.device)
+
+
+# CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
 def _setup_distributed(device_flag):
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then one process per device (nccl on GPU, gloo on
     CPU). Returns (rank, world, device)."""
@@ -2188,6 +2488,11 @@ def _train(args, rank, world, device):
     if batch % min(batch, 4):
         raise TrainError(f"batch per process {batch}: must be below 4 or a multiple of 4 "
                          f"(minibatch standard deviation groups of 4)")
+    if cfg.batch_gpu is not None and (cfg.batch_gpu < 1 or batch % cfg.batch_gpu
+                                      or cfg.batch_gpu % min(cfg.batch_gpu, 4)):
+        raise TrainError(f"--batch-gpu {cfg.batch_gpu}: must divide the batch per process ({batch}) and "
+                         f"be below 4 or a multiple of 4 (minibatch standard deviation groups of 4)")
+    precision = cfg.precision or default_precision(device)
     try:  # read before anything is written; xflip: mirrored copies, as NVlabs --mirror
         dataset = ImageFolderDataset(cfg.data, cfg.size, xflip=cfg.xflip)
     except (OSError, ValueError) as e:
@@ -2266,6 +2571,12 @@ def _train(args, rank, world, device):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    set_precision(g, precision)  # G_ema (samples, FID) stays fp32
+    set_precision(d, precision)
+    say(f"precision {precision}" + ("" if cfg.precision else " (default on this device)")
+        + (f"; {cfg.batch_gpu} images at once, gradients accumulated to {batch}"
+           if cfg.batch_gpu and cfg.batch_gpu < batch else ""))
+    average = mean_over_processes if world > 1 else None
     g_train, d_train = g, d  # the wrappers that synchronise gradients under torchrun
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -2351,66 +2662,25 @@ def _train(args, rank, world, device):
             for i in range(start, cfg.iter):
                 real = next(loader).to(device, non_blocking=True)  # [B, 3, size, size] in [-1, 1]
 
-                # 1. D step: non-saturating logistic loss on augmented real and fake images
-                set_requires_grad(d_params, True)
-                with torch.no_grad():
-                    fake = g(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]
-                real_logits = d_train(augment(real))  # [B, 1]
-                fake_logits = d_train(augment(fake))
-                d_loss = d_logistic_loss(real_logits, fake_logits)
-                d_optim.zero_grad(set_to_none=True)
-                d_loss.backward()
-                d_optim.step()
-                if adaptive is not None:
-                    adaptive.accumulate(real_logits)  # sign(D(real)); summed over processes at its step
-
-                # 2. lazy R1 on the un-augmented real, through the augmentation
-                if cfg.d_reg_every > 0 and cfg.r1_gamma > 0 and i % cfg.d_reg_every == 0:
-                    real_r1 = real.detach().requires_grad_(True)
-                    logits = d_train(augment(real_r1))
-                    r1 = d_r1_penalty(logits, real_r1)
-                    d_optim.zero_grad(set_to_none=True)
-                    (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every + 0 * logits[0, 0]).backward()
-                    d_optim.step()
-                    stats["r1"] = r1.detach()
-
-                # 3. G step: non-saturating loss through the (frozen-for-now) D
-                set_requires_grad(d_params, False)
-                fake = g_train(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]
-                fake_logits_g = d(augment(fake))
-                g_loss = g_nonsaturating_loss(fake_logits_g)
-                g_optim.zero_grad(set_to_none=True)
-                g_loss.backward()
-                g_optim.step()
-
-                # 4. lazy path-length regularization on batch // pl_batch_shrink
-                if cfg.g_reg_every > 0 and cfg.pl_weight > 0 and i % cfg.g_reg_every == 0:
-                    pl_batch = max(1, batch // cfg.pl_batch_shrink)
-                    ws = [g.get_latent(z) for z in mixing_noise(pl_batch, cfg.style_dim, cfg.mixing, device)]
-                    if not ws[0].requires_grad:  # FreezeG: frozen mapping, w is a leaf
-                        ws = [w.requires_grad_(True) for w in ws]
-                    img, latents = g_train(ws, input_is_latent=True, return_latents=True)
-                    pl_penalty, pl_mean, lengths = g_path_length_penalty(img, latents, pl_mean, cfg.pl_decay)
-                    g_optim.zero_grad(set_to_none=True)
-                    (cfg.pl_weight * cfg.g_reg_every * pl_penalty + 0 * img[0, 0, 0, 0]).backward()
-                    g_optim.step()
-                    stats["path_length"], stats["pl_penalty"] = lengths.detach().mean(), pl_penalty.detach()
-
-                # 5. G_ema (NVlabs: beta from the total batch; ramp-up optional)
-                ema_update(g_ema, g, ema_beta(cfg.batch, cfg.ema_kimg, cfg.ema_rampup, i * cfg.batch))
+                try:  # D step, lazy R1, G step, lazy path length, G_ema (above the plumbing line)
+                    step_stats, pl_mean = train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg,
+                                                     pl_mean, adaptive=adaptive, g_train=g_train,
+                                                     d_train=d_train, average=average)
+                except OUT_OF_MEMORY as e:
+                    n = cfg.batch_gpu or batch
+                    raise TrainError(f"out of GPU memory with {n} images at once ({_first_line(e)}); "
+                                     f"try --batch-gpu {max(1, n // 2)} (the total --batch {cfg.batch} "
+                                     f"is then reached by accumulating gradients)") from None
+                stats.update(step_stats)
                 step = i + 1
 
                 # 6. bookkeeping: ADA p (NVlabs: after the step, every ada_interval), log, samples, FID, ckpt
                 if adaptive is not None:  # moves p every ada_interval iterations
-                    pipe.p = float(adaptive.step(step))
-                stats.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
-                             real_score=real_logits.detach().mean(), fake_score=fake_logits.detach().mean())
+                    pipe.p = float(adaptive.step(step, average=average))
                 if step % cfg.log_every == 0 or step == cfg.iter:
                     values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device)
                                           for v in stats.values()])
-                    if world > 1:
-                        dist.all_reduce(values)
-                        values /= world
+                    values = mean_over_processes(values)
                     now = time.time()
                     record = {"step": step, "kimg": round(step * cfg.batch / 1000, 3)}
                     record.update({k: round(float(v), 6) for k, v in zip(stats, values)})
@@ -2438,8 +2708,7 @@ def _train(args, rank, world, device):
                     stopping = False
                     if step % cfg.log_every == 0:
                         flag = torch.tensor([float(stop.requested)], device=device)
-                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                        stopping = bool(flag.item())
+                        stopping = bool(mean_over_processes(flag).item() > 0)  # any process asked
                 if main and (step % cfg.ckpt_every == 0 or step == cfg.iter or stopping):
                     write_checkpoint(step)
                 if stopping:
@@ -2455,6 +2724,13 @@ def _train(args, rank, world, device):
         finally:
             bar.close()
     return cfg
+
+
+PRECISION_HELP = ("compute precision (weights, optimiser state, EMA and checkpoints stay fp32): fp32; bf16 "
+                  "(autocast, every resolution block, no clamp or loss scaling needed); fp16 (NVlabs: the "
+                  "4 highest resolutions in fp16 with activations clamped to 256, inf/NaN gradients "
+                  "replaced). Default: bf16 on CUDA GPUs that support it (Ampere and newer), else fp32 "
+                  "(the CPU has no fast half-precision convolutions); ask for fp16 on V100/RTX 20xx")
 
 
 def add_train_args(parser):
@@ -2478,6 +2754,12 @@ def add_train_args(parser):
                                                           f"(default {D['batch']})")
     g.add_argument("--seed", type=int, help=f"random seed (default {D['seed']})")
     g.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    g.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    g.add_argument("--batch-gpu", type=int, metavar="N",
+                   help="images per forward/backward pass; gradients are accumulated to --batch, with the "
+                        "same losses, R1, path length and ADA statistics (NVlabs --batch-gpu; minibatch-"
+                        "stddev groups of min(4, N)). Lower it when the GPU runs out of memory "
+                        "(default: the whole batch)")
     g.add_argument("--num-workers", type=int, metavar="N", help=f"data-loading workers "
                                                                 f"(default {D['num_workers']})")
     g.add_argument("--xflip", action=argparse.BooleanOptionalAction,
@@ -2579,6 +2861,7 @@ def generate(args):
     """Write seed{s:04d}.png for each seed; z = RandomState(s).randn(1, style_dim) (NVlabs convention)."""
     device = parse_device(args.device)
     g, latent_avg = load_generator(args.ckpt, device=device)
+    set_precision(g, getattr(args, "precision", None) or default_precision(device))
     os.makedirs(args.out, exist_ok=True)
     if args.truncation < 1 and latent_avg is None:
         torch.manual_seed(0)  # fixed mean w when the checkpoint stores none
@@ -2626,6 +2909,7 @@ def build_parser():
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.set_defaults(func=generate)
     return parser
 
