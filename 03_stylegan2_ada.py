@@ -11,50 +11,64 @@ Papers
   (FreezeD), arXiv:2002.10964.
 - FreezeG: bryandlee/FreezeG (fine-tune only the highest-resolution generator blocks).
 
-What is here
-- Generator and Discriminator with the state-dict names and shapes of rosinality/stylegan2-pytorch
-  (model.py), so that port's `.pt` checkpoints (including the converted FFHQ config-f ones) load
-  with strict=True and give the same images for the same weights, latents and noise.
-- Readers for NVIDIA's StyleGAN2-ADA `.pkl` files (PyTorch, and the TensorFlow-era ones whose
-  weights are numpy arrays) through a restricted unpickler that never runs code from the file.
-- Data and augmentation: an image-folder dataset with x-flips; ADA's 'bgc' pipeline (xflip,
-  rotate90, integer translation, isotropic scale, rotation, anisotropic scale, fractional
-  translation; brightness, contrast, luma flip, hue, saturation) with NVlabs' sampling and its
-  adaptive p (sign of D(real) toward 0.6); DiffAugment's color, translation and cutout policies.
-- Training (rosinality train.py's loop with NVlabs' defaults): non-saturating logistic loss, lazy R1
-  (every 16) and path-length regularization (every 4), style mixing 0.9, G EMA, Adam with the
-  lazy-regularization correction; FreezeD (`--freeze-d K`), FreezeG (`--freeze-g K`); `--preset`
-  names the seed experiment's ablation rows; exact `--resume`; FID/KID during training through
-  ops.fid; DDP under torchrun.
-- `generate`: images for seeds, NVIDIA's seed convention (z = RandomState(seed).randn(1, 512)).
+What changed from StyleGAN v1 (02_stylegan_freezed.py)
+- AdaIN is replaced by weight demodulation (Sec. 2.2, Eq. 1-3): the style scales the conv
+  weights and the output is renormalised by the expected std, which removes the "droplet"
+  artifacts; the noise and bias move out of the style block (Fig. 2c).
+- No progressive growing: skip connections to RGB in G (every resolution adds its upsampled
+  RGB), residual blocks in D (Sec. 4, Fig. 7).
+- Lazy regularization (Sec. 3.1): R1 every 16 D steps, the new path-length penalty (Sec. 3.2,
+  Eq. 4) every 4 G steps, with Adam's lr and betas corrected for the extra steps.
+- For few images: ADA's adaptive, non-leaking augmentation, DiffAugment, and freezing.
 
-Modulated convolution (Sec. 2.2, Eq. 1-3) has two equal formulations here:
-- fused: per-sample weights w'_ijk = s_i * w_ijk * d_j and one grouped convolution (groups = B);
-- non-fused: scale the input channels by s, run ONE convolution with the shared weight, and
-  multiply the output channels by d_j = 1 / sqrt(sum_ik (s_i w_ijk)^2 + eps).
-`ModulatedConv2d.fused = None` (default) picks per call: non-fused on the CPU (a shared-weight
-convolution uses the fast oneDNN kernels, and its weight gradient is one ordinary GEMM instead of B
-small grouped ones; one training iteration at 64 px, channel multiplier 1, batch 4 costs 4.4 s of
-CPU time against 6.7 s fused, a 256 px config-f forward 2.9 s against 4.3 s); on CUDA fused for
-inference (no grad) and non-fused for training, as NVlabs. 1x1 kernels (ToRGB) on channels_last
-input use per-sample weights and one batched matmul. On the CPU activations run channels_last
-(NHWC): oneDNN's transposed and depthwise (blur) convolutions are several times faster there.
+Where the code follows
+- Generator and Discriminator carry the state-dict names and shapes of rosinality/stylegan2-pytorch
+  (model.py), so that port's `.pt` checkpoints (including the converted FFHQ config-f ones) load
+  with strict=True and give the same images for the same weights, latents and noise. NVIDIA's
+  `.pkl` files (PyTorch and TensorFlow-era) load through a restricted unpickler.
+- The loop is rosinality train.py's with NVlabs' defaults; ADA's pipeline, p controller and the
+  fp16 scheme (num_fp16_res, conv_clamp) follow NVlabs/stylegan2-ada-pytorch.
+
+Map (the method, top to bottom; a copier cuts at the plumbing line)
+- settings: `PRESETS` (the seed experiment's ablation rows), `TRAIN_DEFAULTS`, `channel_table`
+- building blocks: `PixelNorm`, `Blur`, `Upsample`, `EqualLinear`, `EqualConv2d`,
+  `ModulatedConv2d` (Eq. 1-3: `forward_paper` first, `forward_fast` beside it), `NoiseInjection`,
+  `ConstantInput`, `StyledConv`, `ToRGB`
+- networks: `Generator` (mapping + synthesis), `ConvLayer`, `ResBlock`, `Discriminator`;
+  mixed precision: `set_precision`, `default_precision`
+- augmentation: `AugmentPipe` (ADA 'bgc'), `AdaptiveP` (ADA's p), `DiffAugment`, `make_augment`
+- losses and regularizers: `d_logistic_loss`, `g_nonsaturating_loss`, `d_r1_penalty`,
+  `path_lengths`, `g_path_length_penalty`, `lazy_adam`, `mixing_noise`, `ema_update`, `ema_beta`
+- freezing: `frozen_prefixes_d` (FreezeD), `frozen_prefixes_g` (FreezeG), `split_frozen`
+- one iteration: `draw_g_inputs`, `batch_chunks` (--batch-gpu), `train_step`
+Below the plumbing line: checkpoint I/O (save_checkpoint, load_checkpoint, load_generator, the
+NVIDIA .pkl readers), the image-folder dataset, settings (resolve_settings), the run folder,
+mean_over_processes (torchrun), train(args) (the loop around train_step), generate(args), the CLI.
+
+Two implementations, one result (each pair is tested equal)
+- Modulated convolution: `forward_paper` builds per-sample weights w'' = d * s * w and runs one
+  grouped convolution, as the paper does; `forward_fast` scales the input channels by s, runs ONE
+  convolution with the shared weight, multiplies the output by d and adds the noise B in that same
+  pass (so `NoiseInjection.forward` is not called there); 1x1 kernels use one batched matmul.
+  `ModulatedConv2d.fused = None` (default) picks per call: fast on the CPU (a shared-weight
+  convolution uses oneDNN's fast kernels and its weight gradient is one GEMM instead of B small
+  grouped ones: one iteration at 64 px, channel multiplier 1, batch 4 costs 4.4 s of CPU time
+  against 6.7 s, a 256 px config-f forward 2.9 s against 4.3 s); on CUDA the paper form for
+  inference and the fast path for training, as NVlabs. On the CPU activations run channels_last.
+- `--batch-gpu N`: the batch in chunks of N with accumulated gradients equals the whole batch when
+  N is a multiple of the minibatch-stddev group (`batch_chunks`).
 
 Run
     python 03_stylegan2_ada.py train --data DATA --out runs/freezed-ada --ckpt ffhq-256.pt --preset freezed-ada
     python 03_stylegan2_ada.py train --resume runs/freezed-ada                   # continue exactly
     python 03_stylegan2_ada.py train --data DATA --out runs/x --preset ada --dry-run   # print the settings
+    python 03_stylegan2_ada.py train --data DATA --out runs/fp16 --ckpt ffhq-256.pt --precision fp16 --batch-gpu 8
     torchrun --nproc_per_node 2 03_stylegan2_ada.py train --data DATA --out runs/ddp --ckpt ffhq-256.pt
     python 03_stylegan2_ada.py generate --ckpt stylegan2-ffhq-config-f.pt --seeds 0-7 --out out/ffhq
     python 03_stylegan2_ada.py generate --ckpt ffhq.pkl --seeds 0-7 --truncation 0.7 --out out/pkl
     python 03_stylegan2_ada.py train --data DATA --out runs/tiny --size 32 --channel-max 32 \\
         --style-dim 32 --n-mlp 2 --batch 4 --iter 20 --fid-every 0 --device cpu     # CPU smoke run
     python bench/bench_stylegan2.py --device cpu
-
-Sections: presets and constants -> building blocks -> Generator / Discriminator -> checkpoint I/O
-(+ rosinality .pt and NVIDIA .pkl readers) -> data and augmentation (dataset, per-step batch
-sampler, ADA, DiffAugment) -> losses and regularizers -> training (freezing, settings, run folder,
-train(args)) -> generate(args) -> CLI.
 """
 import argparse
 import contextlib

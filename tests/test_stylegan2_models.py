@@ -216,6 +216,38 @@ def test_modulated_conv_paths_have_equal_gradients():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("upsample", [False, True])
+def test_styled_conv_paper_form_and_fast_path_are_equal(upsample, monkeypatch):
+    """StyledConv: the paper's conv -> NoiseInjection -> bias + lrelu (fused=True) equals the fast
+    path that adds the noise inside the demodulation pass, in value and gradient; only the paper
+    form calls NoiseInjection.forward. Reference: the per-sample loop plus weight * noise by hand."""
+    layer = m.StyledConv(4, 6, 3, style_dim=5, upsample=upsample)
+    with torch.no_grad():
+        layer.noise.weight.fill_(0.7)
+        layer.activate.bias.normal_()
+    r = 12 if upsample else 6
+    x, style, noise = torch.randn(2, 4, 6, 6, requires_grad=True), torch.randn(2, 5), torch.randn(2, 1, r, r)
+    calls = []
+    original = m.NoiseInjection.forward
+    monkeypatch.setattr(m.NoiseInjection, "forward", lambda self, *a: calls.append(1) or original(self, *a))
+    outs, grads = [], []
+    for fused in (True, False):
+        layer.conv.fused = fused
+        x.grad = None
+        layer.zero_grad()
+        out = layer(x, style, noise=noise)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append((x.grad.clone(), layer.conv.weight.grad.clone(), layer.noise.weight.grad.clone()))
+        assert len(calls) == 1  # called by the paper form (first pass) and not again by the fast path
+    conv = modconv_reference(x, style, layer.conv, upsample).double()
+    want = lrelu(conv + 0.7 * noise.double() + layer.activate.bias.detach().double().view(1, -1, 1, 1))
+    for out in outs:
+        torch.testing.assert_close(out.double(), want, atol=1e-4, rtol=1e-4)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_modconv_path_is_nonfused_on_cpu():
     layer = m.ModulatedConv2d(4, 4, 3, style_dim=4)
     x = torch.randn(1, 4, 4, 4)

@@ -3,9 +3,11 @@ FreezeD/FreezeG, exact resume, Ctrl-C, FID during training and a 2-process torch
 
 CPU only, tiny networks (16-32 px, 16 channels, style_dim 16, 2 mapping layers)."""
 import argparse
+import copy
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import ROOT, load_script
@@ -415,3 +418,302 @@ def test_torchrun_two_processes_gloo(m, tmp_path, data16):
         up, down = min(1.0, before + 0.8), max(0.0, before - 0.8)
         assert after == pytest.approx(up) or after == pytest.approx(down)
     assert ckpt["ada_state"]["rt"] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The file's reading order: the method above one plumbing line
+# ---------------------------------------------------------------------------------------------
+BANNER = "# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----"
+
+
+def test_docstring_map_names_are_defined_above_the_plumbing_line(m):
+    import ast
+    import re
+    with open(m.__file__) as f:
+        source = f.read()
+    lines = source.split("\n")
+    assert lines.count(BANNER) == 1
+    banner = lines.index(BANNER) + 1                                # 1-based line of the banner
+    tree = ast.parse(source)
+    where = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            where[node.name] = node.lineno
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    where[t.id] = node.lineno
+    doc = ast.get_docstring(tree)
+    map_part = doc[doc.index("Map ("):doc.index("Below the plumbing line")]
+    names = {n.split(".")[0] for n in re.findall(r"`([A-Za-z_][A-Za-z0-9_.]*)`", map_part)}
+    names -= {"forward_paper", "forward_fast"}                      # methods, checked below
+    assert {"train_step", "Generator", "Discriminator", "AugmentPipe", "d_r1_penalty"} <= names
+    for name in sorted(names):
+        assert name in where, f"{name} is in the docstring map but not defined at top level"
+        assert where[name] < banner, f"{name} (line {where[name]}) is below the plumbing line {banner}"
+    # and the plumbing is below it
+    for name in ("save_checkpoint", "load_checkpoint", "RestrictedUnpickler", "ImageFolderDataset",
+                 "resolve_settings", "mean_over_processes", "train", "generate", "main"):
+        assert where[name] > banner, f"{name} (line {where[name]}) should be below the plumbing line"
+    # ModulatedConv2d: the paper's form comes first, the fast path after it
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModulatedConv2d")
+    methods = [f.name for f in cls.body if isinstance(f, ast.FunctionDef)]
+    assert methods.index("forward_paper") < methods.index("forward_fast")
+    # no process group is touched above the line: DDP goes through mean_over_processes
+    above = "\n".join(lines[:banner])
+    assert "all_reduce" not in above and "dist." not in above
+
+
+# ---------------------------------------------------------------------------------------------
+# train_step: one iteration, called directly
+# ---------------------------------------------------------------------------------------------
+def tiny_nets(m, size=16, seed=0):
+    torch.manual_seed(seed)
+    g = m.Generator(size, style_dim=16, n_mlp=2, channel_max=16)
+    d = m.Discriminator(size, channel_max=16)
+    with torch.no_grad():  # a non-trivial noise strength, so that the noise inputs matter
+        for name, p in g.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.3)
+    g_ema = m.Generator(size, style_dim=16, n_mlp=2, channel_max=16)
+    g_ema.load_state_dict(g.state_dict())
+    return g, d, g_ema.eval().requires_grad_(False)
+
+
+def step_cfg(m, **over):
+    return argparse.Namespace(**{**m.TRAIN_DEFAULTS, "style_dim": 16, **over})
+
+
+def adam(params, k):
+    """Adam with StyleGAN2's lazy-regularization correction c = k / (k + 1), written out."""
+    c = k / (k + 1)
+    return torch.optim.Adam(params, lr=0.002 * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+
+
+def reference_iteration(g, d, g_ema, real, gamma=10.0, pl_weight=2.0, pl_decay=0.01, ema_kimg=10.0):
+    """Iteration 0 written from the papers with plain torch (R1 and path length both due, no
+    augmentation, no style mixing): returns (d_loss, g_loss, r1, mean path length, new a)."""
+    b, size = real.shape[0], real.shape[-1]
+    d_opt, g_opt = adam(list(d.parameters()), 16), adam(list(g.parameters()), 4)
+    # D: softplus(-D(x)) + softplus(D(G(z)))
+    z = torch.randn(b, 16)
+    with torch.no_grad():
+        fake = g([z])[0]                                  # G draws its noise maps itself
+    d_loss = F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()
+    d_opt.zero_grad()
+    d_loss.backward()
+    d_opt.step()
+    # R1: gamma / 2 * E||grad_x D(x)||^2, times the interval 16
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
+    r1 = grad.pow(2).sum([1, 2, 3]).mean()
+    d_opt.zero_grad()
+    (gamma / 2 * r1 * 16).backward()
+    d_opt.step()
+    # G: softplus(-D(G(z))) with D fixed
+    for p in d.parameters():
+        p.requires_grad_(False)
+    z = torch.randn(b, 16)
+    g_loss = F.softplus(-d(g([z])[0])).mean()
+    g_opt.zero_grad()
+    g_loss.backward()
+    g_opt.step()
+    # path length on b // 2 images: (|J^T y| - a)^2, a <- a + decay (mean - a), times the interval 4
+    z = torch.randn(b // 2, 16)
+    img, lat = g([g.style(z)], input_is_latent=True, return_latents=True)
+    y = torch.randn(img.shape) / size
+    (grad,) = torch.autograd.grad((img * y).sum(), lat, create_graph=True)
+    lengths = grad.pow(2).sum(2).mean(1).sqrt()
+    a = 0.0 + pl_decay * (lengths.mean().detach() - 0.0)
+    penalty = (lengths - a).pow(2).mean()
+    g_opt.zero_grad()
+    (pl_weight * 4 * penalty).backward()
+    g_opt.step()
+    beta = 0.5 ** (b / (ema_kimg * 1000))
+    with torch.no_grad():
+        for pe, p in zip(g_ema.parameters(), g.parameters()):
+            pe.copy_(beta * pe + (1 - beta) * p)
+    return d_loss.item(), g_loss.item(), r1.item(), lengths.mean().item(), float(a)
+
+
+def test_train_step_equals_the_papers_iteration_written_out(m):
+    g, d, g_ema = tiny_nets(m)
+    ref_nets = [copy.deepcopy(n) for n in (g, d, g_ema)]
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    start = {k: v.clone() for k, v in g.state_dict().items()}, {k: v.clone() for k, v in d.state_dict().items()}
+    cfg = step_cfg(m, batch=4, mixing=0.0)
+    torch.manual_seed(11)
+    stats, pl_mean = m.train_step(0, real, g, d, g_ema, adam(list(g.parameters()), 4),
+                                  adam(list(d.parameters()), 16), m.NoAugment(), cfg,
+                                  torch.zeros(()))
+    torch.manual_seed(11)
+    want = reference_iteration(*ref_nets, real)
+    got = (stats["d_loss"], stats["g_loss"], stats["r1"], stats["path_length"], pl_mean)
+    for name, a, b in zip(("d_loss", "g_loss", "r1", "path_length", "pl_mean"), got, want):
+        assert math.isfinite(float(a)) and float(a) == pytest.approx(b, rel=1e-5, abs=1e-7), name
+    for net, ref in zip((g, d, g_ema), ref_nets):
+        for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    moved_g = [k for k, v in g.state_dict().items() if not torch.equal(v, start[0][k])]
+    moved_d = [k for k, v in d.state_dict().items() if not torch.equal(v, start[1][k])]
+    assert len(moved_g) > 10 and len(moved_d) > 10
+
+
+def test_the_training_loop_is_train_step(m, tmp_path, data16, monkeypatch):
+    """train(--iter 1) from a checkpoint = the written-out iteration on the batch the loop drew,
+    with the loop's documented seed (seed + 1000 for process 0) and lazy-corrected Adam."""
+    g, d, g_ema = tiny_nets(m)
+    start = str(tmp_path / "start.pt")
+    m.save_checkpoint(start, {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
+                              "args": dict(size=16, style_dim=16, n_mlp=2, channel_multiplier=2,
+                                           channel_max=16), "step": 0})
+    seen = {}
+    original = m.train_step
+
+    def spy(i, real, *args, **kwargs):
+        seen["real"] = real.clone()
+        return original(i, real, *args, **kwargs)
+
+    monkeypatch.setattr(m, "train_step", spy)
+    out = tmp_path / "run"
+    run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--ckpt", start, "--iter", "1",
+                           "--mixing", "0", "--seed", "3"])
+    after = load(out / "checkpoints" / "000001.pt")
+    torch.manual_seed(3 + 1000)
+    want = reference_iteration(g, d, g_ema, seen["real"])
+    for key, net in (("g", g), ("d", d), ("g_ema", g_ema)):
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(after[key][name], p.detach(), rtol=1e-5, atol=1e-6,
+                                       msg=f"{key}.{name}")
+    rec = read_log(out)[-1]
+    assert rec["d_loss"] == pytest.approx(want[0], rel=1e-5) and rec["r1"] == pytest.approx(want[2], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# --batch-gpu: gradient accumulation
+# ---------------------------------------------------------------------------------------------
+class GradRecorder(torch.optim.SGD):
+    """An optimiser that records the gradients of each step and leaves the weights alone (lr 0)."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+
+
+@pytest.mark.parametrize("batch_gpu", [4, 8])
+def test_batch_gpu_accumulates_the_full_batch_gradients(m, batch_gpu):
+    """Batch 16 in chunks of 4 or 8 (mbstd group 4 divides both): D step, R1, G step and path
+    length gradients, the losses, the path-length mean and ADA's sign statistics equal batch 16."""
+    real = torch.rand(16, 3, 16, 16) * 2 - 1
+    results = []
+    for bg in (None, batch_gpu):
+        g, d, g_ema = tiny_nets(m, seed=4)
+        g_opt, d_opt = GradRecorder(g.parameters()), GradRecorder(d.parameters())
+        ada = m.AdaptiveP(batch_size=16)
+        cfg = step_cfg(m, batch=16, batch_gpu=bg, mixing=0.9)
+        torch.manual_seed(5)
+        random.seed(5)
+        stats, pl_mean = m.train_step(0, real, g, d, g_ema, g_opt, d_opt, m.NoAugment(), cfg,
+                                      torch.tensor(0.5), adaptive=ada)
+        results.append((d_opt.seen, g_opt.seen, stats, pl_mean, float(ada._sum), ada._count))
+    (d_full, g_full, s_full, pl_full, sum_full, n_full), (d_acc, g_acc, s_acc, pl_acc, sum_acc, n_acc) = results
+    assert len(d_full) == len(d_acc) == 2 and len(g_full) == len(g_acc) == 2   # D, R1; G, path length
+    for what, full, acc in (("D", d_full, d_acc), ("G", g_full, g_acc)):
+        for k, (a, b) in enumerate(zip(full, acc)):
+            for j, (x, y) in enumerate(zip(a, b)):
+                assert x.abs().max() > 0 or j > 0 or k > 0
+                torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6, msg=f"{what} step {k} tensor {j}")
+    for key in ("d_loss", "g_loss", "r1", "path_length", "pl_penalty", "real_score"):
+        assert float(s_acc[key]) == pytest.approx(float(s_full[key]), rel=1e-5), key
+    assert float(pl_acc) == pytest.approx(float(pl_full), rel=1e-6)
+    assert (sum_acc, n_acc) == (sum_full, n_full) == (sum_acc, 16)
+
+
+def test_batch_chunks_keep_whole_minibatch_stddev_groups(m):
+    # batch 8, group 4: D groups samples {j, j + 2, j + 4, j + 6}, j = 0, 1 (view(4, -1))
+    assert [c.tolist() for c in m.batch_chunks(8, 4, 4)] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [c.tolist() for c in m.batch_chunks(8, 2, 4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # NVlabs min(G, N)
+    assert [c.tolist() for c in m.batch_chunks(4, None, 4)] == [[0, 1, 2, 3]]
+
+
+def test_bad_batch_gpu_and_out_of_memory_are_one_line(m, tmp_path, data16, monkeypatch):
+    with pytest.raises(SystemExit, match=r"--batch-gpu 3: must divide the batch per process \(4\)"):
+        run(m, tiny_flags() + ["--data", data16, "--out", str(tmp_path / "a"), "--batch-gpu", "3"])
+
+    def oom(*args, **kwargs):
+        raise m.OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(m, "train_step", oom)
+    with pytest.raises(SystemExit) as e:
+        run(m, tiny_flags() + ["--data", data16, "--out", str(tmp_path / "b"), "--iter", "1"])
+    text = str(e.value)
+    assert "\n" not in text and "out of GPU memory with 4 images" in text and "try --batch-gpu 2" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# --precision: bf16 and fp16 (NVlabs num_fp16_res = 4, conv_clamp = 256)
+# ---------------------------------------------------------------------------------------------
+def test_fp16_marks_the_four_highest_resolutions_as_nvlabs(m):
+    g = m.set_precision(m.Generator(256, style_dim=8, n_mlp=1, channel_max=8), "fp16")
+    d = m.set_precision(m.Discriminator(256, channel_max=8), "fp16")
+    # NVlabs: fp16 for resolutions >= max(2 ** (log2(256) + 1 - 4), 8) = 32
+    g_res = {"conv1": 4, "to_rgb1": 4}
+    for j in range(6):
+        g_res.update({f"convs.{2 * j}": 8 * 2 ** j, f"convs.{2 * j + 1}": 8 * 2 ** j, f"to_rgbs.{j}": 8 * 2 ** j})
+    for name, r in g_res.items():
+        block = g.get_submodule(name)
+        assert block.compute_dtype == (torch.float16 if r >= 32 else None), name
+        assert block.conv_clamp == (256 if r >= 32 else None), name
+    d_res = {"convs.0": 256, **{f"convs.{j}": 256 // 2 ** (j - 1) for j in range(1, 7)}}
+    for name, r in d_res.items():
+        assert d.get_submodule(name).compute_dtype == (torch.float16 if r >= 32 else None), name
+    assert all(getattr(b, "compute_dtype", None) is None for b in (*g.style, d.final_conv, d.final_linear))
+    b = m.set_precision(m.Generator(32, style_dim=8, n_mlp=1, channel_max=8), "bf16")
+    assert b.conv1.compute_dtype == b.to_rgbs[2].compute_dtype == torch.bfloat16 and b.conv1.conv_clamp is None
+
+
+@pytest.mark.parametrize("precision, tol", [("bf16", 0.03), ("fp16", 0.005)])
+def test_half_precision_forward_is_close_to_fp32(m, precision, tol):
+    """Same weights, same inputs: relative L2 error of G's image and D's logits. bf16 keeps 8
+    significant bits (2^-8 = 0.4% per rounding), fp16 11 (0.05%): the bounds allow for ~10 layers."""
+    g, d, _ = tiny_nets(m, size=32, seed=6)
+    z = torch.randn(4, 16)
+    noise = [torch.randn(4, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)) for i in range(g.num_layers)]
+    with torch.no_grad():
+        img32 = g([z], noise=noise)[0]
+        logits32 = d(img32)
+        m.set_precision(g, precision)
+        m.set_precision(d, precision)
+        img = g([z], noise=noise)[0]
+        logits = d(img32)
+    assert img.dtype == logits.dtype == torch.float32          # images and logits leave in fp32
+    rel = lambda a, b: float((a - b).norm() / b.norm())        # noqa: E731
+    assert 0 < rel(img, img32) < tol
+    assert 0 < rel(logits, logits32) < tol
+    assert all(p.dtype == torch.float32 for p in (*g.parameters(), *d.parameters()))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_training_in_half_precision_writes_fp32_and_resumes_as_fp32(m, tmp_path, data16, precision):
+    out = tmp_path / precision
+    run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--iter", "2", "--precision", precision])
+    ckpt = load(out / "checkpoints" / "000002.pt")
+    assert ckpt["args"]["precision"] == precision
+    for key in ("g", "d", "g_ema"):
+        assert all(v.dtype == torch.float32 for v in ckpt[key].values() if v.is_floating_point()), key
+    for key in ("g_optim", "d_optim"):
+        assert all(t.dtype == torch.float32 for s in ckpt[key]["state"].values() for n, t in s.items()
+                   if n != "step"), key
+    log = read_log(out)
+    assert all(math.isfinite(r[k]) for r in log for k in ("d_loss", "g_loss", "r1", "path_length"))
+    torch.manual_seed(0)
+    ref = m.Generator(16, style_dim=16, n_mlp=2, channel_max=16)
+    first = load(out / "checkpoints" / "000002.pt")["g"]
+    assert not torch.equal(first["convs.0.conv.weight"], ref.state_dict()["convs.0.conv.weight"])
+    run(m, ["--resume", str(out), "--iter", "3", "--precision", "fp32"])
+    later = load(out / "checkpoints" / "000003.pt")
+    assert later["args"]["precision"] == "fp32" and later["step"] == 3
+    assert not torch.equal(later["g"]["convs.0.conv.weight"], first["convs.0.conv.weight"])
