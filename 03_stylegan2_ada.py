@@ -159,13 +159,6 @@ TRAIN_DEFAULTS = {
     "precision": None,         # fp32 | bf16 | fp16; None = per device (default_precision)
     "batch_gpu": None,         # images per forward/backward; the batch is accumulated (None = all at once)
 }
-# Settings that may change when a run is continued with --resume; all others come from the run.
-RESUME_OVERRIDABLE = ("data", "iter", "n_sample", "sample_every", "ckpt_every", "keep", "log_every",
-                      "fid_every", "fid_n", "fid_batch", "inception", "fid_cache", "fid_dims", "num_workers",
-                      "device", "progress", "precision", "batch_gpu")
-# Architecture settings that a --ckpt or --resume checkpoint decides.
-ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
-
 # Channels per resolution of rosinality's Generator/Discriminator before the channel multiplier
 # (resolutions >= 64) and before the channel_max cap: 512 up to 32 px, then 16384 / r * cm.
 BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
@@ -2173,6 +2166,14 @@ class StepBatchSampler:
 
 
 # ---- Settings: defaults < preset < command line (< the run's settings with --resume) ---------
+# Settings that may change when a run is continued with --resume; all others come from the run.
+RESUME_OVERRIDABLE = ("data", "iter", "n_sample", "sample_every", "ckpt_every", "keep", "log_every",
+                      "fid_every", "fid_n", "fid_batch", "inception", "fid_cache", "fid_dims", "num_workers",
+                      "device", "progress", "precision", "batch_gpu")
+# Architecture settings that a --ckpt or --resume checkpoint decides.
+ARCH_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
+
+
 class TrainError(SystemExit):
     """Bad input for training: exits with the one-line message (status 1)."""
 
