@@ -1443,7 +1443,6 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
     batch, device = real.shape[0], real.device
     batch_gpu = getattr(cfg, "batch_gpu", None)
     half = getattr(g, "precision", "fp32") == "fp16"
-    g_params = [p for group in g_optim.param_groups for p in group["params"]]
     d_params = [p for group in d_optim.param_groups for p in group["params"]]
     chunks = batch_chunks(batch, batch_gpu, d.mbstd_group)
     stats = {}

@@ -717,3 +717,24 @@ def test_training_in_half_precision_writes_fp32_and_resumes_as_fp32(m, tmp_path,
     later = load(out / "checkpoints" / "000003.pt")
     assert later["args"]["precision"] == "fp32" and later["step"] == 3
     assert not torch.equal(later["g"]["convs.0.conv.weight"], first["convs.0.conv.weight"])
+
+
+def test_fp16_clamps_activations_and_replaces_overflowed_gradients(m):
+    """NVlabs' two fp16 guards: activations of fp16 blocks clipped to +-256 (conv_clamp), and
+    inf/NaN gradients replaced (nan_to_num: 0, +-1e5) before the optimiser step."""
+    g = m.Generator(16, style_dim=8, n_mlp=1, channel_max=8)
+    with torch.no_grad():
+        g.convs[1].activate.bias.fill_(1000.0)      # 16 px block: fp16 at 16 px (all blocks >= 8)
+    seen = {}
+    g.convs[1].register_forward_hook(lambda mod, inp, out: seen.update(out=out))
+    with torch.no_grad():
+        g([torch.randn(2, 8)])
+        assert seen["out"].max() > 1000              # fp32: lrelu(x + 1000) * sqrt(2)
+        m.set_precision(g, "fp16")
+        g([torch.randn(2, 8)])
+    assert seen["out"].max() == 256.0
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([p], lr=1.0)
+    p.grad = torch.tensor([float("inf"), float("-inf"), float("nan"), 2.0])
+    m._optimizer_step(opt, fix_half_grads=True)
+    assert p.detach().tolist() == [-1e5, 1e5, 0.0, -2.0]
