@@ -263,6 +263,19 @@ class EqualConv2d(nn.Module):
         return f"{i}, {o}, {k}, stride={self.stride}, padding={self.padding}"
 
 
+def fp32_region(x):
+    """Inside a half-precision block (autocast on, see `set_precision`): switch autocast off so
+    that the styles and demodulation coefficients are computed in fp32, as NVlabs; else nothing."""
+    kind = x.device.type
+    if kind not in ("cpu", "cuda", "mps", "xpu"):  # e.g. meta: no autocast there
+        return contextlib.nullcontext()
+    try:
+        on = torch.is_autocast_enabled(kind)
+    except TypeError:  # torch < 2.4: no device argument
+        on = torch.is_autocast_cpu_enabled() if kind == "cpu" else torch.is_autocast_enabled()
+    return torch.autocast(kind, enabled=False) if on else contextlib.nullcontext()
+
+
 class ModulatedConv2d(nn.Module):
     """Weight (de)modulation, StyleGAN2 Sec. 2.2, Eq. 1-3.
 
@@ -318,7 +331,8 @@ class ModulatedConv2d(nn.Module):
         """
         b, c, h, w_ = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {c}"
-        s = self.modulation(style)                                  # [B, in]
+        with fp32_region(x):                                        # styles in fp32, as NVlabs
+            s = self.modulation(style.float())                      # [B, in]
         weight = self.weight[0] * self.scale                        # [out, in, k, k]
         if self.use_fused(x):
             out = self.forward_paper(x, s, weight)
@@ -359,7 +373,8 @@ class ModulatedConv2d(nn.Module):
         if not self.demodulate:
             return out if noise is None else out + noise
         # sum_ik (s_i w_ijk)^2 = sum_i s_i^2 * (sum_k w_ijk^2): a [B, in] x [in, out] product
-        d = torch.rsqrt(s.square() @ weight.square().sum([2, 3]).t() + DEMOD_EPS)  # [B, out]
+        with fp32_region(x):                                        # demodulation in fp32
+            d = torch.rsqrt(s.square() @ weight.square().sum([2, 3]).t() + DEMOD_EPS)  # [B, out]
         d = d.view(b, self.out_channel, 1, 1).to(out.dtype)
         return out * d if noise is None else torch.addcmul(noise.to(out.dtype), out, d)
 
