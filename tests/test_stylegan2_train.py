@@ -673,6 +673,7 @@ def test_fp16_marks_the_four_highest_resolutions_as_nvlabs(m):
     assert all(getattr(b, "compute_dtype", None) is None for b in (*g.style, d.final_conv, d.final_linear))
     b = m.set_precision(m.Generator(32, style_dim=8, n_mlp=1, channel_max=8), "bf16")
     assert b.conv1.compute_dtype == b.to_rgbs[2].compute_dtype == torch.bfloat16 and b.conv1.conv_clamp is None
+    assert m.default_precision(torch.device("cpu")) == "fp32"
 
 
 @pytest.mark.parametrize("precision, tol", [("bf16", 0.03), ("fp16", 0.005)])
