@@ -35,7 +35,7 @@ Map (the method, top to bottom; a copier cuts at the plumbing line)
   `ModulatedConv2d` (Eq. 1-3: `forward_paper` first, `forward_fast` beside it), `NoiseInjection`,
   `ConstantInput`, `StyledConv`, `ToRGB`
 - networks: `Generator` (mapping + synthesis), `ConvLayer`, `ResBlock`, `Discriminator`;
-  mixed precision: `set_precision`, `default_precision`
+  mixed precision: `set_precision` (NVlabs' fp16 layers, or bf16)
 - augmentation: `AugmentPipe` (ADA 'bgc'), `AdaptiveP` (ADA's p), `DiffAugment`, `make_augment`
 - losses and regularizers: `d_logistic_loss`, `g_nonsaturating_loss`, `d_r1_penalty`,
   `path_lengths`, `g_path_length_penalty`, `lazy_adam`, `mixing_noise`, `ema_update`, `ema_beta`
@@ -738,15 +738,6 @@ def set_precision(net, precision, num_fp16_res=NUM_FP16_RES, conv_clamp=CONV_CLA
         raise TypeError(f"set_precision: expected a Generator or Discriminator, got {type(net).__name__}")
     net.precision = precision
     return net
-
-
-def default_precision(device):
-    """fp32 on the CPU (CPU half-precision convolutions are slower than fp32) and on GPUs without
-    bf16; bf16 on CUDA GPUs that support it (Ampere and newer: fp32's range, so no clamp or loss
-    scaling). fp16 is NVIDIA's setting for older GPUs with tensor cores (V100, RTX 20xx): ask for it."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2753,6 +2744,15 @@ def _train(args, rank, world, device):
         finally:
             bar.close()
     return cfg
+
+
+def default_precision(device):
+    """fp32 on the CPU (CPU half-precision convolutions are slower than fp32) and on GPUs without
+    bf16; bf16 on CUDA GPUs that support it (Ampere and newer: fp32's range, so no clamp or loss
+    scaling). fp16 is NVIDIA's setting for older GPUs with tensor cores (V100, RTX 20xx): ask for it."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
 
 
 PRECISION_HELP = ("compute precision (weights, optimiser state, EMA and checkpoints stay fp32): fp32; bf16 "
