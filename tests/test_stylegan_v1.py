@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -510,12 +511,88 @@ def test_missing_inception_weights_gives_one_notice_and_trains(tmp_path, monkeyp
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 2
 
 
-def test_wgan_gp_from_scratch_runs(tmp_path):
+def test_wgan_gp_is_the_from_scratch_default(tmp_path):
     data = make_images(tmp_path / "data")
     out = str(tmp_path / "run")
     m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "1", "--init-size", "16"))
     row = read_log(out)[0]
-    assert "gp" in row and math.isfinite(row["loss_d"]) and row["res"] == 16
+    assert "gp" in row and "r1" not in row and math.isfinite(row["loss_d"]) and row["res"] == 16
+
+
+class FixedImageGenerator(torch.nn.Module):
+    """G(z) = the same learned image P for every z, so the fake batch is known."""
+    code_dim = 4
+
+    def __init__(self, img):
+        super().__init__()
+        self.img = torch.nn.Parameter(img.clone())
+
+    def forward(self, z, step=0, alpha=-1):
+        return self.img.expand(z.shape[0], -1, -1, -1)
+
+
+class LinearCritic(torch.nn.Module):
+    """D(x) = <w, x> + b: grad_x D = w for every x, so the gradient penalty is 10 (|w| - 1)^2."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())
+
+    def forward(self, x, step=0, alpha=-1, feature_blocks=None):
+        return (x * self.w).flatten(1).sum(1, keepdim=True) + self.b
+
+
+def test_wgan_gp_step_equals_hand_derived_sgd_step():
+    # rosinality style-based-gan-pytorch train.py: D loss -(E D(x) - 0.001 E D(x)^2) + E D(G(z))
+    # + 10 E(|grad D(x_hat)| - 1)^2; G loss -E D(G(z)) with the updated D; then the EMA
+    torch.set_default_dtype(torch.float64)
+    try:
+        R, P = torch.randn(3, 3, 4, 4), torch.randn(3, 4, 4)
+        w, b, lr = torch.randn(3, 4, 4) * 0.3, torch.tensor([0.2]), 0.1
+        g, d, g_ema = FixedImageGenerator(P), LinearCritic(w, b), FixedImageGenerator(torch.zeros(3, 4, 4))
+        cfg = SimpleNamespace(mixing=False, loss="wgan-gp", lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0,
+                              fm_blocks=1, ema_decay=0.5)
+        stats = m.train_step(g, d, g_ema, torch.optim.SGD(g.parameters(), lr=lr), torch.optim.SGD(d.parameters(), lr=lr),
+                             R, 0, -1, cfg, {"w", "b"})
+    finally:
+        torch.set_default_dtype(torch.float32)
+    Rn, Pn, wn, bn = (t.numpy().reshape(t.shape[0], -1) if t.dim() == 4 else t.numpy().ravel()
+                      for t in (R, P, w, b))
+    r, f = Rn @ wn + bn[0], Pn @ wn + bn[0]                          # D(real_i), D(fake)
+    norm = np.linalg.norm(wn)
+    loss_d = -(r.mean() - 0.001 * (r ** 2).mean()) + f
+    gp = 10 * (norm - 1) ** 2
+    grad_w = -(Rn.mean(0) - 0.001 * (2 * r[:, None] * Rn).mean(0)) + Pn + 20 * (norm - 1) * wn / norm
+    grad_b = -(1 - 0.002 * r.mean()) + 1
+    w1, b1 = wn - lr * grad_w, bn[0] - lr * grad_b
+    loss_g = -(Pn @ w1 + b1)
+    P1 = Pn + lr * w1                                                # d(-D(P))/dP = -w1
+    assert stats["loss_d"] == pytest.approx(loss_d, rel=1e-9)
+    assert stats["gp"] == pytest.approx(gp, rel=1e-9)
+    assert stats["loss_g"] == pytest.approx(loss_g, rel=1e-9)
+    np.testing.assert_allclose(d.w.detach().numpy().ravel(), w1, rtol=1e-9)
+    np.testing.assert_allclose(d.b.item(), b1, rtol=1e-9)
+    np.testing.assert_allclose(g.img.detach().numpy().ravel(), P1, rtol=1e-9)
+    np.testing.assert_allclose(g_ema.img.detach().numpy().ravel(), 0.5 * P1, rtol=1e-9)
+
+
+def test_gradient_penalty_is_per_sample_on_the_real_fake_segment():
+    seen = []
+
+    def critic(x, step, alpha):                                      # D(x) = |x|^2 / 2: grad = x_hat
+        seen.append(x.detach())
+        return 0.5 * x.pow(2).flatten(1).sum(1, keepdim=True)
+
+    real, fake = torch.randn(64, 3, 2, 2), torch.randn(64, 3, 2, 2)
+    gp = m.d_gradient_penalty(critic, real, fake, 0, -1).item()
+    x_hat, = seen
+    # x_hat_i = e_i real_i + (1 - e_i) fake_i, one e_i in [0, 1] per sample (least squares fit)
+    u, v = (x_hat - fake).flatten(1), (real - fake).flatten(1)
+    e = (u * v).sum(1) / (v * v).sum(1)
+    torch.testing.assert_close(u, e[:, None] * v, rtol=1e-4, atol=1e-5)
+    assert e.min() >= 0 and e.max() <= 1 and e.std() > 0.15      # uniform per sample: std 0.29
+    expect = 10 * ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean().item()
+    assert gp == pytest.approx(expect, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
