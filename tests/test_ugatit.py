@@ -209,14 +209,6 @@ def test_adam_in_backward_and_recompute_equal_plain_step():
 
 
 # ---- shapes -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("light", [False, True])
-def test_generator_shapes(light):
-    g = u.ResnetGenerator(ngf=4, n_blocks=1, img_size=64, light=light)
-    out, cam, heat = g(torch.rand(3, 3, 64, 64) * 2 - 1)
-    assert out.shape == (3, 3, 64, 64) and cam.shape == (3, 2) and heat.shape == (3, 1, 16, 16)
-    assert out.abs().max() <= 1
-
-
 @pytest.mark.parametrize("size,n_layers,side", [(256, 7, 6), (256, 5, 30), (128, 7, 2), (128, 5, 14),
                                                 (64, 7, 1), (64, 5, 6)])
 def test_discriminator_output_sizes(size, n_layers, side):
@@ -423,15 +415,18 @@ def test_bf16_autocast_step_is_close_to_fp32_reference():
 
 @requires_cuda
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_step_on_cuda(amp):
+def test_amp_step_on_cuda_is_close_to_fp32_reference(amp):
     dev = torch.device("cuda")
-    nets = {k: v.to(dev) for k, v in tiny_nets().items()}
-    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4, in_backward=amp != "fp16")
+    ours, ref = twin_nets(light=False)
+    ours, ref = ({k: v.to(dev) for k, v in nets.items()} for nets in (ours, ref))
     scalers = (torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")) if amp == "fp16" else None
-    A, B = torch.rand(2, 3, 64, 64, device=dev) * 2 - 1, torch.rand(2, 3, 64, 64, device=dev) * 2 - 1
-    losses = u.train_step(nets, g_optim, d_optim, A, B, WEIGHTS, u.autocast_factory(amp, dev), scalers)
-    assert all(np.isfinite(v) for v in losses.values())
-    assert all(p.dtype == torch.float32 for net in nets.values() for p in net.parameters())
+    A, B = torch.rand(2, 3, 32, 32, device=dev) * 2 - 1, torch.rand(2, 3, 32, 32, device=dev) * 2 - 1
+    got = u.train_step(ours, *sgd_pair(ours, 0.01), A, B, WEIGHTS, u.autocast_factory(amp, dev), scalers)
+    expect = reference_step(ref, *sgd_pair(ref, 0.01), A, B, WEIGHTS)
+    # the terms computed before any update (a GradScaler may skip the first D step, which g_adv sees)
+    for k in ("d_loss", "g_cycle", "g_identity", "g_cam"):
+        assert got[k] == pytest.approx(expect[k], rel=3e-2), k
+    assert all(p.dtype == torch.float32 for net in ours.values() for p in net.parameters())
 
 
 def test_learning_rate_linear_decay():
