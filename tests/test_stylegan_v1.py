@@ -532,44 +532,76 @@ class FixedImageGenerator(torch.nn.Module):
 
 
 class LinearCritic(torch.nn.Module):
-    """D(x) = <w, x> + b: grad_x D = w for every x, so the gradient penalty is 10 (|w| - 1)^2."""
+    """D(x) = <w, x> + b: grad_x D = w for every x, so R1 = 5 |w|^2 and WGAN-GP = 10 (|w| - 1)^2.
+    Its "features" (feature_blocks given) are x * w, flattened."""
 
     def __init__(self, w, b):
         super().__init__()
         self.w, self.b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())
 
     def forward(self, x, step=0, alpha=-1, feature_blocks=None):
+        if feature_blocks is not None:
+            return (x * self.w).flatten(1)
         return (x * self.w).flatten(1).sum(1, keepdim=True) + self.b
 
 
-def test_wgan_gp_step_equals_hand_derived_sgd_step():
-    # rosinality style-based-gan-pytorch train.py: D loss -(E D(x) - 0.001 E D(x)^2) + E D(G(z))
-    # + 10 E(|grad D(x_hat)| - 1)^2; G loss -E D(G(z)) with the updated D; then the EMA
+def softplus(x):
+    return np.logaddexp(0, x)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("loss", ["r1", "wgan-gp"])
+def test_train_step_equals_hand_derived_sgd_step(loss):
+    # rosinality style-based-gan-pytorch train.py / FreezeD finetune.py, one SGD step on a linear
+    # critic and a generator that outputs one learned image P for every z. D: r1: softplus(-D(x))
+    # + softplus(D(G(z))) + 5 |grad D(x)|^2; wgan-gp: -(E D(x) - 0.001 E D(x)^2) + E D(G(z))
+    # + 10 (|grad D(x_hat)| - 1)^2; both + 0.5 L2-SP(D) + 0.2 feature matching. G, against the updated
+    # D: softplus(-D(G(z))) or -D(G(z)), + 0.3 L2-SP(G). Then EMA with decay 0.5.
+    lam_d, lam_fm, lam_g, lr = 0.5, 0.2, 0.3, 0.1
     torch.set_default_dtype(torch.float64)
     try:
-        R, P = torch.randn(3, 3, 4, 4), torch.randn(3, 4, 4)
-        w, b, lr = torch.randn(3, 4, 4) * 0.3, torch.tensor([0.2]), 0.1
+        R, P, P_src = torch.randn(3, 3, 4, 4), torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+        w, b, w_src, b_src = torch.randn(3, 4, 4) * 0.3, torch.tensor([0.2]), torch.randn(3, 4, 4) * 0.3, torch.tensor([-0.1])
         g, d, g_ema = FixedImageGenerator(P), LinearCritic(w, b), FixedImageGenerator(torch.zeros(3, 4, 4))
-        cfg = SimpleNamespace(mixing=False, loss="wgan-gp", lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0,
+        cfg = SimpleNamespace(mixing=False, loss=loss, lambda_fm=lam_fm, lambda_l2_d=lam_d, lambda_l2_g=lam_g,
                               fm_blocks=1, ema_decay=0.5)
         stats = m.train_step(g, d, g_ema, torch.optim.SGD(g.parameters(), lr=lr), torch.optim.SGD(d.parameters(), lr=lr),
-                             R, 0, -1, cfg, {"w", "b"})
+                             R, 0, -1, cfg, {"w", "b"}, g_source=FixedImageGenerator(P_src),
+                             d_source=LinearCritic(w_src, b_src))
     finally:
         torch.set_default_dtype(torch.float32)
-    Rn, Pn, wn, bn = (t.numpy().reshape(t.shape[0], -1) if t.dim() == 4 else t.numpy().ravel()
-                      for t in (R, P, w, b))
-    r, f = Rn @ wn + bn[0], Pn @ wn + bn[0]                          # D(real_i), D(fake)
+    Rn = R.numpy().reshape(3, -1)
+    Pn, Psn, wn, wsn = (t.numpy().ravel() for t in (P, P_src, w, w_src))
+    bn, bsn, N = b.item(), b_src.item(), wn.size
+    r, f = Rn @ wn + bn, Pn @ wn + bn                                # D(real_i), D(fake)
     norm = np.linalg.norm(wn)
-    loss_d = -(r.mean() - 0.001 * (r ** 2).mean()) + f
-    gp = 10 * (norm - 1) ** 2
-    grad_w = -(Rn.mean(0) - 0.001 * (2 * r[:, None] * Rn).mean(0)) + Pn + 20 * (norm - 1) * wn / norm
-    grad_b = -(1 - 0.002 * r.mean()) + 1
-    w1, b1 = wn - lr * grad_w, bn[0] - lr * grad_b
-    loss_g = -(Pn @ w1 + b1)
-    P1 = Pn + lr * w1                                                # d(-D(P))/dP = -w1
-    assert stats["loss_d"] == pytest.approx(loss_d, rel=1e-9)
-    assert stats["gp"] == pytest.approx(gp, rel=1e-9)
-    assert stats["loss_g"] == pytest.approx(loss_g, rel=1e-9)
+    if loss == "r1":
+        loss_d = softplus(-r).mean() + softplus(f)
+        reg, reg_key = 5 * norm ** 2, "r1"
+        grad_w = (-sigmoid(-r)[:, None] * Rn).mean(0) + sigmoid(f) * Pn + 10 * wn
+        grad_b = -sigmoid(-r).mean() + sigmoid(f)
+    else:
+        loss_d = -(r.mean() - 0.001 * (r ** 2).mean()) + f
+        reg, reg_key = 10 * (norm - 1) ** 2, "gp"
+        grad_w = -(Rn.mean(0) - 0.001 * (2 * r[:, None] * Rn).mean(0)) + Pn + 20 * (norm - 1) * wn / norm
+        grad_b = -(1 - 0.002 * r.mean()) + 1
+    l2_d = ((wn - wsn) ** 2).mean() + (bn - bsn) ** 2                # mean over each tensor, summed
+    fm = ((Rn * (wn - wsn)) ** 2).mean()                             # features x * w vs x * w_src
+    grad_w = grad_w + lam_d * 2 * (wn - wsn) / N + lam_fm * 2 * (Rn ** 2).mean(0) * (wn - wsn) / N
+    grad_b = grad_b + lam_d * 2 * (bn - bsn)
+    w1, b1 = wn - lr * grad_w, bn - lr * grad_b
+    f1 = Pn @ w1 + b1
+    loss_g = softplus(-f1) if loss == "r1" else -f1
+    grad_P = (-sigmoid(-f1) if loss == "r1" else -1.0) * w1 + lam_g * 2 * (Pn - Psn) / N
+    P1 = Pn - lr * grad_P
+    expect = {"loss_d": loss_d, reg_key: reg, "loss_g": loss_g, "fm": fm, "l2_d": l2_d,
+              "l2_g": ((Pn - Psn) ** 2).mean()}
+    assert set(stats) == set(expect)
+    for k, v in expect.items():
+        assert stats[k] == pytest.approx(v, rel=1e-9), k
     np.testing.assert_allclose(d.w.detach().numpy().ravel(), w1, rtol=1e-9)
     np.testing.assert_allclose(d.b.item(), b1, rtol=1e-9)
     np.testing.assert_allclose(g.img.detach().numpy().ravel(), P1, rtol=1e-9)
