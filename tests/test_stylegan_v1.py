@@ -182,16 +182,24 @@ def test_released_layout_checkpoint_and_bare_ema_file_load(tmp_path):
     assert set(m.load_checkpoint(bare)) == {"g_running"}
 
 
-def reference_image(sd, z, step, code=TINY_CODE, noise=None):
+def reference_image(sd, z, step, code=TINY_CODE, noise=None, z_slots=None):
     """The port's forward for blocks 0..4 (non-fused), written from its description: per half
-    conv -> + noise * weight -> lrelu -> AdaIN; zero noise unless given."""
+    conv -> + noise * weight -> lrelu -> AdaIN; zero noise unless given. z_slots: {(block, 1 or 2):
+    z'} gives AdaIN `adain1` / `adain2` of that block the style of z' instead of z."""
     lrelu = lambda x: F.leaky_relu(x, 0.2)
-    w = z / torch.sqrt((z ** 2).mean(1, keepdim=True) + 1e-8)
-    for i in range(8):
-        wt, b = sd[f"style.{2 * i + 1}.linear.weight_orig"], sd[f"style.{2 * i + 1}.linear.bias"]
-        w = lrelu(w @ (wt * math.sqrt(2 / code)).t() + b)
+
+    def mapping(z):
+        w = z / torch.sqrt((z ** 2).mean(1, keepdim=True) + 1e-8)
+        for i in range(8):
+            wt, b = sd[f"style.{2 * i + 1}.linear.weight_orig"], sd[f"style.{2 * i + 1}.linear.bias"]
+            w = lrelu(w @ (wt * math.sqrt(2 / code)).t() + b)
+        return w
+
+    w_z = mapping(z)
+    slot_w = {k: mapping(v) for k, v in (z_slots or {}).items()}
 
     def adain(x, key):
+        w = slot_w.get((int(key.split(".")[2]), int(key[-1])), w_z)     # key generator.progression.N.adainJ
         s = w @ (sd[key + ".style.linear.weight_orig"] * math.sqrt(2 / code)).t() + sd[key + ".style.linear.bias"]
         c = x.shape[1]
         mu, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
@@ -721,8 +729,15 @@ def test_per_adain_styles(tmp_path):
     z = torch.randn(2, TINY_CODE)
     noise = [torch.zeros(2, 1, 4 * 2 ** i, 4 * 2 ** i) for i in range(3)]
     with torch.no_grad():
-        w, w_other = g.style(z), g.style(torch.randn(2, TINY_CODE))
+        z2 = torch.randn(2, TINY_CODE)
+        w, w_other = g.style(z), g.style(z2)
         same = g.generator([(w, w)] * 3, noise, step=2)
         torch.testing.assert_close(same, reference_image(sd, z, step=2), atol=1e-4, rtol=1e-4)
+        for block, slot in ((2, 2), (0, 1), (1, 2)):
+            pairs = [(w, w)] * 3
+            pairs[block] = (w_other, w) if slot == 1 else (w, w_other)
+            torch.testing.assert_close(g.generator(pairs, noise, step=2),
+                                       reference_image(sd, z, step=2, z_slots={(block, slot): z2}),
+                                       atol=1e-4, rtol=1e-4)
         last_differs = g.generator([(w, w), (w, w), (w, w_other)], noise, step=2)
     assert not torch.allclose(same, last_differs)
