@@ -29,7 +29,8 @@ def load_script(name):
 
 
 @pytest.fixture(autouse=True)
-def _small_threads():
+def _fixed_seed():
+    """Every test starts from torch.manual_seed(0), so random test inputs are the same on every run."""
     torch.manual_seed(0)
     yield
 

@@ -151,23 +151,30 @@ def test_make_kernel_is_normalised_outer_product():
     np.testing.assert_allclose(k.numpy(), np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0, rtol=1e-7)
 
 
-@pytest.mark.parametrize("taps,factor", [([1, 3, 3, 1], 2), ([1, 2, 3, 4, 4, 3, 2, 1], 4)])
-def test_upsample2d_shape_and_dc_gain(taps, factor):
+# pads of rosinality model.py Upsample / Downsample for a kernel of L taps and factor f:
+# up ((L - f + 1) // 2 + f - 1, (L - f) // 2), down ((L - f + 1) // 2, (L - f) // 2), written out
+@pytest.mark.parametrize("taps,factor,pad", [([1, 3, 3, 1], 2, (2, 1)), ([1, 2, 3, 4, 4, 3, 2, 1], 4, (5, 2))])
+def test_upsample2d_matches_scipy_and_keeps_dc(taps, factor, pad):
     k = make_kernel(taps)
-    x = torch.full((2, 3, 6, 10), 0.7)
-    y = upsample2d(x, k, factor)
+    x = torch.randn(2, 3, 6, 10, dtype=torch.float64)
+    y = upsample2d(x, k.double(), factor)
     assert y.shape == (2, 3, 6 * factor, 10 * factor)
-    border = len(taps) // factor
-    interior = y[:, :, border * factor:-border * factor, border * factor:-border * factor]
-    np.testing.assert_allclose(interior.numpy(), 0.7, rtol=1e-6)
+    want = factor ** 2 * scipy_upfirdn2d(x.numpy(), k.numpy(), (factor, factor), (1, 1), pad + pad)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-10, atol=1e-10)
+    y = upsample2d(torch.full((1, 1, 6, 10), 0.7), k, factor)        # a constant stays constant inside
+    border = len(taps) // factor * factor
+    np.testing.assert_allclose(y[:, :, border:-border, border:-border].numpy(), 0.7, rtol=1e-6)
 
 
-@pytest.mark.parametrize("taps,factor", [([1, 3, 3, 1], 2), ([1, 2, 3, 4, 4, 3, 2, 1], 4)])
-def test_downsample2d_shape_and_dc_gain(taps, factor):
+@pytest.mark.parametrize("taps,factor,pad", [([1, 3, 3, 1], 2, (1, 1)), ([1, 2, 3, 4, 4, 3, 2, 1], 4, (2, 2))])
+def test_downsample2d_matches_scipy_and_keeps_dc(taps, factor, pad):
     k = make_kernel(taps)
-    x = torch.full((2, 3, 16, 24), -1.5)
-    y = downsample2d(x, k, factor)
+    x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    y = downsample2d(x, k.double(), factor)
     assert y.shape == (2, 3, 16 // factor, 24 // factor)
+    want = scipy_upfirdn2d(x.numpy(), k.numpy(), (1, 1), (factor, factor), pad + pad)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-10, atol=1e-10)
+    y = downsample2d(torch.full((1, 1, 16, 24), -1.5), k, factor)
     np.testing.assert_allclose(y[:, :, 1:-1, 1:-1].numpy(), -1.5, rtol=1e-6)
 
 

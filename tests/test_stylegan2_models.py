@@ -248,14 +248,6 @@ def test_styled_conv_paper_form_and_fast_path_are_equal(upsample, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_modconv_path_is_nonfused_on_cpu():
-    layer = m.ModulatedConv2d(4, 4, 3, style_dim=4)
-    x = torch.randn(1, 4, 4, 4)
-    assert layer.use_fused(x) is False
-    with torch.no_grad():
-        assert layer.use_fused(x) is False
-
-
 def test_minibatch_stddev_matches_numpy():
     d = m.Discriminator(16, channel_max=8)
     x = torch.randn(8, 5, 4, 4)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,16 +182,24 @@ def test_released_layout_checkpoint_and_bare_ema_file_load(tmp_path):
     assert set(m.load_checkpoint(bare)) == {"g_running"}
 
 
-def reference_image(sd, z, step, code=TINY_CODE, noise=None):
+def reference_image(sd, z, step, code=TINY_CODE, noise=None, z_slots=None):
     """The port's forward for blocks 0..4 (non-fused), written from its description: per half
-    conv -> + noise * weight -> lrelu -> AdaIN; zero noise unless given."""
+    conv -> + noise * weight -> lrelu -> AdaIN; zero noise unless given. z_slots: {(block, 1 or 2):
+    z'} gives AdaIN `adain1` / `adain2` of that block the style of z' instead of z."""
     lrelu = lambda x: F.leaky_relu(x, 0.2)
-    w = z / torch.sqrt((z ** 2).mean(1, keepdim=True) + 1e-8)
-    for i in range(8):
-        wt, b = sd[f"style.{2 * i + 1}.linear.weight_orig"], sd[f"style.{2 * i + 1}.linear.bias"]
-        w = lrelu(w @ (wt * math.sqrt(2 / code)).t() + b)
+
+    def mapping(z):
+        w = z / torch.sqrt((z ** 2).mean(1, keepdim=True) + 1e-8)
+        for i in range(8):
+            wt, b = sd[f"style.{2 * i + 1}.linear.weight_orig"], sd[f"style.{2 * i + 1}.linear.bias"]
+            w = lrelu(w @ (wt * math.sqrt(2 / code)).t() + b)
+        return w
+
+    w_z = mapping(z)
+    slot_w = {k: mapping(v) for k, v in (z_slots or {}).items()}
 
     def adain(x, key):
+        w = slot_w.get((int(key.split(".")[2]), int(key[-1])), w_z)     # key generator.progression.N.adainJ
         s = w @ (sd[key + ".style.linear.weight_orig"] * math.sqrt(2 / code)).t() + sd[key + ".style.linear.bias"]
         c = x.shape[1]
         mu, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
@@ -510,12 +519,120 @@ def test_missing_inception_weights_gives_one_notice_and_trains(tmp_path, monkeyp
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 2
 
 
-def test_wgan_gp_from_scratch_runs(tmp_path):
+def test_wgan_gp_is_the_from_scratch_default(tmp_path):
     data = make_images(tmp_path / "data")
     out = str(tmp_path / "run")
     m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "1", "--init-size", "16"))
     row = read_log(out)[0]
-    assert "gp" in row and math.isfinite(row["loss_d"]) and row["res"] == 16
+    assert "gp" in row and "r1" not in row and math.isfinite(row["loss_d"]) and row["res"] == 16
+
+
+class FixedImageGenerator(torch.nn.Module):
+    """G(z) = the same learned image P for every z, so the fake batch is known."""
+    code_dim = 4
+
+    def __init__(self, img):
+        super().__init__()
+        self.img = torch.nn.Parameter(img.clone())
+
+    def forward(self, z, step=0, alpha=-1):
+        return self.img.expand(z.shape[0], -1, -1, -1)
+
+
+class LinearCritic(torch.nn.Module):
+    """D(x) = <w, x> + b: grad_x D = w for every x, so R1 = 5 |w|^2 and WGAN-GP = 10 (|w| - 1)^2.
+    Its "features" (feature_blocks given) are x * w, flattened."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())
+
+    def forward(self, x, step=0, alpha=-1, feature_blocks=None):
+        if feature_blocks is not None:
+            return (x * self.w).flatten(1)
+        return (x * self.w).flatten(1).sum(1, keepdim=True) + self.b
+
+
+def softplus(x):
+    return np.logaddexp(0, x)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("loss", ["r1", "wgan-gp"])
+def test_train_step_equals_hand_derived_sgd_step(loss):
+    # rosinality style-based-gan-pytorch train.py / FreezeD finetune.py, one SGD step on a linear
+    # critic and a generator that outputs one learned image P for every z. D: r1: softplus(-D(x))
+    # + softplus(D(G(z))) + 5 |grad D(x)|^2; wgan-gp: -(E D(x) - 0.001 E D(x)^2) + E D(G(z))
+    # + 10 (|grad D(x_hat)| - 1)^2; both + 0.5 L2-SP(D) + 0.2 feature matching. G, against the updated
+    # D: softplus(-D(G(z))) or -D(G(z)), + 0.3 L2-SP(G). Then EMA with decay 0.5.
+    lam_d, lam_fm, lam_g, lr = 0.5, 0.2, 0.3, 0.1
+    torch.set_default_dtype(torch.float64)
+    try:
+        R, P, P_src = torch.randn(3, 3, 4, 4), torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+        w, b, w_src, b_src = torch.randn(3, 4, 4) * 0.3, torch.tensor([0.2]), torch.randn(3, 4, 4) * 0.3, torch.tensor([-0.1])
+        g, d, g_ema = FixedImageGenerator(P), LinearCritic(w, b), FixedImageGenerator(torch.zeros(3, 4, 4))
+        cfg = SimpleNamespace(mixing=False, loss=loss, lambda_fm=lam_fm, lambda_l2_d=lam_d, lambda_l2_g=lam_g,
+                              fm_blocks=1, ema_decay=0.5)
+        stats = m.train_step(g, d, g_ema, torch.optim.SGD(g.parameters(), lr=lr), torch.optim.SGD(d.parameters(), lr=lr),
+                             R, 0, -1, cfg, {"w", "b"}, g_source=FixedImageGenerator(P_src),
+                             d_source=LinearCritic(w_src, b_src))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    Rn = R.numpy().reshape(3, -1)
+    Pn, Psn, wn, wsn = (t.numpy().ravel() for t in (P, P_src, w, w_src))
+    bn, bsn, N = b.item(), b_src.item(), wn.size
+    r, f = Rn @ wn + bn, Pn @ wn + bn                                # D(real_i), D(fake)
+    norm = np.linalg.norm(wn)
+    if loss == "r1":
+        loss_d = softplus(-r).mean() + softplus(f)
+        reg, reg_key = 5 * norm ** 2, "r1"
+        grad_w = (-sigmoid(-r)[:, None] * Rn).mean(0) + sigmoid(f) * Pn + 10 * wn
+        grad_b = -sigmoid(-r).mean() + sigmoid(f)
+    else:
+        loss_d = -(r.mean() - 0.001 * (r ** 2).mean()) + f
+        reg, reg_key = 10 * (norm - 1) ** 2, "gp"
+        grad_w = -(Rn.mean(0) - 0.001 * (2 * r[:, None] * Rn).mean(0)) + Pn + 20 * (norm - 1) * wn / norm
+        grad_b = -(1 - 0.002 * r.mean()) + 1
+    l2_d = ((wn - wsn) ** 2).mean() + (bn - bsn) ** 2                # mean over each tensor, summed
+    fm = ((Rn * (wn - wsn)) ** 2).mean()                             # features x * w vs x * w_src
+    grad_w = grad_w + lam_d * 2 * (wn - wsn) / N + lam_fm * 2 * (Rn ** 2).mean(0) * (wn - wsn) / N
+    grad_b = grad_b + lam_d * 2 * (bn - bsn)
+    w1, b1 = wn - lr * grad_w, bn - lr * grad_b
+    f1 = Pn @ w1 + b1
+    loss_g = softplus(-f1) if loss == "r1" else -f1
+    grad_P = (-sigmoid(-f1) if loss == "r1" else -1.0) * w1 + lam_g * 2 * (Pn - Psn) / N
+    P1 = Pn - lr * grad_P
+    expect = {"loss_d": loss_d, reg_key: reg, "loss_g": loss_g, "fm": fm, "l2_d": l2_d,
+              "l2_g": ((Pn - Psn) ** 2).mean()}
+    assert set(stats) == set(expect)
+    for k, v in expect.items():
+        assert stats[k] == pytest.approx(v, rel=1e-9), k
+    np.testing.assert_allclose(d.w.detach().numpy().ravel(), w1, rtol=1e-9)
+    np.testing.assert_allclose(d.b.item(), b1, rtol=1e-9)
+    np.testing.assert_allclose(g.img.detach().numpy().ravel(), P1, rtol=1e-9)
+    np.testing.assert_allclose(g_ema.img.detach().numpy().ravel(), 0.5 * P1, rtol=1e-9)
+
+
+def test_gradient_penalty_is_per_sample_on_the_real_fake_segment():
+    seen = []
+
+    def critic(x, step, alpha):                                      # D(x) = |x|^2 / 2: grad = x_hat
+        seen.append(x.detach())
+        return 0.5 * x.pow(2).flatten(1).sum(1, keepdim=True)
+
+    real, fake = torch.randn(64, 3, 2, 2), torch.randn(64, 3, 2, 2)
+    gp = m.d_gradient_penalty(critic, real, fake, 0, -1).item()
+    x_hat, = seen
+    # x_hat_i = e_i real_i + (1 - e_i) fake_i, one e_i in [0, 1] per sample (least squares fit)
+    u, v = (x_hat - fake).flatten(1), (real - fake).flatten(1)
+    e = (u * v).sum(1) / (v * v).sum(1)
+    torch.testing.assert_close(u, e[:, None] * v, rtol=1e-4, atol=1e-5)
+    assert e.min() >= 0 and e.max() <= 1 and e.std() > 0.15      # uniform per sample: std 0.29
+    expect = 10 * ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean().item()
+    assert gp == pytest.approx(expect, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,8 +729,15 @@ def test_per_adain_styles(tmp_path):
     z = torch.randn(2, TINY_CODE)
     noise = [torch.zeros(2, 1, 4 * 2 ** i, 4 * 2 ** i) for i in range(3)]
     with torch.no_grad():
-        w, w_other = g.style(z), g.style(torch.randn(2, TINY_CODE))
+        z2 = torch.randn(2, TINY_CODE)
+        w, w_other = g.style(z), g.style(z2)
         same = g.generator([(w, w)] * 3, noise, step=2)
         torch.testing.assert_close(same, reference_image(sd, z, step=2), atol=1e-4, rtol=1e-4)
+        for block, slot in ((2, 2), (0, 1), (1, 2)):
+            pairs = [(w, w)] * 3
+            pairs[block] = (w_other, w) if slot == 1 else (w, w_other)
+            torch.testing.assert_close(g.generator(pairs, noise, step=2),
+                                       reference_image(sd, z, step=2, z_slots={(block, slot): z2}),
+                                       atol=1e-4, rtol=1e-4)
         last_differs = g.generator([(w, w), (w, w), (w, w_other)], noise, step=2)
     assert not torch.allclose(same, last_differs)

@@ -1,4 +1,5 @@
 """Tests for 05_ugatit.py (U-GAT-IT): layout, layers against independent formulas, training, CLI."""
+import copy
 import os
 import signal
 
@@ -55,14 +56,21 @@ def reference_discriminator_table(ch, n_layers):
     return t
 
 
-def test_reference_tables_match_reference_numbers():
-    g256 = reference_generator_table(64, 4, 256, False)
-    assert g256["FC.0.weight"] == (256, 1_048_576)
-    assert reference_generator_table(64, 4, 128, False)["FC.0.weight"] == (256, 262_144)
-    dg, dl = reference_discriminator_table(64, 7), reference_discriminator_table(64, 5)
+@pytest.mark.parametrize("img,light", [(256, False), (128, False), (256, True)])
+def test_full_size_networks_have_the_reference_layout(img, light):
+    # UGATIT.py's six networks at ch 64, n_res 4, built on the meta device (no memory): every key
+    # and shape equals the table above, whose size-dependent entries are REFERENCE E.2/E.3 numbers
+    with torch.device("meta"):
+        nets = u.build_networks(64, 4, img, light)
+    gen, dg, dl = (reference_generator_table(64, 4, img, light), reference_discriminator_table(64, 7),
+                   reference_discriminator_table(64, 5))
+    assert gen["FC.0.weight"] == (256, 256 if light else {256: 1_048_576, 128: 262_144}[img])
     assert dg["model.16.weight_orig"] == (2048, 1024, 4, 4) and dg["conv.weight_v"] == (32768,)
     assert dl["model.10.weight_orig"] == (512, 256, 4, 4) and dl["conv.weight_v"] == (8192,)
-    assert "model.19.weight_orig" not in dg and "model.13.weight_orig" not in dl
+    for name, table in (("genA2B", gen), ("genB2A", gen), ("disGA", dg), ("disGB", dg), ("disLA", dl),
+                        ("disLB", dl)):
+        got = {k: tuple(v.shape) for k, v in nets[name].state_dict().items()}
+        assert got == table, name
 
 
 def random_reference_checkpoint(ch, n_res, img, light):
@@ -201,14 +209,6 @@ def test_adam_in_backward_and_recompute_equal_plain_step():
 
 
 # ---- shapes -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("light", [False, True])
-def test_generator_shapes(light):
-    g = u.ResnetGenerator(ngf=4, n_blocks=1, img_size=64, light=light)
-    out, cam, heat = g(torch.rand(3, 3, 64, 64) * 2 - 1)
-    assert out.shape == (3, 3, 64, 64) and cam.shape == (3, 2) and heat.shape == (3, 1, 16, 16)
-    assert out.abs().max() <= 1
-
-
 @pytest.mark.parametrize("size,n_layers,side", [(256, 7, 6), (256, 5, 30), (128, 7, 2), (128, 5, 14),
                                                 (64, 7, 1), (64, 5, 6)])
 def test_discriminator_output_sizes(size, n_layers, side):
@@ -273,61 +273,160 @@ def tiny_nets(light=False, size=64):
     return u.build_networks(ch=4, n_res=1, img_size=size, light=light)
 
 
-WEIGHTS = {"adv": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0}
+WEIGHTS = {"adv": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0}   # main.py defaults (paper)
+
+
+def reference_step(nets, g_optim, d_optim, real_A, real_B, w):
+    """One iteration of UGATIT-pytorch's train loop, line by line (UGATIT.py, paper Sec. 2.2).
+
+    Every translation is its own generator call, every discriminator sees real and fake in
+    separate calls, MSE / L1 / BCE-with-logits are torch's, the loss weights are applied as
+    in the reference. Returns the loss terms as floats.
+    """
+    mse, l1, bce = nn.MSELoss(), nn.L1Loss(), nn.BCEWithLogitsLoss()
+    gA2B, gB2A = nets["genA2B"], nets["genB2A"]
+    ds = {k: nets[k] for k in ("disGA", "disGB", "disLA", "disLB")}
+
+    def lsgan(logit, target):
+        return mse(logit, torch.full_like(logit, target))
+
+    # D update
+    d_optim.zero_grad()
+    fake_A2B, fake_B2A = gA2B(real_A)[0].detach(), gB2A(real_B)[0].detach()
+    d_loss = 0
+    for name, real, fake in (("disGA", real_A, fake_B2A), ("disLA", real_A, fake_B2A),
+                             ("disGB", real_B, fake_A2B), ("disLB", real_B, fake_A2B)):
+        real_logit, real_cam, _ = ds[name](real)
+        fake_logit, fake_cam, _ = ds[name](fake)
+        d_loss = d_loss + w["adv"] * (lsgan(real_logit, 1) + lsgan(fake_logit, 0)
+                                      + lsgan(real_cam, 1) + lsgan(fake_cam, 0))
+    d_loss.backward()
+    d_optim.step()
+
+    # G update, against the updated discriminators
+    g_optim.zero_grad()
+    fake_A2B, fake_A2B_cam, _ = gA2B(real_A)
+    fake_B2A, fake_B2A_cam, _ = gB2A(real_B)
+    fake_A2B2A, fake_B2A2B = gB2A(fake_A2B)[0], gA2B(fake_B2A)[0]
+    fake_A2A, fake_A2A_cam, _ = gB2A(real_A)
+    fake_B2B, fake_B2B_cam, _ = gA2B(real_B)
+    adv = {}
+    for side, names, fake in (("A", ("disGA", "disLA"), fake_B2A), ("B", ("disGB", "disLB"), fake_A2B)):
+        adv[side] = sum(lsgan(o, 1) + lsgan(c, 1) for o, c, _ in (ds[k](fake) for k in names))
+    cycle = {"A": l1(fake_A2B2A, real_A), "B": l1(fake_B2A2B, real_B)}
+    identity = {"A": l1(fake_A2A, real_A), "B": l1(fake_B2B, real_B)}
+    cam = {"A": bce(fake_B2A_cam, torch.ones_like(fake_B2A_cam)) + bce(fake_A2A_cam, torch.zeros_like(fake_A2A_cam)),
+           "B": bce(fake_A2B_cam, torch.ones_like(fake_A2B_cam)) + bce(fake_B2B_cam, torch.zeros_like(fake_B2B_cam))}
+    g_loss = sum(w["adv"] * adv[s] + w["cycle"] * cycle[s] + w["identity"] * identity[s] + w["cam"] * cam[s]
+                 for s in "AB")
+    g_loss.backward()
+    g_optim.step()
+    with torch.no_grad():                                          # RhoClipper(0, 1)
+        for g in (gA2B, gB2A):
+            for name, p in g.named_parameters():
+                if name.endswith("rho"):
+                    p.clamp_(0, 1)
+    both = lambda t: (t["A"] + t["B"]).item()
+    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": both(adv), "g_cycle": both(cycle),
+            "g_identity": both(identity), "g_cam": both(cam)}
+
+
+def twin_nets(light, size=32):
+    """Two identical copies of tiny networks. The discriminators' spectral-norm vectors u, v are first
+    converged by power iteration, then frozen (eval mode), so that sigma is the same however many
+    times a discriminator is called (the power iteration is tested against torch's spectral_norm)."""
+    a = u.build_networks(ch=2, n_res=1, img_size=size, light=light)
+    with torch.no_grad():
+        for k in ("disGA", "disGB", "disLA", "disLB"):
+            for _ in range(30):
+                a[k](torch.zeros(1, 3, size, size))
+            a[k].eval()
+    return a, copy.deepcopy(a)
+
+
+def nets_params(nets, prefix):
+    return [p for k in u.NET_NAMES if k.startswith(prefix) for p in nets[k].parameters()]
+
+
+def sgd_pair(nets, lr):
+    return torch.optim.SGD(nets_params(nets, "gen"), lr=lr), torch.optim.SGD(nets_params(nets, "dis"), lr=lr)
 
 
 @pytest.mark.parametrize("light", [False, True])
-def test_training_step_finite_and_updates_all_six(light):
-    nets = tiny_nets(light)
-    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4)
-    before = {k: {n: p.detach().clone() for n, p in v.named_parameters()} for k, v in nets.items()}
-    real_A, real_B = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
-    losses = u.train_step(nets, g_optim, d_optim, real_A, real_B, WEIGHTS, u.autocast_factory(None, torch.device("cpu")))
-    assert set(losses) >= {"d_loss", "g_loss", "g_adv", "g_cycle", "g_identity", "g_cam"}
-    assert all(np.isfinite(v) for v in losses.values())
-    # an L1 between images in [-1, 1] lies in [0, 2]; the CAM BCE sum is positive
-    assert 0 <= losses["g_cycle"] <= 4 and losses["g_cam"] > 0
-    for k, net in nets.items():
-        changed = [n for n, p in net.named_parameters() if not torch.equal(p, before[k][n])]
-        assert len(changed) == len(before[k]), f"{k}: unchanged {set(before[k]) - set(changed)}"
-        assert all(p.grad is None for p in net.parameters()), f"{k}: gradients kept"
+def test_training_step_equals_reference_objective(light):
+    # plain SGD: every parameter's update is -lr * its gradient of the reference loss, so a wrong
+    # term, weight, target or detach shows in the parameters as well as in the logged losses
+    ours, ref = twin_nets(light)
+    real_A, real_B = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    before = {k: {n: p.detach().clone() for n, p in v.named_parameters()} for k, v in ours.items()}
+    got = u.train_step(ours, *sgd_pair(ours, 0.01), real_A, real_B, WEIGHTS,
+                       u.autocast_factory(None, torch.device("cpu")))
+    expect = reference_step(ref, *sgd_pair(ref, 0.01), real_A, real_B, WEIGHTS)
+    assert set(got) >= set(expect)
+    for k, v in expect.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), k
+    assert expect["g_cam"] * 1000 > 0.5 * expect["g_loss"]          # the CAM term matters at these weights
+    for name in u.NET_NAMES:
+        for (k, a), b in zip(ours[name].named_parameters(), ref[name].parameters()):
+            step_got, step_ref = a - before[name][k], b - before[name][k]       # -lr * gradient
+            scale = step_ref.abs().max().item()
+            assert scale > 0 or k.endswith("rho"), f"{name}.{k}: the reference did not move it"
+            torch.testing.assert_close(step_got, step_ref, rtol=1e-3, atol=1e-4 * scale, msg=f"{name}.{k}")
+            assert a.grad is None, f"{name}.{k}: gradient kept"
 
 
 def test_rho_clipped_to_unit_interval_after_step():
-    nets = tiny_nets()
-    g_optim, d_optim = u.make_optimizers(nets, 5.0, 0.0)              # huge lr: rho leaves [0, 1]
-    with torch.no_grad():
-        for m in nets["genA2B"].modules():
-            if isinstance(m, (u.adaILN, u.ILN)):
-                m.rho.fill_(0.5)
-    u.train_step(nets, g_optim, d_optim, torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1,
-                 WEIGHTS, u.autocast_factory(None, torch.device("cpu")))
-    rhos = torch.cat([m.rho.flatten() for g in ("genA2B", "genB2A") for m in nets[g].modules()
-                      if isinstance(m, (u.adaILN, u.ILN))])
-    assert rhos.numel() == 2 * (2 * 16 + 8 + 4)                        # per G: 2 adaILN x 16 ch, ILN 8 + 4 ch
-    assert rhos.min() >= 0 and rhos.max() <= 1
-    assert ((rhos == 0) | (rhos == 1)).any()                            # the clip did act
+    # SGD on the rho parameters only, with a step big enough to push many of them out of [0, 1]:
+    # after the step each rho is clamp(0.5 - lr * dL/drho, 0, 1), as in the reference step
+    ours, ref = twin_nets(light=False)
+    for nets in (ours, ref):
+        with torch.no_grad():
+            for g in ("genA2B", "genB2A"):
+                for n, p in nets[g].named_parameters():
+                    if n.endswith("rho"):
+                        p.fill_(0.5)
+
+    def rho_sgd(nets):
+        rho = [p for g in ("genA2B", "genB2A") for n, p in nets[g].named_parameters() if n.endswith("rho")]
+        rest = [p for k in u.NET_NAMES for n, p in nets[k].named_parameters() if not n.endswith("rho")]
+        return torch.optim.SGD([{"params": rho, "lr": 20.0}, {"params": rest, "lr": 0.0}])
+
+    A, B = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    u.train_step(ours, rho_sgd(ours), torch.optim.SGD(nets_params(ours, "dis"), lr=0.0), A, B, WEIGHTS,
+                 u.autocast_factory(None, torch.device("cpu")))
+    reference_step(ref, rho_sgd(ref), torch.optim.SGD(nets_params(ref, "dis"), lr=0.0), A, B, WEIGHTS)
+    rho = lambda nets: torch.cat([p.flatten() for g in ("genA2B", "genB2A")
+                                  for n, p in nets[g].named_parameters() if n.endswith("rho")])
+    got, expect = rho(ours), rho(ref)
+    assert got.numel() == 2 * (2 * 8 + 4 + 2)                      # per G: 2 adaILN x 8 ch, ILN 4 + 2 ch
+    assert (expect == 0).any() and (expect == 1).any()             # the clip acts at both ends
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_autocast_step_is_finite():
-    nets = tiny_nets(light=True)
-    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4)
-    losses = u.train_step(nets, g_optim, d_optim, torch.rand(1, 3, 64, 64) * 2 - 1,
-                          torch.rand(1, 3, 64, 64) * 2 - 1, WEIGHTS, u.autocast_factory("bf16", torch.device("cpu")))
-    assert all(np.isfinite(v) for v in losses.values())
+def test_bf16_autocast_step_is_close_to_fp32_reference():
+    ours, ref = twin_nets(light=True)
+    A, B = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    got = u.train_step(ours, *sgd_pair(ours, 0.01), A, B, WEIGHTS, u.autocast_factory("bf16", torch.device("cpu")))
+    expect = reference_step(ref, *sgd_pair(ref, 0.01), A, B, WEIGHTS)
+    for k, v in expect.items():                                    # bf16 keeps 8 bits of mantissa
+        assert got[k] == pytest.approx(v, rel=3e-2), k
+    assert all(p.dtype == torch.float32 for net in ours.values() for p in net.parameters())
 
 
 @requires_cuda
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_step_on_cuda(amp):
+def test_amp_step_on_cuda_is_close_to_fp32_reference(amp):
     dev = torch.device("cuda")
-    nets = {k: v.to(dev) for k, v in tiny_nets().items()}
-    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4, in_backward=amp != "fp16")
+    ours, ref = twin_nets(light=False)
+    ours, ref = ({k: v.to(dev) for k, v in nets.items()} for nets in (ours, ref))
     scalers = (torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")) if amp == "fp16" else None
-    A, B = torch.rand(2, 3, 64, 64, device=dev) * 2 - 1, torch.rand(2, 3, 64, 64, device=dev) * 2 - 1
-    losses = u.train_step(nets, g_optim, d_optim, A, B, WEIGHTS, u.autocast_factory(amp, dev), scalers)
-    assert all(np.isfinite(v) for v in losses.values())
-    assert all(p.dtype == torch.float32 for net in nets.values() for p in net.parameters())
+    A, B = torch.rand(2, 3, 32, 32, device=dev) * 2 - 1, torch.rand(2, 3, 32, 32, device=dev) * 2 - 1
+    got = u.train_step(ours, *sgd_pair(ours, 0.01), A, B, WEIGHTS, u.autocast_factory(amp, dev), scalers)
+    expect = reference_step(ref, *sgd_pair(ref, 0.01), A, B, WEIGHTS)
+    # the terms computed before any update (a GradScaler may skip the first D step, which g_adv sees)
+    for k in ("d_loss", "g_cycle", "g_identity", "g_cam"):
+        assert got[k] == pytest.approx(expect[k], rel=3e-2), k
+    assert all(p.dtype == torch.float32 for net in ours.values() for p in net.parameters())
 
 
 def test_learning_rate_linear_decay():
