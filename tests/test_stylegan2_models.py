@@ -442,11 +442,12 @@ NV_BUFFERS = ("resample_filter", "noise_const", "w_avg")
 def nv_tree(flat, class_name="Generator", init_kwargs=None):
     """{dotted name: tensor} -> nested NVPersistent module states (params vs buffers by name)."""
     def node():
+        # NVlabs' persistence keeps the constructor arguments as _init_args / _init_kwargs
         return {"training": False, "_parameters": OrderedDict(), "_buffers": OrderedDict(),
-                "_non_persistent_buffers_set": set(), "_modules": OrderedDict(), "init_args": (),
-                "init_kwargs": {}}
+                "_non_persistent_buffers_set": set(), "_modules": OrderedDict(), "_init_args": (),
+                "_init_kwargs": {}}
     root = node()
-    root["init_kwargs"] = init_kwargs or {}
+    root["_init_kwargs"] = init_kwargs or {}
     objects = {"": NVPersistent(class_name, root)}
     for name, t in flat.items():
         parts = name.split(".")
@@ -556,14 +557,14 @@ def nv_to_rosinality_g(p, size):
     return out
 
 
-def write_nvidia_pkl(path, monkeypatch, g_params, d_params):
+def write_nvidia_pkl(path, monkeypatch, g_params, d_params, mbstd_group=2):
     def _reconstruct_persistent_obj(meta):
         raise AssertionError("the loader must never call NVIDIA's reconstructor")
 
     fake_module(monkeypatch, "torch_utils.persistence", _reconstruct_persistent_obj=_reconstruct_persistent_obj)
     monkeypatch.setattr(NVPersistent, "reconstruct", _reconstruct_persistent_obj, raising=False)
     kw = {"z_dim": 16, "w_dim": 16, "img_resolution": 32}
-    data = {"G": nv_tree(g_params, "Generator", kw), "D": nv_tree(d_params, "Discriminator", {"epilogue_kwargs": {"mbstd_group_size": 2}}),
+    data = {"G": nv_tree(g_params, "Generator", kw), "D": nv_tree(d_params, "Discriminator", {"epilogue_kwargs": {"mbstd_group_size": mbstd_group}}),
             "G_ema": nv_tree(g_params, "Generator", kw), "augment_pipe": None,
             "training_set_kwargs": {"resolution": 32}}
     with open(path, "wb") as f:
