@@ -78,6 +78,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
+
 # ---------------------------------------------------------------------------------------------
 # 1. Constants
 # ---------------------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
+
 try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
     from ops import fid as fid_ops
 except ImportError:

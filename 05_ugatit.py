@@ -70,6 +70,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from PIL import Image
 
+import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
+
 # ----------------------------------------------------------------------------------------------
 # Constants (paper / reference defaults)
 # ----------------------------------------------------------------------------------------------
