@@ -1394,7 +1394,7 @@ def load_nvidia_pkl(path):
 # ---------------------------------------------------------------------------------------------
 # Data and augmentation
 # ---------------------------------------------------------------------------------------------
-IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # as pytorch-fid, so FID sees what D sees
+IMAGE_EXTENSIONS = ops.IMAGE_EXTENSIONS  # pytorch-fid's, any case (ops.image_files), so FID sees what D sees
 _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
 
 
@@ -1413,8 +1413,9 @@ def _to_rgb(img):
 
 
 def _load_image(path, size):
-    """Read one file -> (uint8 array [size, size, 3], resized?, cropped?). Raises on a bad file."""
-    with Image.open(path) as img:
+    """Read one file -> (uint8 array [size, size, 3], resized?, cropped?). Raises on a bad file,
+    including a decompression bomb (a huge declared size with little data behind it)."""
+    with ops.pil_bombs_are_errors(), Image.open(path) as img:
         img.load()
         img = _to_rgb(img)
     resized = cropped = False
@@ -1450,8 +1451,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise NotADirectoryError(f"{folder}: not a folder (--data takes a folder of images)")
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"image size must be a positive int, got {size!r}")
-        names = sorted(n for n in os.listdir(folder)
-                       if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+        names = [os.path.basename(p) for p in ops.image_files(folder)]
         self.folder, self.size, self.xflip = folder, size, xflip
         self.paths, images, bad = [], [], []
         n_resized = n_cropped = 0
@@ -1459,7 +1459,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             path = os.path.join(folder, name)
             try:
                 arr, resized, cropped = _load_image(path, size)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                    Image.DecompressionBombWarning) as e:
                 bad.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
                 continue
             self.paths.append(path)

@@ -70,12 +70,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from PIL import Image
 
-import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
+import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
 
 # ----------------------------------------------------------------------------------------------
 # Constants (paper / reference defaults)
 # ----------------------------------------------------------------------------------------------
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = ops.IMAGE_EXTENSIONS  # one rule with 02, 03 and FID: pytorch-fid's extensions, any case
 NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
 CROP_MARGIN = 30          # train: resize to img+30, then random crop img (reference transform)
 GLOBAL_D_LAYERS = 7       # reference hard-codes 7 and 5 (its --n_dis flag is unused)
@@ -481,10 +481,12 @@ def load_generator(path, direction="A2B", img_size=None, device="cpu"):
 def list_images(folder):
     """Image files under `folder` (recursive, sorted), by extension. `overview/` folders are skipped:
     01_prepare_data.py writes its contact sheet there, and it is not a training image."""
-    found = []
+    found, left_out = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d != "overview"]
-        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+        found += [os.path.join(root, f) for f in files if ops.is_image_file(f)]
+        left_out += [os.path.relpath(os.path.join(root, f), folder) for f in files if not ops.is_image_file(f)]
+    ops.warn_left_out(folder, sorted(left_out))
     return sorted(found)
 
 
