@@ -640,6 +640,7 @@ def save_checkpoint(path, ckpt):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)

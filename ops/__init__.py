@@ -41,6 +41,27 @@ IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".t
 DATA_COMPANIONS = (".csv", ".json", ".jsonl", ".txt", ".md", ".npz", ".npy", ".pt", ".pkl", ".log")
 
 
+def current_umask():
+    """The process umask (Linux: read from /proc, which leaves it untouched; elsewhere set and
+    restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def chmod_like_open(fd):
+    """Give a file made by tempfile.mkstemp (always 0600) the mode open() gives a new file,
+    0666 & ~umask, so atomically written checkpoints, crops and images follow the user's umask."""
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
 @contextlib.contextmanager
 def pil_bombs_are_errors():
     """Inside: PIL's DecompressionBombWarning (a header declaring more than Image.MAX_IMAGE_PIXELS

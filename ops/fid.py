@@ -107,6 +107,7 @@ def _download(url, dst, timeout=60):
     """Download url to dst atomically (temp file + os.replace); checks the hub sha256 prefix."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), suffix=".part")
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
             for block in iter(lambda: r.read(1 << 20), b""):
@@ -515,6 +516,7 @@ def _atomic_savez(path, **arrays):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.part")
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -1276,6 +1278,7 @@ def fid(args):
         d = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".json.part")
+        ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
         with os.fdopen(fd, "w") as fh:
             json.dump(rec, fh, indent=2)
         os.replace(tmp, args.json)
