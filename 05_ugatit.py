@@ -737,10 +737,10 @@ def make_optimizers(nets, lr, weight_decay, in_backward=True):
     in_backward: AdamInBackward (same updates, less memory); False: torch.optim.Adam (fp16 scaler).
     """
     kwargs = dict(lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
-    if "fused" in torch.optim.Adam.__init__.__code__.co_varnames:
-        kwargs["fused"] = True                                           # one pass per tensor
     g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
     d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
+    if all(p.is_cuda for p in g_params + d_params):  # fused Adam takes CUDA tensors (CPU only on newer torch)
+        kwargs["fused"] = True                                           # one pass per tensor
     cls = AdamInBackward if in_backward else torch.optim.Adam
     return cls(g_params, **kwargs), cls(d_params, **kwargs)
 

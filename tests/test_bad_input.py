@@ -41,3 +41,27 @@ def test_decompression_bomb_is_a_bad_file_not_a_black_image(tmp_path):
     skipped = [t for t in messages if "bomb.png" in t]
     assert len(skipped) == 1 and "\n" not in skipped[0] and "skipped 1 unreadable" in skipped[0]
     assert "decompression bomb" in skipped[0]
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Atomic writes (temp file + rename) give the mode open() would: 0666 & ~umask, not 0600."""
+    import torch
+
+    from ops import fid
+
+    prep = load_script("01_prepare_data")
+    want = 0o666 & ~umask
+    old = os.umask(umask)
+    try:
+        prep.write_demo(str(tmp_path / "demo"), 2, size=16, seed=0)           # crops, index, sheet
+        sg2.save_checkpoint(str(tmp_path / "run" / "000001.pt"), {"step": 1})  # checkpoints
+        fid.save_features(str(tmp_path / "f.npz"), {"features": np.zeros((2, 4), np.float32),
+                                                    "files": [], "file_types": {}})
+    finally:
+        os.umask(old)
+    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path) for f in fs]
+    assert len(files) >= 7
+    modes = {os.path.relpath(f, tmp_path): stat.S_IMODE(os.stat(f).st_mode) for f in files}
+    assert modes == {k: want for k in modes}
+    assert torch.load(tmp_path / "run" / "000001.pt", weights_only=True) == {"step": 1}
