@@ -1373,6 +1373,11 @@ def load_nvidia_pkl(path):
             ckpt["g_ema"], w_avg = convert_tf_generator(tf_gs, size)
             ckpt["g"], _ = convert_tf_generator(tf_g, size)
             ckpt["d"] = convert_tf_discriminator(tf_d, size)
+            group = (data[1].state.get("static_kwargs") or {}).get("mbstd_group_size")  # D_stylegan2(..., mbstd_group_size)
+            if group is not None:
+                if not isinstance(group, int) or group < 1:
+                    raise pickle.UnpicklingError(f"mbstd_group_size {group!r} is not a positive int")
+                mbstd_group = group
             ckpt["format"] = "nvidia-tf"
         else:
             raise CheckpointError(f"{path}: pickle holds neither NVIDIA G/D/G_ema nor a TF (G, D, Gs) tuple")

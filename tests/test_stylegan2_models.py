@@ -687,8 +687,8 @@ def test_tf_era_pickle_with_numpy_arrays_loads(tmp_path, monkeypatch):
 
     fake_module(monkeypatch, "dnnlib.tflib.network", Network=Network)
 
-    def net(name, variables, components=None):
-        return Network({"version": 4, "name": name, "static_kwargs": {"resolution": 32},
+    def net(name, variables, components=None, **static_kwargs):
+        return Network({"version": 4, "name": name, "static_kwargs": {"resolution": 32, **static_kwargs},
                         "components": components or {}, "build_module_src": "import os\nos.system('x')",
                         "build_func_name": "G_main", "variables": list(variables.items())})
 
@@ -701,7 +701,7 @@ def test_tf_era_pickle_with_numpy_arrays_loads(tmp_path, monkeypatch):
 
     gs = net("G", {"dlatent_avg": tf["dlatent_avg"]},
              {"mapping": net("G_mapping", split("mapping/")), "synthesis": net("G_synthesis", split("synthesis/"))})
-    dn = net("D", rosinality_to_tf_d(d.state_dict(), 32))
+    dn = net("D", rosinality_to_tf_d(d.state_dict(), 32), mbstd_group_size=8)
     path = tmp_path / "stylegan2-tiny-config-f.pkl"
     with open(path, "wb") as f:
         pickle.dump((gs, dn, gs), f, protocol=4)  # TF-era files: protocol <= 4, _reconstruct arrays
@@ -713,7 +713,9 @@ def test_tf_era_pickle_with_numpy_arrays_loads(tmp_path, monkeypatch):
     for k in own:
         torch.testing.assert_close(back[k], own[k], msg=k)
     d2 = m.Discriminator(32, channel_max=8)
-    m.load_state_checked(d2, m.load_checkpoint(path)["d"], "d")
+    ckpt = m.load_checkpoint(path)
+    assert ckpt["args"]["mbstd_group"] == 8  # D_stylegan2's static kwarg, used when fine-tuning
+    m.load_state_checked(d2, ckpt["d"], "d")
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(d2(x), d(x))

@@ -231,3 +231,22 @@ def test_nvidia_mbstd_group_is_read_and_used_for_training(tmp_path, monkeypatch)
     assert cfg.mbstd_group == 8 and groups == [8]
     saved = torch.load(out / "checkpoints" / "000001.pt", map_location="cpu", weights_only=True)
     assert saved["args"]["mbstd_group"] == 8  # a --resume keeps it
+
+
+def test_numpy_array_larger_than_its_bytes_is_refused(tmp_path):
+    """numpy's own pickle layout (_reconstruct, then BUILD with shape and raw bytes) declaring
+    10^6 x 10^6 floats with 12 bytes behind them: refused, nothing that size is allocated."""
+    import numpy as np
+
+    class HugeArray:
+        def __reduce__(self):
+            return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                    (1, (10 ** 6, 10 ** 6), np.dtype("<f4"), False, b"\0" * 12))
+
+    path = tmp_path / "array.pkl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy.core is numpy._core in numpy 2
+        path.write_bytes(pickle.dumps(HugeArray(), protocol=2))
+    with pytest.raises(m.CheckpointError, match=r"array\.pkl: .*(does not match|too big)") as e:
+        m.load_checkpoint(path)
+    assert "\n" not in str(e.value)
