@@ -191,3 +191,20 @@ def test_kid_cli_whole_sets_report_no_std(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-2]
     assert "±" not in line and "std not available" in line
     assert json.loads(out.read_text())["kid_std"] is None
+
+
+def test_fid_png_draws_no_band_and_no_std_label_without_a_measured_std(tmp_path):
+    from PIL import Image, ImageChops
+
+    def draw(std):
+        rows = [{"step": s, "fid": 50.0 - s, "kid_mean": 0.02, "kid_std": std} for s in (0, 10, 20)]
+        path = str(tmp_path / f"fid-{std}.png")
+        fid.draw_fid_curve(rows, path)
+        return Image.open(path).convert("RGB")
+
+    zero, nan, measured = draw(0.0), draw(float("nan")), draw(0.001)
+    assert ImageChops.difference(zero, nan).getbbox() is None  # a 0 (old fid.csv) is "not measured" too
+    label = (76, 272, 400, 288)  # the KID panel's title line (points lie mid-panel: constant mean)
+    assert ImageChops.difference(zero.crop(label), measured.crop(label)).getbbox() is not None
+    blue = lambda im: int((np.asarray(im) == (30, 80, 200)).all(axis=2).sum())  # noqa: E731
+    assert blue(measured) > blue(zero)  # bands only when measured
