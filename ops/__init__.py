@@ -6,6 +6,8 @@
 - `ops.fid`: Frechet Inception Distance exactly as pytorch-fid computes it.
 
 Each op has a pure-PyTorch reference (used on CPU) and a CUDA kernel built on first use.
+Small shared rules live here too: which files are images (`image_files`), decompression bombs as
+errors (`pil_bombs_are_errors`), atomic temp files with the user's umask (`chmod_like_open`).
 
 Importing ops checks the torch version first (every numbered script imports ops): the loaders
 rely on torch.load(weights_only=True), which can be bypassed to run code on torch <= 2.5.1
@@ -27,8 +29,8 @@ def check_torch_version(version=None):
     version = torch.__version__ if version is None else version
     found = re.match(r"(\d+)\.(\d+)", str(version))
     if found is None or tuple(map(int, found.groups())) < TORCH_MIN:
-        raise SystemExit(f"error: calm-gan needs torch >= {TORCH_MIN[0]}.{TORCH_MIN[1]} (its safe checkpoint "
-                         f"loading is not safe on older torch, CVE-2025-32434); installed: torch {version}. "
+        raise SystemExit(f"error: calm-gan needs torch >= {TORCH_MIN[0]}.{TORCH_MIN[1]} (older torch.load(weights_only="
+                         f"True) can be made to run code, CVE-2025-32434); installed: torch {version}. "
                          f"pip install -r requirements.txt")
 
 

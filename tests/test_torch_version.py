@@ -45,8 +45,8 @@ def test_old_torch_gives_one_line_naming_the_version(tmp_path, script):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "error: calm-gan needs torch >= 2.6 (its safe checkpoint loading is not safe on older torch, "
-        "CVE-2025-32434); installed: torch 2.5.1+cpu. pip install -r requirements.txt"]
+        "error: calm-gan needs torch >= 2.6 (older torch.load(weights_only=True) can be made to run "
+        "code, CVE-2025-32434); installed: torch 2.5.1+cpu. pip install -r requirements.txt"]
 
 
 def test_version_rule():
