@@ -58,9 +58,11 @@ Sections (bottom-up):
     9. CLI
 """
 import argparse
+import codecs
 import csv
 import io
 import json
+import locale
 import math
 import os
 import random
@@ -70,6 +72,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -77,6 +80,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Constants
@@ -127,24 +132,45 @@ def _oriented_size(img):
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _open_page(path):
+    """Image.open, refusing a page that declares more pixels than PIL's decompression-bomb limit
+    (Image.MAX_IMAGE_PIXELS): such a header (30000 x 30000, often with little data behind it)
+    would cost gigabytes to decode, or decode into a mostly black page."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():  # the mark server opens pages from several threads
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below instead
+        img = Image.open(path)
+    w, h = img.size
+    if w * h > Image.MAX_IMAGE_PIXELS:
+        img.close()
+        raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels, over PIL's decompression-bomb limit "
+                                           f"of {Image.MAX_IMAGE_PIXELS}")
+    return img
+
+
+_BAD_PAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def page_size(path):
     """(width, height) of a page as load_page will return it; raises PrepareError if unreadable."""
     try:
-        with Image.open(path) as img:
+        with _open_page(path) as img:
             return _oriented_size(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except _BAD_PAGE as e:
         raise PrepareError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from None
 
 
 def load_page(path):
     """Read a page (first frame of an animated file) as RGB with EXIF orientation applied."""
     try:
-        with Image.open(path) as img:
+        with _open_page(path) as img:
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except _BAD_PAGE as e:
         raise PrepareError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from None
 
 
@@ -197,8 +223,7 @@ def read_boxes(path):
     """
     if not os.path.isfile(path):
         raise PrepareError(f"{path}: box file not found")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        text = f.read()
+    text = _decode_box_file(path)
     boxes = []
     if path.lower().endswith(".json") or text.lstrip().startswith("["):
         try:
@@ -225,8 +250,48 @@ def read_boxes(path):
         where = f"{path} row {reader.line_num}"
         if all(v in (None, "") for v in rec.values()):
             continue                                   # blank line
+        for key in ("filename", "label"):              # undo csv_text's guard
+            if isinstance(rec.get(key), str):
+                rec[key] = _unguard(rec[key])
         boxes.append(_box_from_record(rec, where))
     return boxes
+
+
+def _decode_box_file(path):
+    """The text of a box file: UTF-8 (with or without a BOM), else the locale's encoding, else
+    cp949 (Korean spreadsheets save CSV so); anything else is one line saying what to do."""
+    with open(path, "rb") as f:
+        data = f.read()
+    tried = []
+    for encoding in ("utf-8-sig", locale.getpreferredencoding(False), "cp949"):
+        if codecs.lookup(encoding).name in tried:
+            continue
+        tried.append(codecs.lookup(encoding).name)
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if tried[-1] != "utf-8-sig":
+            warn(f"{path} is not UTF-8; read it as {encoding} (save it as UTF-8 to be sure)")
+        return text
+    raise PrepareError(f"{path}: not UTF-8 text (nor {', '.join(tried[1:])}); save it as UTF-8 "
+                       f"(in a spreadsheet: CSV UTF-8) or convert it, e.g. iconv -f ENCODING -t utf-8")
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
+
+
+def csv_text(value):
+    """A text cell that a spreadsheet shows as text, never runs as a formula (OWASP CSV injection):
+    '=1+1' is written as "'=1+1". read_boxes removes the apostrophe again (_unguard)."""
+    value = str(value)
+    if value.startswith(FORMULA_START) or (value[:1] == "'" and value[1:2] in FORMULA_START + ("'",)):
+        return "'" + value
+    return value
+
+
+def _unguard(value):
+    return value[1:] if value[:1] == "'" and value[1:2] in FORMULA_START + ("'",) and value[1:2] else value
 
 
 def write_boxes(path, boxes):
@@ -235,7 +300,7 @@ def write_boxes(path, boxes):
         w = csv.writer(f, lineterminator="\n")
         w.writerow(BOX_FIELDS + ("label",))
         for b in boxes:
-            w.writerow([b.filename, b.x0, b.y0, b.x1, b.y1, b.label])
+            w.writerow([csv_text(b.filename), b.x0, b.y0, b.x1, b.y1, csv_text(b.label)])
     write_atomic(path, body, text=True)
 
 
@@ -541,6 +606,7 @@ def write_atomic(path, write, text=False):
     """Call write(f) on a temporary file beside `path`, then os.replace it into place."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8", "newline": ""} if text else {})) as f:
             write(f)
@@ -562,7 +628,7 @@ def write_index(out_dir, rows):
     def body(f):
         w = csv.DictWriter(f, fieldnames=INDEX_FIELDS, lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: csv_text(v) if k in ("page", "label") else v for k, v in r.items()} for r in rows)
     write_atomic(os.path.join(out_dir, "index.csv"), body, text=True)
 
 
@@ -573,24 +639,63 @@ def write_json(path, obj):
 _CROP_NAME = re.compile(r"^\d{5,}\.png$")
 
 
-def prepare_out_dir(out_dir, overwrite):
+def _inside(path, folder):
+    """True if `path` is `folder` or lies inside it (real paths, links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _files_written_before(out_dir):
+    """The files an earlier run of this script wrote into out_dir, as its index.csv lists them
+    (crop names only: a name with a folder in it is not ours), plus index.csv, dataset.json and
+    the contact sheet."""
+    names = []
+    index = os.path.join(out_dir, "index.csv")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8", newline="") as f:
+                names = [r.get("file") or "" for r in csv.DictReader(f)]
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise PrepareError(f"{index}: cannot read it to see which crops this script wrote ({e}); "
+                               f"remove the old crops yourself or choose another --out") from None
+    names = [n for n in names if _CROP_NAME.match(n)] + ["index.csv", "dataset.json", SHEET_NAME]
+    return [os.path.join(out_dir, n) for n in names if os.path.isfile(os.path.join(out_dir, n))]
+
+
+def prepare_out_dir(out_dir, overwrite, inputs=()):
     """Create the output folder; refuse an existing non-empty one unless overwrite.
 
-    With overwrite, only files this script writes are removed (numbered crops, index.csv,
-    dataset.json, overview/contact_sheet.png); anything else in the folder is left alone.
+    inputs: (what, path) pairs the run reads (the pages folder, the box file, weights). An output
+    folder that is, contains or lies inside an input folder is refused, and so is one where an
+    input file would be replaced. With overwrite, only the files an earlier run wrote are removed
+    (the crops its index.csv lists, index.csv, dataset.json, overview/contact_sheet.png), one by
+    one; anything else in the folder is left alone, and no folder is ever removed.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise PrepareError(f"{out_dir}: exists and is not a folder")
+    for what, path in inputs:
+        if path is None or not os.path.exists(path):
+            continue
+        if os.path.isdir(path) and (_inside(out_dir, path) or _inside(path, out_dir)):
+            relation = ("is" if os.path.realpath(out_dir) == os.path.realpath(path) else
+                        "lies inside" if _inside(out_dir, path) else "contains")
+            raise PrepareError(f"--out {out_dir} {relation} the {what} {path}: this run reads it, so "
+                               f"nothing may be written or removed there; choose an output folder outside it")
+        if os.path.isfile(path) and _inside(path, out_dir):
+            rel = os.path.relpath(os.path.realpath(path), os.path.realpath(out_dir)).replace(os.sep, "/")
+            if _CROP_NAME.match(rel) or rel in ("index.csv", "dataset.json", SHEET_NAME.replace(os.sep, "/")):
+                raise PrepareError(f"--out {out_dir}: the {what} {path} has the name of a file this script "
+                                   f"writes there; move it or choose another --out")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         if not overwrite:
             raise PrepareError(f"{out_dir}: output folder exists and is not empty "
                                f"(pass --overwrite to replace its crops)")
-        for name in os.listdir(out_dir):
-            if _CROP_NAME.match(name) or name in ("index.csv", "dataset.json"):
-                os.unlink(os.path.join(out_dir, name))
-        sheet = os.path.join(out_dir, SHEET_NAME)
-        if os.path.isfile(sheet):
-            os.unlink(sheet)
+        for path in _files_written_before(out_dir):
+            os.unlink(path)
+        left = sorted(n for n in os.listdir(out_dir) if _CROP_NAME.match(n))
+        if left:
+            warn(f"{out_dir}: {len(left)} numbered .png files ({left[0]}, ...) are not in its index.csv, so "
+                 f"they are left as they are; new crops with the same names replace them")
     os.makedirs(out_dir, exist_ok=True)
 
 
@@ -906,7 +1011,9 @@ def prepare(args):
         model = load_carn(args.sr_weights, device)
         tile = 0 if device.startswith("cuda") else args.sr_tile       # whole crops on a GPU
         sr = lambda img, size: carn_upscale(model, img, size, tile=tile, overlap=args.sr_overlap)  # noqa: E731
-    prepare_out_dir(args.out, args.overwrite)
+    prepare_out_dir(args.out, args.overwrite, inputs=[
+        ("pages folder", args.pages), ("box file", args.boxes),
+        ("CARN weights", args.sr_weights if args.upscaler == "carn" else None)])
 
     kept = [b for b in boxes if b.filename not in unreadable]
     small = [b for b in kept if max(b.w, b.h) < args.min_size]
@@ -1258,6 +1365,7 @@ class MarkHandler(BaseHTTPRequestHandler):
 
     server_version = "calm-gan-mark"
     quiet = True
+    timeout = 15  # seconds a connection may stall (a body shorter than its Content-Length) before it is closed
 
     def log_message(self, fmt, *a):
         if not self.quiet:
@@ -1303,12 +1411,21 @@ class MarkHandler(BaseHTTPRequestHandler):
                 raise MarkRequestError(405, f"{method} not allowed on /api/boxes")
             if method == "GET" and path.startswith("/page/"):
                 file = state.resolve(path[len("/page/"):])
-                with open(file, "rb") as f:
-                    data = f.read()
+                try:
+                    with open(file, "rb") as f:
+                        data = f.read()
+                except OSError as e:
+                    raise MarkRequestError(404 if isinstance(e, FileNotFoundError) else 500,
+                                           f"page {path[len('/page/'):]!r} cannot be read ({e.strerror})") from None
                 return self._send(200, data, MIME.get(os.path.splitext(file)[1].lower(), "application/octet-stream"))
             raise MarkRequestError(404, f"no such resource: {method} {url.path}")
         except MarkRequestError as e:
             self._send(e.status, {"error": str(e)})
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True  # the client stalled or went away: nothing to answer
+        except Exception as e:  # a bug must not kill the thread with a traceback: one line, 500
+            warn(f"mark: {self.command} {self.path}: {type(e).__name__}: {e}")
+            self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
     def _json_body(self):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -1320,9 +1437,14 @@ class MarkHandler(BaseHTTPRequestHandler):
             raise MarkRequestError(411, "box updates need a Content-Length") from None
         if not 0 <= length <= 4 << 20:
             raise MarkRequestError(413, "box update too large (over 4 MiB)")
-        raw = self.rfile.read(length)
+        raw = self.rfile.read(length)  # a stalled body ends in TimeoutError after `timeout` seconds
+        if len(raw) != length:
+            self.close_connection = True
+            raise MarkRequestError(400, f"request body has {len(raw)} of its {length} bytes")
         try:
             return json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise MarkRequestError(400, "request body is nested too deeply") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise MarkRequestError(400, f"request body is not valid JSON ({e})") from None
 

@@ -87,6 +87,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
+
 try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
     from ops import fid as fid_ops
 except ImportError:
@@ -570,7 +572,7 @@ def build_discriminator_from(sd, path):
 # Data: a folder of images, decoded once, kept as uint8, resized per resolution (LANCZOS, as
 # rosinality prepare_data.py); random horizontal flips; scaled to [-1, 1].
 # ----------------------------------------------------------------------------------------------
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_EXTS = ops.IMAGE_EXTENSIONS  # one rule with 03, 05 and FID: pytorch-fid's extensions, any case
 
 
 NOT_TRAINING_IMAGES = ("contact_sheet.png",)  # 01_prepare_data.py's preview grid of the crops
@@ -582,9 +584,7 @@ class ImageFolder:
     def __init__(self, root, size):
         if not os.path.isdir(root):
             raise ValueError(f"{root}: data folder does not exist")
-        files = sorted(os.path.join(root, f) for f in os.listdir(root)
-                       if f.lower().endswith(IMAGE_EXTS) and f not in NOT_TRAINING_IMAGES
-                       and os.path.isfile(os.path.join(root, f)))
+        files = ops.image_files(root, exclude=NOT_TRAINING_IMAGES)
         if not files:
             raise ValueError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTS)})")
         images, bad, resized = [], [], 0

@@ -147,6 +147,7 @@ TRAIN_DEFAULTS = {
     "freeze_d": 0,             # FreezeD: fromRGB + this many D blocks from the image side stay fixed
     "freeze_g": 0,             # FreezeG: mapping + this many lowest-resolution G blocks stay fixed
     "channel_multiplier": 2, "channel_max": 512, "style_dim": 512, "n_mlp": 8,
+    "mbstd_group": 4,          # D's minibatch-stddev group (an NVIDIA --ckpt sets its own: 8 for paper256)
     "seed": 0,
     "n_sample": 16,            # images in each sample grid (fixed latents)
     "sample_every": 500, "ckpt_every": 2000, "keep": 3, "log_every": 10,
@@ -1560,6 +1561,7 @@ def save_checkpoint(path, ckpt):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
@@ -1711,6 +1713,13 @@ def load_generator(path, device="cpu", which="g_ema"):
 
 
 # ---- NVIDIA .pkl (NVlabs/stylegan2-ada-pytorch and the TensorFlow-era StyleGAN2 pickles) ------
+# What the restricted unpickler allows: the globals in RestrictedUnpickler.ALLOWED, each mapped to
+# a checking stand-in written here (never NVlabs' code, never a real torch/numpy class that a
+# pickle could modify); SETITEM/APPEND/ADDITEMS only on the dicts, lists and sets the pickle
+# itself built; BUILD (__setstate__ / setattr) only on numpy arrays and dtypes and the TF network
+# placeholder; no persistent ids, no out-of-band buffers. Every size the file declares (bytes,
+# storages, tensor views, arrays) is checked against the bytes actually present before anything
+# is allocated.
 class PersistentObject:
     """Placeholder for an NVlabs persistent-class object: its class name and __dict__ (`state`).
 
@@ -1730,6 +1739,8 @@ class TFNetworkStub:
     """Placeholder for dnnlib.tflib.network.Network (TF-era): keeps the pickled state dict."""
 
     def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("TF network state is not a dict")
         self.state = state
 
 
@@ -1737,60 +1748,226 @@ class _EasyDictStub(dict):
     """dnnlib.util.EasyDict as a plain dict (constructor kwargs in NVlabs pickles)."""
 
 
+class _SizedReader:
+    """Read-only view of a file or bytes for the unpicklers: asking for more bytes than are left
+    (a declared length larger than the file) is refused before any buffer is allocated."""
+
+    def __init__(self, f, size):
+        self.f, self.left = f, size
+
+    def _take(self, n):
+        if n > self.left:
+            raise pickle.UnpicklingError(f"declares {n} bytes where only {self.left} are left in the file")
+        self.left -= n
+
+    def read(self, n=-1):
+        n = self.left if n is None or n < 0 else n
+        self._take(n)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError("file ended early")
+        return data
+
+    def readinto(self, buf):
+        n = len(buf)
+        self._take(n)
+        if self.f.readinto(buf) != n:
+            raise pickle.UnpicklingError("file ended early")
+        return n
+
+    def readline(self):
+        line = self.f.readline(self.left)
+        self.left -= len(line)
+        return line
+
+
+_TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # torch.save's legacy-format magic number (first pickle)
+_STORAGE_DTYPES = {  # storage class names in torch.save's legacy format -> element dtype
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
+}
+
+
+class _PlainUnpickler(pickle._Unpickler):
+    """Numbers, strings, tuples, lists, dicts only (the header pickles of a torch.save file)."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing global {module}.{name} in torch.save storage bytes")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed here")
+
+
 def _load_storage_bytes(data):
-    """torch.storage._load_from_bytes, but through the weights-only loader."""
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    """torch.storage._load_from_bytes(data) without torch.load: how plain pickle stores a tensor's
+    storage (a legacy-format torch.save of that one storage, see torch/serialization.py):
+
+        pickle magic, pickle 1001, pickle sys_info, pickle of the storage as a persistent id
+        ('storage', <dtype class>, key, location, numel, view), pickle [key], then per key:
+        int64 numel (little-endian) and numel * element_size raw bytes.
+
+    Only the dtype name is taken from the class name; numel is checked against the bytes present.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError("storage bytes are not bytes")
+    f = _SizedReader(io.BytesIO(data), len(data))
+    if _PlainUnpickler(f).load() != _TORCH_LEGACY_MAGIC or _PlainUnpickler(f).load() != 1001:
+        raise pickle.UnpicklingError("storage bytes are not a legacy torch.save of one storage")
+    sys_info = _PlainUnpickler(f).load()
+    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
+        raise pickle.UnpicklingError("storage bytes are not little-endian")
+    found = []
+
+    class StorageRef(_PlainUnpickler):
+        def find_class(self, module, name):
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return _STORAGE_DTYPES[name]  # the dtype stands in for the class
+            return super().find_class(module, name)
+
+        def persistent_load(self, pid):
+            if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
+                    and isinstance(pid[1], torch.dtype) and isinstance(pid[4], int) and pid[4] >= 0
+                    and (len(pid) == 5 or pid[5] is None)):
+                raise pickle.UnpicklingError("unexpected storage reference in storage bytes")
+            found.append(pid)
+            return pid
+
+    ref = StorageRef(f).load()
+    keys = _PlainUnpickler(f).load()
+    if not found or ref is not found[0] or len(found) != 1 or keys != [ref[2]]:
+        raise pickle.UnpicklingError("storage bytes hold something other than one storage")
+    dtype, numel = ref[1], ref[4]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if numel * itemsize + 8 > f.left:
+        raise pickle.UnpicklingError(f"storage declares {numel} x {itemsize} bytes where only "
+                                     f"{max(f.left - 8, 0)} are present")
+    if int.from_bytes(f.read(8), "little", signed=True) != numel:
+        raise pickle.UnpicklingError("storage size record does not match its declaration")
+    raw = bytearray(f.read(numel * itemsize))
+    values = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+    return torch.storage.TypedStorage(wrap_storage=values.untyped_storage(), dtype=dtype, _internal=True)
+
+
+def _checked_view(storage, offset, size, stride):
+    """A tensor viewing `storage` with (offset, size, stride), refused if it reaches outside the
+    storage (torch's set_ would silently grow the storage to any declared size)."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError("tensor without a storage")
+    ok = (isinstance(offset, int) and offset >= 0 and isinstance(size, (tuple, list, torch.Size))
+          and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+          and all(isinstance(v, int) and v >= 0 for v in (*size, *stride)))
+    if not ok:
+        raise pickle.UnpicklingError("tensor with an invalid offset, size or stride")
+    needed = 0 if 0 in size else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if needed > storage._size():
+        raise pickle.UnpicklingError(f"tensor of size {list(size)} needs {needed} elements, "
+                                     f"its storage holds {storage._size()}")
+    t = torch.empty((0,), dtype=storage.dtype)
+    return t.set_(storage._untyped_storage, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    return _checked_view(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                       metadata=None):
+    return _checked_view(storage, storage_offset, size, stride)  # weights: no grad, no hooks
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    if not torch.is_tensor(data):
+        raise pickle.UnpicklingError("parameter without a tensor")
+    return torch.nn.Parameter(data, bool(requires_grad))
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state=None):
+    return _rebuild_parameter(data, requires_grad, backward_hooks)
+
+
+def _numpy_dtype(obj, align=False, copy=False):
+    """np.dtype(...), always a fresh object (a BUILD may then only change this copy); no objects."""
+    if not isinstance(obj, str):
+        raise pickle.UnpicklingError(f"numpy dtype from {type(obj).__name__} is not allowed")
+    dtype = np.dtype(obj, bool(align), True)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("numpy object dtypes are not allowed")
+    return dtype
+
+
+_NDARRAY = object()  # what the pickle's numpy.ndarray names: only an argument of _reconstruct
 
 
 def _numpy_scalar(dtype, data=None):
-    dtype = np.dtype(dtype)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError("numpy object scalars are not allowed")
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("numpy scalar must be a plain dtype and bytes")
+    if len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError("numpy scalar bytes do not match its dtype")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
 def _numpy_reconstruct(cls, shape, dtype):
-    if cls is not np.ndarray:
+    """numpy's pickles start each array as _reconstruct(ndarray, (0,), b'b') and then BUILD it
+    (ndarray.__setstate__ checks that the raw bytes fit the declared shape); the start is empty."""
+    if cls is not _NDARRAY:
         raise pickle.UnpicklingError(f"numpy _reconstruct of {cls!r} is not allowed")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
 
 def _numpy_frombuffer(buf, dtype, shape, order="C"):
-    dtype = np.dtype(dtype)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError("numpy object arrays are not allowed")
+    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("numpy _frombuffer needs bytes and a plain dtype")
     return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy()
 
 
 def _codecs_encode(text, encoding="utf-8"):
-    if encoding not in ("latin1", "latin-1"):  # protocol-2 pickles store bytes as latin1 text
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed for latin1 text only")  # protocol-2 bytes
     return text.encode("latin1")
 
 
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state=None):
-    return torch.nn.Parameter(data, requires_grad)
+def _safe_set(items=()):
+    return set(_checked_items(items))
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _safe_frozenset(items=()):
+    return frozenset(_checked_items(items))
+
+
+def _safe_ordered_dict(items=()):
+    return OrderedDict(_checked_items(items))
+
+
+def _checked_items(items):
+    if not isinstance(items, (list, tuple, dict)):
+        raise pickle.UnpicklingError("a container built from something other than a list, tuple or dict")
+    return items
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """Builds only tensors, numpy arrays/scalars, containers and NVIDIA placeholders.
 
-    Every global the file names is looked up in ALLOWED; anything else (os.system, builtins.eval,
-    NVlabs classes, ...) raises UnpicklingError before it can run.
+    Every global the file names is looked up in ALLOWED and replaced by a stand-in written here;
+    anything else (os.system, builtins.eval, NVlabs classes, ...) raises UnpicklingError before it
+    can run. The pure-Python unpickler is used so that the opcodes that change an existing object
+    (BUILD, SETITEM(S), APPEND(S), ADDITEMS, NEWOBJ) can be restricted to the objects this pickle
+    built itself: no pickle can modify a class or function of this process.
     """
 
     ALLOWED = {
-        ("collections", "OrderedDict"): OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("collections", "OrderedDict"): _safe_ordered_dict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
         ("torch.storage", "_load_from_bytes"): _load_storage_bytes,
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistentObject,
         ("dnnlib.tflib.network", "Network"): TFNetworkStub,
         ("dnnlib.util", "EasyDict"): _EasyDictStub,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _numpy_dtype,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy.core.multiarray", "scalar"): _numpy_scalar,
         ("numpy._core.multiarray", "scalar"): _numpy_scalar,
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
@@ -1798,20 +1975,95 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
         ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
         ("_codecs", "encode"): _codecs_encode,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
+        ("builtins", "set"): _safe_set,
+        ("builtins", "frozenset"): _safe_frozenset,
     }
+    NEWOBJ_CLASSES = (TFNetworkStub, _EasyDictStub)  # classes a pickle may instantiate empty
+
+    def __init__(self, file, size=None):
+        if size is None:  # bytes from the current position to the end
+            start = file.tell()
+            size = file.seek(0, os.SEEK_END) - start
+            file.seek(start)
+        super().__init__(_SizedReader(file, size))
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return self.ALLOWED[(module, name)]
-        if module == "torch" and name.endswith("Storage") and hasattr(torch, name):
-            return getattr(torch, name)  # old files name storage classes (torch.FloatStorage)
         raise pickle.UnpicklingError(f"refusing global {module}.{name}: only tensors, numbers, "
                                      "containers and NVIDIA network placeholders may be unpickled")
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent ids are not allowed")
+
+    def _target(self, allowed, opcode):
+        """The object on top of the stack, if it is a fresh object of an allowed type."""
+        obj = self.stack[-1] if self.stack else None
+        if type(obj) not in allowed:
+            raise pickle.UnpicklingError(f"refusing {opcode} on {type(obj).__name__}: only on the "
+                                         f"containers and placeholders this pickle built")
+        return obj
+
+    _DICTS = (dict, OrderedDict, _EasyDictStub)
+
+    def load_build(self):
+        inst = self.stack[-2] if len(self.stack) > 1 else None
+        if type(inst) not in (np.ndarray, TFNetworkStub) and not isinstance(inst, np.dtype):
+            raise pickle.UnpicklingError(f"refusing BUILD on {type(inst).__name__}: only numpy "
+                                         "arrays and dtypes and TF network placeholders take a state")
+        state = self.stack.pop()
+        inst.__setstate__(state)
+
+    def load_setitem(self):
+        value, key = self.stack.pop(), self.stack.pop()
+        self._target(self._DICTS, "SETITEM")[key] = value
+
+    def load_setitems(self):
+        items = self.pop_mark()
+        target = self._target(self._DICTS, "SETITEMS")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def load_append(self):
+        value = self.stack.pop()
+        self._target((list,), "APPEND").append(value)
+
+    def load_appends(self):
+        items = self.pop_mark()
+        self._target((list,), "APPENDS").extend(items)
+
+    def load_additems(self):
+        items = self.pop_mark()
+        self._target((set,), "ADDITEMS").update(items)
+
+    def load_newobj(self):
+        args, cls = self.stack.pop(), self.stack.pop()
+        if cls not in self.NEWOBJ_CLASSES:
+            raise pickle.UnpicklingError(f"refusing NEWOBJ of {cls!r}")
+        self.append(cls())
+
+    def load_newobj_ex(self):
+        self.stack.pop()  # kwargs
+        self.load_newobj()
+
+    def load_bytearray8(self):
+        n = int.from_bytes(self.read(8), "little")
+        self.append(bytearray(self.read(n)))  # read() checks n against the bytes left first
+
+    def load_obj(self):
+        raise pickle.UnpicklingError("refusing the OBJ opcode (protocol 1 class instances)")
+
+    def load_inst(self):
+        raise pickle.UnpicklingError("refusing the INST opcode (protocol 0 class instances)")
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    for _op, _fn in ((pickle.BUILD, load_build), (pickle.SETITEM, load_setitem),
+                     (pickle.SETITEMS, load_setitems), (pickle.APPEND, load_append),
+                     (pickle.APPENDS, load_appends), (pickle.ADDITEMS, load_additems),
+                     (pickle.NEWOBJ, load_newobj), (pickle.NEWOBJ_EX, load_newobj_ex),
+                     (pickle.BYTEARRAY8, load_bytearray8), (pickle.OBJ, load_obj), (pickle.INST, load_inst)):
+        dispatch[_op[0]] = _fn
+    del _op, _fn
 
 
 def _persistent_state_dict(obj, prefix=""):
@@ -1819,11 +2071,12 @@ def _persistent_state_dict(obj, prefix=""):
     out = OrderedDict()
     state = obj.state
     skip = set(state.get("_non_persistent_buffers_set", ()) or ())
-    for name, t in (state.get("_parameters") or {}).items():
-        if t is not None:
-            out[prefix + name] = t.detach()
-    for name, t in (state.get("_buffers") or {}).items():
-        if t is not None and name not in skip:
+    for kind in ("_parameters", "_buffers"):
+        for name, t in (state.get(kind) or {}).items():
+            if t is None or (kind == "_buffers" and name in skip):
+                continue
+            if not torch.is_tensor(t):
+                raise pickle.UnpicklingError(f"{prefix + name} is a {type(t).__name__}, not a tensor")
             out[prefix + name] = t.detach()
     for name, child in (state.get("_modules") or {}).items():
         if isinstance(child, PersistentObject):
@@ -1831,6 +2084,24 @@ def _persistent_state_dict(obj, prefix=""):
         elif child is not None:
             raise pickle.UnpicklingError(f"unexpected submodule type at {prefix + name}")
     return out
+
+
+def _nvidia_mbstd_group(d):
+    """Minibatch-stddev group of an NVlabs Discriminator placeholder, or None if not recorded.
+
+    NVlabs' persistence keeps constructor arguments in the object's `_init_kwargs`:
+    D(..., epilogue_kwargs={'mbstd_group_size': G}), and the epilogue b4 has its own
+    _init_kwargs['mbstd_group_size'] (4 for 'stylegan2' configs, 8 for 'paper256')."""
+    kwargs = d.state.get("_init_kwargs") or d.state.get("init_kwargs") or {}
+    group = (kwargs.get("epilogue_kwargs") or {}).get("mbstd_group_size")
+    b4 = (d.state.get("_modules") or {}).get("b4")
+    if group is None and isinstance(b4, PersistentObject):
+        group = (b4.state.get("_init_kwargs") or {}).get("mbstd_group_size")
+    if group is None:
+        return None
+    if not isinstance(group, int) or group < 1:
+        raise pickle.UnpicklingError(f"mbstd_group_size {group!r} is not a positive int")
+    return group
 
 
 def convert_nvidia_generator(sd, size):
@@ -2015,9 +2286,7 @@ def load_nvidia_pkl(path):
                 ckpt["g"], _ = convert_nvidia_generator(_persistent_state_dict(data["G"]), size)
             if isinstance(data.get("D"), PersistentObject):
                 ckpt["d"] = convert_nvidia_discriminator(_persistent_state_dict(data["D"]), size)
-                epilogue = (data["D"].state.get("init_kwargs") or {}).get("epilogue_kwargs") or {}
-                if epilogue.get("mbstd_group_size"):
-                    mbstd_group = int(epilogue["mbstd_group_size"])
+                mbstd_group = _nvidia_mbstd_group(data["D"])
             ckpt["format"] = "nvidia-pytorch"
         elif isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, TFNetworkStub) for n in data):
             tf_g, tf_d, tf_gs = (_tf_params(n) for n in data)
@@ -2025,15 +2294,25 @@ def load_nvidia_pkl(path):
             ckpt["g_ema"], w_avg = convert_tf_generator(tf_gs, size)
             ckpt["g"], _ = convert_tf_generator(tf_g, size)
             ckpt["d"] = convert_tf_discriminator(tf_d, size)
+            group = (data[1].state.get("static_kwargs") or {}).get("mbstd_group_size")  # D_stylegan2(..., mbstd_group_size)
+            if group is not None:
+                if not isinstance(group, int) or group < 1:
+                    raise pickle.UnpicklingError(f"mbstd_group_size {group!r} is not a positive int")
+                mbstd_group = group
             ckpt["format"] = "nvidia-tf"
         else:
             raise CheckpointError(f"{path}: pickle holds neither NVIDIA G/D/G_ema nor a TF (G, D, Gs) tuple")
+        if w_avg is not None:
+            ckpt["latent_avg"] = torch.as_tensor(w_avg).float()
+        ckpt["args"] = dict(generator_config_from_state(ckpt["g_ema"]))
     except KeyError as e:
         raise CheckpointError(f"{path}: NVIDIA network without expected parameter {e} "
                               "(only the StyleGAN2 skip generator / resnet discriminator is supported)") from None
-    if w_avg is not None:
-        ckpt["latent_avg"] = w_avg.float()
-    ckpt["args"] = dict(generator_config_from_state(ckpt["g_ema"]))
+    except CheckpointError:
+        raise
+    except Exception as e:  # allowed objects in the wrong places: a list where a dict belongs, ...
+        raise CheckpointError(f"{path}: not the structure of an NVIDIA StyleGAN2 network "
+                              f"({_first_line(e)})") from None
     if mbstd_group:
         ckpt["args"]["mbstd_group"] = mbstd_group  # NVlabs configs differ (4, or 8 for paper256)
     return ckpt
@@ -2042,7 +2321,7 @@ def load_nvidia_pkl(path):
 # ---------------------------------------------------------------------------------------------
 # Data: image folder and per-step batches
 # ---------------------------------------------------------------------------------------------
-IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # as pytorch-fid, so FID sees what D sees
+IMAGE_EXTENSIONS = ops.IMAGE_EXTENSIONS  # pytorch-fid's, any case (ops.image_files), so FID sees what D sees
 _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
 
 
@@ -2061,8 +2340,9 @@ def _to_rgb(img):
 
 
 def _load_image(path, size):
-    """Read one file -> (uint8 array [size, size, 3], resized?, cropped?). Raises on a bad file."""
-    with Image.open(path) as img:
+    """Read one file -> (uint8 array [size, size, 3], resized?, cropped?). Raises on a bad file,
+    including a decompression bomb (a huge declared size with little data behind it)."""
+    with ops.pil_bombs_are_errors(), Image.open(path) as img:
         img.load()
         img = _to_rgb(img)
     resized = cropped = False
@@ -2098,8 +2378,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise NotADirectoryError(f"{folder}: not a folder (--data takes a folder of images)")
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"image size must be a positive int, got {size!r}")
-        names = sorted(n for n in os.listdir(folder)
-                       if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+        names = [os.path.basename(p) for p in ops.image_files(folder)]
         self.folder, self.size, self.xflip = folder, size, xflip
         self.paths, images, bad = [], [], []
         n_resized = n_cropped = 0
@@ -2107,7 +2386,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             path = os.path.join(folder, name)
             try:
                 arr, resized, cropped = _load_image(path, size)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                    Image.DecompressionBombWarning) as e:
                 bad.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
                 continue
             self.paths.append(path)
@@ -2227,6 +2507,8 @@ def resolve_settings(args, stored=None, ckpt_arch=None):
                 raise TrainError(f"{s['ckpt']}: the checkpoint has {key.replace('_', '-')} "
                                  f"{ckpt_arch[key]}, but --{key.replace('_', '-')} {s[key]} was given")
             s[key], src[key] = ckpt_arch[key], "checkpoint"
+        if ckpt_arch.get("mbstd_group"):
+            s["mbstd_group"], src["mbstd_group"] = ckpt_arch["mbstd_group"], "checkpoint"
 
     size = s["size"]
     if not (isinstance(size, int) and 16 <= size <= 1024 and size & (size - 1) == 0):
@@ -2492,7 +2774,8 @@ def _train(args, rank, world, device):
     else:
         if getattr(args, "ckpt", None):
             ckpt, g_ema_start = _open_start_checkpoint(args.ckpt)
-        cfg, src = resolve_settings(args, ckpt_arch=_arch_of(g_ema_start) if ckpt else None)
+        arch = dict(_arch_of(g_ema_start), mbstd_group=(ckpt.get("args") or {}).get("mbstd_group")) if ckpt else None
+        cfg, src = resolve_settings(args, ckpt_arch=arch)
         if getattr(args, "preset", None) is not None and not cfg.ckpt:
             say("note: the presets are transfer settings (the seed experiment starts from an FFHQ "
                 "model); without --ckpt this run starts from random weights")
@@ -2505,13 +2788,14 @@ def _train(args, rank, world, device):
     if cfg.batch % world:
         raise TrainError(f"--batch {cfg.batch} must be divisible by the number of processes ({world})")
     batch = cfg.batch // world  # per process
-    if batch % min(batch, 4):
-        raise TrainError(f"batch per process {batch}: must be below 4 or a multiple of 4 "
-                         f"(minibatch standard deviation groups of 4)")
+    group = cfg.mbstd_group  # minibatch standard deviation group size (4; 8 in NVIDIA's paper256 pickles)
+    if batch % min(batch, group):
+        raise TrainError(f"batch per process {batch}: must be below {group} or a multiple of {group} "
+                         f"(minibatch standard deviation groups of {group})")
     if cfg.batch_gpu is not None and (cfg.batch_gpu < 1 or batch % cfg.batch_gpu
-                                      or cfg.batch_gpu % min(cfg.batch_gpu, 4)):
+                                      or cfg.batch_gpu % min(cfg.batch_gpu, group)):
         raise TrainError(f"--batch-gpu {cfg.batch_gpu}: must divide the batch per process ({batch}) and "
-                         f"be below 4 or a multiple of 4 (minibatch standard deviation groups of 4)")
+                         f"be below {group} or a multiple of {group} (minibatch standard deviation groups of {group})")
     precision = cfg.precision or default_precision(device)
     try:  # read before anything is written; xflip: mirrored copies, as NVlabs --mirror
         dataset = ImageFolderDataset(cfg.data, cfg.size, xflip=cfg.xflip)
@@ -2533,8 +2817,8 @@ def _train(args, rank, world, device):
     arch = dict(style_dim=cfg.style_dim, n_mlp=cfg.n_mlp, channel_multiplier=cfg.channel_multiplier,
                 channel_max=cfg.channel_max)
     g = Generator(cfg.size, **arch).to(device)
-    d = Discriminator(cfg.size, channel_multiplier=cfg.channel_multiplier,
-                      channel_max=cfg.channel_max).to(device)
+    d = Discriminator(cfg.size, channel_multiplier=cfg.channel_multiplier, channel_max=cfg.channel_max,
+                      mbstd_group=cfg.mbstd_group).to(device)
     if ckpt is not None:
         g_ema = g_ema_start.to(device)
         which = "g" if "g" in ckpt else "g_ema"

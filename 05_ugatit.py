@@ -70,10 +70,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from PIL import Image
 
+import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
+
 # ----------------------------------------------------------------------------------------------
 # Constants (paper / reference defaults)
 # ----------------------------------------------------------------------------------------------
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = ops.IMAGE_EXTENSIONS  # one rule with 02, 03 and FID: pytorch-fid's extensions, any case
 NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
 CROP_MARGIN = 30          # train: resize to img+30, then random crop img (reference transform)
 GLOBAL_D_LAYERS = 7       # reference hard-codes 7 and 5 (its --n_dis flag is unused)
@@ -479,10 +481,12 @@ def load_generator(path, direction="A2B", img_size=None, device="cpu"):
 def list_images(folder):
     """Image files under `folder` (recursive, sorted), by extension. `overview/` folders are skipped:
     01_prepare_data.py writes its contact sheet there, and it is not a training image."""
-    found = []
+    found, left_out = [], []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d != "overview"]
-        found += [os.path.join(root, f) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
+        found += [os.path.join(root, f) for f in files if ops.is_image_file(f)]
+        left_out += [os.path.relpath(os.path.join(root, f), folder) for f in files if not ops.is_image_file(f)]
+    ops.warn_left_out(folder, sorted(left_out))
     return sorted(found)
 
 
@@ -733,10 +737,10 @@ def make_optimizers(nets, lr, weight_decay, in_backward=True):
     in_backward: AdamInBackward (same updates, less memory); False: torch.optim.Adam (fp16 scaler).
     """
     kwargs = dict(lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
-    if "fused" in torch.optim.Adam.__init__.__code__.co_varnames:
-        kwargs["fused"] = True                                           # one pass per tensor
     g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
     d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
+    if all(p.is_cuda for p in g_params + d_params):  # fused Adam takes CUDA tensors (CPU only on newer torch)
+        kwargs["fused"] = True                                           # one pass per tensor
     cls = AdamInBackward if in_backward else torch.optim.Adam
     return cls(g_params, **kwargs), cls(d_params, **kwargs)
 

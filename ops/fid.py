@@ -62,13 +62,15 @@ from PIL import Image, ImageDraw
 from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, InceptionAux,
                                           InceptionB, InceptionC, InceptionD, InceptionE)
 
+import ops
+
 # ----------------------------------------------------------------------------------------------
 # Constants
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: file name carries sha256[:8]
-IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")  # pytorch-fid
+IMAGE_EXTENSIONS = tuple(e[1:] for e in ops.IMAGE_EXTENSIONS)  # pytorch-fid's, here in any case
 DIMS_CHOICES = (64, 192, 768, 2048)  # pytorch-fid's blocks: maxpool1, maxpool2, Mixed_6e, pool3
 INCEPTION_SIZE = 299
 THUMB_SIZE = 64  # pixel-space nearest neighbours are measured at 64x64
@@ -105,6 +107,7 @@ def _download(url, dst, timeout=60):
     """Download url to dst atomically (temp file + os.replace); checks the hub sha256 prefix."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), suffix=".part")
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
             for block in iter(lambda: r.read(1 << 20), b""):
@@ -343,14 +346,11 @@ def load_inception(weights=None, device="cpu", dims=2048, download=True, fold=Tr
 
 
 def list_images(folder):
-    """Image files directly in folder, with pytorch-fid's (lower-case) extensions, sorted."""
+    """Image files directly in folder, sorted: pytorch-fid's extensions in any letter case (the rule
+    of every calm-gan script, ops.image_files); other files are named in one warning."""
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: not a folder")
-    names = sorted(n for n in os.listdir(folder)
-                   if "." in n and not n.startswith(".")
-                   and n.rpartition(".")[2] in IMAGE_EXTENSIONS
-                   and os.path.isfile(os.path.join(folder, n)))
-    return [os.path.join(folder, n) for n in names]
+    return ops.image_files(folder)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -456,7 +456,7 @@ def folder_features(folder, model, batch_size=50, device=None, num_workers=None,
                          f"(the covariance is undefined)")
     kept = [f for f, k in zip(files, ok) if k]
     out = {"features": feats[ok], "files": [os.path.basename(f) for f in kept],
-           "file_types": dict(collections.Counter(f.rpartition(".")[2] for f in kept)),
+           "file_types": dict(collections.Counter(f.rpartition(".")[2].lower() for f in kept)),
            "skipped": skipped}
     if thumbs:
         out["thumbs"] = thumb_arr[ok]
@@ -516,6 +516,7 @@ def _atomic_savez(path, **arrays):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz.part")
+    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -690,11 +691,29 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method="auto"):
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
-def kid_subsets(n_a, n_b, subsets, subset_size, seed=0):
-    """The subsets KID uses: m = min(subset_size, n_a, n_b); for each subset, first
+KID_SUBSET_SIZE = 1000  # Binkowski et al. and NVlabs' metrics: subsets of 1000
+
+
+def choose_kid_subset_size(n_a, n_b, subset_size=None):
+    """(m, rule): the KID subset size and how it was chosen.
+
+    Default: 1000, or half the smaller set when that set has 1000 images or fewer, so that the
+    subsets differ and their spread measures something (with subsets as large as both sets every
+    subset is the same pair of sets and the std is 0 by construction). A given size is capped at
+    the sets' sizes."""
+    if subset_size is None:
+        if min(n_a, n_b) > KID_SUBSET_SIZE:
+            return KID_SUBSET_SIZE, f"default {KID_SUBSET_SIZE}"
+        return max(2, min(n_a, n_b) // 2), "default: half the smaller set, so that the subsets differ"
+    m = min(subset_size, n_a, n_b)
+    return m, "given" if m == subset_size else f"given {subset_size}, capped at the smaller set"
+
+
+def kid_subsets(n_a, n_b, subsets, subset_size=None, seed=0):
+    """The subsets KID uses: m from choose_kid_subset_size; for each subset, first
     rng.choice(n_a, m, replace=False) then rng.choice(n_b, m, replace=False), with
     rng = np.random.default_rng(seed). Yields (index_a, index_b)."""
-    m = min(subset_size, n_a, n_b)
+    m = choose_kid_subset_size(n_a, n_b, subset_size)[0]
     rng = np.random.default_rng(seed)
     for _ in range(subsets):
         yield rng.choice(n_a, m, replace=False), rng.choice(n_b, m, replace=False)
@@ -728,14 +747,15 @@ def _row_sums(f, rows, other, block=2048):
     return out
 
 
-def kid(feats_a, feats_b, subsets=100, subset_size=1000, seed=0):
+def kid(feats_a, feats_b, subsets=100, subset_size=None, seed=0):
     """Kernel Inception Distance: mean and std (ddof 0) over subsets of the unbiased MMD^2,
 
         MMD^2 = (sum_{i!=j} k(x_i, x_j) + sum_{i!=j} k(y_i, y_j)) / (m (m - 1))
                 - 2 sum_{i,j} k(x_i, y_j) / m^2,
 
-    for subsets X, Y of m = min(subset_size, N_a, N_b) features each (see kid_subsets), with the
-    cubic kernel. Sums in float64 (torch matmuls). A side used whole (m = its size: the usual few-
+    for subsets X, Y of m features each (choose_kid_subset_size: by default 1000, or half the smaller
+    set), with the cubic kernel. The std is nan (not available) when every subset is the whole
+    of both sets: then it would be 0 without measuring anything. Sums in float64 (torch matmuls). A side used whole (m = its size: the usual few-
     shot case, e.g. 500 training images) is the same set in every subset, so its self sum is
     computed once, and the cross sum of a subset is a sum of per-row sums against that side.
     """
@@ -745,7 +765,7 @@ def kid(feats_a, feats_b, subsets=100, subset_size=1000, seed=0):
     if min(len(a), len(b)) < 2 or subsets < 1:
         raise ValueError(f"kid needs at least 2 features per side and 1 subset, got {len(a)}, "
                          f"{len(b)} and subsets={subsets}")
-    m = min(subset_size, len(a), len(b))
+    m = choose_kid_subset_size(len(a), len(b), subset_size)[0]
     rows = lambda f, i: torch.from_numpy(np.asarray(f[i], dtype=np.float64))  # noqa: E731
     draws = list(kid_subsets(len(a), len(b), subsets, subset_size, seed))
     self_a = _self_sum(rows(a, slice(None))) if m == len(a) else None
@@ -766,7 +786,17 @@ def kid(feats_a, feats_b, subsets=100, subset_size=1000, seed=0):
         else:
             kxy = float(cross_rows[1][ia if cross_rows[0] == "a" else ib].sum())
         mmd[s] = (kxx + kyy) / (m * (m - 1)) - 2 * kxy / m ** 2
+    if m == len(a) == len(b):
+        return float(mmd.mean()), float("nan")  # all subsets identical: no spread to report
     return float(mmd.mean()), float(mmd.std())
+
+
+def kid_text(mean, std, subsets, m, rule):
+    """The KID line: 'KID: mean ± std (...)', or the mean alone when the std is not available."""
+    if std == std:
+        return f"KID: {mean:.6g} ± {std:.6g} (std over {subsets} subsets of {m} images per side; {rule})"
+    return (f"KID: {mean:.6g} (std not available: every subset is the whole of both sets, {m} "
+            f"images; give a --kid-subset-size below {m})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -803,23 +833,48 @@ def _nearest_rows(q, r, metric, exclude_self=False, block=1024):
     return idx, dist
 
 
-def train_thresholds(train_feats, train_thumbs):
-    """The closest pair of distinct training images: (min cosine distance of pool3 features,
-    min L2 distance of 64x64 pixels in [0, 1]). A generated image nearer than that is a copy."""
+DUPLICATE_FRACTION = 0.1  # a training pair closer than 0.1 x the median nearest-neighbour distance is a duplicate
+
+
+def _robust_min(nn_dist):
+    """Smallest nearest-neighbour distance among training images, leaving out near-duplicates:
+    images whose nearest other training image is closer than DUPLICATE_FRACTION x the median
+    nearest-neighbour distance (an exact or re-encoded copy inside the data set would otherwise
+    set the threshold to about 0 and nothing could ever be flagged). Returns (value, n_left_out)."""
+    dup = nn_dist < DUPLICATE_FRACTION * np.median(nn_dist)
+    if dup.all():
+        return float(nn_dist.min()), 0
+    return float(nn_dist[~dup].min()), int(dup.sum())
+
+
+def memorization_thresholds(train_feats, train_thumbs):
+    """The closest pair of distinct, non-duplicate training images: (min cosine distance of pool3
+    features, min L2 distance of 64x64 pixels in [0, 1]) and a line saying how they were chosen.
+    A generated image nearer than that to a training image, by both measures, is a copy."""
     if len(train_feats) < 2:
         raise ValueError("the memorization check needs at least 2 training images")
     tf = _unit_rows(train_feats)
     _, dc = _nearest_rows(tf, tf, "cosine", exclude_self=True)
     tp = _flat(train_thumbs)
     _, dp = _nearest_rows(tp, tp, "l2", exclude_self=True)
-    return float(dc.min()), float(dp.min())
+    (thr_c, dup_c), (thr_p, dup_p) = _robust_min(dc), _robust_min(dp)
+    rule = (f"copy thresholds: pool3 cosine {thr_c:.4g}, 64px L2 {thr_p:.4g} = the closest pair of "
+            f"training images, leaving out near-duplicates (nearest neighbour closer than "
+            f"{DUPLICATE_FRACTION} x the median: {dup_c} by pool3, {dup_p} by pixels)")
+    return (thr_c, thr_p), rule
+
+
+def train_thresholds(train_feats, train_thumbs):
+    """(feature, pixel) thresholds of memorization_thresholds."""
+    return memorization_thresholds(train_feats, train_thumbs)[0]
 
 
 def nearest(gen_feats, gen_thumbs, train_feats, train_thumbs, thresholds=None):
     """Nearest training image of every generated one, by pool3 cosine distance and 64px L2.
 
-    A copy lies closer to a training image than the closest pair of distinct training images,
-    by both measures. One measure alone flags about 2 / (N_train + 1) of truly new images by
+    A copy lies closer to a training image than the closest pair of distinct training images
+    (near-duplicates inside the training set left out, see memorization_thresholds), by both
+    measures. One measure alone flags about 2 / (N_train + 1) of truly new images by
     chance (a minimum over N_train distances against one over N_train^2 / 2 pairs); requiring
     both keeps chance flags rare while exact and lightly perturbed copies pass both.
     Returns dict of arrays (length N_gen): feat_index, feat_dist, pixel_index, pixel_dist,
@@ -946,7 +1001,7 @@ class Evaluator:
 
     def __init__(self, real_folder, inception=None, device="cpu", batch_size=50, cache_dir=None,
                  n_gen=None, kid=True, dims=2048, num_workers=None, kid_subsets=100,
-                 kid_subset_size=1000):
+                 kid_subset_size=None):
         self.model = load_inception(inception, device, dims)
         self.device, self.batch_size, self.kid = device, batch_size, kid
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
@@ -956,12 +1011,14 @@ class Evaluator:
         self.real_feats, self.real_thumbs, self.real_files = (real["features"], real["thumbs"],
                                                               real["files"])
         self.mu, self.sigma = statistics(self.real_feats)
-        self.thresholds = train_thresholds(self.real_feats, self.real_thumbs)
+        self.thresholds, self.threshold_rule = memorization_thresholds(self.real_feats, self.real_thumbs)
         self.n_gen = n_gen or len(self.real_feats)
+        m, rule = choose_kid_subset_size(len(self.real_feats), self.n_gen, kid_subset_size)
         self.provenance = provenance(
             weights_info(self.model), {"real": len(self.real_feats), "generated": self.n_gen},
             {"real": real["file_types"], "generated": "tensor from the generator"}, device,
-            {"subsets": kid_subsets, "subset_size": kid_subset_size, "seed": 0} if kid else None)
+            {"subsets": kid_subsets, "subset_size": m, "subset_size_rule": rule, "seed": 0} if kid else None)
+        self.provenance["memorization"] = self.threshold_rule
         self.provenance["real_folder"] = os.path.basename(os.path.normpath(real_folder))
         self.provenance["warning"] = small_sample_warning(self.provenance["counts"], dims)
 
@@ -1034,8 +1091,9 @@ def _panel(draw, box, xs, ys, errs, color, label):
     if not pts:
         return
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    lo = min(y - (e or 0) for (x, y), e in zip(pts, errs or [0] * len(pts)))
-    hi = max(y + (e or 0) for (x, y), e in zip(pts, errs or [0] * len(pts)))
+    spread = [e if e == e and e and e > 0 else 0 for e in (errs or [0] * len(pts))]
+    lo = min(y - e for (x, y), e in zip(pts, spread))
+    hi = max(y + e for (x, y), e in zip(pts, spread))
     if hi - lo < 1e-12:
         lo, hi = lo - 1, hi + 1
     lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
@@ -1050,7 +1108,7 @@ def _panel(draw, box, xs, ys, errs, color, label):
         draw.text((4, py - 6), f"{yv:.3g}", fill="black")
     if errs:
         for (x, y), e in zip(pts, errs):
-            if e == e and e:
+            if e == e and e > 0:  # a band only where a spread was measured
                 draw.line([xy(x, y - e), xy(x, y + e)], fill=color, width=1)
     line = [xy(x, y) for x, y in pts]
     if len(line) > 1:
@@ -1069,9 +1127,12 @@ def draw_fid_curve(rows, path, width=640, height=520):
         best = min(range(len(rows)), key=lambda i: fids[i] if fids[i] == fids[i] else float("inf"))
         _panel(d, (70, 20, width - 20, height // 2 - 20), xs, fids, None, (200, 30, 30),
                f"FID (best {fids[best]:.2f} at iteration {xs[best]})")
+        stds = [r.get("kid_std", float("nan")) for r in rows]
+        measured = any(e == e and e > 0 for e in stds)  # 0 (old files) or nan: no spread was measured
         _panel(d, (70, height // 2 + 10, width - 20, height - 40), xs,
-               [r.get("kid_mean", float("nan")) for r in rows], [r.get("kid_std", 0.0) for r in rows],
-               (30, 80, 200), "KID (mean +- std over subsets)")
+               [r.get("kid_mean", float("nan")) for r in rows], stds if measured else None,
+               (30, 80, 200), "KID (mean +- std over subsets)" if measured else
+               "KID (mean; std not available: every subset was the whole set)")
         x0, x1 = min(xs), max(xs)
         for t in range(5):
             xv = x0 + (x1 - x0) * t / 4
@@ -1114,8 +1175,10 @@ def build_parser():
                    help="write the features (plus mu, sigma) of the folder to the .npz")
     p.add_argument("--kid", action="store_true", help="also print KID: <mean> +- <std>")
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
-    p.add_argument("--kid-subset-size", type=int, default=1000,
-                   help="KID subset size (default 1000, capped at the smaller side)")
+    p.add_argument("--kid-subset-size", type=int, default=None,
+                   help="KID subset size (default 1000, or half the smaller side when it has 1000 "
+                        "images or fewer, so that the subsets differ; a given size is capped at "
+                        "the smaller side)")
     p.add_argument("--json", default=None, help="write the scores and their provenance here")
     return p
 
@@ -1197,11 +1260,12 @@ def fid(args):
             if s["features"] is None:
                 raise ValueError(f"{p}: has only mu and sigma; KID needs features "
                                  f"(save them with --save-features)")
-        kid_settings = {"subsets": args.kid_subsets, "subset_size": args.kid_subset_size,
+        m, rule = choose_kid_subset_size(len(a["features"]), len(b["features"]), args.kid_subset_size)
+        kid_settings = {"subsets": args.kid_subsets, "subset_size": m, "subset_size_rule": rule,
                         "seed": 0}
         result["kid_mean"], result["kid_std"] = kid(a["features"], b["features"],
                                                     args.kid_subsets, args.kid_subset_size)
-        print(f"KID: {result['kid_mean']:.6g} ± {result['kid_std']:.6g}")
+        print(kid_text(result["kid_mean"], result["kid_std"], args.kid_subsets, m, rule))
     result["fid"] = frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
     if args.json:
         info = b["info"] if a["info"]["weights_sha256"] is None else a["info"]
@@ -1209,9 +1273,12 @@ def fid(args):
                          args.device if models else "n/a (both sides from .npz)", kid_settings)
         rec.update(paths=[os.path.basename(os.path.normpath(p)) for p in args.path],
                    warning=warning, **result)
+        if rec.get("kid_std") is not None and rec["kid_std"] != rec["kid_std"]:
+            rec["kid_std"] = None  # not available (JSON has no NaN)
         d = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".json.part")
+        ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
         with os.fdopen(fd, "w") as fh:
             json.dump(rec, fh, indent=2)
         os.replace(tmp, args.json)
@@ -1227,7 +1294,9 @@ def nearest_cmd(args):
                              thumbs=True, cache_dir=args.cache_dir)
              for p in (args.generated, args.train)]
     gen, train = sides
-    result = nearest(gen["features"], gen["thumbs"], train["features"], train["thumbs"])
+    thresholds, rule = memorization_thresholds(train["features"], train["thumbs"])
+    print(rule)
+    result = nearest(gen["features"], gen["thumbs"], train["features"], train["thumbs"], thresholds)
     line = write_nearest(args.out, result, gen["files"], train["files"], gen["thumbs"],
                          train["thumbs"], args.top)
     print(line)

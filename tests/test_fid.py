@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import requires_cuda
+from conftest import load_script, requires_cuda
 from ops import fid
 
 HAS_PYTORCH_FID = importlib.util.find_spec("pytorch_fid") is not None
@@ -403,7 +403,7 @@ def test_evaluator_scores_and_copies(tmp_path):
     real = _write_folder(str(tmp_path / "real"), train)
     with pytest.warns(UserWarning, match="fewer images than the 64"):
         ev = fid.Evaluator(real, inception="random", dims=64, batch_size=4, num_workers=0,
-                           cache_dir=str(tmp_path / "cache"), kid_subsets=3)
+                           cache_dir=str(tmp_path / "cache"), kid_subsets=3, kid_subset_size=10)
     assert ev.provenance["comparable"] is False and ev.provenance["counts"]["real"] == 10
     as_gen = torch.from_numpy(train).permute(0, 3, 1, 2).float() / 127.5 - 1  # exact copies
     pos = [0]
@@ -421,7 +421,7 @@ def test_evaluator_scores_and_copies(tmp_path):
     f = ev.real_feats.astype(np.float64)
     k = (f @ f.T / 64 + 1) ** 3
     expected = 2 * ((k.sum() - np.trace(k)) / 90 - k.sum() / 100)
-    assert r["kid_mean"] == pytest.approx(expected, rel=1e-9) and r["kid_std"] < 1e-12
+    assert r["kid_mean"] == pytest.approx(expected, rel=1e-9) and np.isnan(r["kid_std"])  # no spread
     g = torch.Generator().manual_seed(7)
     r2 = ev.evaluate(lambda b: torch.rand(b, 3, 16, 16, generator=g) * 2 - 1, n_gen=7)
     assert r2["copies"] == 0 and r2["n_gen"] == 7 and r2["fid"] > 1e-3
@@ -490,3 +490,52 @@ def test_record_fid_keeps_provenance_and_drops_replayed_rows(tmp_path):
     rows = F_.read_fid_csv(str(tmp_path / "fid.csv"))
     assert [(r["step"], r["fid"], r["copies"]) for r in rows] == [(0, 90.0, 0), (10, 65.0, 1)]
     assert Image.open(tmp_path / "fid.png").size == (640, 520)
+
+
+def test_a_duplicate_in_the_training_set_does_not_hide_copies(tmp_path, capsys):
+    """One training image saved twice used to set both thresholds to 0 (nothing ever flagged);
+    the duplicate pair is now left out and an exact copy of a training image is still a copy."""
+    train = _smooth_images(12, 32, 0)
+    train = np.concatenate([train, train[5:6]])  # image 5 twice
+    train_dir = _write_folder(str(tmp_path / "train"), train)
+    noise = np.random.default_rng(9).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # far from all
+    gen = np.concatenate([train[2:3], noise])  # an exact copy of image 2, and 3 new images
+    gen_dir = _write_folder(str(tmp_path / "gen"), gen)
+    res = fid.main(["nearest", gen_dir, train_dir, "--out", str(tmp_path / "near"),
+                    "--inception", "random", "--dims", "64", "--num-workers", "0"])
+    assert res["copy"].tolist() == [True, False, False, False]
+    # the thresholds: the closest pair of distinct training images without the duplicate, by hand
+    flat = train.reshape(len(train), -1).astype(np.float64)
+    thumbs_equal = fid._flat(fid._thumbnails(torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255))
+    pairs = [(i, j) for i in range(len(train)) for j in range(len(train)) if i < j and {i, j} != {5, 12}]
+    want_p = min(np.linalg.norm(thumbs_equal[i] - thumbs_equal[j]) for i, j in pairs)
+    assert res["thresholds"][1] == pytest.approx(want_p, rel=1e-9) and want_p > 0
+    assert np.linalg.norm(flat[5] - flat[12]) == 0
+    out = capsys.readouterr().out
+    assert "copy thresholds: pool3 cosine" in out and "leaving out near-duplicates" in out
+    assert "2 by pool3, 2 by pixels" in out  # both images of the duplicated pair
+
+
+def test_one_image_rule_any_case_and_a_warning_for_what_is_left_out(tmp_path):
+    """Upper-case extensions count for FID as for training; other files are named in a warning
+    (data companions such as 01's index.csv are expected and left out silently)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    imgs = _smooth_images(4, 16, 0)
+    for name, a in zip(["a.PNG", "b.png", "c.JPG", "d.gif"], imgs):
+        Image.fromarray(a).save(folder / name)
+    (folder / "index.csv").write_text("file\n")
+    (folder / ".hidden.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) left out, not an image extension .*: d\.gif$"):
+        files = fid.list_images(str(folder))
+    assert [os.path.basename(f) for f in files] == ["a.PNG", "b.png", "c.JPG"]
+    sg2 = load_script("03_stylegan2_ada")
+    with pytest.warns(UserWarning, match=r"d\.gif"):
+        ds = sg2.ImageFolderDataset(str(folder), 16, xflip=False)
+    assert [os.path.basename(p) for p in ds.paths] == ["a.PNG", "b.png", "c.JPG"]
+    ugatit = load_script("05_ugatit")
+    with pytest.warns(UserWarning, match=r"d\.gif"):
+        assert [os.path.basename(p) for p in ugatit.list_images(str(folder))] == ["a.PNG", "b.png", "c.JPG"]
+    v1 = load_script("02_stylegan_freezed")
+    with pytest.warns(UserWarning, match=r"d\.gif"):
+        assert len(v1.ImageFolder(str(folder), 16)) == 3

@@ -27,7 +27,7 @@ def test_kid_whole_sets_equals_loops():
     b = rng.gamma(1.8, size=(12, 16)) + 0.1
     mean, std = fid.kid(a, b, subsets=4, subset_size=50)  # capped at 12: every subset is whole
     assert mean == pytest.approx(_mmd2_loops(a, b), rel=1e-10)
-    assert std < 1e-12
+    assert np.isnan(std)  # identical subsets: no spread measured, so none is reported
 
 
 def test_kid_subsets_with_seed_equal_loops():
@@ -102,7 +102,7 @@ def test_cli_kid_line_json_and_warning_below_dims(tmp_path, capsys):
     assert lines[-2].startswith("KID: ") and " ± " in lines[-2]
     assert lines[-1] == f"FID: {res['fid']}"
     mean, std = fid.kid(fa, fb, 4, 10)
-    assert lines[-2] == f"KID: {mean:.6g} ± {std:.6g}"
+    assert lines[-2] == f"KID: {mean:.6g} ± {std:.6g} (std over 4 subsets of 10 images per side; given)"
     ref = fid.frechet_distance(*fid.statistics(fa), *fid.statistics(fb), method="sqrtm")
     assert res["fid"] == pytest.approx(ref, rel=1e-6)
     j = json.loads(out.read_text())
@@ -114,7 +114,7 @@ def test_cli_kid_line_json_and_warning_below_dims(tmp_path, capsys):
     assert j["comparable"] is False and "not comparable" in j["weights"]
     assert j["weights_sha256"] == "random"
     assert "bilinear" in j["resize"] and "299" in j["resize"]
-    assert j["kid"] == {"subsets": 4, "subset_size": 10, "seed": 0}
+    assert j["kid"] == {"subsets": 4, "subset_size": 10, "subset_size_rule": "given", "seed": 0}
     assert j["warning"] and "64" in j["warning"]
 
 
@@ -142,3 +142,69 @@ def test_features_from_different_weights_warn(tmp_path):
     _features_file(tmp_path / "b.npz", 70, 64, 0.0, 1, dict(RANDOM_INFO, weights_sha256="f00"))
     with pytest.warns(UserWarning, match="different Inception weights"):
         fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dims", "64"])
+
+
+def _unbiased_mmd2(x, y):
+    """The unbiased MMD^2 of whole sets, from the kernel matrices (numpy, float64)."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    m, n = len(x), len(y)
+    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+            - 2 * kxy.sum() / (m * n))
+
+
+def test_kid_500_vs_500_has_a_measured_std(tmp_path, capsys):
+    """Equal few-shot sets (500 vs 500): the default subsets are smaller than the sets, so the std
+    is positive, and the mean agrees with the unbiased formula on the whole sets within it."""
+    rng = np.random.default_rng(11)
+    a = np.abs(rng.normal(size=(500, 16)))
+    b = np.abs(rng.normal(size=(500, 16)) + 0.15)
+    mean, std = fid.kid(a, b, subsets=100)
+    assert std > 0
+    assert abs(mean - _unbiased_mmd2(a, b)) < std
+    assert fid.choose_kid_subset_size(500, 500) == (250, "default: half the smaller set, so that the subsets differ")
+    assert fid.choose_kid_subset_size(5000, 2000)[0] == 1000  # large sets: the usual 1000
+
+
+def test_kid_cli_500_vs_500_says_which_subsets(tmp_path, capsys):
+    fa = _features_file(tmp_path / "a.npz", 500, 64, 0.0, 0)
+    fb = _features_file(tmp_path / "b.npz", 500, 64, 0.1, 1)
+    out = tmp_path / "rec.json"
+    fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--kid", "--kid-subsets", "20",
+              "--inception", "random", "--dims", "64", "--json", str(out)])
+    mean, std = fid.kid(fa, fb, 20)
+    line = capsys.readouterr().out.strip().splitlines()[-2]
+    assert std > 0 and " ± 0 " not in line
+    assert line == (f"KID: {mean:.6g} ± {std:.6g} (std over 20 subsets of 250 images per side; "
+                    f"default: half the smaller set, so that the subsets differ)")
+    j = json.loads(out.read_text())
+    assert j["kid"]["subset_size"] == 250 and "half the smaller set" in j["kid"]["subset_size_rule"]
+    assert j["kid_std"] == pytest.approx(std)
+
+
+def test_kid_cli_whole_sets_report_no_std(tmp_path, capsys):
+    _features_file(tmp_path / "a.npz", 70, 64, 0.0, 0)
+    _features_file(tmp_path / "b.npz", 70, 64, 0.1, 1)
+    out = tmp_path / "rec.json"
+    fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--kid", "--kid-subsets", "3",
+              "--kid-subset-size", "1000", "--inception", "random", "--dims", "64", "--json", str(out)])
+    line = capsys.readouterr().out.strip().splitlines()[-2]
+    assert "±" not in line and "std not available" in line
+    assert json.loads(out.read_text())["kid_std"] is None
+
+
+def test_fid_png_draws_no_band_and_no_std_label_without_a_measured_std(tmp_path):
+    from PIL import Image, ImageChops
+
+    def draw(std):
+        rows = [{"step": s, "fid": 50.0 - s, "kid_mean": 0.02, "kid_std": std} for s in (0, 10, 20)]
+        path = str(tmp_path / f"fid-{std}.png")
+        fid.draw_fid_curve(rows, path)
+        return Image.open(path).convert("RGB")
+
+    zero, nan, measured = draw(0.0), draw(float("nan")), draw(0.001)
+    assert ImageChops.difference(zero, nan).getbbox() is None  # a 0 (old fid.csv) is "not measured" too
+    label = (76, 272, 400, 288)  # the KID panel's title line (points lie mid-panel: constant mean)
+    assert ImageChops.difference(zero.crop(label), measured.crop(label)).getbbox() is not None
+    blue = lambda im: int((np.asarray(im) == (30, 80, 200)).all(axis=2).sum())  # noqa: E731
+    assert blue(measured) > blue(zero)  # bands only when measured

@@ -466,11 +466,12 @@ NV_BUFFERS = ("resample_filter", "noise_const", "w_avg")
 def nv_tree(flat, class_name="Generator", init_kwargs=None):
     """{dotted name: tensor} -> nested NVPersistent module states (params vs buffers by name)."""
     def node():
+        # NVlabs' persistence keeps the constructor arguments as _init_args / _init_kwargs
         return {"training": False, "_parameters": OrderedDict(), "_buffers": OrderedDict(),
-                "_non_persistent_buffers_set": set(), "_modules": OrderedDict(), "init_args": (),
-                "init_kwargs": {}}
+                "_non_persistent_buffers_set": set(), "_modules": OrderedDict(), "_init_args": (),
+                "_init_kwargs": {}}
     root = node()
-    root["init_kwargs"] = init_kwargs or {}
+    root["_init_kwargs"] = init_kwargs or {}
     objects = {"": NVPersistent(class_name, root)}
     for name, t in flat.items():
         parts = name.split(".")
@@ -580,14 +581,14 @@ def nv_to_rosinality_g(p, size):
     return out
 
 
-def write_nvidia_pkl(path, monkeypatch, g_params, d_params):
+def write_nvidia_pkl(path, monkeypatch, g_params, d_params, mbstd_group=2):
     def _reconstruct_persistent_obj(meta):
         raise AssertionError("the loader must never call NVIDIA's reconstructor")
 
     fake_module(monkeypatch, "torch_utils.persistence", _reconstruct_persistent_obj=_reconstruct_persistent_obj)
     monkeypatch.setattr(NVPersistent, "reconstruct", _reconstruct_persistent_obj, raising=False)
     kw = {"z_dim": 16, "w_dim": 16, "img_resolution": 32}
-    data = {"G": nv_tree(g_params, "Generator", kw), "D": nv_tree(d_params, "Discriminator", {"epilogue_kwargs": {"mbstd_group_size": 2}}),
+    data = {"G": nv_tree(g_params, "Generator", kw), "D": nv_tree(d_params, "Discriminator", {"epilogue_kwargs": {"mbstd_group_size": mbstd_group}}),
             "G_ema": nv_tree(g_params, "Generator", kw), "augment_pipe": None,
             "training_set_kwargs": {"resolution": 32}}
     with open(path, "wb") as f:
@@ -710,8 +711,8 @@ def test_tf_era_pickle_with_numpy_arrays_loads(tmp_path, monkeypatch):
 
     fake_module(monkeypatch, "dnnlib.tflib.network", Network=Network)
 
-    def net(name, variables, components=None):
-        return Network({"version": 4, "name": name, "static_kwargs": {"resolution": 32},
+    def net(name, variables, components=None, **static_kwargs):
+        return Network({"version": 4, "name": name, "static_kwargs": {"resolution": 32, **static_kwargs},
                         "components": components or {}, "build_module_src": "import os\nos.system('x')",
                         "build_func_name": "G_main", "variables": list(variables.items())})
 
@@ -724,7 +725,7 @@ def test_tf_era_pickle_with_numpy_arrays_loads(tmp_path, monkeypatch):
 
     gs = net("G", {"dlatent_avg": tf["dlatent_avg"]},
              {"mapping": net("G_mapping", split("mapping/")), "synthesis": net("G_synthesis", split("synthesis/"))})
-    dn = net("D", rosinality_to_tf_d(d.state_dict(), 32))
+    dn = net("D", rosinality_to_tf_d(d.state_dict(), 32), mbstd_group_size=8)
     path = tmp_path / "stylegan2-tiny-config-f.pkl"
     with open(path, "wb") as f:
         pickle.dump((gs, dn, gs), f, protocol=4)  # TF-era files: protocol <= 4, _reconstruct arrays
@@ -736,7 +737,9 @@ def test_tf_era_pickle_with_numpy_arrays_loads(tmp_path, monkeypatch):
     for k in own:
         torch.testing.assert_close(back[k], own[k], msg=k)
     d2 = m.Discriminator(32, channel_max=8)
-    m.load_state_checked(d2, m.load_checkpoint(path)["d"], "d")
+    ckpt = m.load_checkpoint(path)
+    assert ckpt["args"]["mbstd_group"] == 8  # D_stylegan2's static kwarg, used when fine-tuning
+    m.load_state_checked(d2, ckpt["d"], "d")
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(d2(x), d(x))

@@ -560,3 +560,12 @@ def test_chain_writes_frames_and_gif(tmp_path):
     with pytest.raises(SystemExit, match="sg2_missing.pt"):
         u.main(["chain", "--ugatit", ug_path, "--stylegan", str(tmp_path / "sg2_missing.pt"), "--seeds", "1",
                 "--out", str(tmp_path / "c2")])
+
+
+def test_adam_is_fused_only_for_cuda_tensors():
+    """Fused Adam needs CUDA tensors (CPU support came only in later torch): CPU nets get plain Adam."""
+    for in_backward in (True, False):
+        g_opt, d_opt = u.make_optimizers(tiny_nets(light=True), 1e-3, 1e-4, in_backward=in_backward)
+        for opt in (g_opt, d_opt):
+            inner = opt.optims if in_backward else [opt]
+            assert all(not o.param_groups[0].get("fused") for o in inner)

@@ -1,0 +1,67 @@
+"""Bad input files give one line and are never trained on; files are written with the user's umask.
+
+References: image files written here byte by byte (a PNG whose header declares 10000 x 10000
+pixels followed by five rows of data), and the permission bits 0666 & ~umask that open() gives.
+"""
+import os
+import stat
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_script
+
+sg2 = load_script("03_stylegan2_ada")
+
+
+def png_bytes(width, height, rows):
+    """An RGB PNG whose IHDR declares width x height but whose data holds only `rows` rows."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"\x80" * (width * 3) for _ in range(rows))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_bad_file_not_a_black_image(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(data / f"{i}.png")
+    (data / "bomb.png").write_bytes(png_bytes(10000, 10000, 5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = sg2.ImageFolderDataset(str(data), 16, xflip=False)
+    assert [os.path.basename(p) for p in ds.paths] == ["0.png", "1.png", "2.png"]
+    messages = [str(w.message) for w in caught]
+    skipped = [t for t in messages if "bomb.png" in t]
+    assert len(skipped) == 1 and "\n" not in skipped[0] and "skipped 1 unreadable" in skipped[0]
+    assert "decompression bomb" in skipped[0]
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Atomic writes (temp file + rename) give the mode open() would: 0666 & ~umask, not 0600."""
+    import torch
+
+    from ops import fid
+
+    prep = load_script("01_prepare_data")
+    want = 0o666 & ~umask
+    old = os.umask(umask)
+    try:
+        prep.write_demo(str(tmp_path / "demo"), 2, size=16, seed=0)           # crops, index, sheet
+        sg2.save_checkpoint(str(tmp_path / "run" / "000001.pt"), {"step": 1})  # checkpoints
+        fid.save_features(str(tmp_path / "f.npz"), {"features": np.zeros((2, 4), np.float32),
+                                                    "files": [], "file_types": {}})
+    finally:
+        os.umask(old)
+    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path) for f in fs]
+    assert len(files) >= 7
+    modes = {os.path.relpath(f, tmp_path): stat.S_IMODE(os.stat(f).st_mode) for f in files}
+    assert modes == {k: want for k in modes}
+    assert torch.load(tmp_path / "run" / "000001.pt", weights_only=True) == {"step": 1}
