@@ -1,4 +1,4 @@
-"""04_latent_explore.py: SeFa and GANSpace against numpy, edits, captions, GIFs, mixing, the UI."""
+"""04_latent_explore.py: SeFa and GANSpace against numpy, projection, edits, captions, GIFs, mixing, the UI."""
 import os
 import socket
 import time
@@ -70,7 +70,7 @@ def test_parse_helpers():
     assert lx.parse_range("1,4,7") == [1, 4, 7]
     assert lx.parse_range("all", 3) == [0, 1, 2]
     assert lx.parse_degrees("-5:5:11") == [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    with pytest.raises(SystemExit):
+    with pytest.raises(lx.ExploreError):
         lx.parse_range("0-9", 4)
 
 
@@ -133,7 +133,7 @@ def test_ganspace_cli_and_bad_inputs(tiny_ckpt, tmp_path):
         lx.main(["sefa", "--ckpt", str(tmp_path / "missing.pt"), "--out", path])
     bad = tmp_path / "bad.pt"
     torch.save({"x": torch.zeros(2)}, bad)
-    with pytest.raises(SystemExit, match="not a directions file"):
+    with pytest.raises(lx.ExploreError, match="not a directions file"):
         lx.load_directions(str(bad))
 
 
