@@ -637,3 +637,24 @@ def test_every_flag_has_help():
         for action in sp._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings[0]} has no help"
+
+
+def test_stylegan_v1_project_cli_uses_its_discriminator_and_bare_files_load_as_v1(tmp_path):
+    sg1 = load_script("02_stylegan_freezed")
+    torch.manual_seed(4)
+    g = sg1.StyledGenerator(code_dim=32, n_mlp=2, channels=sg1.scaled_channels(16))
+    d = sg1.Discriminator(channels=sg1.scaled_channels(16))
+    path = str(tmp_path / "v1.pt")
+    sg1.save_checkpoint(path, {"generator": g.state_dict(), "g_running": g.state_dict(),
+                               "discriminator": d.state_dict(), "args": {"size": 16}})
+    e = lx.load_explorer(path)
+    Image.fromarray(np.asarray(lx.to_pil(e.synthesize(lx.styles_for(e, lx.seed_w(e, 1)))[0]))).save(tmp_path / "t.png")
+    lx.main(["project", "--ckpt", path, "--image", str(tmp_path / "t.png"), "--out", str(tmp_path / "p"),
+             "--steps", "3"])
+    rec = json.loads((tmp_path / "p" / "t_distances.json").read_text())
+    assert rec["distance"] == "discriminator features + pixel MSE" and rec["space"] == "w"
+    lat = lx.load_latent(str(tmp_path / "p" / "t_latent.pt"), e)
+    assert lat["family"] == "stylegan" and lat["ws"].shape == (1, 3, 32)
+    bare = str(tmp_path / "bare.pt")
+    torch.save(g.state_dict(), bare)                       # a bare g_running state dict: v1 by its keys
+    assert lx.checkpoint_family(bare) == "stylegan" and lx.load_explorer(bare, size=16).family == "stylegan"
