@@ -1077,13 +1077,14 @@ def projection_outputs(out, name, video):
 
 
 def project_image(explorer, target_u8, distance, steps, w_plus, seed=PROJECT_SEED, video=False, stats=None,
-                  progress=None, bar=True, desc="project"):
-    """Project one uint8 image; returns (result, record) where record holds the final distances."""
+                  progress=None, bar=True, desc="project", **settings):
+    """Project one uint8 image; returns (result, record) where record holds the final distances.
+    `settings`: project's lr, noise_factor, lr_rampdown, lr_rampup, noise_ramp, noise_reg."""
     t0 = time.time()
     target = uint8_to_tensor(target_u8).to(explorer.device)
     result = project(explorer, target, distance, steps=steps, w_plus=w_plus, seed=seed, stats=stats,
                      record_every=max(1, steps // VIDEO_FRAMES) if video else 0, progress=progress, bar=bar,
-                     desc=desc)
+                     desc=desc, **settings)
     proj = np.asarray(to_pil(result["image"][0]))
     with torch.no_grad():
         final, parts = distance(result["image"], distance.prepare(target))
@@ -1103,6 +1104,9 @@ def run_project(args):
     targets = [load_target(p, explorer.size) for p in args.image]        # every image readable before we start
     if args.steps < 1:
         raise ExploreError(f"--steps {args.steps}: must be at least 1")
+    for flag in ("noise_ramp", "lr_rampup", "lr_rampdown"):
+        if not 0 < getattr(args, flag) <= 1:
+            raise ExploreError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: a fraction of the steps in (0, 1]")
     if not args.overwrite:
         taken = [p for n in names for p in projection_outputs(args.out, n, args.video) if os.path.exists(p)]
         if taken:
@@ -1113,7 +1117,10 @@ def run_project(args):
     os.makedirs(args.out, exist_ok=True)
     for path, name, target_u8 in zip(args.image, names, targets):
         result, record = project_image(explorer, target_u8, distance, args.steps, args.w_plus, args.seed,
-                                       args.video, stats, desc=f"project {name}")
+                                       args.video, stats, desc=f"project {name}", lr=args.lr,
+                                       noise_factor=args.noise, noise_ramp=args.noise_ramp,
+                                       noise_reg=args.noise_regularize, lr_rampup=args.lr_rampup,
+                                       lr_rampdown=args.lr_rampdown)
         record["image"] = os.path.basename(path)
         proj = to_pil(result["image"][0])
         proj.save(os.path.join(args.out, f"{name}_proj.png"))
@@ -1347,6 +1354,17 @@ def build_parser():
                     help=f"torchvision's VGG16 weights ({TORCHVISION_VGG16}); default: the torch hub cache copy")
     pr.add_argument("--mse", type=float, default=None,
                     help="weight of the pixel MSE term (default 0 with vgg, as rosinality; 1 with d)")
+    pr.add_argument("--lr", type=float, default=PROJECT_LR, help="peak Adam learning rate (NVIDIA: 0.1)")
+    pr.add_argument("--noise", type=float, default=PROJECT_NOISE_FACTOR,
+                    help="std of the noise added to w at the start, in units of W's spread (NVIDIA: 0.05)")
+    pr.add_argument("--noise-ramp", type=float, default=PROJECT_NOISE_RAMP,
+                    help="fraction of the steps over which that noise fades to 0 (NVIDIA: 0.75)")
+    pr.add_argument("--noise-regularize", type=float, default=PROJECT_NOISE_REG,
+                    help="weight of the noise-map autocorrelation penalty (NVIDIA: 1e5)")
+    pr.add_argument("--lr-rampup", type=float, default=PROJECT_LR_RAMPUP,
+                    help="fraction of the steps of linear lr warm-up (NVIDIA: 0.05)")
+    pr.add_argument("--lr-rampdown", type=float, default=PROJECT_LR_RAMPDOWN,
+                    help="fraction of the steps of cosine lr ramp-down at the end (NVIDIA: 0.25)")
     pr.add_argument("--seed", type=int, default=PROJECT_SEED, help="seed of the noise-map start and w noise "
                     "(NVIDIA: 303)")
     pr.add_argument("--video", action="store_true", help="also write NAME_proj.gif: target | reconstruction "

@@ -658,3 +658,27 @@ def test_stylegan_v1_project_cli_uses_its_discriminator_and_bare_files_load_as_v
     bare = str(tmp_path / "bare.pt")
     torch.save(g.state_dict(), bare)                       # a bare g_running state dict: v1 by its keys
     assert lx.checkpoint_family(bare) == "stylegan" and lx.load_explorer(bare, size=16).family == "stylegan"
+
+
+def test_ui_project_request_then_render_shows_the_projection(proj_ckpt, tmp_path):
+    pytest.importorskip("gradio", reason="gradio is an optional extra (requirements-ui.txt)")
+    client_mod = pytest.importorskip("gradio_client", reason="gradio_client comes with gradio")
+    e = lx.load_explorer(proj_ckpt)
+    demo = lx.build_ui(e, lx.sefa([w for _, w in e.style_weights(range(e.n_latent))]), n_sliders=2)
+    target = tmp_path / "me.png"
+    lx.to_pil(e.synthesize(lx.styles_for(e, lx.seed_w(e, 11)))[0]).save(target)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = client_mod.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        args = (0, 1.0, 0, e.n_latent - 1, "", "", 0.0, 0.0)
+        before = client.predict(*args, api_name="/render")
+        status = client.predict(client_mod.handle_file(str(target)), 20, True, api_name="/project")
+        assert "PSNR" in status
+        after = client.predict(*args, api_name="/render")       # the page now shows the projection
+        pix = [np.asarray(Image.open(r if isinstance(r, str) else r["path"]).convert("RGB")).astype(float)
+               for r in (before, after)]
+        want = np.asarray(Image.open(target)).astype(float)
+        assert np.abs(pix[1] - want).mean() < np.abs(pix[0] - want).mean()
+    finally:
+        demo.close()
