@@ -287,8 +287,11 @@ def test_learning_rate_and_noise_ramps_follow_the_formulas():
     e = lx.StyleGAN2Explorer(_projection_generator())
     target = e.synthesize(lx.styles_for(e, lx.seed_w(e, 3)))
     steps = 40
-    hist = lx.project(e, target, lx.FeatureDistance("mse", None, None, 1.0), steps=steps,
-                      stats=lx.w_stats(e, 500), bar=False)["history"]["lr"]
+    result = lx.project(e, target, lx.FeatureDistance("mse", None, None, 1.0), steps=steps,
+                        stats=lx.w_stats(e, 500), bar=False)
+    hist = result["history"]["lr"]
+    for n in result["noises"]:   # renormalised after the last step: mean 0, mean square 1
+        assert abs(float(n.mean())) < 1e-6 and float(n.square().mean()) == pytest.approx(1.0, abs=1e-5)
     for step, lr in enumerate(hist):
         t = step / steps
         want = 0.1 * min(1.0, t / 0.05) * (1 - np.cos(np.pi * min(1.0, (1 - t) / 0.25))) / 2
@@ -682,3 +685,22 @@ def test_ui_project_request_then_render_shows_the_projection(proj_ckpt, tmp_path
         assert np.abs(pix[1] - want).mean() < np.abs(pix[0] - want).mean()
     finally:
         demo.close()
+
+
+def test_mix_with_a_projected_latent_as_the_row(proj_ckpt, tmp_path):
+    e = lx.load_explorer(proj_ckpt)
+    torch.manual_seed(5)
+    ws = lx.styles_for(e, lx.seed_w(e, 3)) + 0.3 * torch.randn(1, e.n_latent, 32)   # a W+ latent
+    noises = [torch.randn_like(n) for n in e.noise_maps()]
+    path = str(tmp_path / "me_latent.pt")
+    lx.save_latent(path, e, {"ws": ws, "w": None, "noises": noises})
+    sheet, cells, row_imgs, col_imgs = lx.mix_figure(e, None, [1, 2], 1.0, row_latents=[(ws, noises)])
+    assert np.array_equal(np.asarray(row_imgs[0]), np.asarray(lx.to_pil(e.synthesize(ws, noises=noises)[0])))
+    want = lx.styles_for(e, lx.seed_w(e, 2)).clone()
+    want[:, :4] = ws[:, :4]                                     # coarse slots from the row
+    assert np.array_equal(np.asarray(cells["coarse"][0][1]), np.asarray(lx.to_pil(e.synthesize(want, noises=noises)[0])))
+    out = tmp_path / "mix.png"
+    lx.main(["mix", "--ckpt", proj_ckpt, "--latent", path, "--cols", "1-2", "--out", str(out)])
+    assert Image.open(out).size == (3 * 18 + 2, 2 * (2 * 18 + 2))
+    with pytest.raises(SystemExit, match="not both"):
+        lx.main(["mix", "--ckpt", proj_ckpt, "--latent", path, "--rows", "0", "--out", str(out)])
