@@ -94,7 +94,8 @@ except ImportError:
 
 
 # ----------------------------------------------------------------------------------------------
-# Constants (rosinality train.py / sangwoomo FreezeD finetune.py)
+# Settings: constants of the paper and its reference code (rosinality train.py / sangwoomo FreezeD
+# finetune.py), the FreezeD presets, the progressive schedule
 # ----------------------------------------------------------------------------------------------
 CHANNELS = (512, 512, 512, 512, 256, 128, 64, 32, 16)  # generator block outputs at 4, 8, ..., 1024 px
 N_BLOCKS = len(CHANNELS)  # 9: every checkpoint holds all resolutions up to 1024
@@ -123,6 +124,25 @@ PRESETS = {  # the FreezeD paper's rows that need no extra weights (--preset fil
 def scaled_channels(channel_max=512):
     """Channel widths of the 9 generator blocks capped at channel_max (512 = the released model)."""
     return tuple(min(c, channel_max) for c in CHANNELS)
+
+
+def size_to_step(size, flag="--size"):
+    """Resolution -> progressive step: 4 px -> 0, 8 -> 1, ..., 256 -> 6, 1024 -> 8."""
+    if size < 4 or size > 4 * 2 ** (N_BLOCKS - 1) or size & (size - 1):
+        raise ValueError(f"{flag} {size}: must be a power of two between 4 and {4 * 2 ** (N_BLOCKS - 1)}")
+    return int(math.log2(size)) - 2
+
+
+def batch_for(cfg, res):
+    if cfg.batch:
+        return cfg.batch
+    if cfg.ckpt:
+        return SCHED_BATCH_FINETUNE.get(res, 8) if cfg.sched else 8
+    return SCHED_BATCH_PROGRESSIVE.get(res, 32) if cfg.sched else 32
+
+
+def lr_for(cfg, res):
+    return SCHED_LR.get(res, 0.001) if cfg.sched else cfg.lr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,6 +494,137 @@ class Discriminator(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# FreezeD (Mo et al. Sec. 3): freeze the discriminator's lower (input-side) blocks
+# ----------------------------------------------------------------------------------------------
+def freezed_trainable(d, step, freeze_d):
+    """Names of D parameters trained with `--freeze-d K` at `step`. K = 0: all of them. K > 0: only
+    progression.{8-step+K} .. progression.8 and linear, i.e. FreezeD's rule with
+    feature_loc = step + 1 - K (names containing progression.{8-loc} for loc < feature_loc, and
+    'linear'); from_rgb and the first K active blocks stay frozen."""
+    names = [n for n, _ in d.named_parameters()]
+    if freeze_d == 0:
+        return set(names)
+    if not 0 < freeze_d <= step + 1:
+        raise ValueError(f"--freeze-d {freeze_d}: the {4 * 2 ** step} px discriminator has {step + 1} "
+                         f"blocks, so K must be in 0..{step + 1}")
+    feature_loc = step + 1 - freeze_d
+    keep = {f"progression.{N_BLOCKS - 1 - loc}." for loc in range(feature_loc)}
+    return {n for n in names if n.startswith("linear.") or any(n.startswith(k) for k in keep)}
+
+
+def set_requires_grad(module, flag, names=None):
+    for n, p in module.named_parameters():
+        p.requires_grad_(flag if names is None or n in names else not flag)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and regularizers
+# ----------------------------------------------------------------------------------------------
+def d_logistic_loss(real_pred, fake_pred):
+    """Non-saturating logistic D loss (GAN paper Eq. 1): softplus(-D(x)) + softplus(D(G(z)))."""
+    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def g_nonsaturating_loss(fake_pred):
+    """-log sigmoid(D(G(z))) = softplus(-D(G(z)))."""
+    return F.softplus(-fake_pred).mean()
+
+
+def d_r1_penalty(real_pred, real_img):
+    """R1 (Mescheder et al. Eq. 9): gamma/2 * E ||grad_x D(x)||^2 on real data, every step."""
+    (grad,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
+    return R1_GAMMA / 2 * grad.pow(2).flatten(1).sum(1).mean()
+
+
+def d_wgan_loss(real_pred, fake_pred):
+    """WGAN critic loss with ProGAN's drift term: -E D(x) + eps_drift E D(x)^2 + E D(G(z))."""
+    return -(real_pred.mean() - DRIFT * real_pred.pow(2).mean()) + fake_pred.mean()
+
+
+def d_gradient_penalty(d, real_img, fake_img, step, alpha):
+    """WGAN-GP (Gulrajani et al. Eq. 3): lambda E (||grad D(x_hat)||_2 - 1)^2, x_hat on the segment."""
+    eps = torch.rand(real_img.shape[0], 1, 1, 1, device=real_img.device)
+    x_hat = (eps * real_img.detach() + (1 - eps) * fake_img.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x_hat, step, alpha).sum(), x_hat, create_graph=True)
+    return GP_LAMBDA * (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def l2_sp(target, source):
+    """L2-SP (Li et al. 2018), as in FreezeD finetune.py: sum over tensors of mean((p - p_src)^2)."""
+    return sum(F.mse_loss(p, q) for p, q in zip(target.parameters(), source.parameters()))
+
+
+def feature_matching(d, d_source, real_img, step, alpha, blocks):
+    """Feature distillation (FreezeD baseline): mse between target and source D activations on real
+    images after the first `blocks` active D blocks (FreezeD's feature_loc = step + 1 - blocks)."""
+    with torch.no_grad():
+        f_src = d_source(real_img, step, alpha, feature_blocks=blocks)
+    return F.mse_loss(d(real_img, step, alpha, feature_blocks=blocks), f_src)
+
+
+def accumulate(ema, model, decay=EMA_DECAY):
+    """EMA of the parameters (not buffers), as rosinality train.py: ema = decay ema + (1 - decay) model."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, p in ema.named_parameters():
+            p.mul_(decay).add_(params[name], alpha=1 - decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# One training iteration
+# ----------------------------------------------------------------------------------------------
+def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
+    """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
+    part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
+    batch, device = real.shape[0], real.device
+    if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
+        z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
+        z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
+    else:
+        z_d = torch.randn(batch, g.code_dim, device=device)
+        z_g = torch.randn(batch, g.code_dim, device=device)
+
+    # --- D step: only the FreezeD-trainable part of D receives gradients ---
+    set_requires_grad(g, False)
+    set_requires_grad(d, True, trainable_d)
+    d.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        fake = g(z_d, step=s, alpha=alpha)
+    real = real.detach().requires_grad_(cfg.loss == "r1")
+    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    if cfg.loss == "r1":
+        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), d_r1_penalty(real_pred, real)
+    else:
+        loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
+    zero = torch.zeros((), device=device)
+    fm = feature_matching(d, d_source, real, s, alpha, cfg.fm_blocks) if cfg.lambda_fm > 0 else zero
+    l2_d = l2_sp(d, d_source) if cfg.lambda_l2_d > 0 else zero
+    (loss_d + reg_d + cfg.lambda_fm * fm + cfg.lambda_l2_d * l2_d).backward()
+    d_opt.step()
+
+    # --- G step (D fully frozen), then the EMA generator ---
+    set_requires_grad(g, True)
+    set_requires_grad(d, False)
+    g.zero_grad(set_to_none=True)
+    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
+    l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
+    (loss_g + cfg.lambda_l2_g * l2_g).backward()
+    g_opt.step()
+    accumulate(g_ema, g, getattr(cfg, "ema_decay", EMA_DECAY))
+
+    stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
+    if cfg.lambda_fm > 0:
+        stats["fm"] = fm.item()
+    if cfg.lambda_l2_d > 0 or cfg.lambda_l2_g > 0:
+        stats["l2_d"], stats["l2_g"] = l2_d.item(), l2_g.item()
+    return stats
+
+
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+
+
+# ----------------------------------------------------------------------------------------------
 # Checkpoint I/O. Keys follow rosinality train.py: {generator, discriminator, g_optimizer,
 # d_optimizer, g_running}; our run files add step, args (plain dict), progress, rng, sampler,
 # fixed sample latents and, for L2-SP / FM, the source networks.
@@ -660,83 +811,6 @@ class BatchSampler:
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses and regularizers
-# ----------------------------------------------------------------------------------------------
-def d_logistic_loss(real_pred, fake_pred):
-    """Non-saturating logistic D loss (GAN paper Eq. 1): softplus(-D(x)) + softplus(D(G(z)))."""
-    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-
-
-def g_nonsaturating_loss(fake_pred):
-    """-log sigmoid(D(G(z))) = softplus(-D(G(z)))."""
-    return F.softplus(-fake_pred).mean()
-
-
-def d_r1_penalty(real_pred, real_img):
-    """R1 (Mescheder et al. Eq. 9): gamma/2 * E ||grad_x D(x)||^2 on real data, every step."""
-    (grad,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
-    return R1_GAMMA / 2 * grad.pow(2).flatten(1).sum(1).mean()
-
-
-def d_wgan_loss(real_pred, fake_pred):
-    """WGAN critic loss with ProGAN's drift term: -E D(x) + eps_drift E D(x)^2 + E D(G(z))."""
-    return -(real_pred.mean() - DRIFT * real_pred.pow(2).mean()) + fake_pred.mean()
-
-
-def d_gradient_penalty(d, real_img, fake_img, step, alpha):
-    """WGAN-GP (Gulrajani et al. Eq. 3): lambda E (||grad D(x_hat)||_2 - 1)^2, x_hat on the segment."""
-    eps = torch.rand(real_img.shape[0], 1, 1, 1, device=real_img.device)
-    x_hat = (eps * real_img.detach() + (1 - eps) * fake_img.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(d(x_hat, step, alpha).sum(), x_hat, create_graph=True)
-    return GP_LAMBDA * (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
-
-
-def l2_sp(target, source):
-    """L2-SP (Li et al. 2018), as in FreezeD finetune.py: sum over tensors of mean((p - p_src)^2)."""
-    return sum(F.mse_loss(p, q) for p, q in zip(target.parameters(), source.parameters()))
-
-
-def feature_matching(d, d_source, real_img, step, alpha, blocks):
-    """Feature distillation (FreezeD baseline): mse between target and source D activations on real
-    images after the first `blocks` active D blocks (FreezeD's feature_loc = step + 1 - blocks)."""
-    with torch.no_grad():
-        f_src = d_source(real_img, step, alpha, feature_blocks=blocks)
-    return F.mse_loss(d(real_img, step, alpha, feature_blocks=blocks), f_src)
-
-
-def accumulate(ema, model, decay=EMA_DECAY):
-    """EMA of the parameters (not buffers), as rosinality train.py: ema = decay ema + (1 - decay) model."""
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, p in ema.named_parameters():
-            p.mul_(decay).add_(params[name], alpha=1 - decay)
-
-
-# ----------------------------------------------------------------------------------------------
-# FreezeD (Mo et al. Sec. 3): freeze the discriminator's lower (input-side) blocks
-# ----------------------------------------------------------------------------------------------
-def freezed_trainable(d, step, freeze_d):
-    """Names of D parameters trained with `--freeze-d K` at `step`. K = 0: all of them. K > 0: only
-    progression.{8-step+K} .. progression.8 and linear, i.e. FreezeD's rule with
-    feature_loc = step + 1 - K (names containing progression.{8-loc} for loc < feature_loc, and
-    'linear'); from_rgb and the first K active blocks stay frozen."""
-    names = [n for n, _ in d.named_parameters()]
-    if freeze_d == 0:
-        return set(names)
-    if not 0 < freeze_d <= step + 1:
-        raise ValueError(f"--freeze-d {freeze_d}: the {4 * 2 ** step} px discriminator has {step + 1} "
-                         f"blocks, so K must be in 0..{step + 1}")
-    feature_loc = step + 1 - freeze_d
-    keep = {f"progression.{N_BLOCKS - 1 - loc}." for loc in range(feature_loc)}
-    return {n for n in names if n.startswith("linear.") or any(n.startswith(k) for k in keep)}
-
-
-def set_requires_grad(module, flag, names=None):
-    for n, p in module.named_parameters():
-        p.requires_grad_(flag if names is None or n in names else not flag)
-
-
-# ----------------------------------------------------------------------------------------------
 # Run folder: image grids, the FID curve drawn with PIL, log lines
 # ----------------------------------------------------------------------------------------------
 def to_uint8(img):
@@ -776,15 +850,8 @@ def make_fid_evaluator(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Training
+# train(args): settings, networks, resume, the loop
 # ----------------------------------------------------------------------------------------------
-def size_to_step(size, flag="--size"):
-    """Resolution -> progressive step: 4 px -> 0, 8 -> 1, ..., 256 -> 6, 1024 -> 8."""
-    if size < 4 or size > 4 * 2 ** (N_BLOCKS - 1) or size & (size - 1):
-        raise ValueError(f"{flag} {size}: must be a power of two between 4 and {4 * 2 ** (N_BLOCKS - 1)}")
-    return int(math.log2(size)) - 2
-
-
 def resolve_train_args(args):
     """Fill preset and default values into a copy of the parsed flags (the parsed args stay as given)."""
     cfg = argparse.Namespace(**vars(args))
@@ -812,69 +879,9 @@ def resolve_train_args(args):
     return cfg
 
 
-def batch_for(cfg, res):
-    if cfg.batch:
-        return cfg.batch
-    if cfg.ckpt:
-        return SCHED_BATCH_FINETUNE.get(res, 8) if cfg.sched else 8
-    return SCHED_BATCH_PROGRESSIVE.get(res, 32) if cfg.sched else 32
-
-
-def lr_for(cfg, res):
-    return SCHED_LR.get(res, 0.001) if cfg.sched else cfg.lr
-
-
 def set_lr(opt, lr):
     for group in opt.param_groups:
         group["lr"] = lr * group.get("mult", 1)
-
-
-def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
-    """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
-    part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
-    batch, device = real.shape[0], real.device
-    if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
-        z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
-        z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
-    else:
-        z_d = torch.randn(batch, g.code_dim, device=device)
-        z_g = torch.randn(batch, g.code_dim, device=device)
-
-    # --- D step: only the FreezeD-trainable part of D receives gradients ---
-    set_requires_grad(g, False)
-    set_requires_grad(d, True, trainable_d)
-    d.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        fake = g(z_d, step=s, alpha=alpha)
-    real = real.detach().requires_grad_(cfg.loss == "r1")
-    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
-    if cfg.loss == "r1":
-        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), d_r1_penalty(real_pred, real)
-    else:
-        loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
-    zero = torch.zeros((), device=device)
-    fm = feature_matching(d, d_source, real, s, alpha, cfg.fm_blocks) if cfg.lambda_fm > 0 else zero
-    l2_d = l2_sp(d, d_source) if cfg.lambda_l2_d > 0 else zero
-    (loss_d + reg_d + cfg.lambda_fm * fm + cfg.lambda_l2_d * l2_d).backward()
-    d_opt.step()
-
-    # --- G step (D fully frozen), then the EMA generator ---
-    set_requires_grad(g, True)
-    set_requires_grad(d, False)
-    g.zero_grad(set_to_none=True)
-    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
-    loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
-    l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
-    (loss_g + cfg.lambda_l2_g * l2_g).backward()
-    g_opt.step()
-    accumulate(g_ema, g, getattr(cfg, "ema_decay", EMA_DECAY))
-
-    stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
-    if cfg.lambda_fm > 0:
-        stats["fm"] = fm.item()
-    if cfg.lambda_l2_d > 0 or cfg.lambda_l2_g > 0:
-        stats["l2_d"], stats["l2_g"] = l2_d.item(), l2_g.item()
-    return stats
 
 
 def train(args):

@@ -70,8 +70,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from PIL import Image
 
+
 # ----------------------------------------------------------------------------------------------
-# Constants (paper / reference defaults)
+# Settings: constants of the paper and its reference code (znxlwm/UGATIT-pytorch)
 # ----------------------------------------------------------------------------------------------
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
@@ -85,6 +86,14 @@ MIN_SIZE = 32             # smallest training size: both discriminators still fi
 
 class InputError(Exception):
     """Bad user input (folder, image, checkpoint); main() prints it as a one-line error."""
+
+
+def learning_rate(step, total, lr0):
+    """Linear decay to 0 over the second half (UGATIT.py decay_flag): lr0 - lr0 * (step - T/2) / (T/2)."""
+    half = total // 2
+    if step <= half or half == 0:
+        return lr0
+    return max(lr0 - lr0 * (step - half) / half, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,6 +412,204 @@ def clip_rho_(*generators):
 
 
 # ----------------------------------------------------------------------------------------------
+# Losses (Sec. 2.2)
+# ----------------------------------------------------------------------------------------------
+def lsgan_loss(logit, target):
+    """Least-squares GAN loss L_lsgan (Sec. 2.2), on patch logits and on CAM logits: mean (D(x) - t)^2."""
+    return F.mse_loss(logit.float(), torch.full_like(logit.float(), target))
+
+
+def cam_loss(logit_source, logit_target):
+    """Generator CAM loss L_cam (Sec. 2.2): BCE(eta_s(x) from the source domain, 1) + BCE(eta_s(x_t), 0)."""
+    return (F.binary_cross_entropy_with_logits(logit_source.float(), torch.ones_like(logit_source.float()))
+            + F.binary_cross_entropy_with_logits(logit_target.float(), torch.zeros_like(logit_target.float())))
+
+
+def d_adv_loss(D, real, fake):
+    """Discriminator side of L_lsgan on patch logits and CAM logits, real and fake in one batch."""
+    out, cam, _ = D(torch.cat([real, fake]))
+    n = real.shape[0]
+    return (lsgan_loss(out[:n], 1.0) + lsgan_loss(out[n:], 0.0)
+            + lsgan_loss(cam[:n], 1.0) + lsgan_loss(cam[n:], 0.0))
+
+
+def g_adv_loss(D, fake):
+    """Generator side of L_lsgan on patch and CAM logits: (D(G(x)) - 1)^2."""
+    out, cam, _ = D(fake)
+    return lsgan_loss(out, 1.0) + lsgan_loss(cam, 1.0)
+
+
+def set_requires_grad(nets, flag):
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+# ----------------------------------------------------------------------------------------------
+# One training iteration
+# ----------------------------------------------------------------------------------------------
+def train_step(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers=None):
+    """One U-GAT-IT iteration: D update, then G update (full objective, Sec. 2.2), then rho clipping.
+
+    nets: the six networks; w: dict of loss weights adv, cycle, identity, cam; autocast: a context
+    manager factory (nullcontext for fp32); scalers: (d_scaler, g_scaler) for fp16, else None.
+    All six translations (A2B, B2A, A2A, B2B, A2B2A, B2A2B) come from three generator calls:
+    genA2B on [A; B], genB2A on [B; A; A2B] and genA2B on B2A (the norms are per sample, so
+    batching is exact; each full FC.0 weight gradient then has at most two contributions).
+    They are computed before the D update, detached for it, and reused by the G update, which is
+    exact since D's update does not touch G.
+    Returns a dict of float losses.
+    """
+    gA2B, gB2A = nets["genA2B"], nets["genB2A"]
+    dGA, dGB, dLA, dLB = nets["disGA"], nets["disGB"], nets["disLA"], nets["disLB"]
+    discriminators = (dGA, dGB, dLA, dLB)
+    n = real_A.shape[0]
+
+    # Generator forward (kept for the G update) ------------------------------------------------
+    with autocast():
+        out_AB, cam_AB, _ = gA2B(torch.cat([real_A, real_B]))     # [2n, 3, S, S]: A2B, B2B
+        fake_A2B, fake_B2B = out_AB[:n], out_AB[n:]
+        out_BA, cam_BA, _ = gB2A(torch.cat([real_B, real_A, fake_A2B]))   # [3n, ...]: B2A, A2A, A2B2A
+        fake_B2A, fake_A2A, fake_A2B2A = out_BA[:n], out_BA[n:2 * n], out_BA[2 * n:]
+        fake_B2A2B, _, _ = gA2B(fake_B2A)
+
+    # D update: LSGAN on patch and CAM logits, adversarial weight only -------------------------
+    set_requires_grad(discriminators, True)
+    with autocast():
+        fB2A, fA2B = fake_B2A.detach(), fake_A2B.detach()
+        d_loss_A = w["adv"] * (d_adv_loss(dGA, real_A, fB2A) + d_adv_loss(dLA, real_A, fB2A))
+        d_loss_B = w["adv"] * (d_adv_loss(dGB, real_B, fA2B) + d_adv_loss(dLB, real_B, fA2B))
+        d_loss = d_loss_A + d_loss_B
+    _backward_step(d_loss, d_optim, scalers and scalers[0])
+    d_optim.zero_grad(set_to_none=True)                            # free D grads before the G pass
+
+    # G update: adversarial + cycle + identity + CAM (Sec. 2.2) ---------------------------------
+    set_requires_grad(discriminators, False)                       # only input grads through D
+    with autocast():
+        adv_A = g_adv_loss(dGA, fake_B2A) + g_adv_loss(dLA, fake_B2A)
+        adv_B = g_adv_loss(dGB, fake_A2B) + g_adv_loss(dLB, fake_A2B)
+    cycle_A = F.l1_loss(fake_A2B2A.float(), real_A)                # L_cycle
+    cycle_B = F.l1_loss(fake_B2A2B.float(), real_B)
+    identity_A = F.l1_loss(fake_A2A.float(), real_A)               # L_identity
+    identity_B = F.l1_loss(fake_B2B.float(), real_B)
+    cam_A = cam_loss(cam_BA[:n], cam_BA[n:2 * n])                  # genB2A: B is its source domain
+    cam_B = cam_loss(cam_AB[:n], cam_AB[n:])                       # genA2B: A is its source domain
+    g_loss_A = w["adv"] * adv_A + w["cycle"] * cycle_A + w["identity"] * identity_A + w["cam"] * cam_A
+    g_loss_B = w["adv"] * adv_B + w["cycle"] * cycle_B + w["identity"] * identity_B + w["cam"] * cam_B
+    g_loss = g_loss_A + g_loss_B
+    _backward_step(g_loss, g_optim, scalers and scalers[1])
+    g_optim.zero_grad(set_to_none=True)
+    set_requires_grad(discriminators, True)
+    clip_rho_(gA2B, gB2A)
+
+    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": (adv_A + adv_B).item(),
+            "g_cycle": (cycle_A + cycle_B).item(), "g_identity": (identity_A + identity_B).item(),
+            "g_cam": (cam_A + cam_B).item()}
+
+
+def _backward_step(loss, optim, scaler):
+    if scaler is not None:                   # fp16: unscale and skip steps with inf/nan gradients
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+    else:
+        loss.backward()                      # AdamInBackward has already stepped every parameter
+        optim.step()
+
+
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+
+
+# ----------------------------------------------------------------------------------------------
+# Training memory (not the method; same updates, tested equal): Adam inside backward, glibc's
+# mmap threshold, activation recomputation
+# ----------------------------------------------------------------------------------------------
+class AdamInBackward:
+    """Adam whose update of each parameter runs inside backward, as soon as that parameter's gradient
+    is complete (Tensor.register_post_accumulate_grad_hook); the gradient is then dropped.
+
+    Adam is element-wise, so this is the same update as one Adam.step() after backward, but the
+    gradients of all parameters never exist at once (0.6 GiB for the two full generators at 128 px).
+    state_dict() has torch.optim.Adam's format, so each class resumes the other's checkpoints.
+    Not for fp16 with a GradScaler, which must see every gradient before any step.
+    """
+
+    def __init__(self, params, **adam_kwargs):
+        self.params = list(params)
+        self.optims = [torch.optim.Adam([p], **adam_kwargs) for p in self.params]
+        for p, opt in zip(self.params, self.optims):
+            p.register_post_accumulate_grad_hook(self._stepper(opt))
+
+    @staticmethod
+    def _stepper(opt):
+        def step(p):
+            opt.step()
+            p.grad = None
+        return step
+
+    def step(self):
+        pass
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    @property
+    def param_groups(self):
+        return [opt.param_groups[0] for opt in self.optims]
+
+    def state_dict(self):
+        states = [opt.state_dict() for opt in self.optims]
+        group = {k: v for k, v in states[0]["param_groups"][0].items() if k != "params"}
+        return {"state": {i: st["state"][0] for i, st in enumerate(states) if 0 in st["state"]},
+                "param_groups": [dict(group, params=list(range(len(self.params))))]}
+
+    def load_state_dict(self, state_dict):
+        group = {k: v for k, v in state_dict["param_groups"][0].items() if k != "params"}
+        if len(state_dict["param_groups"]) != 1 or len(state_dict["param_groups"][0]["params"]) != len(self.params):
+            raise ValueError("optimizer state holds a different set of parameters")
+        for i, opt in enumerate(self.optims):
+            state = {0: state_dict["state"][i]} if i in state_dict["state"] else {}
+            opt.load_state_dict({"state": state, "param_groups": [dict(group, params=[0])]})
+
+
+def make_optimizers(nets, lr, weight_decay, in_backward=True):
+    """Adam(lr, betas (0.5, 0.999), weight_decay) for both generators and for all four discriminators.
+
+    in_backward: AdamInBackward (same updates, less memory); False: torch.optim.Adam (fp16 scaler).
+    """
+    kwargs = dict(lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    if "fused" in torch.optim.Adam.__init__.__code__.co_varnames:
+        kwargs["fused"] = True                                           # one pass per tensor
+    g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
+    d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
+    cls = AdamInBackward if in_backward else torch.optim.Adam
+    return cls(g_params, **kwargs), cls(d_params, **kwargs)
+
+
+def release_freed_memory():
+    """CPU: serve blocks >= 1 MiB with mmap (glibc M_MMAP_THRESHOLD), so freed activations return to the OS.
+
+    glibc otherwise raises its threshold up to 32 MiB after the first large frees and keeps such
+    blocks in its heap: ~0.8 GiB of resident memory held for nothing at 128 px. No-op without glibc.
+    """
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)                  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def autocast_factory(amp, device):
+    """Context manager factory for --amp {bf16, fp16} (None: fp32)."""
+    import contextlib
+    if amp is None:
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
 # Checkpoint I/O
 # ----------------------------------------------------------------------------------------------
 def generator_config(state, where="checkpoint"):
@@ -570,205 +777,6 @@ class UnpairedData:
         train = self.train[domain][:n, :, m:m + self.img_size, m:m + self.img_size]
         test = self.test.get(domain, train[:0])[:n]
         return to_float(torch.cat([train, test]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses (Sec. 2.2)
-# ----------------------------------------------------------------------------------------------
-def lsgan_loss(logit, target):
-    """Least-squares GAN loss L_lsgan (Sec. 2.2), on patch logits and on CAM logits: mean (D(x) - t)^2."""
-    return F.mse_loss(logit.float(), torch.full_like(logit.float(), target))
-
-
-def cam_loss(logit_source, logit_target):
-    """Generator CAM loss L_cam (Sec. 2.2): BCE(eta_s(x) from the source domain, 1) + BCE(eta_s(x_t), 0)."""
-    return (F.binary_cross_entropy_with_logits(logit_source.float(), torch.ones_like(logit_source.float()))
-            + F.binary_cross_entropy_with_logits(logit_target.float(), torch.zeros_like(logit_target.float())))
-
-
-def d_adv_loss(D, real, fake):
-    """Discriminator side of L_lsgan on patch logits and CAM logits, real and fake in one batch."""
-    out, cam, _ = D(torch.cat([real, fake]))
-    n = real.shape[0]
-    return (lsgan_loss(out[:n], 1.0) + lsgan_loss(out[n:], 0.0)
-            + lsgan_loss(cam[:n], 1.0) + lsgan_loss(cam[n:], 0.0))
-
-
-def g_adv_loss(D, fake):
-    """Generator side of L_lsgan on patch and CAM logits: (D(G(x)) - 1)^2."""
-    out, cam, _ = D(fake)
-    return lsgan_loss(out, 1.0) + lsgan_loss(cam, 1.0)
-
-
-def set_requires_grad(nets, flag):
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
-
-
-# ----------------------------------------------------------------------------------------------
-# One training step
-# ----------------------------------------------------------------------------------------------
-def train_step(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers=None):
-    """One U-GAT-IT iteration: D update, then G update (full objective, Sec. 2.2), then rho clipping.
-
-    nets: the six networks; w: dict of loss weights adv, cycle, identity, cam; autocast: a context
-    manager factory (nullcontext for fp32); scalers: (d_scaler, g_scaler) for fp16, else None.
-    All six translations (A2B, B2A, A2A, B2B, A2B2A, B2A2B) come from three generator calls:
-    genA2B on [A; B], genB2A on [B; A; A2B] and genA2B on B2A (the norms are per sample, so
-    batching is exact; each full FC.0 weight gradient then has at most two contributions).
-    They are computed before the D update, detached for it, and reused by the G update, which is
-    exact since D's update does not touch G.
-    Returns a dict of float losses.
-    """
-    gA2B, gB2A = nets["genA2B"], nets["genB2A"]
-    dGA, dGB, dLA, dLB = nets["disGA"], nets["disGB"], nets["disLA"], nets["disLB"]
-    discriminators = (dGA, dGB, dLA, dLB)
-    n = real_A.shape[0]
-
-    # Generator forward (kept for the G update) ------------------------------------------------
-    with autocast():
-        out_AB, cam_AB, _ = gA2B(torch.cat([real_A, real_B]))     # [2n, 3, S, S]: A2B, B2B
-        fake_A2B, fake_B2B = out_AB[:n], out_AB[n:]
-        out_BA, cam_BA, _ = gB2A(torch.cat([real_B, real_A, fake_A2B]))   # [3n, ...]: B2A, A2A, A2B2A
-        fake_B2A, fake_A2A, fake_A2B2A = out_BA[:n], out_BA[n:2 * n], out_BA[2 * n:]
-        fake_B2A2B, _, _ = gA2B(fake_B2A)
-
-    # D update: LSGAN on patch and CAM logits, adversarial weight only -------------------------
-    set_requires_grad(discriminators, True)
-    with autocast():
-        fB2A, fA2B = fake_B2A.detach(), fake_A2B.detach()
-        d_loss_A = w["adv"] * (d_adv_loss(dGA, real_A, fB2A) + d_adv_loss(dLA, real_A, fB2A))
-        d_loss_B = w["adv"] * (d_adv_loss(dGB, real_B, fA2B) + d_adv_loss(dLB, real_B, fA2B))
-        d_loss = d_loss_A + d_loss_B
-    _backward_step(d_loss, d_optim, scalers and scalers[0])
-    d_optim.zero_grad(set_to_none=True)                            # free D grads before the G pass
-
-    # G update: adversarial + cycle + identity + CAM (Sec. 2.2) ---------------------------------
-    set_requires_grad(discriminators, False)                       # only input grads through D
-    with autocast():
-        adv_A = g_adv_loss(dGA, fake_B2A) + g_adv_loss(dLA, fake_B2A)
-        adv_B = g_adv_loss(dGB, fake_A2B) + g_adv_loss(dLB, fake_A2B)
-    cycle_A = F.l1_loss(fake_A2B2A.float(), real_A)                # L_cycle
-    cycle_B = F.l1_loss(fake_B2A2B.float(), real_B)
-    identity_A = F.l1_loss(fake_A2A.float(), real_A)               # L_identity
-    identity_B = F.l1_loss(fake_B2B.float(), real_B)
-    cam_A = cam_loss(cam_BA[:n], cam_BA[n:2 * n])                  # genB2A: B is its source domain
-    cam_B = cam_loss(cam_AB[:n], cam_AB[n:])                       # genA2B: A is its source domain
-    g_loss_A = w["adv"] * adv_A + w["cycle"] * cycle_A + w["identity"] * identity_A + w["cam"] * cam_A
-    g_loss_B = w["adv"] * adv_B + w["cycle"] * cycle_B + w["identity"] * identity_B + w["cam"] * cam_B
-    g_loss = g_loss_A + g_loss_B
-    _backward_step(g_loss, g_optim, scalers and scalers[1])
-    g_optim.zero_grad(set_to_none=True)
-    set_requires_grad(discriminators, True)
-    clip_rho_(gA2B, gB2A)
-
-    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": (adv_A + adv_B).item(),
-            "g_cycle": (cycle_A + cycle_B).item(), "g_identity": (identity_A + identity_B).item(),
-            "g_cam": (cam_A + cam_B).item()}
-
-
-def _backward_step(loss, optim, scaler):
-    if scaler is not None:                   # fp16: unscale and skip steps with inf/nan gradients
-        scaler.scale(loss).backward()
-        scaler.step(optim)
-        scaler.update()
-    else:
-        loss.backward()                      # AdamInBackward has already stepped every parameter
-        optim.step()
-
-
-class AdamInBackward:
-    """Adam whose update of each parameter runs inside backward, as soon as that parameter's gradient
-    is complete (Tensor.register_post_accumulate_grad_hook); the gradient is then dropped.
-
-    Adam is element-wise, so this is the same update as one Adam.step() after backward, but the
-    gradients of all parameters never exist at once (0.6 GiB for the two full generators at 128 px).
-    state_dict() has torch.optim.Adam's format, so each class resumes the other's checkpoints.
-    Not for fp16 with a GradScaler, which must see every gradient before any step.
-    """
-
-    def __init__(self, params, **adam_kwargs):
-        self.params = list(params)
-        self.optims = [torch.optim.Adam([p], **adam_kwargs) for p in self.params]
-        for p, opt in zip(self.params, self.optims):
-            p.register_post_accumulate_grad_hook(self._stepper(opt))
-
-    @staticmethod
-    def _stepper(opt):
-        def step(p):
-            opt.step()
-            p.grad = None
-        return step
-
-    def step(self):
-        pass
-
-    def zero_grad(self, set_to_none=True):
-        for p in self.params:
-            p.grad = None
-
-    @property
-    def param_groups(self):
-        return [opt.param_groups[0] for opt in self.optims]
-
-    def state_dict(self):
-        states = [opt.state_dict() for opt in self.optims]
-        group = {k: v for k, v in states[0]["param_groups"][0].items() if k != "params"}
-        return {"state": {i: st["state"][0] for i, st in enumerate(states) if 0 in st["state"]},
-                "param_groups": [dict(group, params=list(range(len(self.params))))]}
-
-    def load_state_dict(self, state_dict):
-        group = {k: v for k, v in state_dict["param_groups"][0].items() if k != "params"}
-        if len(state_dict["param_groups"]) != 1 or len(state_dict["param_groups"][0]["params"]) != len(self.params):
-            raise ValueError("optimizer state holds a different set of parameters")
-        for i, opt in enumerate(self.optims):
-            state = {0: state_dict["state"][i]} if i in state_dict["state"] else {}
-            opt.load_state_dict({"state": state, "param_groups": [dict(group, params=[0])]})
-
-
-def make_optimizers(nets, lr, weight_decay, in_backward=True):
-    """Adam(lr, betas (0.5, 0.999), weight_decay) for both generators and for all four discriminators.
-
-    in_backward: AdamInBackward (same updates, less memory); False: torch.optim.Adam (fp16 scaler).
-    """
-    kwargs = dict(lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
-    if "fused" in torch.optim.Adam.__init__.__code__.co_varnames:
-        kwargs["fused"] = True                                           # one pass per tensor
-    g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
-    d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
-    cls = AdamInBackward if in_backward else torch.optim.Adam
-    return cls(g_params, **kwargs), cls(d_params, **kwargs)
-
-
-def learning_rate(step, total, lr0):
-    """Linear decay to 0 over the second half (UGATIT.py decay_flag): lr0 - lr0 * (step - T/2) / (T/2)."""
-    half = total // 2
-    if step <= half or half == 0:
-        return lr0
-    return max(lr0 - lr0 * (step - half) / half, 0.0)
-
-
-def release_freed_memory():
-    """CPU: serve blocks >= 1 MiB with mmap (glibc M_MMAP_THRESHOLD), so freed activations return to the OS.
-
-    glibc otherwise raises its threshold up to 32 MiB after the first large frees and keeps such
-    blocks in its heap: ~0.8 GiB of resident memory held for nothing at 128 px. No-op without glibc.
-    """
-    import ctypes
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)                  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def autocast_factory(amp, device):
-    """Context manager factory for --amp {bf16, fp16} (None: fp32)."""
-    import contextlib
-    if amp is None:
-        return contextlib.nullcontext
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
