@@ -147,6 +147,12 @@ def read_csv(path):
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
+def newest_checkpoint(run):
+    """RUN/checkpoints/NNNNNN.pt with the largest number, loaded weights-only."""
+    names = sorted(n for n in os.listdir(os.path.join(run, "checkpoints")) if n[:-3].isdigit())
+    return torch.load(os.path.join(run, "checkpoints", names[-1]), weights_only=True)
+
+
 def tiny_train_args(data, out, *extra):
     return ["train", "--data", data, "--out", out, "--size", "16", "--batch", "2", "--fid-every", "0",
             "--sample-every", "0", "--log-every", "1", "--quiet", *extra]
@@ -285,7 +291,8 @@ def test_r1_penalty_on_linear_critic():
     w = torch.randn(1, 3, 4, 4)
     x = torch.randn(6, 3, 4, 4, requires_grad=True)
     pred = (x * w).flatten(1).sum(1, keepdim=True)
-    assert torch.allclose(m.d_r1_penalty(pred, x), 5.0 * w.pow(2).sum(), rtol=1e-5)
+    # E ||grad_x D(x)||^2 = ||w||^2 for every x; the caller multiplies by gamma / 2 (as in 03)
+    assert torch.allclose(m.d_r1_penalty(pred, x), w.pow(2).sum(), rtol=1e-5)
 
 
 def test_l2_sp_is_sum_of_per_tensor_mse():
@@ -352,7 +359,7 @@ def test_finetune_step_keeps_frozen_blocks_bit_identical(tmp_path):
     data = make_images(tmp_path / "data")
     out = str(tmp_path / "run")
     m.main(tiny_train_args(data, out, "--ckpt", src, "--freeze-d", "2", "--iter", "2", "--mixing"))
-    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ck = newest_checkpoint(out)
     d_new = ck["discriminator"]
     # 16 px = step 2: active D blocks 6, 7, 8; K = 2 freezes from_rgb and blocks 6, 7
     trainable = [k for k in d_sd if k.startswith(("progression.8.", "linear."))]
@@ -376,7 +383,7 @@ def test_regularizers_start_at_zero_and_run(tmp_path):
                            "--lambda-l2-g", "1", "--lambda-l2-d", "1", "--fm-blocks", "2"))
     row = read_log(out)[0]
     assert row["fm"] == 0 and row["l2_d"] == 0 and row["l2_g"] == 0  # target == source before any update
-    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ck = newest_checkpoint(out)
     assert "d_source" in ck and "g_source" in ck
 
 
@@ -394,8 +401,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         f.write(json.dumps({"step": 4, "loss_d": 0.0}) + "\n")
     m.main(["train", "--out", b, "--resume", "--iter", "4", "--quiet"])  # `--out RUN --resume` ...
     m.main(["train", "--resume", b, "--iter", "5", "--quiet"])          # ... and `--resume RUN`, as 03
-    ca = torch.load(os.path.join(a, "checkpoint.pt"), weights_only=True)
-    cb = torch.load(os.path.join(b, "checkpoint.pt"), weights_only=True)
+    ca, cb = newest_checkpoint(a), newest_checkpoint(b)
     assert ca["step"] == cb["step"] == 5
     assert ca["progress"] == cb["progress"] and ca["progress"]["step"] == 2  # grew 8 -> 16 px
     for net in ("generator", "discriminator", "g_running"):
@@ -421,11 +427,14 @@ def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(m, "accumulate", accumulate_then_interrupt)
-    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "10"))
-    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "10"))
+    assert stopped.value.code == 130
+    ck = newest_checkpoint(out)
     assert ck["step"] == 2 and len(calls) == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert not os.path.exists(os.path.join(out, "checkpoint.pt.tmp"))
+    assert signal.getsignal(signal.SIGINT) is before  # the handler from before the run is back
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["000002.pt"]  # no temp file left
 
 
 class FakeEvaluator:
@@ -507,7 +516,7 @@ def test_missing_inception_weights_gives_one_notice_and_trains(tmp_path, monkeyp
     m.main(args)
     assert capsys.readouterr().err.count("FID disabled") == 1
     assert not os.path.exists(os.path.join(out, "fid.csv"))
-    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 2
+    assert newest_checkpoint(out)["step"] == 2
 
 
 def test_wgan_gp_from_scratch_runs(tmp_path):
@@ -584,7 +593,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         m.main(["generate", "--ckpt", shapes, "--size", "8", "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="--size 48"):
         m.main(["generate", "--ckpt", shapes, "--size", "48", "--out", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="nothing to resume"):
+    with pytest.raises(ValueError, match="no such run folder"):
         m.main(["train", "--out", str(tmp_path / "none"), "--resume"])
 
 
