@@ -11,6 +11,13 @@ Papers
 - L. Mescheder, A. Geiger, S. Nowozin, "Which Training Methods for GANs do actually Converge?",
   ICML 2018, arXiv:1801.04406 (R1 penalty).
 
+What StyleGAN changed from its predecessor, ProGAN (same progressive growing, equalized lr and
+minibatch stddev discriminator): the latent z no longer enters the first layer; an 8-layer mapping
+network turns it into w, which sets the scale and bias of every AdaIN (styles), the synthesis starts
+from a learned constant, per-pixel noise adds stochastic detail, and mixing two w's during training
+(mixing regularization) keeps the styles of different resolutions apart. FreezeD then changes only
+the fine-tuning: the discriminator's input-side blocks stay fixed on the source model's features.
+
 What this file implements
 - The style-based generator (8-layer mapping network, learned constant, AdaIN, per-block noise,
   progressive blocks 4..1024 px with fade-in) and the progressive discriminator, with the module
@@ -53,22 +60,34 @@ Run
     # progressive training from scratch (rosinality train.py, FFHQ recipe)
     python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/scratch --mixing --loss r1 --sched
     # sampling and the style-mixing figure (paper Fig. 3)
-    python 02_stylegan_freezed.py generate --ckpt runs/freezed/checkpoint.pt --size 256 --seeds 0-7 --out out/
+    python 02_stylegan_freezed.py generate --ckpt runs/freezed --size 256 --seeds 0-7 --out out/
     python 02_stylegan_freezed.py mix --ckpt FILE --size 256 --rows 1-3 --cols 4-8 --out mix.png
     # tiny CPU demo
     python 01_prepare_data.py --demo 32 --out demo_out/data --size 32
     python 02_stylegan_freezed.py train --data demo_out/data --size 32 --out demo_out/run \\
         --channel-max 32 --code-dim 32 --iter 200 --batch 4 --fid-every 0
 
-Run folder: `checkpoint.pt` (atomic, resumable; Ctrl-C finishes the step and saves), `samples/NNNNNN.png`
-(EMA generator, fixed latents and noise), `log.jsonl`, and with FID on, `fid.csv` and `fid.png`: FID and
-KID of the EMA generator against the training folder every `--fid-every` steps (FreezeD: 1000, 5000
-samples, from step 0), through `ops.fid` (pytorch-fid Inception, eval mode; FreezeD's own numbers were
-computed with Inception left in train mode, so they are not directly comparable).
+Run folder (the layout of 03 and 05): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
+--keep; atomic, resumable), samples/NNNNNN.png (EMA generator, fixed latents and noise), and with FID
+on, `fid.csv` and `fid.png`: FID and KID of the EMA generator against the training folder every
+`--fid-every` steps (FreezeD: 1000, 5000 samples, from step 0), through `ops.fid` (pytorch-fid
+Inception, eval mode; FreezeD's own numbers were computed with Inception left in train mode, so they
+are not directly comparable). `--resume RUN` takes a run folder or a checkpoint file inside
+RUN/checkpoints (a run folder of an older version, with one checkpoint.pt, resumes too). Ctrl-C or
+SIGTERM finishes the step, saves it and exits with 130 or 143.
 
-Map of this file: constants -> equalized-lr layers, blur, fused resampling -> AdaIN, noise,
-StyledConvBlock -> Generator / StyledGenerator -> ConvBlock / Discriminator -> checkpoint I/O ->
-data -> losses and regularizers -> FreezeD freezing -> train(args) -> generate / mix -> CLI.
+Map of this file, in reading order (the method above the plumbing line):
+    settings       CHANNELS, PRESETS, scaled_channels, size_to_step, batch_for, lr_for
+    layers         ScaledConv2d, ScaledLinear, EqualConv2d, EqualLinear, PixelNorm, Blur, FusedUpsample,
+                   FusedDownsample
+    generator      AdaptiveInstanceNorm, NoiseInjection, ConstantInput, StyledConvBlock, Generator,
+                   StyledGenerator
+    discriminator  ConvBlock, minibatch_stddev, Discriminator
+    FreezeD        freezed_trainable, set_requires_grad
+    losses         d_logistic_loss, g_nonsaturating_loss, d_r1_penalty, d_wgan_loss, d_gradient_penalty,
+                   l2_sp, feature_matching, accumulate
+    one iteration  train_step
+    plumbing       checkpoint I/O, data (ImageFolder, BatchSampler), run folder, train, generate, mix, CLI
 """
 import argparse
 import csv

@@ -1,4 +1,5 @@
 """Tests for 05_ugatit.py (U-GAT-IT): layout, layers against independent formulas, training, CLI."""
+import json
 import os
 import signal
 
@@ -251,6 +252,28 @@ def test_cam_fold_equals_concatenation():
     torch.testing.assert_close(heat, expect.sum(1, keepdim=True))
     torch.testing.assert_close(logit[:, 0], x.mean((2, 3)) @ gap_fc.weight[0])
     torch.testing.assert_close(logit[:, 1], x.flatten(2).max(2).values @ gmp_fc.weight[0])
+    # the fast path folds the weights into the conv: the same three outputs
+    for got, want in zip(u.cam_features_folded(x, gap_fc, gmp_fc, gap_fc.weight, gmp_fc.weight, conv, torch.relu),
+                         (feats, logit, heat)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("which", ["genA2B", "disGA", "disLA"])
+def test_networks_give_the_same_outputs_and_gradients_with_the_cam_fold_on_and_off(which):
+    torch.manual_seed(3)
+    net = tiny_nets(light=False)[which].eval()  # eval: no power-iteration update between the calls
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    results = []
+    for fold in (False, True):  # the paper's form, then the fast path `train` uses
+        net.fold_cam = fold
+        net.zero_grad()
+        outs = net(x)
+        sum(o.square().sum() for o in outs).backward()
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in net.parameters()]))
+    (o0, g0), (o1, g1) = results
+    for a, b in zip(o0 + g0, o1 + g1):
+        # float32 with another summation order: equal to a few units in the 4th digit of the largest entry
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
 
 
 def test_spectral_norm_matches_torch_spectral_norm():
@@ -352,7 +375,7 @@ def make_data(root):
 
 
 TRAIN = ["--img-size", "64", "--ch", "4", "--n-res", "1", "--batch", "2", "--quiet", "--device", "cpu",
-         "--sample-every", "1000", "--save-every", "1000"]
+         "--sample-every", "1000", "--save-every", "1000", "--log-every", "2"]
 
 
 def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
@@ -370,9 +393,11 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(u, "train_step", interrupted_step)
-    u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4"] + TRAIN)
-    assert len(calls) == 2
-    ckpt = torch.load(str(tmp_path / "b" / "checkpoint.pt"), weights_only=True)
+    with pytest.raises(SystemExit) as stopped:
+        u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4"] + TRAIN)
+    assert stopped.value.code == 130 and len(calls) == 2
+    assert os.listdir(tmp_path / "b" / "checkpoints") == ["000002.pt"]
+    ckpt = torch.load(str(tmp_path / "b" / "checkpoints" / "000002.pt"), weights_only=True)
     assert ckpt["step"] == 2
     monkeypatch.setattr(u, "train_step", real_step)
     with pytest.raises(SystemExit, match="--resume"):
@@ -381,7 +406,8 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     for name in u.NET_NAMES:
         for (k, a), (_, b) in zip(full[name].state_dict().items(), resumed[name].state_dict().items()):
             assert torch.equal(a, b), f"{name}.{k}"
-    assert torch.load(str(tmp_path / "b" / "checkpoint.pt"), weights_only=True)["step"] == 4
+    assert torch.load(str(tmp_path / "b" / "checkpoints" / "000004.pt"), weights_only=True)["step"] == 4
+    assert [json.loads(line)["step"] for line in open(tmp_path / "b" / "log.jsonl")] == [2, 4]  # --log-every 2
     sheets = sorted(os.listdir(tmp_path / "a" / "samples"))
     assert sheets == ["A2B_0000004.png", "B2A_0000004.png"]
     # A2B sheet: 3 train + 1 test rows of 7 tiles; B2A: 2 train rows
