@@ -934,9 +934,14 @@ def clean_stray_temp_files(run):
         if os.path.isdir(folder) else []
     if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
         stray.append(os.path.join(run, "checkpoint.pt.tmp"))
+    removed = []
     for path in stray:
-        os.remove(path)
-    return stray
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:  # another process of the same run (torchrun) removed it first
+            pass
+    return removed
 
 
 def open_resume(path, out, load):

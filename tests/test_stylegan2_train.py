@@ -329,13 +329,14 @@ def test_ctrl_c_writes_a_checkpoint(m, tmp_path, data16, monkeypatch, how):
 
     monkeypatch.setattr(m, "g_nonsaturating_loss", interrupting_loss)
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as exit_info:
         run(m, tiny_flags() + ["--data", data16, "--out", str(out), "--iter", "50"])
     assert exit_info.value.code == 130
     step = 2 if how == "signal" else 1
     ckpt = load(out / "checkpoints" / f"{step:06d}.pt")
     assert ckpt["step"] == step
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the handler from before the run is restored
 
 
 # ---------------------------------------------------------------------------------------------
