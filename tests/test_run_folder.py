@@ -337,16 +337,6 @@ def test_sigterm_saves_the_finished_step_exits_143_and_resume_continues(name, da
     assert log_steps(run) == list(range(1, step + 2))
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_sigint_from_another_process_exits_130_with_a_checkpoint(name, data, tmp_path):
-    run = str(tmp_path / "run")
-    argv = train_argv(name, data[name], run, 100000)
-    rc, text = run_until_signalled(name, argv, signal.SIGINT)
-    assert rc == 130, text[-2000:]
-    step = ckpt_steps(run)[-1]
-    assert f"SIGINT: stopped after iteration {step}" in text and log_steps(run)[-1] == step
-
-
 def test_stop_request_restores_the_previous_handlers_and_keeps_an_ignored_sigint_ignored():
     s = load_script("05_ugatit")
     old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
