@@ -4,10 +4,12 @@ Independent references used here: the key/shape tables of the port written out b
 model.py layout (not read from the script), a hand-written forward for the non-fused blocks, scipy
 convolution, numpy statistics, and FreezeD finetune.py's substring freezing rule.
 """
+import argparse
 import csv
 import json
 import math
 import os
+import random
 import signal
 
 import numpy as np
@@ -626,3 +628,48 @@ def test_per_adain_styles(tmp_path):
         torch.testing.assert_close(same, reference_image(sd, z, step=2), atol=1e-4, rtol=1e-4)
         last_differs = g.generator([(w, w), (w, w), (w, w_other)], noise, step=2)
     assert not torch.allclose(same, last_differs)
+
+
+# ----------------------------------------------------------------------------------------------
+# train_step, called directly
+# ----------------------------------------------------------------------------------------------
+def test_train_step_called_directly_equals_the_loop(tmp_path):
+    """One train_step from the loop's state after step 1 gives exactly the loop's step-2 checkpoint."""
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "2", "--ckpt-every", "1",
+                           "--mixing", "--loss", "r1", "--device", "cpu"))
+    ck1 = torch.load(os.path.join(out, "checkpoints", "000001.pt"), weights_only=True)
+    ck2 = torch.load(os.path.join(out, "checkpoints", "000002.pt"), weights_only=True)
+    cfg = argparse.Namespace(**ck1["args"])
+    arch = ck1["arch"]
+    g = m.StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
+    g_ema = m.StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
+    d = m.Discriminator(arch["channels"], arch["from_rgb_activate"])
+    for net, key in ((g, "generator"), (g_ema, "g_running"), (d, "discriminator")):
+        net.load_state_dict(ck1[key])
+    g_opt = torch.optim.Adam(g.generator.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    g_opt.add_param_group({"params": g.style.parameters(), "lr": cfg.lr * m.MAPPING_LR_MULT,
+                           "mult": m.MAPPING_LR_MULT})
+    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    g_opt.load_state_dict(ck1["g_optimizer"])
+    d_opt.load_state_dict(ck1["d_optimizer"])
+    sampler = m.BatchSampler(6, cfg.seed)
+    sampler.load_state_dict(ck1["sampler"])
+    torch.set_rng_state(ck1["rng"]["torch"])
+    py = ck1["rng"]["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    s = ck1["progress"]["step"]  # 8 px: the first phase of progressive training, alpha 1
+    real = sampler.next(m.ImageFolder(data, 16).at(4 * 2 ** s), 2)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+
+    stats = m.train_step(g, d, g_ema, g_opt, d_opt, real, s, 1.0, cfg, m.freezed_trainable(d, s, 0))
+
+    assert all(math.isfinite(v) for v in stats.values()) and set(stats) == {"loss_d", "loss_g", "r1"}
+    key = "generator.to_rgb.1.conv.weight_orig"
+    assert not torch.equal(before[key], g.state_dict()[key])  # the weights moved
+    for net, key in ((g, "generator"), (g_ema, "g_running"), (d, "discriminator")):
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, ck2[key][k]), (key, k)
+    row = read_log(out)[1]
+    assert row["step"] == 2 and row["loss_d"] == stats["loss_d"] and row["loss_g"] == stats["loss_g"]

@@ -487,3 +487,37 @@ def test_chain_writes_frames_and_gif(tmp_path):
     with pytest.raises(SystemExit, match="sg2_missing.pt"):
         u.main(["chain", "--ugatit", ug_path, "--stylegan", str(tmp_path / "sg2_missing.pt"), "--seeds", "1",
                 "--out", str(tmp_path / "c2")])
+
+
+def test_train_step_called_directly_equals_the_loop(tmp_path):
+    """One train_step from the loop's state after step 1 gives exactly the loop's step-2 checkpoint."""
+    data = make_data(str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", data, "--out", out, "--iter", "4", "--img-size", "32", "--ch", "4", "--n-res", "1",
+            "--batch", "2", "--quiet", "--device", "cpu", "--sample-every", "1000", "--save-every", "1",
+            "--keep", "4", "--log-every", "1"]
+    u.main(argv)
+    ck1 = torch.load(os.path.join(out, "checkpoints", "000001.pt"), weights_only=True)
+    ck2 = torch.load(os.path.join(out, "checkpoints", "000002.pt"), weights_only=True)
+    nets = u.build_networks(4, 1, 32, light=False)
+    for k in u.NET_NAMES:
+        nets[k].load_state_dict(ck1[k])
+    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4, in_backward=False)  # plain Adam, the paper's update
+    g_optim.load_state_dict(ck1["g_optim"])
+    d_optim.load_state_dict(ck1["d_optim"])
+    for opt in (g_optim, d_optim):
+        for group in opt.param_groups:
+            group["lr"] = u.learning_rate(2, 4, 1e-4)  # the first half of --iter 4: lr 1e-4
+    batches = u.UnpairedData(data, 32, seed=0)
+    real_A, real_B = batches.batch("A", 2, 2), batches.batch("B", 2, 2)
+    before = nets["genA2B"].FC[0].weight.detach().clone()
+
+    losses = u.train_step(nets, g_optim, d_optim, real_A, real_B, WEIGHTS, u.autocast_factory(None, None))
+
+    assert all(np.isfinite(v) for v in losses.values())
+    assert not torch.equal(before, nets["genA2B"].FC[0].weight)  # the weights moved
+    for k in u.NET_NAMES:  # the loop ran recomputation and Adam inside backward: the same numbers
+        for name, value in nets[k].state_dict().items():
+            torch.testing.assert_close(value, ck2[k][name], rtol=1e-5, atol=1e-7, msg=f"{k}.{name}")
+    row = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1]
+    assert row["step"] == 2 and row["d_loss"] == pytest.approx(losses["d_loss"], rel=1e-5)
