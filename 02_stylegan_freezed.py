@@ -1327,7 +1327,7 @@ def train(args):
         finally:
             pbar.close()
             log.close()
-    if saved is None:  # nothing to train (--iter already reached)
+    if saved is None or not saved.endswith(f"{it:06d}.pt"):  # a signal after this step's save check
         saved = checkpoint()
     if stop.requested:
         print("\n" + stop.message(it, saved, os.path.basename(__file__), cfg.out), file=sys.stderr)

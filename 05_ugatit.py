@@ -1167,7 +1167,8 @@ def train(args):
         finally:
             bar.close()
     if stop.requested:
-        saved = saved or checkpoint(step)
+        if saved is None or not saved.endswith(f"{step:06d}.pt"):  # a signal after this step's save check
+            saved = checkpoint(step)
         print("\n" + stop.message(step, saved, os.path.basename(__file__), args.out), file=sys.stderr)
         raise SystemExit(stop.exit_code)
     return nets

@@ -6,6 +6,7 @@ lists and log contents, a fresh uninterrupted run (what a resumed run must equal
 status convention 128 + signal number, and NVlabs' quantisation floor(x * 127.5 + 128) in numpy.
 """
 import ast
+import functools
 import json
 import os
 import shutil
@@ -27,11 +28,13 @@ SHARED = ("_StopRequest", "checkpoint_files", "find_resume", "clean_stray_temp_f
 BANNER = "# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----"
 
 
+@functools.lru_cache(maxsize=None)
 def top_level_sources(name):
-    """{top-level name: source text} of ROOT/<name>.py, read with ast (no import)."""
+    """{top-level name: source text} of the SHARED helpers in ROOT/<name>.py, read with ast (no import)."""
     src = open(os.path.join(ROOT, name + ".py")).read()
-    return {n.name: ast.get_source_segment(src, n) for n in ast.parse(src).body
-            if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    lines = src.splitlines()
+    return {n.name: "\n".join(lines[n.lineno - 1:n.end_lineno]) for n in ast.parse(src).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in SHARED}
 
 
 # ---------------------------------------------------------------------------------------------
