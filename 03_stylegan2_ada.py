@@ -2092,7 +2092,7 @@ def open_resume(path, out, load):
     for file in files:
         try:
             ckpt = load(file)
-        except Exception as e:  # noqa: BLE001 - any reason a file does not load: try the one before
+        except Exception as e:  # whatever keeps a file from loading: try the one before
             failed.append(f"{file} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
             continue
         if failed:

@@ -949,7 +949,7 @@ def open_resume(path, out, load):
     for file in files:
         try:
             ckpt = load(file)
-        except Exception as e:  # noqa: BLE001 - any reason a file does not load: try the one before
+        except Exception as e:  # whatever keeps a file from loading: try the one before
             failed.append(f"{file} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
             continue
         if failed:
@@ -1248,10 +1248,9 @@ def test(args):
 # ----------------------------------------------------------------------------------------------
 # chain(args): StyleGAN2 faces -> U-GAT-IT cartoons
 # ----------------------------------------------------------------------------------------------
-def seed_z(seed, dim):
-    """z = np.random.RandomState(seed).randn(1, dim), NVIDIA's seed rule, as 03 `generate` (seed 1 is
-    the same face there and here)."""
-    return torch.from_numpy(np.random.RandomState(seed).randn(1, dim)).float()
+def seed_z(seed, code_dim):
+    """z = np.random.RandomState(seed).randn(1, code_dim) (the same latents as 03's generate)."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, code_dim)).float()
 
 
 def slerp(a, b, t):

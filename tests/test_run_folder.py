@@ -34,7 +34,7 @@ def top_level_sources(name):
     src = open(os.path.join(ROOT, name + ".py")).read()
     lines = src.splitlines()
     return {n.name: "\n".join(lines[n.lineno - 1:n.end_lineno]) for n in ast.parse(src).body
-            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in SHARED}
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in SHARED + ("seed_z",)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,6 +45,14 @@ def test_shared_helpers_are_identical_copies(helper):
     sources = {name: top_level_sources(name).get(helper) for name in SCRIPTS}
     assert all(sources.values()), f"{helper} missing in {[n for n, s in sources.items() if not s]}"
     assert sources["02_stylegan_freezed"] == sources["03_stylegan2_ada"] == sources["05_ugatit"], helper
+
+
+def test_seed_z_of_02_and_05_is_nvidias_rule():
+    sources = {name: top_level_sources(name)["seed_z"] for name in ("02_stylegan_freezed", "05_ugatit")}
+    assert sources["02_stylegan_freezed"] == sources["05_ugatit"]
+    expect = np.random.RandomState(7).randn(1, 12).astype(np.float32)
+    for name in sources:
+        np.testing.assert_array_equal(load_script(name).seed_z(7, 12).numpy(), expect)
 
 
 def test_to_uint8_is_nvlabs_quantisation_in_every_script():
