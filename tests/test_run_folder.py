@@ -223,7 +223,7 @@ def reference_runs(data, tmp_path_factory):
     return runs
 
 
-# ---- Issue 15 resume (a)-(e), in each script ----------------------------------------------------
+# ---- Resume after a kill, in each script ----------------------------------------------------------
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_resume_cuts_log_and_fid_csv_back_to_the_checkpoint(name, data, reference_runs, tmp_path):
     run = str(tmp_path / "run")
@@ -310,11 +310,14 @@ def test_a_run_folder_of_the_older_layout_still_resumes(name, data, reference_ru
     assert same_weights(load_step(run, 3), load_step(reference_runs[name], 3), G_KEY[name])
 
 
-# ---- Issue 19: SIGTERM (and SIGINT) from another process ----------------------------------------
+# ---- SIGTERM from another process (a scheduler, `timeout`, `docker stop`) ------------------------
 def run_until_signalled(name, argv, sig, ignore_sigint=False, timeout=240):
-    """Start `python SCRIPT argv`, wait until log.jsonl has a line, send `sig`; returns (rc, stderr)."""
+    """Start `python SCRIPT argv`, wait until log.jsonl has a line, send `sig`; returns (rc, output)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT)
-    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+
+    def pre():  # the child's SIGINT at start: ignored (as under nohup) or the default
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, name + ".py"), *argv], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pre)
     log = os.path.join(argv[argv.index("--out") + 1], "log.jsonl")
@@ -348,7 +351,7 @@ def test_sigterm_saves_the_finished_step_exits_143_and_resume_continues(name, da
     assert log_steps(run) == list(range(1, step + 2))
 
 
-def test_stop_request_restores_the_previous_handlers_and_keeps_an_ignored_sigint_ignored():
+def test_stop_request_restores_the_previous_handlers_and_keeps_an_ignored_sigint_ignored(sigint_handled):
     s = load_script("05_ugatit")
     old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:

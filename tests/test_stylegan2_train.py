@@ -314,7 +314,7 @@ def test_resume_equals_an_uninterrupted_run(m, tmp_path, data16):
 
 
 @pytest.mark.parametrize("how", ["signal", "exception"])
-def test_ctrl_c_writes_a_checkpoint(m, tmp_path, data16, monkeypatch, how):
+def test_ctrl_c_writes_a_checkpoint(m, tmp_path, data16, monkeypatch, how, sigint_handled):
     calls = {"n": 0}
     original = m.g_nonsaturating_loss
 

@@ -416,7 +416,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
 
 
-def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch):
+def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch, sigint_handled):
     data = make_images(tmp_path / "data")
     out = str(tmp_path / "run")
     calls = []

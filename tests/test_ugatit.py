@@ -378,7 +378,7 @@ TRAIN = ["--img-size", "64", "--ch", "4", "--n-res", "1", "--batch", "2", "--qui
          "--sample-every", "1000", "--save-every", "1000", "--log-every", "2"]
 
 
-def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch, sigint_handled):
     data = make_data(str(tmp_path / "data"))
     full = u.main(["train", "--data", data, "--out", str(tmp_path / "a"), "--iter", "4"] + TRAIN)
 
