@@ -11,6 +11,13 @@ Papers
 - L. Mescheder, A. Geiger, S. Nowozin, "Which Training Methods for GANs do actually Converge?",
   ICML 2018, arXiv:1801.04406 (R1 penalty).
 
+What StyleGAN changed from its predecessor, ProGAN (same progressive growing, equalized lr and
+minibatch stddev discriminator): the latent z no longer enters the first layer; an 8-layer mapping
+network turns it into w, which sets the scale and bias of every AdaIN (styles), the synthesis starts
+from a learned constant, per-pixel noise adds stochastic detail, and mixing two w's during training
+(mixing regularization) keeps the styles of different resolutions apart. FreezeD then changes only
+the fine-tuning: the discriminator's input-side blocks stay fixed on the source model's features.
+
 What this file implements
 - The style-based generator (8-layer mapping network, learned constant, AdaIN, per-block noise,
   progressive blocks 4..1024 px with fade-in) and the progressive discriminator, with the module
@@ -53,22 +60,34 @@ Run
     # progressive training from scratch (rosinality train.py, FFHQ recipe)
     python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/scratch --mixing --loss r1 --sched
     # sampling and the style-mixing figure (paper Fig. 3)
-    python 02_stylegan_freezed.py generate --ckpt runs/freezed/checkpoint.pt --size 256 --seeds 0-7 --out out/
+    python 02_stylegan_freezed.py generate --ckpt runs/freezed --size 256 --seeds 0-7 --out out/
     python 02_stylegan_freezed.py mix --ckpt FILE --size 256 --rows 1-3 --cols 4-8 --out mix.png
     # tiny CPU demo
     python 01_prepare_data.py --demo 32 --out demo_out/data --size 32
     python 02_stylegan_freezed.py train --data demo_out/data --size 32 --out demo_out/run \\
         --channel-max 32 --code-dim 32 --iter 200 --batch 4 --fid-every 0
 
-Run folder: `checkpoint.pt` (atomic, resumable; Ctrl-C finishes the step and saves), `samples/NNNNNN.png`
-(EMA generator, fixed latents and noise), `log.jsonl`, and with FID on, `fid.csv` and `fid.png`: FID and
-KID of the EMA generator against the training folder every `--fid-every` steps (FreezeD: 1000, 5000
-samples, from step 0), through `ops.fid` (pytorch-fid Inception, eval mode; FreezeD's own numbers were
-computed with Inception left in train mode, so they are not directly comparable).
+Run folder (the layout of 03 and 05): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
+--keep; atomic, resumable), samples/NNNNNN.png (EMA generator, fixed latents and noise), and with FID
+on, `fid.csv` and `fid.png`: FID and KID of the EMA generator against the training folder every
+`--fid-every` steps (FreezeD: 1000, 5000 samples, from step 0), through `ops.fid` (pytorch-fid
+Inception, eval mode; FreezeD's own numbers were computed with Inception left in train mode, so they
+are not directly comparable). `--resume RUN` takes a run folder or a checkpoint file inside
+RUN/checkpoints (a run folder of an older version, with one checkpoint.pt, resumes too). Ctrl-C or
+SIGTERM finishes the step, saves it and exits with 130 or 143.
 
-Map of this file: constants -> equalized-lr layers, blur, fused resampling -> AdaIN, noise,
-StyledConvBlock -> Generator / StyledGenerator -> ConvBlock / Discriminator -> checkpoint I/O ->
-data -> losses and regularizers -> FreezeD freezing -> train(args) -> generate / mix -> CLI.
+Map of this file, in reading order (the method above the plumbing line):
+    settings       CHANNELS, PRESETS, scaled_channels, size_to_step, batch_for, lr_for
+    layers         ScaledConv2d, ScaledLinear, EqualConv2d, EqualLinear, PixelNorm, Blur, FusedUpsample,
+                   FusedDownsample
+    generator      AdaptiveInstanceNorm, NoiseInjection, ConstantInput, StyledConvBlock, Generator,
+                   StyledGenerator
+    discriminator  ConvBlock, minibatch_stddev, Discriminator
+    FreezeD        freezed_trainable, set_requires_grad
+    losses         d_logistic_loss, g_nonsaturating_loss, d_r1_penalty, d_wgan_loss, d_gradient_penalty,
+                   l2_sp, feature_matching, accumulate
+    one iteration  train_step
+    plumbing       checkpoint I/O, data (ImageFolder, BatchSampler), run folder, train, generate, mix, CLI
 """
 import argparse
 import csv
@@ -78,6 +97,8 @@ import os
 import random
 import signal
 import sys
+import tempfile
+import threading
 import time
 
 import numpy as np
@@ -96,7 +117,8 @@ except ImportError:
 
 
 # ----------------------------------------------------------------------------------------------
-# Constants (rosinality train.py / sangwoomo FreezeD finetune.py)
+# Settings: constants of the paper and its reference code (rosinality train.py / sangwoomo FreezeD
+# finetune.py), the FreezeD presets, the progressive schedule
 # ----------------------------------------------------------------------------------------------
 CHANNELS = (512, 512, 512, 512, 256, 128, 64, 32, 16)  # generator block outputs at 4, 8, ..., 1024 px
 N_BLOCKS = len(CHANNELS)  # 9: every checkpoint holds all resolutions up to 1024
@@ -114,6 +136,7 @@ R1_GAMMA = 10.0  # R1 weight gamma; the penalty is gamma/2 * E||grad D(x)||^2
 GP_LAMBDA = 10.0  # WGAN-GP weight
 DRIFT = 0.001  # WGAN-GP drift term epsilon_drift (ProGAN Sec. A.1)
 TRUNC_ROUNDS, TRUNC_BATCH = 10, 1024  # mean W over 10 x 1024 samples (rosinality generate.py)
+KEEP_CHECKPOINTS = 3  # run checkpoints kept, newest first (--keep; as 03_stylegan2_ada.py)
 MIX_LEVELS = (("coarse", 0, 1), ("middle", 2, 3), ("fine", 4, N_BLOCKS - 1))  # blocks 4-8, 16-32, 64+ px
 
 PRESETS = {  # the FreezeD paper's rows that need no extra weights (--preset fills unset flags)
@@ -125,6 +148,25 @@ PRESETS = {  # the FreezeD paper's rows that need no extra weights (--preset fil
 def scaled_channels(channel_max=512):
     """Channel widths of the 9 generator blocks capped at channel_max (512 = the released model)."""
     return tuple(min(c, channel_max) for c in CHANNELS)
+
+
+def size_to_step(size, flag="--size"):
+    """Resolution -> progressive step: 4 px -> 0, 8 -> 1, ..., 256 -> 6, 1024 -> 8."""
+    if size < 4 or size > 4 * 2 ** (N_BLOCKS - 1) or size & (size - 1):
+        raise ValueError(f"{flag} {size}: must be a power of two between 4 and {4 * 2 ** (N_BLOCKS - 1)}")
+    return int(math.log2(size)) - 2
+
+
+def batch_for(cfg, res):
+    if cfg.batch:
+        return cfg.batch
+    if cfg.ckpt:
+        return SCHED_BATCH_FINETUNE.get(res, 8) if cfg.sched else 8
+    return SCHED_BATCH_PROGRESSIVE.get(res, 32) if cfg.sched else 32
+
+
+def lr_for(cfg, res):
+    return SCHED_LR.get(res, 0.001) if cfg.sched else cfg.lr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,6 +518,138 @@ class Discriminator(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# FreezeD (Mo et al. Sec. 3): freeze the discriminator's lower (input-side) blocks
+# ----------------------------------------------------------------------------------------------
+def freezed_trainable(d, step, freeze_d):
+    """Names of D parameters trained with `--freeze-d K` at `step`. K = 0: all of them. K > 0: only
+    progression.{8-step+K} .. progression.8 and linear, i.e. FreezeD's rule with
+    feature_loc = step + 1 - K (names containing progression.{8-loc} for loc < feature_loc, and
+    'linear'); from_rgb and the first K active blocks stay frozen."""
+    names = [n for n, _ in d.named_parameters()]
+    if freeze_d == 0:
+        return set(names)
+    if not 0 < freeze_d <= step + 1:
+        raise ValueError(f"--freeze-d {freeze_d}: the {4 * 2 ** step} px discriminator has {step + 1} "
+                         f"blocks, so K must be in 0..{step + 1}")
+    feature_loc = step + 1 - freeze_d
+    keep = {f"progression.{N_BLOCKS - 1 - loc}." for loc in range(feature_loc)}
+    return {n for n in names if n.startswith("linear.") or any(n.startswith(k) for k in keep)}
+
+
+def set_requires_grad(module, flag, names=None):
+    for n, p in module.named_parameters():
+        p.requires_grad_(flag if names is None or n in names else not flag)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and regularizers
+# ----------------------------------------------------------------------------------------------
+def d_logistic_loss(real_pred, fake_pred):
+    """Non-saturating logistic D loss (GAN paper Eq. 1): softplus(-D(x)) + softplus(D(G(z)))."""
+    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def g_nonsaturating_loss(fake_pred):
+    """-log sigmoid(D(G(z))) = softplus(-D(G(z)))."""
+    return F.softplus(-fake_pred).mean()
+
+
+def d_r1_penalty(real_pred, real_img):
+    """R1 (Mescheder et al. 2018, Eq. 9): E_x ||grad_x D(x)||^2 over real x. The caller weights it
+    by gamma / 2 (the same contract as 03_stylegan2_ada.py's d_r1_penalty)."""
+    (grad,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)  # [B, 3, H, W]
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def d_wgan_loss(real_pred, fake_pred):
+    """WGAN critic loss with ProGAN's drift term: -E D(x) + eps_drift E D(x)^2 + E D(G(z))."""
+    return -(real_pred.mean() - DRIFT * real_pred.pow(2).mean()) + fake_pred.mean()
+
+
+def d_gradient_penalty(d, real_img, fake_img, step, alpha):
+    """WGAN-GP (Gulrajani et al. Eq. 3): lambda E (||grad D(x_hat)||_2 - 1)^2, x_hat on the segment."""
+    eps = torch.rand(real_img.shape[0], 1, 1, 1, device=real_img.device)
+    x_hat = (eps * real_img.detach() + (1 - eps) * fake_img.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x_hat, step, alpha).sum(), x_hat, create_graph=True)
+    return GP_LAMBDA * (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def l2_sp(target, source):
+    """L2-SP (Li et al. 2018), as in FreezeD finetune.py: sum over tensors of mean((p - p_src)^2)."""
+    return sum(F.mse_loss(p, q) for p, q in zip(target.parameters(), source.parameters()))
+
+
+def feature_matching(d, d_source, real_img, step, alpha, blocks):
+    """Feature distillation (FreezeD baseline): mse between target and source D activations on real
+    images after the first `blocks` active D blocks (FreezeD's feature_loc = step + 1 - blocks)."""
+    with torch.no_grad():
+        f_src = d_source(real_img, step, alpha, feature_blocks=blocks)
+    return F.mse_loss(d(real_img, step, alpha, feature_blocks=blocks), f_src)
+
+
+def accumulate(ema, model, decay=EMA_DECAY):
+    """EMA of the parameters (not buffers), as rosinality train.py: ema = decay ema + (1 - decay) model."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, p in ema.named_parameters():
+            p.mul_(decay).add_(params[name], alpha=1 - decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# One training iteration
+# ----------------------------------------------------------------------------------------------
+def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
+    """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
+    part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
+    batch, device = real.shape[0], real.device
+    if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
+        z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
+        z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
+    else:
+        z_d = torch.randn(batch, g.code_dim, device=device)
+        z_g = torch.randn(batch, g.code_dim, device=device)
+
+    # --- D step: only the FreezeD-trainable part of D receives gradients ---
+    set_requires_grad(g, False)
+    set_requires_grad(d, True, trainable_d)
+    d.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        fake = g(z_d, step=s, alpha=alpha)
+    real = real.detach().requires_grad_(cfg.loss == "r1")
+    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    if cfg.loss == "r1":
+        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), R1_GAMMA / 2 * d_r1_penalty(real_pred, real)
+    else:
+        loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
+    zero = torch.zeros((), device=device)
+    fm = feature_matching(d, d_source, real, s, alpha, cfg.fm_blocks) if cfg.lambda_fm > 0 else zero
+    l2_d = l2_sp(d, d_source) if cfg.lambda_l2_d > 0 else zero
+    (loss_d + reg_d + cfg.lambda_fm * fm + cfg.lambda_l2_d * l2_d).backward()
+    d_opt.step()
+
+    # --- G step (D fully frozen), then the EMA generator ---
+    set_requires_grad(g, True)
+    set_requires_grad(d, False)
+    g.zero_grad(set_to_none=True)
+    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
+    l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
+    (loss_g + cfg.lambda_l2_g * l2_g).backward()
+    g_opt.step()
+    accumulate(g_ema, g, getattr(cfg, "ema_decay", EMA_DECAY))
+
+    stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
+    if cfg.lambda_fm > 0:
+        stats["fm"] = fm.item()
+    if cfg.lambda_l2_d > 0 or cfg.lambda_l2_g > 0:
+        stats["l2_d"], stats["l2_g"] = l2_d.item(), l2_g.item()
+    return stats
+
+
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+
+
+# ----------------------------------------------------------------------------------------------
 # Checkpoint I/O. Keys follow rosinality train.py: {generator, discriminator, g_optimizer,
 # d_optimizer, g_running}; our run files add step, args (plain dict), progress, rng, sampler,
 # fixed sample latents and, for L2-SP / FM, the source networks.
@@ -485,10 +659,20 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path, ckpt):
-    """Write atomically: a half-written file never replaces a good one (temp file + os.replace)."""
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    """torch.save(ckpt) to a temp file in the same folder, then os.replace: never a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path):
@@ -660,94 +844,190 @@ class BatchSampler:
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses and regularizers
-# ----------------------------------------------------------------------------------------------
-def d_logistic_loss(real_pred, fake_pred):
-    """Non-saturating logistic D loss (GAN paper Eq. 1): softplus(-D(x)) + softplus(D(G(z)))."""
-    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-
-
-def g_nonsaturating_loss(fake_pred):
-    """-log sigmoid(D(G(z))) = softplus(-D(G(z)))."""
-    return F.softplus(-fake_pred).mean()
-
-
-def d_r1_penalty(real_pred, real_img):
-    """R1 (Mescheder et al. Eq. 9): gamma/2 * E ||grad_x D(x)||^2 on real data, every step."""
-    (grad,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
-    return R1_GAMMA / 2 * grad.pow(2).flatten(1).sum(1).mean()
-
-
-def d_wgan_loss(real_pred, fake_pred):
-    """WGAN critic loss with ProGAN's drift term: -E D(x) + eps_drift E D(x)^2 + E D(G(z))."""
-    return -(real_pred.mean() - DRIFT * real_pred.pow(2).mean()) + fake_pred.mean()
-
-
-def d_gradient_penalty(d, real_img, fake_img, step, alpha):
-    """WGAN-GP (Gulrajani et al. Eq. 3): lambda E (||grad D(x_hat)||_2 - 1)^2, x_hat on the segment."""
-    eps = torch.rand(real_img.shape[0], 1, 1, 1, device=real_img.device)
-    x_hat = (eps * real_img.detach() + (1 - eps) * fake_img.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(d(x_hat, step, alpha).sum(), x_hat, create_graph=True)
-    return GP_LAMBDA * (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
-
-
-def l2_sp(target, source):
-    """L2-SP (Li et al. 2018), as in FreezeD finetune.py: sum over tensors of mean((p - p_src)^2)."""
-    return sum(F.mse_loss(p, q) for p, q in zip(target.parameters(), source.parameters()))
-
-
-def feature_matching(d, d_source, real_img, step, alpha, blocks):
-    """Feature distillation (FreezeD baseline): mse between target and source D activations on real
-    images after the first `blocks` active D blocks (FreezeD's feature_loc = step + 1 - blocks)."""
-    with torch.no_grad():
-        f_src = d_source(real_img, step, alpha, feature_blocks=blocks)
-    return F.mse_loss(d(real_img, step, alpha, feature_blocks=blocks), f_src)
-
-
-def accumulate(ema, model, decay=EMA_DECAY):
-    """EMA of the parameters (not buffers), as rosinality train.py: ema = decay ema + (1 - decay) model."""
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, p in ema.named_parameters():
-            p.mul_(decay).add_(params[name], alpha=1 - decay)
-
-
-# ----------------------------------------------------------------------------------------------
-# FreezeD (Mo et al. Sec. 3): freeze the discriminator's lower (input-side) blocks
-# ----------------------------------------------------------------------------------------------
-def freezed_trainable(d, step, freeze_d):
-    """Names of D parameters trained with `--freeze-d K` at `step`. K = 0: all of them. K > 0: only
-    progression.{8-step+K} .. progression.8 and linear, i.e. FreezeD's rule with
-    feature_loc = step + 1 - K (names containing progression.{8-loc} for loc < feature_loc, and
-    'linear'); from_rgb and the first K active blocks stay frozen."""
-    names = [n for n, _ in d.named_parameters()]
-    if freeze_d == 0:
-        return set(names)
-    if not 0 < freeze_d <= step + 1:
-        raise ValueError(f"--freeze-d {freeze_d}: the {4 * 2 ** step} px discriminator has {step + 1} "
-                         f"blocks, so K must be in 0..{step + 1}")
-    feature_loc = step + 1 - freeze_d
-    keep = {f"progression.{N_BLOCKS - 1 - loc}." for loc in range(feature_loc)}
-    return {n for n in names if n.startswith("linear.") or any(n.startswith(k) for k in keep)}
-
-
-def set_requires_grad(module, flag, names=None):
-    for n, p in module.named_parameters():
-        p.requires_grad_(flag if names is None or n in names else not flag)
-
-
-# ----------------------------------------------------------------------------------------------
 # Run folder: image grids, the FID curve drawn with PIL, log lines
 # ----------------------------------------------------------------------------------------------
+# ---- Run folder contract: identical in 02, 03 and 05 (tests/test_run_folder.py compares the source) ----
+class ResumeError(ValueError):
+    """--resume cannot continue: the message names the folder or file and what is wrong."""
+
+
+class _StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM (batch schedulers, `timeout`, `docker stop`): finish the current
+    iteration, write a checkpoint, exit with 128 + the signal number (130 or 143, as a shell reports
+    a process ended by that signal). A second Ctrl-C interrupts at once. A signal that is ignored when
+    the run starts (SIGINT under `nohup` or in a background job) stays ignored; the previous handlers
+    are restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested, self.signum = True, signum
+        if signal.SIGINT in self.previous:  # a second Ctrl-C raises KeyboardInterrupt at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def exit_code(self):
+        return 128 + int(self.signum or signal.SIGINT)
+
+    def message(self, step, path, script, run):
+        """The one line printed on the way out: the step saved and the command that continues it."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        return (f"{name}: stopped after iteration {step}, checkpoint {path}. "
+                f"Continue with: python {script} train --resume {run}")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        return False
+
+
+def checkpoint_files(folder):
+    """Numbered checkpoints (000500.pt ...) in `folder`, oldest first (best.pt excluded)."""
+    if not os.path.isdir(folder):
+        return []
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and n[:-3].isdigit()]
+    return [os.path.join(folder, n) for n in sorted(names, key=lambda n: int(n[:-3]))]
+
+
+def find_resume(path, out=None):
+    """--resume PATH -> (run folder, checkpoint files to try, newest first).
+
+    PATH is a run folder (its checkpoints/NNNNNN.pt, then the `checkpoint.pt` of the older 02 / 05
+    layout) or a checkpoint file. A file inside RUN/checkpoints continues RUN; any other file
+    continues into a new run folder `out` (--out), never into the file's own folder.
+    """
+    if os.path.isdir(path):
+        files = checkpoint_files(os.path.join(path, "checkpoints"))[::-1]
+        if os.path.isfile(os.path.join(path, "checkpoint.pt")):
+            files.append(os.path.join(path, "checkpoint.pt"))
+        return path, files
+    if not os.path.isfile(path):
+        raise ResumeError(f"{path}: no such run folder or checkpoint file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), [path]
+    if not out:
+        raise ResumeError(f"--resume {path}: this file is not in a run's checkpoints/ folder, so the "
+                          f"continued run needs its own folder: add --out NEW_RUN")
+    if os.path.isdir(out) and os.listdir(out):
+        raise ResumeError(f"--out {out}: exists and is not empty; choose a new folder for the run "
+                          f"continued from {path}")
+    return out, [path]
+
+
+def clean_stray_temp_files(run):
+    """Remove what a save killed half-way leaves behind (`.tmp-*` in RUN/checkpoints, the older
+    layout's `checkpoint.pt.tmp`); finished checkpoints are never touched. Returns the removed paths."""
+    folder = os.path.join(run, "checkpoints")
+    stray = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")] \
+        if os.path.isdir(folder) else []
+    if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
+        stray.append(os.path.join(run, "checkpoint.pt.tmp"))
+    removed = []
+    for path in stray:
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:  # another process of the same run (torchrun) removed it first
+            pass
+    return removed
+
+
+def open_resume(path, out, load):
+    """--resume PATH -> (run, file, checkpoint dict), loading with `load(file)`.
+
+    Stray temporary files are removed first. When the newest checkpoint does not load (cut short
+    by a kill, corrupt), the one before it is used, and the message says which. A run stopped
+    before its first checkpoint gives (run, None, None): it starts again from step 0 with the
+    settings in RUN/settings.json.
+    """
+    run, files = find_resume(path, out)
+    for stray in clean_stray_temp_files(run) if os.path.isdir(run) else []:
+        print(f"note: removed {stray}, left by an interrupted save", file=sys.stderr)
+    failed = []
+    for file in files:
+        try:
+            ckpt = load(file)
+        except Exception as e:  # whatever keeps a file from loading: try the one before
+            failed.append(f"{file} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+            continue
+        if failed:
+            print(f"warning: skipped {'; '.join(failed)}; resuming from {file}, the newest checkpoint "
+                  f"that loads", file=sys.stderr)
+        return run, file, ckpt
+    if failed:
+        raise ResumeError("no checkpoint of this run loads: " + "; ".join(failed))
+    if not os.path.isfile(os.path.join(run, "settings.json")):
+        raise ResumeError(f"{run}: nothing to resume (no checkpoints/NNNNNN.pt and no settings.json)")
+    print(f"note: {run} has no checkpoint yet (stopped before the first one was written): it starts "
+          f"again from step 0 with its settings.json", file=sys.stderr)
+    return run, None, None
+
+
+def cut_run_logs(run, step):
+    """On resume from `step`: drop what a killed run logged after its checkpoint (lines of
+    RUN/log.jsonl and rows of RUN/fid.csv with a larger step; fid.png is redrawn), so that the
+    resumed run does not log those steps twice. step = -1 (a restart from step 0) drops them all."""
+
+    def rewrite(path, lines):
+        with open(path + ".tmp", "w", newline="") as f:
+            f.writelines(lines)
+        os.replace(path + ".tmp", path)
+
+    log = os.path.join(run, "log.jsonl")
+    if os.path.isfile(log):
+        kept = []
+        with open(log) as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line)
+                except (ValueError, AttributeError):  # a line cut short by the kill
+                    pass
+        rewrite(log, kept)
+    table = os.path.join(run, "fid.csv")
+    if os.path.isfile(table):
+        with open(table, newline="") as f:
+            lines = f.readlines()
+        header = next((i for i, line in enumerate(lines) if not line.startswith("#")), None)
+
+        def keep(i, line):  # provenance comments, the header, rows up to `step` (step is column 1)
+            if line.startswith("#") or i == header:
+                return True
+            try:
+                return float(line.split(",", 1)[0]) <= step
+            except ValueError:
+                return False
+
+        kept = [line for i, line in enumerate(lines) if keep(i, line)]
+        if len(kept) < len(lines):
+            rewrite(table, kept)
+            try:
+                from ops import fid as fid_lib
+                fid_lib.draw_fid_curve(fid_lib.read_fid_csv(table), os.path.join(run, "fid.png"))
+            except ImportError:
+                pass
+
+
 def to_uint8(img):
-    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8 via (x * 127.5 + 128).clamp(0, 255), truncated
-    (NVlabs generate.py; the same contract as 03_stylegan2_ada.py generate)."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[-1, 1] float -> uint8 HWC: round half up of (x + 1) * 127.5, as NVlabs generate.py."""
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 def save_grid(img, path, nrow):
     """Tile [B, 3, H, W] images row by row, nrow images per row, into one PNG."""
-    arr = to_uint8(img)
+    arr = to_uint8(img).cpu().numpy()  # [B, H, W, 3]
     b, h, w, _ = arr.shape
     rows = math.ceil(b / nrow)
     canvas = np.zeros((rows * h, nrow * w, 3), np.uint8)
@@ -776,15 +1056,8 @@ def make_fid_evaluator(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Training
+# train(args): settings, networks, resume, the loop
 # ----------------------------------------------------------------------------------------------
-def size_to_step(size, flag="--size"):
-    """Resolution -> progressive step: 4 px -> 0, 8 -> 1, ..., 256 -> 6, 1024 -> 8."""
-    if size < 4 or size > 4 * 2 ** (N_BLOCKS - 1) or size & (size - 1):
-        raise ValueError(f"{flag} {size}: must be a power of two between 4 and {4 * 2 ** (N_BLOCKS - 1)}")
-    return int(math.log2(size)) - 2
-
-
 def resolve_train_args(args):
     """Fill preset and default values into a copy of the parsed flags (the parsed args stay as given)."""
     cfg = argparse.Namespace(**vars(args))
@@ -797,6 +1070,9 @@ def resolve_train_args(args):
     cfg.loss = cfg.loss or ("r1" if cfg.ckpt else "wgan-gp")  # FreezeD finetune.py / rosinality train.py
     cfg.iter = 50000 if cfg.iter is None else cfg.iter
     cfg.fm_blocks = cfg.fm_blocks or (cfg.freeze_d if cfg.freeze_d else 4)
+    cfg.keep = KEEP_CHECKPOINTS if cfg.keep is None else cfg.keep
+    if cfg.keep < 1:
+        raise ValueError(f"--keep {cfg.keep}: must be at least 1")
     if cfg.data is None or cfg.out is None:
         raise ValueError("train needs --data DIR and --out RUN")
     step = size_to_step(cfg.size)
@@ -812,99 +1088,74 @@ def resolve_train_args(args):
     return cfg
 
 
-def batch_for(cfg, res):
-    if cfg.batch:
-        return cfg.batch
-    if cfg.ckpt:
-        return SCHED_BATCH_FINETUNE.get(res, 8) if cfg.sched else 8
-    return SCHED_BATCH_PROGRESSIVE.get(res, 32) if cfg.sched else 32
-
-
-def lr_for(cfg, res):
-    return SCHED_LR.get(res, 0.001) if cfg.sched else cfg.lr
-
-
 def set_lr(opt, lr):
     for group in opt.param_groups:
         group["lr"] = lr * group.get("mult", 1)
 
 
-def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
-    """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
-    part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
-    batch, device = real.shape[0], real.device
-    if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
-        z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
-        z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
-    else:
-        z_d = torch.randn(batch, g.code_dim, device=device)
-        z_g = torch.randn(batch, g.code_dim, device=device)
+def load_run_checkpoint(path):
+    """One of this script's run checkpoints (it has `step` and `args`), for --resume."""
+    ckpt = load_checkpoint(path)
+    if "args" not in ckpt or "step" not in ckpt:
+        raise CheckpointError(f"{path}: not a run checkpoint of this script (no 'step'/'args')")
+    return ckpt
 
-    # --- D step: only the FreezeD-trainable part of D receives gradients ---
-    set_requires_grad(g, False)
-    set_requires_grad(d, True, trainable_d)
-    d.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        fake = g(z_d, step=s, alpha=alpha)
-    real = real.detach().requires_grad_(cfg.loss == "r1")
-    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
-    if cfg.loss == "r1":
-        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), d_r1_penalty(real_pred, real)
-    else:
-        loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
-    zero = torch.zeros((), device=device)
-    fm = feature_matching(d, d_source, real, s, alpha, cfg.fm_blocks) if cfg.lambda_fm > 0 else zero
-    l2_d = l2_sp(d, d_source) if cfg.lambda_l2_d > 0 else zero
-    (loss_d + reg_d + cfg.lambda_fm * fm + cfg.lambda_l2_d * l2_d).backward()
-    d_opt.step()
 
-    # --- G step (D fully frozen), then the EMA generator ---
-    set_requires_grad(g, True)
-    set_requires_grad(d, False)
-    g.zero_grad(set_to_none=True)
-    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
-    loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
-    l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
-    (loss_g + cfg.lambda_l2_g * l2_g).backward()
-    g_opt.step()
-    accumulate(g_ema, g, getattr(cfg, "ema_decay", EMA_DECAY))
-
-    stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
-    if cfg.lambda_fm > 0:
-        stats["fm"] = fm.item()
-    if cfg.lambda_l2_d > 0 or cfg.lambda_l2_g > 0:
-        stats["l2_d"], stats["l2_g"] = l2_d.item(), l2_g.item()
-    return stats
+def resume_settings(args, stored):
+    """The run's own settings with --resume, except the flags that may change: out, iter, device,
+    quiet, keep (given with --resume)."""
+    cfg = argparse.Namespace(**stored)
+    cfg.quiet = args.quiet
+    cfg.iter = args.iter if args.iter is not None else cfg.iter
+    cfg.device = args.device or cfg.device
+    cfg.keep = args.keep if args.keep is not None else getattr(cfg, "keep", KEEP_CHECKPOINTS)
+    return cfg
 
 
 def train(args):
-    """Fine-tune (with --ckpt) or train progressively; see the module docstring for the commands."""
-    if isinstance(args.resume, str) and args.resume:  # `--resume RUN`, as 03; bare `--resume` uses --out
-        args.out = args.resume
-    ckpt_path = os.path.join(args.out, "checkpoint.pt") if args.out else None
-    resume = None
+    """Fine-tune (with --ckpt) or train progressively; see the module docstring for the commands.
+
+    Run folder (as 03_stylegan2_ada.py): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
+    --keep), samples/NNNNNN.png, and with FID fid.csv / fid.png. `--resume RUN` continues RUN (a
+    bare `--resume` continues --out); `--resume FILE` continues a checkpoint file, in RUN when the
+    file is in RUN/checkpoints, else in a new --out.
+    """
+    resume = ckpt_file = None
+    restart = False  # --resume of a run stopped before its first checkpoint: step 0, its settings
     if args.resume:
-        if ckpt_path is None or not os.path.isfile(ckpt_path):
-            raise ValueError(f"{ckpt_path}: nothing to resume (no checkpoint.pt in --out)")
-        resume = load_checkpoint(ckpt_path)
-        if "args" not in resume or "step" not in resume:
-            raise CheckpointError(f"{ckpt_path}: not a run checkpoint of this script (no 'step'/'args')")
-        cfg = argparse.Namespace(**resume["args"])  # the run's own settings, except these:
-        cfg.out, cfg.quiet = args.out, args.quiet
-        cfg.iter = args.iter if args.iter is not None else cfg.iter
-        cfg.device = args.device or cfg.device
+        where = args.out if args.resume is True else args.resume
+        if not where:
+            raise ResumeError("--resume needs a run folder: --resume RUN (or --out RUN --resume)")
+        run, ckpt_file, resume = open_resume(where, None if args.resume is True else args.out,
+                                             load_run_checkpoint)
+        if resume is not None:
+            cfg = resume_settings(args, resume["args"])
+        else:
+            with open(os.path.join(run, "settings.json")) as f:
+                cfg = resume_settings(args, json.load(f))
+            restart = True
+        cfg.out = run
     else:
         cfg = resolve_train_args(args)
+        if os.path.isdir(cfg.out) and os.listdir(cfg.out):
+            raise ValueError(f"{cfg.out}: run folder exists and is not empty; continue it with "
+                             f"--resume {cfg.out} or choose another --out")
     if getattr(args, "dry_run", False):
         print(json.dumps(vars(cfg), indent=1))
         return None
-    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     max_step = size_to_step(cfg.size)
-    data = ImageFolder(cfg.data, cfg.size)
+    data = ImageFolder(cfg.data, cfg.size)  # bad data fails here, before the run folder is made
     finetune = cfg.ckpt is not None
+    for sub in ("samples", "checkpoints"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
+        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
+            json.dump(vars(cfg), f, indent=1)
+    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
+        cut_run_logs(cfg.out, int(resume["step"]) if resume is not None else -1)
 
     # --- networks: from the source checkpoint, from our own run checkpoint, or new ---
     g_source = d_source = None
@@ -913,13 +1164,13 @@ def train(args):
         g = StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
         d = Discriminator(arch["channels"], arch["from_rgb_activate"])
         g_ema = StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
-        load_strict(g, resume["generator"], ckpt_path, "generator")
-        load_strict(d, resume["discriminator"], ckpt_path, "discriminator")
-        load_strict(g_ema, resume["g_running"], ckpt_path, "g_running")
+        load_strict(g, resume["generator"], ckpt_file, "generator")
+        load_strict(d, resume["discriminator"], ckpt_file, "discriminator")
+        load_strict(g_ema, resume["g_running"], ckpt_file, "g_running")
         if "g_source" in resume:
-            g_source = build_generator_from(resume["g_source"], ckpt_path)
+            g_source = build_generator_from(resume["g_source"], ckpt_file)
         if "d_source" in resume:
-            d_source = build_discriminator_from(resume["d_source"], ckpt_path)
+            d_source = build_discriminator_from(resume["d_source"], ckpt_file)
     elif finetune:
         src = load_checkpoint(cfg.ckpt)
         g_sd = src.get("generator", src.get("g_running"))
@@ -970,7 +1221,7 @@ def train(args):
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], device)
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-        print(f"resumed {ckpt_path} at step {it}", file=sys.stderr)
+        print(f"resumed {ckpt_file} at step {it}", file=sys.stderr)
 
     def checkpoint():
         state = {"generator": g.state_dict(), "discriminator": d.state_dict(),
@@ -985,7 +1236,11 @@ def train(args):
             state["g_source"] = g_source.state_dict()
         if d_source is not None:
             state["d_source"] = d_source.state_dict()
-        save_checkpoint(ckpt_path, state)
+        folder = os.path.join(cfg.out, "checkpoints")
+        save_checkpoint(os.path.join(folder, f"{it:06d}.pt"), state)
+        for old in checkpoint_files(folder)[:-cfg.keep]:  # keep the newest --keep
+            os.remove(old)
+        return os.path.join(folder, f"{it:06d}.pt")
 
     def current_alpha():
         if finetune or progress["step"] == init_step:
@@ -1021,75 +1276,63 @@ def train(args):
     if evaluator is not None and it == 0:
         print(f"FID at step 0: {run_fid()['fid']:.2f}", file=sys.stderr)
 
-    log_path = os.path.join(cfg.out, "log.jsonl")
-    if resume is not None and os.path.isfile(log_path):  # drop lines written after the checkpoint
-        with open(log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= it]
-        with open(log_path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(log_path + ".tmp", log_path)
-    log = open(log_path, "a")
+    log = open(os.path.join(cfg.out, "log.jsonl"), "a")
     pbar = tqdm(total=cfg.iter, initial=it, dynamic_ncols=True, disable=cfg.quiet)
     trainable_d, trainable_step = None, None
     t0, it_start = time.time(), it
-    stop = []
+    saved = None  # the checkpoint of step `it`, once written
+    with _StopRequest() as stop:
+        try:
+            while it < cfg.iter and not stop.requested:
+                # --- progressive growing (rosinality train.py): fade in for `phase` images, then stabilise ---
+                if not finetune and progress["used_sample"] > 2 * cfg.phase and progress["step"] < max_step:
+                    progress["step"] += 1
+                    progress["used_sample"] = 0
+                s = progress["step"]
+                res = 4 * 2 ** s
+                alpha = current_alpha()
+                batch = batch_for(cfg, res)
+                set_lr(g_opt, lr_for(cfg, res))
+                set_lr(d_opt, lr_for(cfg, res))
+                if trainable_step != s:
+                    trainable_d, trainable_step = freezed_trainable(d, s, cfg.freeze_d), s
 
-    def on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, stop; twice: abort
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-        pbar.write("Ctrl-C: saving after this step (press again to abort without saving)")
+                real = sampler.next(data.at(res), batch).to(device)  # [B, 3, res, res] in [-1, 1]
+                progress["used_sample"] += batch
+                stats = train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source,
+                                   d_source)
+                it += 1
 
-    try:
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: no handler, Ctrl-C aborts
-        previous_handler = None
-    try:
-        while it < cfg.iter and not stop:
-            # --- progressive growing (rosinality train.py): fade in for `phase` images, then stabilise ---
-            if not finetune and progress["used_sample"] > 2 * cfg.phase and progress["step"] < max_step:
-                progress["step"] += 1
-                progress["used_sample"] = 0
-            s = progress["step"]
-            res = 4 * 2 ** s
-            alpha = current_alpha()
-            batch = batch_for(cfg, res)
-            set_lr(g_opt, lr_for(cfg, res))
-            set_lr(d_opt, lr_for(cfg, res))
-            if trainable_step != s:
-                trainable_d, trainable_step = freezed_trainable(d, s, cfg.freeze_d), s
-
-            real = sampler.next(data.at(res), batch).to(device)  # [B, 3, res, res] in [-1, 1]
-            progress["used_sample"] += batch
-            stats = train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source, d_source)
-            it += 1
-
-            # --- bookkeeping ---
-            stats = {"step": it, "res": res, "alpha": round(alpha, 5), **stats}
-            pbar.update(1)
-            pbar.set_postfix(res=res, D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
-            if it % cfg.log_every == 0 or it == cfg.iter:
-                stats["sec"] = round(time.time() - t0, 2)
-                stats["img_per_s"] = round((it - it_start) * batch / max(stats["sec"], 1e-9), 2)
-                log.write(json.dumps(stats) + "\n")
-                log.flush()
-            if cfg.sample_every and (it % cfg.sample_every == 0 or it == cfg.iter):
-                write_samples()
-            if evaluator is not None and it % cfg.fid_every == 0:
-                result = run_fid()
-                log.write(json.dumps({"step": it, "fid": result["fid"]}) + "\n")
-                pbar.write(f"step {it}: FID {result['fid']:.2f}")
-            if cfg.ckpt_every and it % cfg.ckpt_every == 0:
-                checkpoint()
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-        pbar.close()
-        log.close()
-    checkpoint()
-    if stop:
-        print(f"interrupted at step {it}; saved {ckpt_path} (continue with --resume)", file=sys.stderr)
-    return ckpt_path
+                # --- bookkeeping ---
+                stats = {"step": it, "res": res, "alpha": round(alpha, 5), **stats}
+                pbar.update(1)
+                pbar.set_postfix(res=res, D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
+                if it % cfg.log_every == 0 or it == cfg.iter:
+                    stats["sec"] = round(time.time() - t0, 2)
+                    stats["img_per_s"] = round((it - it_start) * batch / max(stats["sec"], 1e-9), 2)
+                    log.write(json.dumps(stats) + "\n")
+                    log.flush()
+                if cfg.sample_every and (it % cfg.sample_every == 0 or it == cfg.iter):
+                    write_samples()
+                if evaluator is not None and it % cfg.fid_every == 0:
+                    pbar.write(f"step {it}: FID {run_fid()['fid']:.2f}")  # run_fid adds it to log.jsonl
+                if (cfg.ckpt_every and it % cfg.ckpt_every == 0) or it == cfg.iter or stop.requested:
+                    saved = checkpoint()
+        except KeyboardInterrupt:  # a second Ctrl-C, during an iteration: stop without saving it
+            pbar.close()
+            print(f"\nSIGINT: interrupted during iteration {it + 1}, not saved. Continue from the last "
+                  f"checkpoint with: python {os.path.basename(__file__)} train --resume {cfg.out}",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            pbar.close()
+            log.close()
+    if saved is None or not saved.endswith(f"{it:06d}.pt"):  # a signal after this step's save check
+        saved = checkpoint()
+    if stop.requested:
+        print("\n" + stop.message(it, saved, os.path.basename(__file__), cfg.out), file=sys.stderr)
+        raise SystemExit(stop.exit_code)
+    return saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1113,7 +1356,13 @@ def parse_seeds(text):
 
 
 def load_sampling_generator(path, device):
-    """The EMA generator (g_running) of a checkpoint, else its `generator`."""
+    """The EMA generator (g_running) of a checkpoint, else its `generator`. A run folder gives its
+    newest checkpoint."""
+    if os.path.isdir(path):
+        files = find_resume(path)[1]
+        if not files:
+            raise CheckpointError(f"{path}: a folder without checkpoints/NNNNNN.pt or checkpoint.pt")
+        path = files[0]
     ckpt = load_checkpoint(path)
     sd = ckpt["g_running"] if "g_running" in ckpt else ckpt["generator"]
     return build_generator_from(sd, path).eval().to(device), ckpt
@@ -1162,7 +1411,7 @@ def generate(args):
         noise = [n.to(device) for n in seed_noise(g, seed, step, args.noise_mode)]
         img = g(z, noise, step=step, alpha=1, mean_style=mean, style_weight=args.truncation)  # [1, 3, S, S]
         path = os.path.join(args.out, f"seed{seed:04d}.png")
-        Image.fromarray(to_uint8(img)[0]).save(path)
+        Image.fromarray(to_uint8(img)[0].cpu().numpy()).save(path)
         paths.append(path)
     print(f"wrote {len(paths)} images to {args.out}")
     return paths
@@ -1195,7 +1444,7 @@ def mix(args):
     canvas = np.full(((1 + len(levels) * len(rows)) * size, (1 + len(cols)) * size, 3), 255, np.uint8)
 
     def put(r, c, img):
-        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = to_uint8(img)[0]
+        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = to_uint8(img)[0].cpu().numpy()
 
     for j, img in enumerate(render(z_a).split(1)):
         put(0, 1 + j, img)
@@ -1224,10 +1473,12 @@ def build_parser():
     t = sub.add_parser("train", help="fine-tune from --ckpt (FreezeD) or train progressively")
     t.add_argument("--data", help="folder of training images")
     t.add_argument("--size", type=int, default=256, help="training (final) resolution (default 256)")
-    t.add_argument("--out", help="run folder: checkpoint.pt, samples/, log.jsonl, fid.csv, fid.png")
+    t.add_argument("--out", help="run folder: settings.json, log.jsonl, checkpoints/, samples/, fid.csv, fid.png")
     t.add_argument("--ckpt", help="source checkpoint to fine-tune (rosinality .model dict or g_running file)")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue the run in RUN (or in --out) with its saved settings")
+                   help="continue RUN (a run folder, or a checkpoint file inside RUN/checkpoints) with its "
+                        "saved settings; alone: the run in --out. A checkpoint file elsewhere continues "
+                        "into a new --out")
     t.add_argument("--preset", choices=sorted(PRESETS), help="fills unset flags with a FreezeD paper row")
     t.add_argument("--freeze-d", type=int, default=None,
                    help="K input-side D blocks (+ from_rgb) frozen; FreezeD feature_loc = step+1-K "
@@ -1258,6 +1509,8 @@ def build_parser():
     t.add_argument("--sample-every", type=int, default=1000)
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--ckpt-every", type=int, default=1000)
+    t.add_argument("--keep", type=int, default=None,
+                   help=f"newest checkpoints kept in RUN/checkpoints (default {KEEP_CHECKPOINTS})")
     t.add_argument("--fid-every", type=int, default=1000, help="FID every N steps (FreezeD 1000); 0 = off")
     t.add_argument("--fid-n", type=int, default=5000, help="generated images per FID (FreezeD 5000)")
     t.add_argument("--fid-batch", type=int, default=50)
@@ -1267,7 +1520,8 @@ def build_parser():
     t.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
 
     def sampling_flags(s):
-        s.add_argument("--ckpt", required=True, help="checkpoint (train dict or bare g_running state dict)")
+        s.add_argument("--ckpt", required=True,
+                       help="checkpoint (train dict or bare g_running state dict), or a run folder (its newest)")
         s.add_argument("--size", type=int, default=256, help="output resolution (checkpoints hold 4..1024)")
         s.add_argument("--truncation", type=float, default=1.0, help="psi in W (rosinality generate.py: 0.7)")
         s.add_argument("--noise-mode", choices=["random", "none"], default="random",

@@ -2614,6 +2614,130 @@ def checkpoint_files(folder):
     return [os.path.join(folder, n) for n in sorted(names, key=lambda n: int(n[:-3]))]
 
 
+class ResumeError(TrainError):
+    """--resume cannot continue: the message names the folder or file and what is wrong."""
+
+
+def find_resume(path, out=None):
+    """--resume PATH -> (run folder, checkpoint files to try, newest first).
+
+    PATH is a run folder (its checkpoints/NNNNNN.pt, then the `checkpoint.pt` of the older 02 / 05
+    layout) or a checkpoint file. A file inside RUN/checkpoints continues RUN; any other file
+    continues into a new run folder `out` (--out), never into the file's own folder.
+    """
+    if os.path.isdir(path):
+        files = checkpoint_files(os.path.join(path, "checkpoints"))[::-1]
+        if os.path.isfile(os.path.join(path, "checkpoint.pt")):
+            files.append(os.path.join(path, "checkpoint.pt"))
+        return path, files
+    if not os.path.isfile(path):
+        raise ResumeError(f"{path}: no such run folder or checkpoint file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), [path]
+    if not out:
+        raise ResumeError(f"--resume {path}: this file is not in a run's checkpoints/ folder, so the "
+                          f"continued run needs its own folder: add --out NEW_RUN")
+    if os.path.isdir(out) and os.listdir(out):
+        raise ResumeError(f"--out {out}: exists and is not empty; choose a new folder for the run "
+                          f"continued from {path}")
+    return out, [path]
+
+
+def clean_stray_temp_files(run):
+    """Remove what a save killed half-way leaves behind (`.tmp-*` in RUN/checkpoints, the older
+    layout's `checkpoint.pt.tmp`); finished checkpoints are never touched. Returns the removed paths."""
+    folder = os.path.join(run, "checkpoints")
+    stray = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")] \
+        if os.path.isdir(folder) else []
+    if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
+        stray.append(os.path.join(run, "checkpoint.pt.tmp"))
+    removed = []
+    for path in stray:
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:  # another process of the same run (torchrun) removed it first
+            pass
+    return removed
+
+
+def open_resume(path, out, load):
+    """--resume PATH -> (run, file, checkpoint dict), loading with `load(file)`.
+
+    Stray temporary files are removed first. When the newest checkpoint does not load (cut short
+    by a kill, corrupt), the one before it is used, and the message says which. A run stopped
+    before its first checkpoint gives (run, None, None): it starts again from step 0 with the
+    settings in RUN/settings.json.
+    """
+    run, files = find_resume(path, out)
+    for stray in clean_stray_temp_files(run) if os.path.isdir(run) else []:
+        print(f"note: removed {stray}, left by an interrupted save", file=sys.stderr)
+    failed = []
+    for file in files:
+        try:
+            ckpt = load(file)
+        except Exception as e:  # whatever keeps a file from loading: try the one before
+            failed.append(f"{file} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+            continue
+        if failed:
+            print(f"warning: skipped {'; '.join(failed)}; resuming from {file}, the newest checkpoint "
+                  f"that loads", file=sys.stderr)
+        return run, file, ckpt
+    if failed:
+        raise ResumeError("no checkpoint of this run loads: " + "; ".join(failed))
+    if not os.path.isfile(os.path.join(run, "settings.json")):
+        raise ResumeError(f"{run}: nothing to resume (no checkpoints/NNNNNN.pt and no settings.json)")
+    print(f"note: {run} has no checkpoint yet (stopped before the first one was written): it starts "
+          f"again from step 0 with its settings.json", file=sys.stderr)
+    return run, None, None
+
+
+def cut_run_logs(run, step):
+    """On resume from `step`: drop what a killed run logged after its checkpoint (lines of
+    RUN/log.jsonl and rows of RUN/fid.csv with a larger step; fid.png is redrawn), so that the
+    resumed run does not log those steps twice. step = -1 (a restart from step 0) drops them all."""
+
+    def rewrite(path, lines):
+        with open(path + ".tmp", "w", newline="") as f:
+            f.writelines(lines)
+        os.replace(path + ".tmp", path)
+
+    log = os.path.join(run, "log.jsonl")
+    if os.path.isfile(log):
+        kept = []
+        with open(log) as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line)
+                except (ValueError, AttributeError):  # a line cut short by the kill
+                    pass
+        rewrite(log, kept)
+    table = os.path.join(run, "fid.csv")
+    if os.path.isfile(table):
+        with open(table, newline="") as f:
+            lines = f.readlines()
+        header = next((i for i, line in enumerate(lines) if not line.startswith("#")), None)
+
+        def keep(i, line):  # provenance comments, the header, rows up to `step` (step is column 1)
+            if line.startswith("#") or i == header:
+                return True
+            try:
+                return float(line.split(",", 1)[0]) <= step
+            except ValueError:
+                return False
+
+        kept = [line for i, line in enumerate(lines) if keep(i, line)]
+        if len(kept) < len(lines):
+            rewrite(table, kept)
+            try:
+                from ops import fid as fid_lib
+                fid_lib.draw_fid_curve(fid_lib.read_fid_csv(table), os.path.join(run, "fid.png"))
+            except ImportError:
+                pass
+
+
 # ---- train(args) -----------------------------------------------------------------------------
 def parse_device(flag):
     """--device value -> torch.device (None: cuda if available); a one-line SystemExit if unusable."""
@@ -2664,26 +2788,43 @@ def _setup_distributed(device_flag):
 
 
 class _StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM: finish the current iteration, write a checkpoint, exit.
-    A second Ctrl-C interrupts at once (a checkpoint is still written)."""
+    """SIGINT (Ctrl-C) or SIGTERM (batch schedulers, `timeout`, `docker stop`): finish the current
+    iteration, write a checkpoint, exit with 128 + the signal number (130 or 143, as a shell reports
+    a process ended by that signal). A second Ctrl-C interrupts at once. A signal that is ignored when
+    the run starts (SIGINT under `nohup` or in a background job) stays ignored; the previous handlers
+    are restored on exit."""
 
     def __init__(self):
         self.requested = False
+        self.signum = None
         self.previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handler)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def _handler(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.requested, self.signum = True, signum
+        if signal.SIGINT in self.previous:  # a second Ctrl-C raises KeyboardInterrupt at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def exit_code(self):
+        return 128 + int(self.signum or signal.SIGINT)
+
+    def message(self, step, path, script, run):
+        """The one line printed on the way out: the step saved and the command that continues it."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        return (f"{name}: stopped after iteration {step}, checkpoint {path}. "
+                f"Continue with: python {script} train --resume {run}")
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:
+                signal.signal(sig, handler)
         return False
 
 
@@ -2706,23 +2847,25 @@ def _arch_of(g):
             "channel_multiplier": g.channel_multiplier, "channel_max": g.channel_max}
 
 
-def _open_resume(path):
-    """--resume RUN (folder: its newest checkpoint) or a checkpoint file inside RUN/checkpoints."""
-    if os.path.isdir(path):
-        files = checkpoint_files(os.path.join(path, "checkpoints"))
-        if not files:
-            raise TrainError(f"{path}: no checkpoints/NNNNNN.pt to resume from")
-        run, file = path, files[-1]
-    elif os.path.isfile(path):
-        run, file = os.path.dirname(os.path.dirname(os.path.abspath(path))), path
-    else:
-        raise TrainError(f"{path}: no such run folder or checkpoint")
+def _load_resume_checkpoint(file):
+    """One of this script's training checkpoints (all the keys the loop restores), for --resume."""
     ckpt = load_checkpoint(file)
     for key in ("g", "d", "g_ema", "g_optim", "d_optim", "args", "step"):
         if key not in ckpt:
-            raise TrainError(f"{file}: not a training checkpoint of this script (no {key!r}); "
-                             f"use --ckpt to start a new run from it")
-    return run, file, ckpt
+            raise CheckpointError(f"{file}: not a training checkpoint of this script (no {key!r}); "
+                                  f"use --ckpt to start a new run from it")
+    return ckpt
+
+
+def _open_resume(path, out=None):
+    """--resume RUN (folder: its newest checkpoint that loads) or a checkpoint file (see
+    find_resume). Returns (run, file, ckpt, stored settings); file and ckpt are None for a run
+    stopped before its first checkpoint, which starts again from step 0 with RUN/settings.json."""
+    run, file, ckpt = open_resume(path, out, _load_resume_checkpoint)
+    if ckpt is not None:
+        return run, file, ckpt, ckpt["args"]
+    with open(os.path.join(run, "settings.json")) as f:
+        return run, None, None, json.load(f)
 
 
 def make_fid_evaluator(cfg, device):
@@ -2765,9 +2908,11 @@ def _train(args, rank, world, device):
     # ---------------- settings, start checkpoint, input checks ----------------
     ckpt, g_ema_start, resume = None, None, None
     if getattr(args, "resume", None):
-        run, resume_file, resume = _open_resume(args.resume)
-        cfg, src = resolve_settings(args, stored=resume["args"])
+        run, resume_file, resume, stored = _open_resume(args.resume, getattr(args, "out", None))
+        cfg, src = resolve_settings(args, stored=stored)
         cfg.out = run
+        if resume is None and cfg.ckpt:  # restarting a run that has no checkpoint yet: its start weights
+            ckpt, g_ema_start = _open_start_checkpoint(cfg.ckpt)
         if getattr(args, "preset", None) is not None or getattr(args, "ckpt", None) is not None:
             say("note: --preset and --ckpt are ignored with --resume (the run's settings and weights "
                 "are used)")
@@ -2806,7 +2951,7 @@ def _train(args, rank, world, device):
     if len(sampler) < batch:
         raise TrainError(f"{cfg.data}: {len(dataset)} images (with mirrored copies) are fewer than "
                          f"one batch ({batch} per process)")
-    if resume is None and main and os.path.isdir(cfg.out) and os.listdir(cfg.out):
+    if not getattr(args, "resume", None) and main and os.path.isdir(cfg.out) and os.listdir(cfg.out):
         raise TrainError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                          f"--resume {cfg.out} or choose another --out")
     if main:  # after the input checks, so that bad input gives its one line only
@@ -2869,9 +3014,11 @@ def _train(args, rank, world, device):
     if main:
         for sub in ("samples", "checkpoints"):
             os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-        if resume is None:
+        if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
             with open(os.path.join(cfg.out, "settings.json"), "w") as f:
                 json.dump(vars(cfg), f, indent=1)
+        if getattr(args, "resume", None):  # what a killed run logged after its checkpoint goes
+            cut_run_logs(cfg.out, start if resume is not None else -1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -3016,9 +3163,9 @@ def _train(args, rank, world, device):
                 if main and (step % cfg.ckpt_every == 0 or step == cfg.iter or stopping):
                     write_checkpoint(step)
                 if stopping:
-                    say(f"\nstopped at iteration {step}; checkpoint written. Continue with "
-                        f"--resume {cfg.out}")
-                    raise SystemExit(130)
+                    say("\n" + stop.message(step, os.path.join(cfg.out, "checkpoints", f"{step:06d}.pt"),
+                                             os.path.basename(__file__), cfg.out))
+                    raise SystemExit(stop.exit_code)
         except KeyboardInterrupt:
             if main:
                 write_checkpoint(step)

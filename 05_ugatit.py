@@ -14,10 +14,19 @@ seed experiment's figure). Checkpoints use the state-dict layout of znxlwm/UGATI
 parameter names and shapes, so its files load with strict=True and translate the same images.
 Our own checkpoints add `g_optim`, `d_optim`, `step` and `args` (a plain dict).
 
+What it adds to its predecessor, CycleGAN (J.-Y. Zhu et al., ICCV 2017, arXiv:1703.10593; LSGAN
+adversarial loss, cycle and identity losses, a ResNet generator): an attention module in generator
+and discriminator, the class activation map of an auxiliary classifier that tells source from target
+(with its own loss L_cam); AdaLIN, which learns per channel how much instance versus layer
+normalisation to use, so that a translation may change shape as well as texture; and two
+discriminators (global and local receptive field) instead of one PatchGAN.
+
 Differences to the reference, none of which changes a key or a shape:
 - AdaILN / ILN are computed as one per-channel scale and shift (the same AdaLIN formula, fewer tensors).
-- In the CAM the two re-weighted copies of the features feed a 1x1 convolution; we fold the CAM
-  weights into that convolution's weight instead (linear algebra, same result, half the work).
+- In the CAM the two re-weighted copies of the features feed a 1x1 convolution (`cam_features`, the
+  paper's form). The networks run `cam_features_folded` by default (`fold_cam = True`), which folds
+  the CAM weights into that convolution's weight instead (linear algebra, same result, half the
+  work; tests/test_ugatit.py checks outputs and gradients of both).
 - One step runs each generator on the real images once and reuses those outputs (detached) for the
   discriminator update; the reference runs the same generators twice with unchanged weights.
   Discriminators see real and fake images in one batch, so spectral normalisation does one power
@@ -30,9 +39,11 @@ Differences to the reference, none of which changes a key or a shape:
   1x1 instead of a failure).
 - Training images are drawn from a per-epoch permutation seeded by (seed, epoch) and cropped and
   flipped with a generator seeded by (seed, step), so a resumed run equals an uninterrupted one.
-- Training memory: the generators recompute their full- and half-resolution activations in
-  backward (`--no-recompute` keeps them); Adam updates each parameter inside backward as soon as
-  its gradient is complete and drops the gradient (`AdamInBackward`, the same update); the
+- Training memory (below the plumbing line, tested equal to the plain step): the generators recompute
+  their full- and half-resolution activations in backward (`recompute_in_backward`; `--no-recompute`
+  keeps them); Adam updates each parameter inside backward as soon as its gradient is complete and
+  drops the gradient (`AdamInBackward`, the same update); glibc returns freed activations to the
+  system (`release_freed_memory`); the
   discriminators take no weight gradients during the G update; spectral normalisation divides the
   conv output by sigma instead of keeping a copy of W / sigma; fused Adam (no temporaries).
   At 128 px (full, batch 1, CPU, bench/bench_ugatit.py) the peak resident memory is 4.6 GiB, against
@@ -42,25 +53,39 @@ Differences to the reference, none of which changes a key or a shape:
 
 Run:
     python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit --img-size 128 --batch 4 --iter 250000
-    python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit --img-size 128 --batch 4 --iter 250000 --resume
+    python 05_ugatit.py train --resume runs/ugatit                      # continue (SIGTERM / Ctrl-C save first)
     python 05_ugatit.py train --data data/face2cartoon --out runs/ugatit_light --light --amp bf16      # less memory
-    python 05_ugatit.py test --ckpt runs/ugatit/checkpoint.pt --input data/face2cartoon/testA --out out/a2b
-    python 05_ugatit.py chain --ugatit runs/ugatit/checkpoint.pt --stylegan runs/sg2/checkpoints/best.pt --seeds 1 2 3 --walk 24 --out out/chain
+    python 05_ugatit.py test --ckpt runs/ugatit --input data/face2cartoon/testA --out out/a2b
+    python 05_ugatit.py chain --ugatit runs/ugatit --stylegan runs/sg2/checkpoints/best.pt --seeds 1 2 3 --walk 24 --out out/chain
     python 05_ugatit.py train --data DIR --out runs/tiny --img-size 64 --ch 8 --n-res 1 --iter 20   # CPU demo
 
 Data: DIR/trainA and DIR/trainB (and optionally DIR/testA, DIR/testB for sample sheets), image files
 in any sub-folder; unreadable files are skipped with a warning.
 
-Sections: constants; building blocks (spectral norm, AdaILN/ILN, residual blocks); networks
-(ResnetGenerator, Discriminator); checkpoint I/O; data; losses; one training step; train(args);
-sample sheets and test(args); chain(args); CLI.
+Run folder (the layout of 02 and 03): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
+--keep; atomic), samples/A2B_NNNNNNN.png and B2A_... . `--resume RUN` takes a run folder or a
+checkpoint file inside RUN/checkpoints (a run folder of an older version, with one checkpoint.pt,
+resumes too). Ctrl-C or SIGTERM finishes the step, saves it and exits with 130 or 143.
+
+Map of this file, in reading order (the method above the plumbing line):
+    settings       IMG_EXTENSIONS, NET_NAMES, CROP_MARGIN, GLOBAL_D_LAYERS, LOCAL_D_LAYERS, learning_rate
+    blocks         spectral_sigma, SNConv2d, SNLinear, layer_instance_norm, adaILN, ILN, ResnetBlock,
+                   ResnetAdaILNBlock, cam_features (the paper's form), cam_features_folded (fast path)
+    networks       ResnetGenerator, Discriminator, build_networks, clip_rho_
+    losses         lsgan_loss, cam_loss, d_adv_loss, g_adv_loss
+    one iteration  train_step
+    plumbing       memory (AdamInBackward, make_optimizers, release_freed_memory, recompute_in_backward),
+                   checkpoint I/O, data (UnpairedData), run folder, train, test, chain, CLI
 """
 import argparse
+import json
 import math
 import os
 import re
 import signal
 import sys
+import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -73,7 +98,7 @@ from PIL import Image
 import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
 
 # ----------------------------------------------------------------------------------------------
-# Constants (paper / reference defaults)
+# Settings: constants of the paper and its reference code (znxlwm/UGATIT-pytorch)
 # ----------------------------------------------------------------------------------------------
 IMG_EXTENSIONS = ops.IMAGE_EXTENSIONS  # one rule with 02, 03 and FID: pytorch-fid's extensions, any case
 NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
@@ -87,6 +112,14 @@ MIN_SIZE = 32             # smallest training size: both discriminators still fi
 
 class InputError(Exception):
     """Bad user input (folder, image, checkpoint); main() prints it as a one-line error."""
+
+
+def learning_rate(step, total, lr0):
+    """Linear decay to 0 over the second half (UGATIT.py decay_flag): lr0 - lr0 * (step - T/2) / (T/2)."""
+    half = total // 2
+    if step <= half or half == 0:
+        return lr0
+    return max(lr0 - lr0 * (step - half) / half, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,10 +263,24 @@ def cam_features(x, gap_fc, gmp_fc, gap_w, gmp_w, conv1x1, act):
     """Class activation map attention (Sec. 2.1.1-2.1.2, a(x) = w * E(x)), for generator and discriminator.
 
     x: [B, C, h, w]. The auxiliary classifier eta gives one logit from global average pooling and
-    one from global max pooling (cam_logit [B, 2]). The features are re-weighted by the classifier
-    weights (gap_w, gmp_w [1, C]), concatenated and mixed by a 1x1 conv; here the re-weighting is
-    folded into that conv's weight: conv1x1(cat[x * a, x * m]) == conv(x, W[:, :C] * a + W[:, C:] * m).
+    one from global max pooling (cam_logit [B, 2]). The features are multiplied by the classifier
+    weights (gap_w, gmp_w [1, C]), the two re-weighted copies concatenated and mixed by a 1x1 conv.
     Returns (features [B, C, h, w], cam_logit [B, 2], heatmap [B, 1, h, w]).
+    """
+    gap_logit = gap_fc(x.mean(dim=(2, 3)))                                # [B, 1]
+    gmp_logit = gmp_fc(x.amax(dim=(2, 3)))                                # [B, 1]
+    cam_logit = torch.cat([gap_logit, gmp_logit], 1)                      # [B, 2]
+    gap = x * gap_w[0, :, None, None].to(x.dtype)                         # a(x) = w_gap * E(x)
+    gmp = x * gmp_w[0, :, None, None].to(x.dtype)                         # a(x) = w_gmp * E(x)
+    x = act(conv1x1(torch.cat([gap, gmp], 1)))                            # [B, 2C, h, w] -> [B, C, h, w]
+    heatmap = x.sum(dim=1, keepdim=True)                                  # [B, 1, h, w]
+    return x, cam_logit, heatmap
+
+
+def cam_features_folded(x, gap_fc, gmp_fc, gap_w, gmp_w, conv1x1, act):
+    """Fast path of `cam_features` (the networks' default, `fold_cam`): the same result with the CAM
+    weights folded into the 1x1 conv, conv1x1(cat[x * a, x * m]) == conv(x, W[:, :C] * a + W[:, C:] * m),
+    so the two re-weighted [B, C, h, w] copies and the [B, 2C, h, w] concatenation are never made.
     """
     C = x.shape[1]
     gap_logit = gap_fc(x.mean(dim=(2, 3)))                                # [B, 1]
@@ -261,6 +308,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         self.ngf, self.n_blocks, self.img_size, self.light = ngf, n_blocks, img_size, light
         self.recompute = False        # training: recompute the high-resolution activations in backward
+        self.fold_cam = True          # CAM through cam_features_folded (same result, less memory)
         C = ngf * 4                                                       # bottleneck channels
         down = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, bias=False), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
         for mult in (1, 2):                                               # two stride-2 down-samplings
@@ -296,8 +344,9 @@ class ResnetGenerator(nn.Module):
             assert H == W == self.img_size, f"full generator built for {self.img_size} px, got {H}x{W}"
         x = self._run(self.DownBlock[:8], img)                            # [B, 2 ngf, H/2, W/2]
         x = self.DownBlock[8:](x)                                         # [B, C, H/4, W/4]
-        x, cam_logit, heatmap = cam_features(x, self.gap_fc, self.gmp_fc, self.gap_fc.weight,
-                                             self.gmp_fc.weight, self.conv1x1, self.relu)
+        cam = cam_features_folded if self.fold_cam else cam_features
+        x, cam_logit, heatmap = cam(x, self.gap_fc, self.gmp_fc, self.gap_fc.weight, self.gmp_fc.weight,
+                                    self.conv1x1, self.relu)
         x_ = x.mean(dim=(2, 3)) if self.light else x.flatten(1)          # [B, C] or [B, C*H*W/16]
         x_ = self.FC(x_)
         gamma, beta = self.gamma(x_), self.beta(x_)                       # [B, C] each
@@ -307,13 +356,9 @@ class ResnetGenerator(nn.Module):
         return out, cam_logit, heatmap
 
     def _run(self, layers, x):
-        """layers(x); with `recompute` in training, keep only x and recompute the rest in backward.
-
-        Used for the full- and half-resolution layers: about half of the activation memory for a
-        quarter of the generator's FLOPs.
-        """
+        """layers(x); in training with `recompute` on, through recompute_in_backward (memory only)."""
         if self.recompute and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(layers, x, use_reentrant=False)
+            return recompute_in_backward(layers, x)
         return layers(x)
 
 
@@ -345,6 +390,7 @@ class Discriminator(nn.Module):
         self.pad = nn.ReflectionPad2d(1)
         self.conv = SNConv2d(C, 1, 4, stride=1, bias=False)
         self._plans = {}
+        self.fold_cam = True          # CAM through cam_features_folded (same result, less memory)
 
     def strides_for(self, size):
         """Strides of the body convs for a `size`-px input.
@@ -377,8 +423,9 @@ class Discriminator(nn.Module):
         x = img
         for m in self.model:
             x = m(x, next(strides)) if isinstance(m, SNConv2d) else m(x)  # [B, C, s', s']
-        x, cam_logit, heatmap = cam_features(x, self.gap_fc, self.gmp_fc, self.gap_fc.weight_orig,
-                                             self.gmp_fc.weight_orig, self.conv1x1, self.leaky_relu)
+        cam = cam_features_folded if self.fold_cam else cam_features
+        x, cam_logit, heatmap = cam(x, self.gap_fc, self.gmp_fc, self.gap_fc.weight_orig,
+                                    self.gmp_fc.weight_orig, self.conv1x1, self.leaky_relu)
         out = self.conv(self.pad(x))                                      # [B, 1, s'-1, s'-1]
         return out, cam_logit, heatmap
 
@@ -402,178 +449,6 @@ def clip_rho_(*generators):
             for m in g.modules():
                 if isinstance(m, (adaILN, ILN)):
                     m.rho.clamp_(0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoint I/O
-# ----------------------------------------------------------------------------------------------
-def generator_config(state, where="checkpoint"):
-    """Read (ch, n_res, light, img_size) back from a generator state dict's shapes.
-
-    img_size is None for the light variant (its FC does not depend on the size).
-    """
-    try:
-        ch = state["DownBlock.1.weight"].shape[0]
-        fc_in = state["FC.0.weight"].shape[1]
-    except KeyError as e:
-        raise InputError(f"{where}: not a U-GAT-IT generator (missing {e.args[0]})") from None
-    n_res = len([k for k in state if re.fullmatch(r"UpBlock1_\d+\.norm1\.rho", k)])
-    C = 4 * ch
-    if fc_in == C:
-        return ch, n_res, True, None
-    side = math.isqrt(fc_in // C)
-    if side * side * C != fc_in:
-        raise InputError(f"{where}: FC.0.weight has {fc_in} inputs, not (S/4)^2 * {C} for any size S")
-    return ch, n_res, False, 4 * side
-
-
-def save_checkpoint(path, ckpt):
-    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    """Load one of our checkpoints or a UGATIT-pytorch `*_params_*.pt` (weights only)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise InputError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {first})") from None
-    if not isinstance(ckpt, dict) or "genA2B" not in ckpt:
-        raise InputError(f"{path}: no 'genA2B' entry; expected keys {', '.join(NET_NAMES)}")
-    return ckpt
-
-
-def load_generator(path, direction="A2B", img_size=None, device="cpu"):
-    """Build the generator stored under gen{direction} in `path`, sized from its shapes (strict load).
-
-    img_size: for the full variant it must equal the checkpoint's size (None: take it); for light,
-    None means the training size stored in `args`, else 256.
-    """
-    ckpt = load_checkpoint(path)
-    key = "gen" + direction
-    if key not in ckpt:
-        raise InputError(f"{path}: no '{key}' entry")
-    ch, n_res, light, size = generator_config(ckpt[key], path)
-    if light:
-        size = img_size or (ckpt.get("args") or {}).get("img_size", 256)
-    elif img_size is not None and img_size != size:
-        raise InputError(f"{path}: full U-GAT-IT trained at {size} px cannot run at --img-size {img_size} "
-                         "(its FC input width depends on the size)")
-    if size % 4:
-        raise InputError(f"--img-size {size}: must be a multiple of 4")
-    g = ResnetGenerator(ch, n_res, size, light)
-    try:
-        g.load_state_dict(ckpt[key], strict=True)
-    except RuntimeError as e:
-        raise InputError(f"{path}: {key} does not match the U-GAT-IT layout: {str(e).splitlines()[0]}") from None
-    return g.to(device).eval(), size
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------
-def list_images(folder):
-    """Image files under `folder` (recursive, sorted), by extension. `overview/` folders are skipped:
-    01_prepare_data.py writes its contact sheet there, and it is not a training image."""
-    found, left_out = [], []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != "overview"]
-        found += [os.path.join(root, f) for f in files if ops.is_image_file(f)]
-        left_out += [os.path.relpath(os.path.join(root, f), folder) for f in files if not ops.is_image_file(f)]
-    ops.warn_left_out(folder, sorted(left_out))
-    return sorted(found)
-
-
-def read_image(path, size):
-    """RGB image resized to (size, size) with PIL bilinear (torchvision's Resize on PIL), or None."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # [3, size, size] uint8
-    except Exception as e:  # any decoder error: skip the file, as promised in the docstring
-        warnings.warn(f"{path}: skipped, cannot be read as an image ({type(e).__name__}: {e})")
-        return None
-
-
-def load_folder(folder, size):
-    """All readable images of `folder` as uint8 [N, 3, size, size] (decoded once, kept in memory)."""
-    imgs = [t for t in (read_image(p, size) for p in list_images(folder)) if t is not None]
-    if not imgs:
-        raise InputError(f"{folder}: no readable images")
-    return torch.stack(imgs)
-
-
-def to_float(img_u8):
-    """uint8 [0, 255] -> float [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
-    return img_u8.float().div(127.5).sub(1.0)
-
-
-def to_uint8(img):
-    """float [-1, 1] -> uint8 by rounding (x + 1) * 127.5."""
-    return ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def seed_of(seed, domain, count, salt):
-    """A reproducible 62-bit seed from (run seed, domain 'A'/'B', epoch or step, salt)."""
-    return (((seed * 1_000_003 + "AB".index(domain)) * 1_000_000_007 + count) * 4 + salt) % 2**62
-
-
-class UnpairedData:
-    """trainA/trainB (and testA/testB when present) of DIR, decoded once at img_size + 30 px.
-
-    batch(domain, step, n) draws the step's images deterministically: a permutation per epoch
-    seeded by (seed, domain, epoch), then a random crop and horizontal flip seeded by (seed, domain,
-    step) (reference: RandomHorizontalFlip, Resize(img+30), RandomCrop(img)).
-    """
-
-    def __init__(self, root, img_size, seed=0, with_test=True):
-        if not os.path.isdir(root):
-            raise InputError(f"{root}: data folder not found")
-        for d in ("trainA", "trainB"):
-            if not os.path.isdir(os.path.join(root, d)):
-                raise InputError(f"{os.path.join(root, d)}: missing; the data folder needs trainA and trainB")
-        self.img_size, self.seed = img_size, seed
-        self.train = {d: load_folder(os.path.join(root, "train" + d), img_size + CROP_MARGIN) for d in "AB"}
-        self.test = {}
-        for d in "AB":
-            folder = os.path.join(root, "test" + d)
-            if with_test and os.path.isdir(folder) and list_images(folder):
-                self.test[d] = load_folder(folder, img_size)
-        self._perm = {}
-
-    def _index(self, domain, pos):
-        n = len(self.train[domain])
-        epoch = pos // n
-        if self._perm.get(domain, (None,))[0] != epoch:
-            g = torch.Generator().manual_seed(seed_of(self.seed, domain, epoch, 0))
-            self._perm[domain] = (epoch, torch.randperm(n, generator=g))
-        return int(self._perm[domain][1][pos % n])
-
-    def batch(self, domain, step, n):
-        """Float [n, 3, S, S] in [-1, 1] for training step `step` (1-based)."""
-        g = torch.Generator().manual_seed(seed_of(self.seed, domain, step, 1))
-        S, out = self.img_size, []
-        for i in range(n):
-            img = self.train[domain][self._index(domain, (step - 1) * n + i)]
-            y, x = torch.randint(0, CROP_MARGIN + 1, (2,), generator=g).tolist()
-            img = img[:, y:y + S, x:x + S]
-            if torch.rand((), generator=g) < 0.5:
-                img = img.flip(-1)
-            out.append(img)
-        return to_float(torch.stack(out))
-
-    def fixed(self, domain, n):
-        """Up to n train images center-cropped plus up to n test images, for sample sheets."""
-        m = CROP_MARGIN // 2
-        train = self.train[domain][:n, :, m:m + self.img_size, m:m + self.img_size]
-        test = self.test.get(domain, train[:0])[:n]
-        return to_float(torch.cat([train, test]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -611,7 +486,7 @@ def set_requires_grad(nets, flag):
 
 
 # ----------------------------------------------------------------------------------------------
-# One training step
+# One training iteration
 # ----------------------------------------------------------------------------------------------
 def train_step(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers=None):
     """One U-GAT-IT iteration: D update, then G update (full objective, Sec. 2.2), then rho clipping.
@@ -682,6 +557,13 @@ def _backward_step(loss, optim, scaler):
         optim.step()
 
 
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+
+
+# ----------------------------------------------------------------------------------------------
+# Training memory (not the method; same updates, tested equal): Adam inside backward, glibc's
+# mmap threshold, activation recomputation
+# ----------------------------------------------------------------------------------------------
 class AdamInBackward:
     """Adam whose update of each parameter runs inside backward, as soon as that parameter's gradient
     is complete (Tensor.register_post_accumulate_grad_hook); the gradient is then dropped.
@@ -745,14 +627,6 @@ def make_optimizers(nets, lr, weight_decay, in_backward=True):
     return cls(g_params, **kwargs), cls(d_params, **kwargs)
 
 
-def learning_rate(step, total, lr0):
-    """Linear decay to 0 over the second half (UGATIT.py decay_flag): lr0 - lr0 * (step - T/2) / (T/2)."""
-    half = total // 2
-    if step <= half or half == 0:
-        return lr0
-    return max(lr0 - lr0 * (step - half) / half, 0.0)
-
-
 def release_freed_memory():
     """CPU: serve blocks >= 1 MiB with mmap (glibc M_MMAP_THRESHOLD), so freed activations return to the OS.
 
@@ -766,6 +640,15 @@ def release_freed_memory():
         pass
 
 
+def recompute_in_backward(layers, x):
+    """layers(x) keeping only x for backward: the activations inside `layers` are recomputed there.
+
+    The generators run their full- and half-resolution layers this way in training: about half of
+    the activation memory for a quarter of the generator's FLOPs (`--no-recompute` turns it off).
+    """
+    return torch.utils.checkpoint.checkpoint(layers, x, use_reentrant=False)
+
+
 def autocast_factory(amp, device):
     """Context manager factory for --amp {bf16, fp16} (None: fp32)."""
     import contextlib
@@ -776,31 +659,430 @@ def autocast_factory(amp, device):
 
 
 # ----------------------------------------------------------------------------------------------
+# Checkpoint I/O
+# ----------------------------------------------------------------------------------------------
+def generator_config(state, where="checkpoint"):
+    """Read (ch, n_res, light, img_size) back from a generator state dict's shapes.
+
+    img_size is None for the light variant (its FC does not depend on the size).
+    """
+    try:
+        ch = state["DownBlock.1.weight"].shape[0]
+        fc_in = state["FC.0.weight"].shape[1]
+    except KeyError as e:
+        raise InputError(f"{where}: not a U-GAT-IT generator (missing {e.args[0]})") from None
+    n_res = len([k for k in state if re.fullmatch(r"UpBlock1_\d+\.norm1\.rho", k)])
+    C = 4 * ch
+    if fc_in == C:
+        return ch, n_res, True, None
+    side = math.isqrt(fc_in // C)
+    if side * side * C != fc_in:
+        raise InputError(f"{where}: FC.0.weight has {fc_in} inputs, not (S/4)^2 * {C} for any size S")
+    return ch, n_res, False, 4 * side
+
+
+def save_checkpoint(path, ckpt):
+    """torch.save(ckpt) to a temp file in the same folder, then os.replace: never a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    """Load one of our checkpoints or a UGATIT-pytorch `*_params_*.pt` (weights only)."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or "genA2B" not in ckpt:
+        raise InputError(f"{path}: no 'genA2B' entry; expected keys {', '.join(NET_NAMES)}")
+    return ckpt
+
+
+def load_generator(path, direction="A2B", img_size=None, device="cpu"):
+    """Build the generator stored under gen{direction} in `path`, sized from its shapes (strict load).
+
+    img_size: for the full variant it must equal the checkpoint's size (None: take it); for light,
+    None means the training size stored in `args`, else 256. A run folder gives its newest checkpoint.
+    """
+    if os.path.isdir(path):
+        files = find_resume(path)[1]
+        if not files:
+            raise InputError(f"{path}: a folder without checkpoints/NNNNNN.pt or checkpoint.pt")
+        path = files[0]
+    ckpt = load_checkpoint(path)
+    key = "gen" + direction
+    if key not in ckpt:
+        raise InputError(f"{path}: no '{key}' entry")
+    ch, n_res, light, size = generator_config(ckpt[key], path)
+    if light:
+        size = img_size or (ckpt.get("args") or {}).get("img_size", 256)
+    elif img_size is not None and img_size != size:
+        raise InputError(f"{path}: full U-GAT-IT trained at {size} px cannot run at --img-size {img_size} "
+                         "(its FC input width depends on the size)")
+    if size % 4:
+        raise InputError(f"--img-size {size}: must be a multiple of 4")
+    g = ResnetGenerator(ch, n_res, size, light)
+    try:
+        g.load_state_dict(ckpt[key], strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: {key} does not match the U-GAT-IT layout: {str(e).splitlines()[0]}") from None
+    return g.to(device).eval(), size
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def list_images(folder):
+    """Image files under `folder` (recursive, sorted), by extension. `overview/` folders are skipped:
+    01_prepare_data.py writes its contact sheet there, and it is not a training image."""
+    found, left_out = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "overview"]
+        found += [os.path.join(root, f) for f in files if ops.is_image_file(f)]
+        left_out += [os.path.relpath(os.path.join(root, f), folder) for f in files if not ops.is_image_file(f)]
+    ops.warn_left_out(folder, sorted(left_out))
+    return sorted(found)
+
+
+def read_image(path, size):
+    """RGB image resized to (size, size) with PIL bilinear (torchvision's Resize on PIL), or None."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # [3, size, size] uint8
+    except Exception as e:  # any decoder error: skip the file, as promised in the docstring
+        warnings.warn(f"{path}: skipped, cannot be read as an image ({type(e).__name__}: {e})")
+        return None
+
+
+def load_folder(folder, size):
+    """All readable images of `folder` as uint8 [N, 3, size, size] (decoded once, kept in memory)."""
+    imgs = [t for t in (read_image(p, size) for p in list_images(folder)) if t is not None]
+    if not imgs:
+        raise InputError(f"{folder}: no readable images")
+    return torch.stack(imgs)
+
+
+def to_float(img_u8):
+    """uint8 [0, 255] -> float [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
+    return img_u8.float().div(127.5).sub(1.0)
+
+
+def seed_of(seed, domain, count, salt):
+    """A reproducible 62-bit seed from (run seed, domain 'A'/'B', epoch or step, salt)."""
+    return (((seed * 1_000_003 + "AB".index(domain)) * 1_000_000_007 + count) * 4 + salt) % 2**62
+
+
+class UnpairedData:
+    """trainA/trainB (and testA/testB when present) of DIR, decoded once at img_size + 30 px.
+
+    batch(domain, step, n) draws the step's images deterministically: a permutation per epoch
+    seeded by (seed, domain, epoch), then a random crop and horizontal flip seeded by (seed, domain,
+    step) (reference: RandomHorizontalFlip, Resize(img+30), RandomCrop(img)).
+    """
+
+    def __init__(self, root, img_size, seed=0, with_test=True):
+        if not os.path.isdir(root):
+            raise InputError(f"{root}: data folder not found")
+        for d in ("trainA", "trainB"):
+            if not os.path.isdir(os.path.join(root, d)):
+                raise InputError(f"{os.path.join(root, d)}: missing; the data folder needs trainA and trainB")
+        self.img_size, self.seed = img_size, seed
+        self.train = {d: load_folder(os.path.join(root, "train" + d), img_size + CROP_MARGIN) for d in "AB"}
+        self.test = {}
+        for d in "AB":
+            folder = os.path.join(root, "test" + d)
+            if with_test and os.path.isdir(folder) and list_images(folder):
+                self.test[d] = load_folder(folder, img_size)
+        self._perm = {}
+
+    def _index(self, domain, pos):
+        n = len(self.train[domain])
+        epoch = pos // n
+        if self._perm.get(domain, (None,))[0] != epoch:
+            g = torch.Generator().manual_seed(seed_of(self.seed, domain, epoch, 0))
+            self._perm[domain] = (epoch, torch.randperm(n, generator=g))
+        return int(self._perm[domain][1][pos % n])
+
+    def batch(self, domain, step, n):
+        """Float [n, 3, S, S] in [-1, 1] for training step `step` (1-based)."""
+        g = torch.Generator().manual_seed(seed_of(self.seed, domain, step, 1))
+        S, out = self.img_size, []
+        for i in range(n):
+            img = self.train[domain][self._index(domain, (step - 1) * n + i)]
+            y, x = torch.randint(0, CROP_MARGIN + 1, (2,), generator=g).tolist()
+            img = img[:, y:y + S, x:x + S]
+            if torch.rand((), generator=g) < 0.5:
+                img = img.flip(-1)
+            out.append(img)
+        return to_float(torch.stack(out))
+
+    def fixed(self, domain, n):
+        """Up to n train images center-cropped plus up to n test images, for sample sheets."""
+        m = CROP_MARGIN // 2
+        train = self.train[domain][:n, :, m:m + self.img_size, m:m + self.img_size]
+        test = self.test.get(domain, train[:0])[:n]
+        return to_float(torch.cat([train, test]))
+
+
+# ---- Run folder contract: identical in 02, 03 and 05 (tests/test_run_folder.py compares the source) ----
+class ResumeError(InputError):
+    """--resume cannot continue: the message names the folder or file and what is wrong."""
+
+
+class _StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM (batch schedulers, `timeout`, `docker stop`): finish the current
+    iteration, write a checkpoint, exit with 128 + the signal number (130 or 143, as a shell reports
+    a process ended by that signal). A second Ctrl-C interrupts at once. A signal that is ignored when
+    the run starts (SIGINT under `nohup` or in a background job) stays ignored; the previous handlers
+    are restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested, self.signum = True, signum
+        if signal.SIGINT in self.previous:  # a second Ctrl-C raises KeyboardInterrupt at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def exit_code(self):
+        return 128 + int(self.signum or signal.SIGINT)
+
+    def message(self, step, path, script, run):
+        """The one line printed on the way out: the step saved and the command that continues it."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        return (f"{name}: stopped after iteration {step}, checkpoint {path}. "
+                f"Continue with: python {script} train --resume {run}")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        return False
+
+
+def checkpoint_files(folder):
+    """Numbered checkpoints (000500.pt ...) in `folder`, oldest first (best.pt excluded)."""
+    if not os.path.isdir(folder):
+        return []
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and n[:-3].isdigit()]
+    return [os.path.join(folder, n) for n in sorted(names, key=lambda n: int(n[:-3]))]
+
+
+def find_resume(path, out=None):
+    """--resume PATH -> (run folder, checkpoint files to try, newest first).
+
+    PATH is a run folder (its checkpoints/NNNNNN.pt, then the `checkpoint.pt` of the older 02 / 05
+    layout) or a checkpoint file. A file inside RUN/checkpoints continues RUN; any other file
+    continues into a new run folder `out` (--out), never into the file's own folder.
+    """
+    if os.path.isdir(path):
+        files = checkpoint_files(os.path.join(path, "checkpoints"))[::-1]
+        if os.path.isfile(os.path.join(path, "checkpoint.pt")):
+            files.append(os.path.join(path, "checkpoint.pt"))
+        return path, files
+    if not os.path.isfile(path):
+        raise ResumeError(f"{path}: no such run folder or checkpoint file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), [path]
+    if not out:
+        raise ResumeError(f"--resume {path}: this file is not in a run's checkpoints/ folder, so the "
+                          f"continued run needs its own folder: add --out NEW_RUN")
+    if os.path.isdir(out) and os.listdir(out):
+        raise ResumeError(f"--out {out}: exists and is not empty; choose a new folder for the run "
+                          f"continued from {path}")
+    return out, [path]
+
+
+def clean_stray_temp_files(run):
+    """Remove what a save killed half-way leaves behind (`.tmp-*` in RUN/checkpoints, the older
+    layout's `checkpoint.pt.tmp`); finished checkpoints are never touched. Returns the removed paths."""
+    folder = os.path.join(run, "checkpoints")
+    stray = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")] \
+        if os.path.isdir(folder) else []
+    if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
+        stray.append(os.path.join(run, "checkpoint.pt.tmp"))
+    removed = []
+    for path in stray:
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:  # another process of the same run (torchrun) removed it first
+            pass
+    return removed
+
+
+def open_resume(path, out, load):
+    """--resume PATH -> (run, file, checkpoint dict), loading with `load(file)`.
+
+    Stray temporary files are removed first. When the newest checkpoint does not load (cut short
+    by a kill, corrupt), the one before it is used, and the message says which. A run stopped
+    before its first checkpoint gives (run, None, None): it starts again from step 0 with the
+    settings in RUN/settings.json.
+    """
+    run, files = find_resume(path, out)
+    for stray in clean_stray_temp_files(run) if os.path.isdir(run) else []:
+        print(f"note: removed {stray}, left by an interrupted save", file=sys.stderr)
+    failed = []
+    for file in files:
+        try:
+            ckpt = load(file)
+        except Exception as e:  # whatever keeps a file from loading: try the one before
+            failed.append(f"{file} ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+            continue
+        if failed:
+            print(f"warning: skipped {'; '.join(failed)}; resuming from {file}, the newest checkpoint "
+                  f"that loads", file=sys.stderr)
+        return run, file, ckpt
+    if failed:
+        raise ResumeError("no checkpoint of this run loads: " + "; ".join(failed))
+    if not os.path.isfile(os.path.join(run, "settings.json")):
+        raise ResumeError(f"{run}: nothing to resume (no checkpoints/NNNNNN.pt and no settings.json)")
+    print(f"note: {run} has no checkpoint yet (stopped before the first one was written): it starts "
+          f"again from step 0 with its settings.json", file=sys.stderr)
+    return run, None, None
+
+
+def cut_run_logs(run, step):
+    """On resume from `step`: drop what a killed run logged after its checkpoint (lines of
+    RUN/log.jsonl and rows of RUN/fid.csv with a larger step; fid.png is redrawn), so that the
+    resumed run does not log those steps twice. step = -1 (a restart from step 0) drops them all."""
+
+    def rewrite(path, lines):
+        with open(path + ".tmp", "w", newline="") as f:
+            f.writelines(lines)
+        os.replace(path + ".tmp", path)
+
+    log = os.path.join(run, "log.jsonl")
+    if os.path.isfile(log):
+        kept = []
+        with open(log) as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line)
+                except (ValueError, AttributeError):  # a line cut short by the kill
+                    pass
+        rewrite(log, kept)
+    table = os.path.join(run, "fid.csv")
+    if os.path.isfile(table):
+        with open(table, newline="") as f:
+            lines = f.readlines()
+        header = next((i for i, line in enumerate(lines) if not line.startswith("#")), None)
+
+        def keep(i, line):  # provenance comments, the header, rows up to `step` (step is column 1)
+            if line.startswith("#") or i == header:
+                return True
+            try:
+                return float(line.split(",", 1)[0]) <= step
+            except ValueError:
+                return False
+
+        kept = [line for i, line in enumerate(lines) if keep(i, line)]
+        if len(kept) < len(lines):
+            rewrite(table, kept)
+            try:
+                from ops import fid as fid_lib
+                fid_lib.draw_fid_curve(fid_lib.read_fid_csv(table), os.path.join(run, "fid.png"))
+            except ImportError:
+                pass
+
+
+def to_uint8(img):
+    """[-1, 1] float -> uint8 HWC: round half up of (x + 1) * 127.5, as NVlabs generate.py."""
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
 # train(args)
 # ----------------------------------------------------------------------------------------------
 ARCH_KEYS = ("img_size", "light", "ch", "n_res")
 
 
+def load_run_checkpoint(path):
+    """One of our training checkpoints (networks, optimisers, step), for --resume."""
+    ckpt = load_checkpoint(path)
+    if "g_optim" not in ckpt or "step" not in ckpt:
+        raise InputError(f"{path}: has no optimiser state/step to resume from")
+    return ckpt
+
+
+def resume_settings(args, saved, where):
+    """The run's own settings with --resume. A flag given on the command line (a value other than
+    its default) replaces the saved one; the architecture (ARCH_KEYS) must match the run's."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    cfg = argparse.Namespace(**{k: v for k, v in vars(args).items()})
+    for k, v in saved.items():
+        if k not in defaults or k in ("resume", "command"):
+            continue
+        given = getattr(args, k) != defaults[k]
+        if given and k in ARCH_KEYS and getattr(args, k) != v:
+            raise InputError(f"{where}: was trained with --{k.replace('_', '-')} {v}, not {getattr(args, k)}")
+        if not given:
+            setattr(cfg, k, v)
+    return cfg
+
+
 def train(args):
-    """Train U-GAT-IT on DIR/trainA <-> DIR/trainB; writes RUN/checkpoint.pt, RUN/samples/, RUN/log.txt."""
+    """Train U-GAT-IT on DIR/trainA <-> DIR/trainB. Run folder (as 03_stylegan2_ada.py): settings.json,
+    log.jsonl, checkpoints/NNNNNN.pt (the newest --keep), samples/. `--resume RUN` continues RUN (a
+    bare `--resume` continues --out if it exists); `--resume FILE` continues a checkpoint file, in RUN
+    when the file is in RUN/checkpoints, else in a new --out."""
     from tqdm import tqdm
 
+    resume = ckpt_file = None
+    restart = False  # --resume of a run stopped before its first checkpoint: step 0, its settings
+    if args.resume and not (args.resume is True and args.out and not os.path.exists(args.out)):
+        where = args.out if args.resume is True else args.resume
+        if not where:
+            raise ResumeError("--resume needs a run folder: --resume RUN (or --out RUN --resume)")
+        run, ckpt_file, resume = open_resume(where, None if args.resume is True else args.out,
+                                             load_run_checkpoint)
+        if resume is not None:
+            args = resume_settings(args, resume.get("args") or {}, ckpt_file)
+        else:
+            with open(os.path.join(run, "settings.json")) as f:
+                args = resume_settings(args, json.load(f), os.path.join(run, "settings.json"))
+            restart = True
+        args.out = run
+    else:
+        if args.data is None or args.out is None:
+            raise InputError("train needs --data DIR and --out RUN (or --resume RUN)")
+        if os.path.isdir(args.out) and os.listdir(args.out):
+            raise InputError(f"{args.out}: run folder exists and is not empty; continue it with "
+                             f"--resume {args.out} or choose another --out")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.amp == "fp16" and device.type != "cuda":
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
     if args.img_size % 4 or args.img_size < MIN_SIZE:
         raise InputError(f"--img-size {args.img_size}: must be a multiple of 4 and at least {MIN_SIZE}")
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-    resume = None
-    if os.path.exists(ckpt_path):
-        if not args.resume:
-            raise InputError(f"{ckpt_path}: exists; pass --resume to continue it or choose another --out")
-        resume = load_checkpoint(ckpt_path)
-        saved = resume.get("args", {})
-        for k in ARCH_KEYS:
-            if k in saved and saved[k] != getattr(args, k):
-                raise InputError(f"{ckpt_path}: was trained with --{k.replace('_', '-')} {saved[k]}, "
-                                 f"not {getattr(args, k)}")
+    if args.keep < 1:
+        raise InputError(f"--keep {args.keep}: must be at least 1")
     data = UnpairedData(args.data, args.img_size, seed=args.seed)
 
     torch.manual_seed(args.seed)
@@ -821,75 +1103,78 @@ def train(args):
             try:
                 nets[k].load_state_dict(resume[k], strict=True)
             except (KeyError, RuntimeError) as e:
-                raise InputError(f"{ckpt_path}: {k} does not fit these settings: {str(e).splitlines()[0]}") from None
-        if "g_optim" not in resume or "step" not in resume:
-            raise InputError(f"{ckpt_path}: has no optimiser state/step to resume from")
+                raise InputError(f"{ckpt_file}: {k} does not fit these settings: {str(e).splitlines()[0]}") from None
         g_optim.load_state_dict(resume["g_optim"])
         d_optim.load_state_dict(resume["d_optim"])
         if scalers is not None and "scalers" in resume:
             for s, st in zip(scalers, resume["scalers"]):
                 s.load_state_dict(st)
         start = int(resume["step"])
-        print(f"resuming {ckpt_path} at step {start}")
+        print(f"resuming {ckpt_file} at step {start}")
     weights = {"adv": args.adv_weight, "cycle": args.cycle_weight,
                "identity": args.identity_weight, "cam": args.cam_weight}
     autocast = autocast_factory(args.amp, device)
 
+    # the run folder, only now: bad input above leaves nothing behind
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    for sub in ("samples", "checkpoints"):
+        os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+    if not os.path.isfile(os.path.join(args.out, "settings.json")):
+        with open(os.path.join(args.out, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=1)
+    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
+        cut_run_logs(args.out, start if resume is not None else -1)
+
     def checkpoint(step):
         ckpt = {k: nets[k].state_dict() for k in NET_NAMES}
-        ckpt.update(g_optim=g_optim.state_dict(), d_optim=d_optim.state_dict(), step=step,
-                    args={k: v for k, v in vars(args).items() if k != "func"})
+        ckpt.update(g_optim=g_optim.state_dict(), d_optim=d_optim.state_dict(), step=step, args=settings)
         if scalers is not None:
             ckpt["scalers"] = [s.state_dict() for s in scalers]
-        save_checkpoint(ckpt_path, ckpt)
+        folder = os.path.join(args.out, "checkpoints")
+        save_checkpoint(os.path.join(folder, f"{step:06d}.pt"), ckpt)
+        for old in checkpoint_files(folder)[:-args.keep]:  # keep the newest --keep
+            os.remove(old)
+        return os.path.join(folder, f"{step:06d}.pt")
 
-    # Ctrl-C: finish the current step, save, stop (a second Ctrl-C stops at once).
-    stop = {"flag": False}
-    old_handler = None
-
-    def on_sigint(signum, frame):
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        print("\ninterrupt: saving after this step (Ctrl-C again to abort)")
-
-    if hasattr(signal, "SIGINT") and threading_is_main():
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
-    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    step = start
-    try:
+    step, saved = start, None
+    with _StopRequest() as stop:
         bar = tqdm(range(start + 1, args.iter + 1), initial=start, total=args.iter,
                    disable=args.quiet, dynamic_ncols=True)
-        for step in bar:
-            lr = learning_rate(step, args.iter, args.lr)
-            for opt in (g_optim, d_optim):
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            real_A = data.batch("A", step, args.batch).to(device)
-            real_B = data.batch("B", step, args.batch).to(device)
-            losses = train_step(nets, g_optim, d_optim, real_A, real_B, weights, autocast, scalers)
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
-            if step % args.log_every == 0 or step == args.iter:
-                bar.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}")
-                with open(os.path.join(args.out, "log.txt"), "a") as f:
-                    f.write(f"step {step} lr {lr:.3e} " + " ".join(f"{k} {v:.5f}" for k, v in losses.items()) + "\n")
-            if step % args.sample_every == 0 or step == args.iter:
-                write_sample_sheets(nets, data, os.path.join(args.out, "samples"), step, device)
-            if step % args.save_every == 0 or step == args.iter or stop["flag"]:
-                checkpoint(step)
-            if stop["flag"]:
-                print(f"saved {ckpt_path} at step {step}")
-                break
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        try:
+            for step in bar:
+                lr = learning_rate(step, args.iter, args.lr)
+                for opt in (g_optim, d_optim):
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                real_A = data.batch("A", step, args.batch).to(device)
+                real_B = data.batch("B", step, args.batch).to(device)
+                losses = train_step(nets, g_optim, d_optim, real_A, real_B, weights, autocast, scalers)
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
+                if step % args.log_every == 0 or step == args.iter:
+                    bar.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}")
+                    with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+                        f.write(json.dumps({"step": step, "lr": lr, **{k: round(v, 6) for k, v in losses.items()}})
+                                + "\n")
+                if step % args.sample_every == 0 or step == args.iter:
+                    write_sample_sheets(nets, data, os.path.join(args.out, "samples"), step, device)
+                if step % args.save_every == 0 or step == args.iter or stop.requested:
+                    saved = checkpoint(step)
+                if stop.requested:
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C, during a step: stop without saving it
+            print(f"\nSIGINT: interrupted during iteration {step}, not saved. Continue from the last "
+                  f"checkpoint with: python {os.path.basename(__file__)} train --resume {args.out}",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            bar.close()
+    if stop.requested:
+        if saved is None or not saved.endswith(f"{step:06d}.pt"):  # a signal after this step's save check
+            saved = checkpoint(step)
+        print("\n" + stop.message(step, saved, os.path.basename(__file__), args.out), file=sys.stderr)
+        raise SystemExit(stop.exit_code)
     return nets
-
-
-def threading_is_main():
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -936,7 +1221,7 @@ def write_sample_sheets(nets, data, folder, step, device, n=5):
 def save_png(img, path):
     """float [3, H, W] in [-1, 1] -> PNG."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(to_uint8(img).permute(1, 2, 0).cpu().numpy()).save(path)
+    Image.fromarray(to_uint8(img[None])[0].cpu().numpy()).save(path)
 
 
 @torch.no_grad()
@@ -966,6 +1251,11 @@ def test(args):
 # ----------------------------------------------------------------------------------------------
 # chain(args): StyleGAN2 faces -> U-GAT-IT cartoons
 # ----------------------------------------------------------------------------------------------
+def seed_z(seed, code_dim):
+    """z = np.random.RandomState(seed).randn(1, code_dim) (the same latents as 03's generate)."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, code_dim)).float()
+
+
 def slerp(a, b, t):
     """Spherical interpolation between latent codes a, b [1, D] (t in [0, 1])."""
     an, bn = F.normalize(a, dim=1), F.normalize(b, dim=1)
@@ -1006,7 +1296,7 @@ def chain(args):
         cartoon, _, _ = toon(face)
         return torch.cat([face[0], cartoon[0]], dim=2)                  # [3, S, 2S]
 
-    zs = [torch.randn(1, style_dim, generator=torch.Generator().manual_seed(s)).to(device) for s in args.seeds]
+    zs = [seed_z(s, style_dim).to(device) for s in args.seeds]
     os.makedirs(args.out, exist_ok=True)
     written = []
     for s, z in zip(args.seeds, zs):
@@ -1017,7 +1307,7 @@ def chain(args):
         frames = []
         for a, b in zip(zs, zs[1:] + zs[:1]):                           # closed loop through the seeds
             for i in range(args.walk):
-                img = to_uint8(frame(slerp(a, b, i / args.walk))).permute(1, 2, 0)   # [S, 2S, 3]
+                img = to_uint8(frame(slerp(a, b, i / args.walk))[None])[0]            # [S, 2S, 3]
                 frames.append(Image.fromarray(img.cpu().numpy()))
         path = os.path.join(args.out, "walk.gif")
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=args.frame_ms, loop=0)
@@ -1034,8 +1324,8 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train on DIR/trainA <-> DIR/trainB")
-    t.add_argument("--data", required=True, help="folder with trainA, trainB (and testA, testB)")
-    t.add_argument("--out", required=True, help="run folder: checkpoint.pt, samples/, log.txt")
+    t.add_argument("--data", default=None, help="folder with trainA, trainB (and testA, testB)")
+    t.add_argument("--out", default=None, help="run folder: settings.json, log.jsonl, checkpoints/, samples/")
     t.add_argument("--img-size", type=int, default=256, help="image size (paper 256; the seed used 128)")
     t.add_argument("--light", action="store_true", help="light variant: gamma/beta from pooled features")
     t.add_argument("--ch", type=int, default=64, help="base channels of G and D (64)")
@@ -1053,16 +1343,20 @@ def build_parser():
     t.add_argument("--no-recompute", action="store_true",
                    help="keep generator activations instead of recomputing them in backward (faster, more memory)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt (if present)")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue RUN (a run folder, or a checkpoint file inside RUN/checkpoints) with its "
+                        "saved settings; alone: the run in --out, if there is one. A checkpoint file "
+                        "elsewhere continues into a new --out")
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--sample-every", type=int, default=1000, help="sample sheets every N steps (1000)")
     t.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (1000)")
+    t.add_argument("--keep", type=int, default=3, help="newest checkpoints kept in RUN/checkpoints (3)")
     t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=train)
 
     s = sub.add_parser("test", help="translate a folder of images")
-    s.add_argument("--ckpt", required=True, help="our checkpoint.pt or a UGATIT-pytorch *_params_*.pt")
+    s.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint), one of its checkpoints or a UGATIT-pytorch *_params_*.pt")
     s.add_argument("--input", required=True, help="folder of images")
     s.add_argument("--out", required=True, help="output folder (same names, .png)")
     s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
@@ -1071,7 +1365,7 @@ def build_parser():
     s.set_defaults(func=test)
 
     c = sub.add_parser("chain", help="StyleGAN2 faces -> U-GAT-IT A2B, frames and a latent-walk GIF")
-    c.add_argument("--ugatit", required=True, help="U-GAT-IT checkpoint (genA2B used)")
+    c.add_argument("--ugatit", required=True, help="U-GAT-IT run folder or checkpoint (genA2B used)")
     c.add_argument("--stylegan", required=True, help="checkpoint loadable by 03_stylegan2_ada.py")
     c.add_argument("--seeds", type=int, nargs="+", required=True, help="latent seeds")
     c.add_argument("--walk", type=int, default=0, help="frames between consecutive seeds (0: no GIF)")

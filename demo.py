@@ -206,7 +206,7 @@ def main(argv=None):
         "--ckpt-every", str(n1), "--device", args.device, "--quiet", "--mixing", "--loss", "r1",
         "--init-size", str(cfg["size"] // 2), "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 6)),
         "--ema-decay", "0.99"], log, timings)
-    run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", os.path.join(sg1, "checkpoint.pt"),
+    run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1,
         "--size", s, "--rows", "1-3", "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
     # 4. latent exploration on the fine-tuned StyleGAN2
     lx = os.path.join(out, "explore")
@@ -231,7 +231,7 @@ def main(argv=None):
         "--ch", "8", "--n-res", "1", "--iter", str(n_ug), "--batch", "2", "--sample-every", str(n_ug),
         "--save-every", str(n_ug), "--log-every", str(max(1, n_ug // 10)), "--device", args.device, "--quiet"],
         log, timings)
-    ug_ckpt = os.path.join(ug, "checkpoint.pt")
+    ug_ckpt = ug  # the run folder: its newest checkpoint
     run("05 chain", ["05_ugatit.py", "chain", "--ugatit", ug_ckpt, "--stylegan", g2, "--seeds", "1", "2",
         "--walk", "6", "--out", os.path.join(out, "chain"), "--device", args.device], log, timings)
 

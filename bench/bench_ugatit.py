@@ -112,6 +112,8 @@ def worker(args):
         net.to(device).train()
     w = {"adv": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0}
     if args.loop == "reference":
+        for net in nets.values():
+            net.fold_cam = False            # the concatenation of u.cam_features (replaced above)
         g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
         d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
         g_optim = torch.optim.Adam(g_params, lr=1e-4, betas=(0.5, 0.999), weight_decay=1e-4)

@@ -35,4 +35,14 @@ def _fixed_seed():
     yield
 
 
+@pytest.fixture
+def sigint_handled():
+    """SIGINT handled as in an interactive shell even when the suite runs with it ignored (nohup,
+    a background job): tests that send themselves Ctrl-C need it delivered."""
+    import signal
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

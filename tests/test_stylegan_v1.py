@@ -4,10 +4,12 @@ Independent references used here: the key/shape tables of the port written out b
 model.py layout (not read from the script), a hand-written forward for the non-fused blocks, scipy
 convolution, numpy statistics, and FreezeD finetune.py's substring freezing rule.
 """
+import argparse
 import csv
 import json
 import math
 import os
+import random
 import signal
 from types import SimpleNamespace
 
@@ -146,6 +148,12 @@ def read_log(run):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def newest_checkpoint(run):
+    """RUN/checkpoints/NNNNNN.pt with the largest number, loaded weights-only."""
+    names = sorted(n for n in os.listdir(os.path.join(run, "checkpoints")) if n[:-3].isdigit())
+    return torch.load(os.path.join(run, "checkpoints", names[-1]), weights_only=True)
 
 
 def tiny_train_args(data, out, *extra):
@@ -294,7 +302,8 @@ def test_r1_penalty_on_linear_critic():
     w = torch.randn(1, 3, 4, 4)
     x = torch.randn(6, 3, 4, 4, requires_grad=True)
     pred = (x * w).flatten(1).sum(1, keepdim=True)
-    assert torch.allclose(m.d_r1_penalty(pred, x), 5.0 * w.pow(2).sum(), rtol=1e-5)
+    # E ||grad_x D(x)||^2 = ||w||^2 for every x; the caller multiplies by gamma / 2 (as in 03)
+    assert torch.allclose(m.d_r1_penalty(pred, x), w.pow(2).sum(), rtol=1e-5)
 
 
 def test_l2_sp_is_sum_of_per_tensor_mse():
@@ -361,7 +370,7 @@ def test_finetune_step_keeps_frozen_blocks_bit_identical(tmp_path):
     data = make_images(tmp_path / "data")
     out = str(tmp_path / "run")
     m.main(tiny_train_args(data, out, "--ckpt", src, "--freeze-d", "2", "--iter", "2", "--mixing"))
-    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ck = newest_checkpoint(out)
     d_new = ck["discriminator"]
     # 16 px = step 2: active D blocks 6, 7, 8; K = 2 freezes from_rgb and blocks 6, 7
     trainable = [k for k in d_sd if k.startswith(("progression.8.", "linear."))]
@@ -385,7 +394,7 @@ def test_regularizers_start_at_zero_and_run(tmp_path):
                            "--lambda-l2-g", "1", "--lambda-l2-d", "1", "--fm-blocks", "2"))
     row = read_log(out)[0]
     assert row["fm"] == 0 and row["l2_d"] == 0 and row["l2_g"] == 0  # target == source before any update
-    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    ck = newest_checkpoint(out)
     assert "d_source" in ck and "g_source" in ck
 
 
@@ -403,8 +412,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         f.write(json.dumps({"step": 4, "loss_d": 0.0}) + "\n")
     m.main(["train", "--out", b, "--resume", "--iter", "4", "--quiet"])  # `--out RUN --resume` ...
     m.main(["train", "--resume", b, "--iter", "5", "--quiet"])          # ... and `--resume RUN`, as 03
-    ca = torch.load(os.path.join(a, "checkpoint.pt"), weights_only=True)
-    cb = torch.load(os.path.join(b, "checkpoint.pt"), weights_only=True)
+    ca, cb = newest_checkpoint(a), newest_checkpoint(b)
     assert ca["step"] == cb["step"] == 5
     assert ca["progress"] == cb["progress"] and ca["progress"]["step"] == 2  # grew 8 -> 16 px
     for net in ("generator", "discriminator", "g_running"):
@@ -417,7 +425,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
 
 
-def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch):
+def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch, sigint_handled):
     data = make_images(tmp_path / "data")
     out = str(tmp_path / "run")
     calls = []
@@ -430,12 +438,14 @@ def test_ctrl_c_saves_the_finished_step(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(m, "accumulate", accumulate_then_interrupt)
-    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup or some CI runners
-    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "10"))
-    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "10"))
+    assert stopped.value.code == 130
+    ck = newest_checkpoint(out)
     assert ck["step"] == 2 and len(calls) == 2
-    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler from before the run is back
-    assert not os.path.exists(os.path.join(out, "checkpoint.pt.tmp"))
+    assert signal.getsignal(signal.SIGINT) is before  # the handler from before the run is back
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["000002.pt"]  # no temp file left
 
 
 class FakeEvaluator:
@@ -517,7 +527,7 @@ def test_missing_inception_weights_gives_one_notice_and_trains(tmp_path, monkeyp
     m.main(args)
     assert capsys.readouterr().err.count("FID disabled") == 1
     assert not os.path.exists(os.path.join(out, "fid.csv"))
-    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"] == 2
+    assert newest_checkpoint(out)["step"] == 2
 
 
 def test_wgan_gp_is_the_from_scratch_default(tmp_path):
@@ -702,7 +712,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         m.main(["generate", "--ckpt", shapes, "--size", "8", "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="--size 48"):
         m.main(["generate", "--ckpt", shapes, "--size", "48", "--out", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="nothing to resume"):
+    with pytest.raises(ValueError, match="no such run folder"):
         m.main(["train", "--out", str(tmp_path / "none"), "--resume"])
 
 
@@ -742,3 +752,48 @@ def test_per_adain_styles(tmp_path):
                                        atol=1e-4, rtol=1e-4)
         last_differs = g.generator([(w, w), (w, w), (w, w_other)], noise, step=2)
     assert not torch.allclose(same, last_differs)
+
+
+# ----------------------------------------------------------------------------------------------
+# train_step, called directly
+# ----------------------------------------------------------------------------------------------
+def test_train_step_called_directly_equals_the_loop(tmp_path):
+    """One train_step from the loop's state after step 1 gives exactly the loop's step-2 checkpoint."""
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "2", "--ckpt-every", "1",
+                           "--mixing", "--loss", "r1", "--device", "cpu"))
+    ck1 = torch.load(os.path.join(out, "checkpoints", "000001.pt"), weights_only=True)
+    ck2 = torch.load(os.path.join(out, "checkpoints", "000002.pt"), weights_only=True)
+    cfg = argparse.Namespace(**ck1["args"])
+    arch = ck1["arch"]
+    g = m.StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
+    g_ema = m.StyledGenerator(arch["code_dim"], arch["n_mlp"], arch["channels"])
+    d = m.Discriminator(arch["channels"], arch["from_rgb_activate"])
+    for net, key in ((g, "generator"), (g_ema, "g_running"), (d, "discriminator")):
+        net.load_state_dict(ck1[key])
+    g_opt = torch.optim.Adam(g.generator.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    g_opt.add_param_group({"params": g.style.parameters(), "lr": cfg.lr * m.MAPPING_LR_MULT,
+                           "mult": m.MAPPING_LR_MULT})
+    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    g_opt.load_state_dict(ck1["g_optimizer"])
+    d_opt.load_state_dict(ck1["d_optimizer"])
+    sampler = m.BatchSampler(6, cfg.seed)
+    sampler.load_state_dict(ck1["sampler"])
+    torch.set_rng_state(ck1["rng"]["torch"])
+    py = ck1["rng"]["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    s = ck1["progress"]["step"]  # 8 px: the first phase of progressive training, alpha 1
+    real = sampler.next(m.ImageFolder(data, 16).at(4 * 2 ** s), 2)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+
+    stats = m.train_step(g, d, g_ema, g_opt, d_opt, real, s, 1.0, cfg, m.freezed_trainable(d, s, 0))
+
+    assert all(math.isfinite(v) for v in stats.values()) and set(stats) == {"loss_d", "loss_g", "r1"}
+    key = "generator.to_rgb.1.conv.weight_orig"
+    assert not torch.equal(before[key], g.state_dict()[key])  # the weights moved
+    for net, key in ((g, "generator"), (g_ema, "g_running"), (d, "discriminator")):
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, ck2[key][k]), (key, k)
+    row = read_log(out)[1]
+    assert row["step"] == 2 and row["loss_d"] == stats["loss_d"] and row["loss_g"] == stats["loss_g"]

@@ -1,5 +1,6 @@
 """Tests for 05_ugatit.py (U-GAT-IT): layout, layers against independent formulas, training, CLI."""
 import copy
+import json
 import os
 import signal
 
@@ -251,6 +252,28 @@ def test_cam_fold_equals_concatenation():
     torch.testing.assert_close(heat, expect.sum(1, keepdim=True))
     torch.testing.assert_close(logit[:, 0], x.mean((2, 3)) @ gap_fc.weight[0])
     torch.testing.assert_close(logit[:, 1], x.flatten(2).max(2).values @ gmp_fc.weight[0])
+    # the fast path folds the weights into the conv: the same three outputs
+    for got, want in zip(u.cam_features_folded(x, gap_fc, gmp_fc, gap_fc.weight, gmp_fc.weight, conv, torch.relu),
+                         (feats, logit, heat)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("which", ["genA2B", "disGA", "disLA"])
+def test_networks_give_the_same_outputs_and_gradients_with_the_cam_fold_on_and_off(which):
+    torch.manual_seed(3)
+    net = tiny_nets(light=False)[which].eval()  # eval: no power-iteration update between the calls
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    results = []
+    for fold in (False, True):  # the paper's form, then the fast path `train` uses
+        net.fold_cam = fold
+        net.zero_grad()
+        outs = net(x)
+        sum(o.square().sum() for o in outs).backward()
+        results.append(([o.detach() for o in outs], [p.grad.clone() for p in net.parameters()]))
+    (o0, g0), (o1, g1) = results
+    for a, b in zip(o0 + g0, o1 + g1):
+        # float32 with another summation order: equal to a few units in the 4th digit of the largest entry
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
 
 
 def test_spectral_norm_matches_torch_spectral_norm():
@@ -451,10 +474,10 @@ def make_data(root):
 
 
 TRAIN = ["--img-size", "64", "--ch", "4", "--n-res", "1", "--batch", "2", "--quiet", "--device", "cpu",
-         "--sample-every", "1000", "--save-every", "1000"]
+         "--sample-every", "1000", "--save-every", "1000", "--log-every", "2"]
 
 
-def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch, sigint_handled):
     data = make_data(str(tmp_path / "data"))
     full = u.main(["train", "--data", data, "--out", str(tmp_path / "a"), "--iter", "4"] + TRAIN)
 
@@ -469,9 +492,11 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(u, "train_step", interrupted_step)
-    u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4"] + TRAIN)
-    assert len(calls) == 2
-    ckpt = torch.load(str(tmp_path / "b" / "checkpoint.pt"), weights_only=True)
+    with pytest.raises(SystemExit) as stopped:
+        u.main(["train", "--data", data, "--out", str(tmp_path / "b"), "--iter", "4"] + TRAIN)
+    assert stopped.value.code == 130 and len(calls) == 2
+    assert os.listdir(tmp_path / "b" / "checkpoints") == ["000002.pt"]
+    ckpt = torch.load(str(tmp_path / "b" / "checkpoints" / "000002.pt"), weights_only=True)
     assert ckpt["step"] == 2
     monkeypatch.setattr(u, "train_step", real_step)
     with pytest.raises(SystemExit, match="--resume"):
@@ -480,7 +505,8 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     for name in u.NET_NAMES:
         for (k, a), (_, b) in zip(full[name].state_dict().items(), resumed[name].state_dict().items()):
             assert torch.equal(a, b), f"{name}.{k}"
-    assert torch.load(str(tmp_path / "b" / "checkpoint.pt"), weights_only=True)["step"] == 4
+    assert torch.load(str(tmp_path / "b" / "checkpoints" / "000004.pt"), weights_only=True)["step"] == 4
+    assert [json.loads(line)["step"] for line in open(tmp_path / "b" / "log.jsonl")] == [2, 4]  # --log-every 2
     sheets = sorted(os.listdir(tmp_path / "a" / "samples"))
     assert sheets == ["A2B_0000004.png", "B2A_0000004.png"]
     # A2B sheet: 3 train + 1 test rows of 7 tiles; B2A: 2 train rows
@@ -569,3 +595,37 @@ def test_adam_is_fused_only_for_cuda_tensors():
         for opt in (g_opt, d_opt):
             inner = opt.optims if in_backward else [opt]
             assert all(not o.param_groups[0].get("fused") for o in inner)
+
+
+def test_train_step_called_directly_equals_the_loop(tmp_path):
+    """One train_step from the loop's state after step 1 gives exactly the loop's step-2 checkpoint."""
+    data = make_data(str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", data, "--out", out, "--iter", "4", "--img-size", "32", "--ch", "4", "--n-res", "1",
+            "--batch", "2", "--quiet", "--device", "cpu", "--sample-every", "1000", "--save-every", "1",
+            "--keep", "4", "--log-every", "1"]
+    u.main(argv)
+    ck1 = torch.load(os.path.join(out, "checkpoints", "000001.pt"), weights_only=True)
+    ck2 = torch.load(os.path.join(out, "checkpoints", "000002.pt"), weights_only=True)
+    nets = u.build_networks(4, 1, 32, light=False)
+    for k in u.NET_NAMES:
+        nets[k].load_state_dict(ck1[k])
+    g_optim, d_optim = u.make_optimizers(nets, 1e-4, 1e-4, in_backward=False)  # plain Adam, the paper's update
+    g_optim.load_state_dict(ck1["g_optim"])
+    d_optim.load_state_dict(ck1["d_optim"])
+    for opt in (g_optim, d_optim):
+        for group in opt.param_groups:
+            group["lr"] = u.learning_rate(2, 4, 1e-4)  # the first half of --iter 4: lr 1e-4
+    batches = u.UnpairedData(data, 32, seed=0)
+    real_A, real_B = batches.batch("A", 2, 2), batches.batch("B", 2, 2)
+    before = nets["genA2B"].FC[0].weight.detach().clone()
+
+    losses = u.train_step(nets, g_optim, d_optim, real_A, real_B, WEIGHTS, u.autocast_factory(None, None))
+
+    assert all(np.isfinite(v) for v in losses.values())
+    assert not torch.equal(before, nets["genA2B"].FC[0].weight)  # the weights moved
+    for k in u.NET_NAMES:  # the loop ran recomputation and Adam inside backward: the same numbers
+        for name, value in nets[k].state_dict().items():
+            torch.testing.assert_close(value, ck2[k][name], rtol=1e-5, atol=1e-7, msg=f"{k}.{name}")
+    row = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))][1]
+    assert row["step"] == 2 and row["d_loss"] == pytest.approx(losses["d_loss"], rel=1e-5)
