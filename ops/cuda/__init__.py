@@ -1,9 +1,18 @@
-"""Lazy JIT build of calm-gan's CUDA kernels (upfirdn2d.cu, bias_act.cu, with their .cpp bindings).
+"""Lazy JIT build of calm-gan's CUDA kernels (upfirdn2d.cu, bias_act.cu, with their .cpp bindings),
+and the gate that decides, per process, whether they are used at all.
 
 Nothing is compiled at import: `load_extension(name)` builds `name` with
 torch.utils.cpp_extension.load the first time a CUDA tensor needs it (cached by torch under
 TORCH_EXTENSIONS_DIR, so later runs only load the .so). If CUDA is missing or the build fails, it
 warns once and returns None, and the callers use the PyTorch reference from then on.
+
+`kernel(name, x)` is what the ops call: the compiled module for tensor x, or None for the reference.
+The process-wide mode (`set_ops`, the scripts' `--ops` flag) decides:
+- "auto" (default): on first use in a process each kernel is compared with its PyTorch reference on
+  a small random input, forward and gradient (the check each op module registers with
+  `register_self_check`). If they differ beyond tolerance: one warning, and the reference is used
+  for the rest of the run. A kernel that is wrong never trains silently.
+- "cuda": the kernels without the check (benchmarks); "ref": the PyTorch references everywhere.
 """
 import os
 import warnings
@@ -41,3 +50,70 @@ def load_extension(name):
                               f"using the PyTorch reference instead", RuntimeWarning, stacklevel=3)
         _cache[name] = module
     return _cache[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Which implementation runs: --ops {auto,cuda,ref} and the self-check on first use
+
+OPS_MODES = ("auto", "cuda", "ref")
+KERNEL_DEVICES = {"cuda"}  # tensors on these device types may use a compiled kernel
+_mode = "auto"
+_checks = {}   # name -> fn(ext, device) -> None if the kernel agrees with the reference, else a reason
+_verdict = {}  # name -> True (kernel checked and used) / False (differs: reference from now on)
+
+
+def set_ops(mode):
+    """Process-wide: 'auto' (kernels, each checked against its reference on first use), 'cuda'
+    (kernels, unchecked) or 'ref' (the PyTorch references everywhere)."""
+    global _mode
+    if mode not in OPS_MODES:
+        raise ValueError(f"ops mode must be one of {', '.join(OPS_MODES)}, got {mode!r}")
+    _mode = mode
+
+
+def get_ops():
+    return _mode
+
+
+def register_self_check(name, fn):
+    """fn(ext, device) compares kernel `name` (module ext) with the reference on `device`."""
+    _checks[name] = fn
+
+
+def kernel(name, x):
+    """The compiled module to use for tensor x, or None: use the PyTorch reference."""
+    if _mode == "ref" or x.device.type not in KERNEL_DEVICES:
+        return None
+    ext = load_extension(name)
+    if ext is None or _mode == "cuda" or name not in _checks:
+        return ext
+    if name not in _verdict:
+        _verdict[name] = True  # the check itself runs the kernel
+        try:  # first use may come under no_grad, inference_mode or autocast: the check needs none
+            with torch.inference_mode(False), torch.enable_grad(), \
+                    torch.autocast(x.device.type, enabled=False):
+                problem = _checks[name](ext, x.device)
+        except Exception as e:  # a kernel that crashes is as wrong as one that miscomputes
+            problem = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        if problem is not None:
+            _verdict[name] = False
+            warnings.warn(f"ops: the '{name}' CUDA kernel differs from its PyTorch reference ({problem}); "
+                          f"using the reference for the rest of this run", RuntimeWarning, stacklevel=3)
+    return ext if _verdict[name] else None
+
+
+def self_check_results():
+    """{name: True/False} for the kernels checked so far in this process."""
+    return dict(_verdict)
+
+
+def compare(name, got, want, rtol=1e-4, atol=1e-4):
+    """None if every pair of tensors agrees (|got - want| <= atol + rtol |want|), else a reason."""
+    for label, a, b in zip(("output", "gradient", "bias gradient"), got, want):
+        a, b = a.detach().cpu().double(), b.detach().cpu().double()
+        if a.shape != b.shape:
+            return f"{label} shape {tuple(a.shape)}, reference {tuple(b.shape)}"
+        err = (a - b).abs() - rtol * b.abs()
+        if not torch.isfinite(a).all() or err.max().item() > atol:
+            return f"{label}: max abs difference {(a - b).abs().max().item():.3g}"
+    return None
