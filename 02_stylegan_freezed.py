@@ -87,6 +87,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ops.device import DEVICE_HELP, resolve_device
+
 try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
     from ops import fid as fid_ops
 except ImportError:
@@ -899,7 +901,7 @@ def train(args):
         print(json.dumps(vars(cfg), indent=1))
         return None
     os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     max_step = size_to_step(cfg.size)
@@ -1149,7 +1151,7 @@ def _check_size(args, ckpt, path):
 @torch.no_grad()
 def generate(args):
     """One PNG per seed, `seed0000.png`, ..., from the EMA generator at --size."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
@@ -1174,7 +1176,7 @@ def mix(args):
     the --rows images (source B). Then three bands of rows: each cell takes the styles of blocks
     coarse (4-8 px), middle (16-32 px) or fine (64 px and up) from its row's B and all other styles
     from its column's A. One shared noise draw for every cell."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
@@ -1253,7 +1255,7 @@ def build_parser():
     t.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--device", default=None, help=DEVICE_HELP)
     t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
     t.add_argument("--sample-every", type=int, default=1000)
     t.add_argument("--log-every", type=int, default=10)
@@ -1272,7 +1274,7 @@ def build_parser():
         s.add_argument("--truncation", type=float, default=1.0, help="psi in W (rosinality generate.py: 0.7)")
         s.add_argument("--noise-mode", choices=["random", "none"], default="random",
                        help="random: noise seeded per image; none: zero noise")
-        s.add_argument("--device", default=None)
+        s.add_argument("--device", default=None, help=DEVICE_HELP)
 
     gen = sub.add_parser("generate", help="one PNG per seed")
     sampling_flags(gen)

@@ -50,6 +50,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from ops import OPS_HELP, OPS_MODES, set_ops
+from ops.device import DEVICE_HELP, resolve_device
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -554,7 +557,8 @@ def build_parser():
 
     def common(sp):
         sp.add_argument("--ckpt", required=True, help="generator checkpoint (02 or 03 loadable)")
-        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        sp.add_argument("--device", default="auto", help=DEVICE_HELP)
+        sp.add_argument("--ops", choices=OPS_MODES, default="auto", help="StyleGAN2's " + OPS_HELP)
         sp.add_argument("--size", type=int, default=None,
                         help="StyleGAN v1 only: resolution to run at (default: the trained one, else 256)")
 
@@ -607,6 +611,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.device = str(resolve_device(args.device))
+    set_ops(args.ops)
     t0 = time.time()
     {"ganspace": run_directions, "sefa": run_directions, "edit": run_edit, "mix": run_mix,
      "ui": run_ui}[args.cmd](args)

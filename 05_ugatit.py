@@ -70,6 +70,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from PIL import Image
 
+from ops import OPS_HELP, OPS_MODES, set_ops
+from ops.device import DEVICE_HELP, resolve_device
+
 # ----------------------------------------------------------------------------------------------
 # Constants (paper / reference defaults)
 # ----------------------------------------------------------------------------------------------
@@ -781,7 +784,7 @@ def train(args):
     """Train U-GAT-IT on DIR/trainA <-> DIR/trainB; writes RUN/checkpoint.pt, RUN/samples/, RUN/log.txt."""
     from tqdm import tqdm
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
     if args.img_size % 4 or args.img_size < MIN_SIZE:
@@ -938,7 +941,7 @@ def save_png(img, path):
 @torch.no_grad()
 def test(args):
     """Translate every image of --input (resized to S, [-1, 1]) and write PNGs with the same names."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     g, size = load_generator(args.ckpt, args.direction, args.img_size, device)
     if not os.path.isdir(args.input):
         raise InputError(f"{args.input}: input folder not found")
@@ -978,7 +981,8 @@ def chain(args):
     consecutive seeds, spherical interpolation in z).
     """
     import importlib
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    set_ops(getattr(args, "ops", None) or "auto")
     root = os.path.dirname(os.path.abspath(__file__))
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -1053,7 +1057,7 @@ def build_parser():
     t.add_argument("--log-every", type=int, default=100)
     t.add_argument("--sample-every", type=int, default=1000, help="sample sheets every N steps (1000)")
     t.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (1000)")
-    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--device", default=None, help=DEVICE_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=train)
 
@@ -1063,7 +1067,7 @@ def build_parser():
     s.add_argument("--out", required=True, help="output folder (same names, .png)")
     s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
     s.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's size")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help=DEVICE_HELP)
     s.set_defaults(func=test)
 
     c = sub.add_parser("chain", help="StyleGAN2 faces -> U-GAT-IT A2B, frames and a latent-walk GIF")
@@ -1075,7 +1079,8 @@ def build_parser():
     c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
     c.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration")
     c.add_argument("--out", required=True)
-    c.add_argument("--device", default=None)
+    c.add_argument("--device", default=None, help=DEVICE_HELP)
+    c.add_argument("--ops", choices=OPS_MODES, default="auto", help="StyleGAN2's " + OPS_HELP)
     c.set_defaults(func=chain)
     return p
 
