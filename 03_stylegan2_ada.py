@@ -1609,8 +1609,9 @@ class AdaptiveP:
         """
         if iteration % self.interval != 0 or self._count == 0:
             return self.p
-        total = torch.as_tensor(self._sum, dtype=torch.float64).reshape(1)
-        stats = torch.cat([total, torch.tensor([float(self._count)], dtype=torch.float64, device=total.device)])
+        # float32 holds these integer counts exactly (below 2**24) and exists on every device (MPS has no float64)
+        total = torch.as_tensor(self._sum, dtype=torch.float32).reshape(1)
+        stats = torch.cat([total, torch.tensor([float(self._count)], dtype=torch.float32, device=total.device)])
         if dist.is_available() and dist.is_initialized():
             if dist.get_backend() == "nccl" and stats.device.type != "cuda":
                 stats = stats.cuda()

@@ -212,7 +212,7 @@ def ganspace(mapping, style_dim, n_samples=1_000_000, components=80, batch=10_00
         while done < n_samples:
             b = min(batch, n_samples - done)
             z = torch.from_numpy(rng.standard_normal((b, style_dim))).float().to(device)
-            w = mapping(z).double().cpu()                 # [b, style_dim]
+            w = mapping(z).cpu().double()                 # [b, style_dim]; float64 on the CPU (MPS has none)
             total += w.sum(0)
             outer += w.T @ w
             done += b
@@ -224,7 +224,7 @@ def ganspace(mapping, style_dim, n_samples=1_000_000, components=80, batch=10_00
     directions = canonical_sign(vectors[:, order].T.contiguous())
     # spread of fresh samples along each unit direction (GANSpace's lat_stdev)
     z = torch.from_numpy(np.random.RandomState(seed + 1).standard_normal((STDEV_SAMPLES, style_dim)))
-    proj = mapping(z.float().to(device)).double().cpu() @ directions.T
+    proj = mapping(z.float().to(device)).cpu().double() @ directions.T
     return {"directions": directions.float(), "values": values[order].float(), "method": "ganspace",
             "mean": mean.float(), "stdev": proj.std(0).float(), "n_samples": n_samples}
 
@@ -232,7 +232,8 @@ def ganspace(mapping, style_dim, n_samples=1_000_000, components=80, batch=10_00
 def sefa(weights):
     """SeFa (Eq. 5): A = stacked style-affine weights [sum C_in, dim], each row scaled to unit norm
     (genforce/sefa normalisation); directions = eigenvectors of A^T A by descending eigenvalue."""
-    a = torch.cat([w.double() / w.double().norm(dim=1, keepdim=True) for w in weights], dim=0)
+    weights = [w.detach().cpu().double() for w in weights]  # float64 on the CPU (MPS has none)
+    a = torch.cat([w / w.norm(dim=1, keepdim=True) for w in weights], dim=0)
     values, vectors = np.linalg.eigh((a.T @ a).numpy())    # symmetric: real, ascending
     order = np.argsort(values)[::-1].copy()
     directions = canonical_sign(torch.from_numpy(vectors[:, order].T.copy()))
