@@ -303,3 +303,19 @@ def test_ugatit_train_test_and_chain_on_the_device(monkeypatch, tmp_path):
                  "--out", str(tmp_path / "chain"), "--device", STAND_IN])
         no_violations(dev)
     assert len(os.listdir(tmp_path / "test")) == 2 and os.path.isfile(tmp_path / "chain" / "walk.gif")
+
+
+def test_carn_upscaling_and_the_fid_command_on_the_device(monkeypatch, tmp_path, capsys):
+    prep = load_script("01_prepare_data")
+    fid = pytest.importorskip("ops.fid")
+    weights = str(tmp_path / "carn.pt")
+    torch.save({"1." + k: v.half() for k, v in prep.CARNV2().state_dict().items()}, weights)  # released layout
+    a, b = make_images(tmp_path / "a", 3, 16, 1), make_images(tmp_path / "b", 3, 16, 2)
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 256, (12, 12, 3), dtype=np.uint8))
+    with StandInDevice(monkeypatch) as dev:
+        model = prep.load_carn(weights, prep.pick_device(STAND_IN))
+        out = prep.carn_upscale(model, img, 24, tile=0)
+        fid.main([a, b, "--inception", "random", "--dims", "64", "--kid", "--kid-subset-size", "3",
+                  "--num-workers", "0", "--device", STAND_IN])
+        no_violations(dev)
+    assert out.size == (24, 24) and "FID:" in capsys.readouterr().out
