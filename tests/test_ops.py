@@ -492,6 +492,21 @@ def test_cuda_fused_leaky_relu_matches_reference(shape, dtype, tol):
 
 
 @requires_cuda
+def test_cuda_kernels_pass_their_self_check(monkeypatch):
+    """The check that guards every run (--ops auto) passes on this GPU, silently, and the kernels
+    are then used (the autograd node is the kernel's Function)."""
+    monkeypatch.setattr(ops.cuda, "_verdict", {})
+    monkeypatch.setattr(ops.cuda, "_mode", "auto")
+    x = torch.randn(2, 3, 8, 8, device="cuda", requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = upfirdn2d(x, make_kernel([1, 3, 3, 1]).cuda(), up=2, pad=(2, 1))
+        z = fused_leaky_relu(y, torch.zeros(3, device="cuda"))
+    assert ops.cuda.self_check_results() == {"upfirdn2d": True, "bias_act": True}
+    assert "UpFirDn2d" in type(y.grad_fn).__name__ and "FusedLeakyReLU" in type(z.grad_fn).__name__
+
+
+@requires_cuda
 def test_cuda_fused_leaky_relu_gradcheck_and_gradgradcheck():
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device="cuda")
     x = (x + 0.1 * torch.sign(x)).requires_grad_()
