@@ -50,6 +50,8 @@ Run
     python 02_stylegan_freezed.py train ... --ckpt FILE --lambda-l2-g 1.0 --lambda-l2-d 1.0
     # resume (restores networks, EMA, optimizers, data order, RNG and step)
     python 02_stylegan_freezed.py train --resume runs/freezed --iter 50000
+    # bf16 autocast for the G and D forwards (about 2x on Ampere/Hopper GPUs; weights stay fp32)
+    python 02_stylegan_freezed.py train --data DIR --out runs/freezed --ckpt FILE --preset freezed --precision bf16
     # progressive training from scratch (rosinality train.py, FFHQ recipe)
     python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/scratch --mixing --loss r1 --sched
     # sampling and the style-mixing figure (paper Fig. 3)
@@ -71,6 +73,7 @@ StyledConvBlock -> Generator / StyledGenerator -> ConvBlock / Discriminator -> c
 data -> losses and regularizers -> FreezeD freezing -> train(args) -> generate / mix -> CLI.
 """
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -794,6 +797,7 @@ def resolve_train_args(args):
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     cfg.freeze_d = cfg.freeze_d or 0
+    cfg.precision = getattr(cfg, "precision", None) or "fp32"
     cfg.mixing = bool(cfg.mixing)
     cfg.sched = bool(cfg.sched)
     cfg.loss = cfg.loss or ("r1" if cfg.ckpt else "wgan-gp")  # FreezeD finetune.py / rosinality train.py
@@ -831,10 +835,19 @@ def set_lr(opt, lr):
         group["lr"] = lr * group.get("mult", 1)
 
 
+def precision_context(precision, device):
+    """--precision bf16: G and D forwards under bf16 autocast (convolutions and matmuls in bf16, reductions
+    and norms in fp32); weights, optimizer state, EMA, losses and checkpoints stay fp32. fp32: plain."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
     """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
     part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
     batch, device = real.shape[0], real.device
+    amp = precision_context(getattr(cfg, "precision", "fp32"), device)  # logits come back as fp32
     if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
         z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
         z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
@@ -846,10 +859,12 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     set_requires_grad(g, False)
     set_requires_grad(d, True, trainable_d)
     d.zero_grad(set_to_none=True)
-    with torch.no_grad():
+    with torch.no_grad(), amp:
         fake = g(z_d, step=s, alpha=alpha)
     real = real.detach().requires_grad_(cfg.loss == "r1")
-    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    with amp:
+        real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    real_pred, fake_pred = real_pred.float(), fake_pred.float()
     if cfg.loss == "r1":
         loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), d_r1_penalty(real_pred, real)
     else:
@@ -864,7 +879,9 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     set_requires_grad(g, True)
     set_requires_grad(d, False)
     g.zero_grad(set_to_none=True)
-    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    with amp:
+        fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    fake_pred = fake_pred.float()
     loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
     l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
     (loss_g + cfg.lambda_l2_g * l2_g).backward()
@@ -895,6 +912,7 @@ def train(args):
         cfg.out, cfg.quiet = args.out, args.quiet
         cfg.iter = args.iter if args.iter is not None else cfg.iter
         cfg.device = args.device or cfg.device
+        cfg.precision = args.precision or getattr(cfg, "precision", "fp32")  # a run may switch precision
     else:
         cfg = resolve_train_args(args)
     if getattr(args, "dry_run", False):
@@ -1256,6 +1274,10 @@ def build_parser():
                    help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help=DEVICE_HELP)
+    t.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="fp32 (default: FreezeD's arithmetic) or bf16 autocast for G and D forwards, about "
+                        "2x faster on GPUs with bf16 tensor cores (Ampere, Hopper; slower on CPU); weights, "
+                        "optimizer, EMA and checkpoints stay fp32, so runs resume in either precision")
     t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
     t.add_argument("--sample-every", type=int, default=1000)
     t.add_argument("--log-every", type=int, default=10)
