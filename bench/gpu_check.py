@@ -21,7 +21,8 @@ the whole run stops starting new cases when --budget seconds are spent. Cases, i
 - sg2-generate: G inference img/s, 256 px config-f, batch 16 (bench_stylegan2.bench_generator).
 - ugatit-*: 05's training step at 128 px, full, batch 4 (the seed's setting), without and with --amp
   (bench_ugatit.py --worker): s/iter and peak memory, and whether it fits the seed's 11 GB card.
-- sg1: 02's training step at 256 px, batch 8 (bench_stylegan_v1.py): s/iter, img/s, peak memory.
+- sg1-*: 02's training step at 256 px, batch 8 (bench_stylegan_v1.py), fp32 and --precision bf16:
+  s/iter, img/s, peak memory.
 - fid: Inception pool3 features img/s (random weights; batches of 50 uint8 images at 256 px).
 Without a CUDA device it prints this plan and exits 0, so CI never depends on a GPU.
 """
@@ -55,7 +56,7 @@ def smoke_settings():
     SG2.update(size=32, channel_multiplier=1, batch=4, iters=4, log_every=1, images=8,
                arch=["--channel-max", "16", "--style-dim", "16", "--n-mlp", "2", "--num-workers", "0"])
     UGATIT = ["full:64:2", "--ch", "4", "--n-res", "1"]
-    SG1 = ["--batch", "2", "--size", "16", "--freeze-d", "2"]
+    SG1 = ["--batch", "2", "--size", "8", "--freeze-d", "1"]
     FID_BATCH, DEVICE = (4, 32), "cpu"
 
 
@@ -125,9 +126,11 @@ def plan(work, precisions):
                                                               "--warmup", "2"] + (["--amp", amp] if amp else [])
         cases.append((f"ugatit-{'fp32' if amp is None else 'amp-' + amp}", 120,
                       f"05 at 128 px full, batch 4: python {' '.join(ub)}", me + ["ugatit", "--"] + ub))
-    v1 = ["bench/bench_stylegan_v1.py", "--device", DEVICE] + SG1 + ["--iters", "5", "--warmup", "2",
-                                                                     "--out", os.path.join(work, "sg1")]
-    cases.append(("sg1", 120, f"02 at 256 px, batch 8: python {' '.join(v1)}", me + ["sg1", "--"] + v1))
+    for precision in ("fp32", "bf16"):
+        v1 = ["bench/bench_stylegan_v1.py", "--device", DEVICE] + SG1 + [
+            "--iters", "5", "--warmup", "2", "--precision", precision, "--out", os.path.join(work, "sg1")]
+        cases.append((f"sg1-{precision}", 120, f"02 at 256 px, batch 8, {precision}: python {' '.join(v1)}",
+                      me + ["sg1", "--"] + v1))
     cases.append(("fid", 90, "Inception features, batches of 50 uint8 images at 256 px", me + ["fid"]))
     cases += [sg2("sg2-fp32-ref", "fp32, TF32 off, --ops ref", "fp32", "ref", False),
               sg2("sg2-tf32-ref", "fp32, TF32 on, --ops ref", "fp32", "ref", True),
@@ -237,7 +240,8 @@ def case_sg1(args, rest):
     bench = load("bench_stylegan_v1", "bench/bench_stylegan_v1.py")
     bench.main(rest[1:])
     out = rest[rest.index("--out") + 1]
-    with open(os.path.join(out, f"stylegan_v1_{DEVICE}.json")) as f:
+    bf16 = rest[rest.index("--precision") + 1] == "bf16"
+    with open(os.path.join(out, f"stylegan_v1_{DEVICE}{'_bf16' if bf16 else ''}.json")) as f:
         r = json.load(f)
     s = min(r["train_s_per_iter"])
     peak = r["peak_mem_mb"] / 1024 if "peak_mem_mb" in r else None

@@ -11,7 +11,7 @@ from conftest import load_script
 gc = load_script("bench/gpu_check")
 
 EXPECTED = ["build", "cuda-tests", "sg2-fp32", "sg2-tf32", "sg2-bf16", "sg2-fp16", "sg2-generate", "ugatit-fp32",
-            "ugatit-amp-bf16", "ugatit-amp-fp16", "sg1", "fid", "sg2-fp32-ref", "sg2-tf32-ref", "sg2-bf16-ref",
+            "ugatit-amp-bf16", "ugatit-amp-fp16", "sg1-fp32", "sg1-bf16", "fid", "sg2-fp32-ref", "sg2-tf32-ref", "sg2-bf16-ref",
             "sg2-fp16-ref"]
 
 
@@ -24,8 +24,8 @@ def test_without_a_gpu_it_lists_every_case_and_runs_nothing(tmp_path, capsys, mo
     listed = [line.split()[0] for line in text.splitlines()[1:]]
     assert listed == EXPECTED
     assert not out.exists()  # nothing measured, nothing written
-    assert gc.main(["--dry-run", "--only", "fid,sg1", "--out", str(out)]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["sg1", "fid"]
+    assert gc.main(["--dry-run", "--only", "fid,sg1-bf16", "--out", str(out)]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["sg1-bf16", "fid"]
     with pytest.raises(SystemExit, match="--only sg3: no such case"):
         gc.main(["--dry-run", "--only", "sg3"])
 
