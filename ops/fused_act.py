@@ -124,19 +124,20 @@ def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
     return _FusedLeakyReLU.apply(x, bias, float(negative_slope), float(scale))
 
 
-def _self_check(ext, device):
-    """The fused path (forward, x- and bias-gradients) on `device` against `fused_leaky_relu_ref`
-    in float64 on the CPU, on a small random input. None if they agree, else the difference."""
+def _self_check(ext, device, dtype):
+    """The fused path (forward, x- and bias-gradients) on `device` in `dtype` against
+    `fused_leaky_relu_ref` in float64 on the CPU, on a small random input. None if they agree,
+    else the difference."""
     gen = torch.Generator().manual_seed(0)
-    x, b, g = (torch.randn(2, 5, 4, 3, generator=gen), torch.randn(5, generator=gen),
-               torch.randn(2, 5, 4, 3, generator=gen))
+    x, b, g = (torch.randn(2, 5, 4, 3, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype),
+               torch.randn(2, 5, 4, 3, generator=gen).to(dtype))  # both sides get these rounded values
     xr, br = x.double().requires_grad_(), b.double().requires_grad_()
     want = fused_leaky_relu_ref(xr, br, 0.2, 2 ** 0.5)
     want_grads = torch.autograd.grad(want, (xr, br), g.double())
     xd, bd = x.to(device).requires_grad_(), b.to(device).requires_grad_()
     got = _FusedLeakyReLU.apply(xd, bd, 0.2, 2 ** 0.5)
     got_grads = torch.autograd.grad(got, (xd, bd), g.to(device))
-    return cuda.compare("bias_act", (got, *got_grads), (want, *want_grads))
+    return cuda.compare(dtype, (got, *got_grads), (want, *want_grads))
 
 
 cuda.register_self_check("bias_act", _self_check)

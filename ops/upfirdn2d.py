@@ -193,24 +193,24 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
     return _upfirdn2d_ref(x, kernel, *args)
 
 
-def _self_check(ext, device):
-    """The kernel path (forward and x-gradient through _UpFirDn2d) on `device` against the
-    reference in float64 on the CPU, on small random inputs with non-symmetric kernels and uneven
-    pads (a flipped kernel or a wrong pad shows). None if they agree, else the difference."""
+def _self_check(ext, device, dtype):
+    """The kernel path (forward and x-gradient through _UpFirDn2d) on `device` in `dtype` against
+    the reference in float64 on the CPU, on small random inputs with non-symmetric kernels and
+    uneven pads (a flipped kernel or a wrong pad shows). None if they agree, else the difference."""
     gen = torch.Generator().manual_seed(0)
     for up, down, pad, kshape in (((2, 2), (1, 1), (2, 1, 1, 2), (4, 3)),
                                   ((1, 1), (2, 2), (1, 2, 2, 0), (3, 4))):
-        x = torch.randn(2, 3, 9, 8, generator=gen)
-        k = torch.randn(*kshape, generator=gen)
+        x = torch.randn(2, 3, 9, 8, generator=gen).to(dtype)  # both sides get these rounded values
+        k = torch.randn(*kshape, generator=gen).to(dtype)
         args = _parse(x, k, up, down, pad)
         xr = x.double().requires_grad_()
         want = _upfirdn2d_ref(xr, k.double(), *args)
-        g = torch.randn(want.shape, generator=gen)
+        g = torch.randn(want.shape, generator=gen).to(dtype)
         want_grad, = torch.autograd.grad(want, xr, g.double())
         xd = x.to(device).requires_grad_()
         got = _UpFirDn2d.apply(xd, k.to(device), *args)
         got_grad, = torch.autograd.grad(got, xd, g.to(device))
-        problem = cuda.compare("upfirdn2d", (got, got_grad), (want, want_grad))
+        problem = cuda.compare(dtype, (got, got_grad), (want, want_grad))
         if problem is not None:
             return f"up={up}, down={down}, pad={pad}: {problem}"
     return None

@@ -313,16 +313,17 @@ class FakeUpFirDn2dKernel:
     """Stands in for the compiled upfirdn2d module; `flip=True` is a classic kernel bug (the FIR
     kernel applied as a correlation, i.e. not flipped), visible with a non-symmetric kernel."""
 
-    def __init__(self, flip=False, crash=False):
-        self.flip, self.crash, self.calls = flip, crash, 0
+    def __init__(self, flip=False, crash=False, flip_only=None):
+        self.flip, self.crash, self.flip_only, self.calls = flip, crash, flip_only, 0
 
     def upfirdn2d(self, x, k, ux, uy, dx, dy, x0, x1, y0, y1):
         self.calls += 1
         if self.crash:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         # the right answer by the literal definition (scipy), or with the kernel unflipped
-        k = torch.flip(k, [0, 1]) if self.flip else k
-        out = scipy_upfirdn2d(x.detach().numpy(), k.numpy(), (ux, uy), (dx, dy), (x0, x1, y0, y1))
+        if self.flip or x.dtype == self.flip_only:
+            k = torch.flip(k, [0, 1])
+        out = scipy_upfirdn2d(x.detach().double().numpy(), k.double().numpy(), (ux, uy), (dx, dy), (x0, x1, y0, y1))
         return torch.from_numpy(out).to(x.dtype)
 
 
@@ -368,7 +369,7 @@ def test_correct_kernel_passes_its_self_check_and_is_used(cpu_kernels):
         warnings.simplefilter("error")
         got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
     checks = fake.calls  # the self-check ran the kernel (forward and backward) ...
-    assert checks >= 4 and ops.cuda.self_check_results() == {"upfirdn2d": True}
+    assert checks >= 4 and ops.cuda.self_check_results() == {"upfirdn2d/float32": True}
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
     upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
     assert fake.calls == checks + 1  # ... and every later call uses it, without a new check
@@ -387,8 +388,25 @@ def test_wrong_kernel_warns_once_and_the_reference_takes_over(cpu_kernels):
         x.requires_grad_()
         got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
         got.sum().backward()
-    assert fake.calls == calls and ops.cuda.self_check_results() == {"upfirdn2d": False}
+    assert fake.calls == calls and ops.cuda.self_check_results() == {"upfirdn2d/float32": False}
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_each_dtype_is_checked_on_its_first_use(cpu_kernels):
+    fake = FakeUpFirDn2dKernel(flip_only=torch.bfloat16)  # right in fp32 and fp16, wrong in bf16
+    cpu_kernels({"upfirdn2d": fake})
+    x, k, want = upfirdn2d_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+        half = upfirdn2d(x.half(), k.half(), up=2, pad=(2, 1, 1, 2))
+    with pytest.warns(RuntimeWarning, match="differs from its PyTorch reference in torch.bfloat16"):
+        bf = upfirdn2d(x.bfloat16(), k.bfloat16(), up=2, pad=(2, 1, 1, 2))
+    assert ops.cuda.self_check_results() == {"upfirdn2d/float32": True, "upfirdn2d/float16": True,
+                                             "upfirdn2d/bfloat16": False}
+    # fp16 came from the (right) kernel, bf16 from the reference: both near the scipy answer
+    np.testing.assert_allclose(half.float().numpy(), want, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(bf.float().numpy(), want, rtol=3e-2, atol=1e-1)
 
 
 def test_crashing_kernel_counts_as_wrong(cpu_kernels):
@@ -407,7 +425,7 @@ def test_bias_act_self_check_covers_the_gradient(cpu_kernels):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(fused_leaky_relu(x, b).numpy(), want, rtol=1e-5, atol=1e-5)
-    assert good.calls >= 3 and ops.cuda.self_check_results() == {"bias_act": True}
+    assert good.calls >= 3 and ops.cuda.self_check_results() == {"bias_act/float32": True}
     # the wrong gradient pass gives the right forward: only the gradient comparison can catch it
     ops.cuda._verdict.clear()
     cpu_kernels({"bias_act": bad})
@@ -502,7 +520,13 @@ def test_cuda_kernels_pass_their_self_check(monkeypatch):
         warnings.simplefilter("error")
         y = upfirdn2d(x, make_kernel([1, 3, 3, 1]).cuda(), up=2, pad=(2, 1))
         z = fused_leaky_relu(y, torch.zeros(3, device="cuda"))
-    assert ops.cuda.self_check_results() == {"upfirdn2d": True, "bias_act": True}
+    assert ops.cuda.self_check_results() == {"upfirdn2d/float32": True, "bias_act/float32": True}
+    with warnings.catch_warnings():  # the half-precision kernels pass their own checks too
+        warnings.simplefilter("error")
+        for dtype in (torch.bfloat16, torch.float16):
+            fused_leaky_relu(upfirdn2d(x.to(dtype), make_kernel([1, 3, 3, 1]).cuda(), up=2, pad=(2, 1)),
+                             torch.zeros(3, device="cuda"))
+    assert all(ops.cuda.self_check_results().values()) and len(ops.cuda.self_check_results()) == 6
     assert "UpFirDn2d" in type(y.grad_fn).__name__ and "FusedLeakyReLU" in type(z.grad_fn).__name__
 
 
