@@ -207,10 +207,14 @@ def case_sg2(args, rest):
     peak = peak_gib(torch)
     shutil.rmtree(out, ignore_errors=True)
     hours = s_kimg * HEADLINE_KIMG / 3600
+    # what the run ended with (03 may set TF32 itself for a precision)
+    tf32 = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    note = f"480 kimg: {hours:.2f} h; kernels {ops.cuda.self_check_results() or 'not used'}"
+    if set(tf32.values()) != {bool(args.tf32)}:
+        note += f"; TF32 at the end: {tf32}"
     return {"figure": f"{s_kimg:.2f} s/kimg", "s_per_kimg": s_kimg, "img_per_s": rate, "peak_gib": peak,
-            "headline_hours": hours, "wall_s": wall, "tf32": bool(args.tf32), "ops": ops.get_ops(),
-            "kernel_self_check": ops.cuda.self_check_results(),
-            "note": f"480 kimg: {hours:.2f} h; kernels {ops.cuda.self_check_results() or 'not used'}"}
+            "headline_hours": hours, "wall_s": wall, "tf32": bool(args.tf32), "tf32_at_end": tf32,
+            "ops": ops.get_ops(), "kernel_self_check": ops.cuda.self_check_results(), "note": note}
 
 
 def case_sg2_generate(args, rest):

@@ -8,7 +8,7 @@
 - `set_ops`: every script's `--ops {auto,cuda,ref}`.
 
 Each op has a pure-PyTorch reference (used on CPU) and a CUDA kernel built on first use and
-checked against the reference once per process (ops/cuda/__init__.py).
+checked against the reference on first use in a process, per dtype (ops/cuda/__init__.py).
 """
 from .cuda import OPS_MODES, get_ops, set_ops
 from .device import resolve_device

@@ -234,6 +234,7 @@ def no_violations(dev):
     assert dev.violations == [], "on a real device these would fail:\n" + "\n".join(dict.fromkeys(dev.violations))
 
 
+@pytest.mark.filterwarnings("ignore:fewer images than")  # 4 images: FID is only run, not judged
 def test_stylegan2_train_generate_and_latent_explore_on_the_device(monkeypatch, tmp_path):
     sg2, lx = load_script("03_stylegan2_ada"), load_script("04_latent_explore")
     data = make_images(tmp_path / "data", 4, 16)
@@ -305,6 +306,7 @@ def test_ugatit_train_test_and_chain_on_the_device(monkeypatch, tmp_path):
     assert len(os.listdir(tmp_path / "test")) == 2 and os.path.isfile(tmp_path / "chain" / "walk.gif")
 
 
+@pytest.mark.filterwarnings("ignore:fewer images than")
 def test_carn_upscaling_and_the_fid_command_on_the_device(monkeypatch, tmp_path, capsys):
     prep = load_script("01_prepare_data")
     fid = pytest.importorskip("ops.fid")
