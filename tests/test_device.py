@@ -5,12 +5,14 @@ torch.device("mps") is accepted everywhere, and a tensor "on the device" is a CP
 storage is tagged. Two modes do the bookkeeping:
 - a TorchFunctionMode sees every call with a device argument: `mps` is rewritten to the CPU and
   the results are tagged as device tensors; a copy to the CPU (`.cpu()`, `.to("cpu")`) gets a fresh,
-  untagged storage, as it would from a real device;
+  untagged storage, as it would from a real device; `x.device` of a device tensor says `mps`;
 - a TorchDispatchMode sees every aten op, including those autograd runs in backward: a result
   computed from device tensors is a device tensor.
-What a real MPS device refuses becomes a recorded violation: a float64 device tensor (created,
-moved or computed), `.numpy()` on a device tensor, a CPU random generator drawing device tensors,
-and an op that mixes device tensors with CPU tensors of more than one element.
+What a real MPS device refuses becomes a recorded violation (with the script line): a float64
+device tensor (created, moved or computed), `.numpy()` on a device tensor, a CPU random generator
+drawing device tensors, and forward code that mixes device tensors with CPU tensors of more than
+one element (CPU integer indices are allowed, as on real devices; in backward autograd makes some
+zeros from options the stand-in cannot see, so mixing is not judged there).
 The scripts themselves run unchanged, through their command lines, with `--device mps`.
 """
 import os
