@@ -82,6 +82,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
+from ops.device import DEVICE_HELP, resolve_device
 
 # ---------------------------------------------------------------------------------------------
 # 1. Constants
@@ -992,9 +993,7 @@ def parse_color(text):
 
 
 def pick_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return str(resolve_device(name))  # auto: cuda, then mps, then cpu
 
 
 def prepare(args):
@@ -1532,7 +1531,7 @@ def build_parser():
     q.add_argument("--sr-weights", default=None, help="CARN_model_checkpoint.pt (yu45020/Waifu2x)")
     q.add_argument("--sr-tile", type=int, default=64, help="CARN tile side on CPU (Waifu2x README: 64)")
     q.add_argument("--sr-overlap", type=int, default=3, help="CARN tile overlap (Waifu2x: 3)")
-    q.add_argument("--device", default="auto", help="CARN device: auto, cpu, cuda, cuda:1 ...")
+    q.add_argument("--device", default="auto", help="CARN device: " + DEVICE_HELP)
     q.add_argument("--min-size", type=int, default=0, help="drop boxes whose longer side is under N px")
     q.add_argument("--dedupe", action="store_true", help="drop near-duplicate crops (perceptual hash)")
     q.add_argument("--dedupe-bits", type=int, default=4,

@@ -57,6 +57,8 @@ Run
     python 02_stylegan_freezed.py train ... --ckpt FILE --lambda-l2-g 1.0 --lambda-l2-d 1.0
     # resume (restores networks, EMA, optimizers, data order, RNG and step)
     python 02_stylegan_freezed.py train --resume runs/freezed --iter 50000
+    # bf16 autocast for the G and D forwards (about 2x on Ampere/Hopper GPUs; weights stay fp32)
+    python 02_stylegan_freezed.py train --data DIR --out runs/freezed --ckpt FILE --preset freezed --precision bf16
     # progressive training from scratch (rosinality train.py, FFHQ recipe)
     python 02_stylegan_freezed.py train --data DIR --size 256 --out runs/scratch --mixing --loss r1 --sched
     # sampling and the style-mixing figure (paper Fig. 3)
@@ -90,6 +92,7 @@ Map of this file, in reading order (the method above the plumbing line):
     plumbing       checkpoint I/O, data (ImageFolder, BatchSampler), run folder, train, generate, mix, CLI
 """
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -109,6 +112,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
+from ops.device import DEVICE_HELP, resolve_device
 
 try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
     from ops import fid as fid_ops
@@ -598,10 +602,19 @@ def accumulate(ema, model, decay=EMA_DECAY):
 # ----------------------------------------------------------------------------------------------
 # One training iteration
 # ----------------------------------------------------------------------------------------------
+def precision_context(precision, device):
+    """--precision bf16: G and D forwards under bf16 autocast (convolutions and matmuls in bf16, reductions
+    and norms in fp32); weights, optimizer state, EMA, losses and checkpoints stay fp32. fp32: plain."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
     """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
     part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
     batch, device = real.shape[0], real.device
+    amp = precision_context(getattr(cfg, "precision", "fp32"), device)  # logits come back as fp32
     if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
         z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
         z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
@@ -613,10 +626,12 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     set_requires_grad(g, False)
     set_requires_grad(d, True, trainable_d)
     d.zero_grad(set_to_none=True)
-    with torch.no_grad():
+    with torch.no_grad(), amp:
         fake = g(z_d, step=s, alpha=alpha)
     real = real.detach().requires_grad_(cfg.loss == "r1")
-    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    with amp:
+        real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
+    real_pred, fake_pred = real_pred.float(), fake_pred.float()
     if cfg.loss == "r1":
         loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), R1_GAMMA / 2 * d_r1_penalty(real_pred, real)
     else:
@@ -631,7 +646,9 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     set_requires_grad(g, True)
     set_requires_grad(d, False)
     g.zero_grad(set_to_none=True)
-    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    with amp:
+        fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
+    fake_pred = fake_pred.float()
     loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
     l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
     (loss_g + cfg.lambda_l2_g * l2_g).backward()
@@ -1065,6 +1082,7 @@ def resolve_train_args(args):
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     cfg.freeze_d = cfg.freeze_d or 0
+    cfg.precision = getattr(cfg, "precision", None) or "fp32"
     cfg.mixing = bool(cfg.mixing)
     cfg.sched = bool(cfg.sched)
     cfg.loss = cfg.loss or ("r1" if cfg.ckpt else "wgan-gp")  # FreezeD finetune.py / rosinality train.py
@@ -1108,6 +1126,7 @@ def resume_settings(args, stored):
     cfg.quiet = args.quiet
     cfg.iter = args.iter if args.iter is not None else cfg.iter
     cfg.device = args.device or cfg.device
+    cfg.precision = args.precision or getattr(cfg, "precision", None) or "fp32"  # a run may switch precision
     cfg.keep = args.keep if args.keep is not None else getattr(cfg, "keep", KEEP_CHECKPOINTS)
     return cfg
 
@@ -1143,7 +1162,7 @@ def train(args):
     if getattr(args, "dry_run", False):
         print(json.dumps(vars(cfg), indent=1))
         return None
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     max_step = size_to_step(cfg.size)
@@ -1398,7 +1417,7 @@ def _check_size(args, ckpt, path):
 @torch.no_grad()
 def generate(args):
     """One PNG per seed, `seed0000.png`, ..., from the EMA generator at --size."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
@@ -1423,7 +1442,7 @@ def mix(args):
     the --rows images (source B). Then three bands of rows: each cell takes the styles of blocks
     coarse (4-8 px), middle (16-32 px) or fine (64 px and up) from its row's B and all other styles
     from its column's A. One shared noise draw for every cell."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
@@ -1504,7 +1523,11 @@ def build_parser():
     t.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--device", default=None, help=DEVICE_HELP)
+    t.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="fp32 (default: FreezeD's arithmetic) or bf16 autocast for G and D forwards, about "
+                        "2x faster on GPUs with bf16 tensor cores (Ampere, Hopper; slower on CPU); weights, "
+                        "optimizer, EMA and checkpoints stay fp32, so runs resume in either precision")
     t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
     t.add_argument("--sample-every", type=int, default=1000)
     t.add_argument("--log-every", type=int, default=10)
@@ -1526,7 +1549,7 @@ def build_parser():
         s.add_argument("--truncation", type=float, default=1.0, help="psi in W (rosinality generate.py: 0.7)")
         s.add_argument("--noise-mode", choices=["random", "none"], default="random",
                        help="random: noise seeded per image; none: zero noise")
-        s.add_argument("--device", default=None)
+        s.add_argument("--device", default=None, help=DEVICE_HELP)
 
     gen = sub.add_parser("generate", help="one PNG per seed")
     sampling_flags(gen)

@@ -2740,16 +2740,9 @@ def cut_run_logs(run, step):
 
 # ---- train(args) -----------------------------------------------------------------------------
 def parse_device(flag):
-    """--device value -> torch.device (None: cuda if available); a one-line SystemExit if unusable."""
-    if flag is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(flag)
-    except RuntimeError:
-        raise SystemExit(f"error: --device {flag}: not a device name (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {flag}: CUDA is not available on this machine")
-    return device
+    """--device value -> torch.device (None or auto: cuda, then mps, then cpu); a one-line SystemExit
+    if unusable."""
+    return ops.resolve_device(flag)
 
 
 def mean_over_processes(t):
@@ -2891,6 +2884,7 @@ def train(args):
     Each iteration: D step, R1 every d_reg_every, G step, path length every g_reg_every, G_ema; then
     ADA p, log, sample grid, FID, checkpoint. Returns the resolved settings (Namespace).
     """
+    ops.set_ops(getattr(args, "ops", None) or "auto")
     if getattr(args, "dry_run", False):  # settings only: no device, no process group
         return _train(args, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), None)
     rank, world, device = _setup_distributed(getattr(args, "device", None))
@@ -3213,7 +3207,8 @@ def add_train_args(parser):
     g.add_argument("--batch", type=int, metavar="N", help=f"total batch over all processes "
                                                           f"(default {D['batch']})")
     g.add_argument("--seed", type=int, help=f"random seed (default {D['seed']})")
-    g.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    g.add_argument("--device", help=ops.device.DEVICE_HELP)
+    g.add_argument("--ops", choices=ops.OPS_MODES, help=ops.OPS_HELP)
     g.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     g.add_argument("--batch-gpu", type=int, metavar="N",
                    help="images per forward/backward pass; gradients are accumulated to --batch, with the "
@@ -3319,6 +3314,7 @@ def parse_seeds(text):
 @torch.no_grad()
 def generate(args):
     """Write seed{s:04d}.png for each seed; z = RandomState(s).randn(1, style_dim) (NVlabs convention)."""
+    ops.set_ops(getattr(args, "ops", None) or "auto")
     device = parse_device(args.device)
     g, latent_avg = load_generator(args.ckpt, device=device)
     set_precision(g, getattr(args, "precision", None) or default_precision(device))
@@ -3367,8 +3363,8 @@ def build_parser():
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
                    help="const = stored noise maps (NVlabs default), random, none = zeros (default const)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--device", default="auto", help=ops.device.DEVICE_HELP)
+    p.add_argument("--ops", choices=ops.OPS_MODES, default="auto", help=ops.OPS_HELP)
     p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.set_defaults(func=generate)
     return parser

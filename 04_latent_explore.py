@@ -90,6 +90,8 @@ from torch import nn
 from tqdm import tqdm
 
 import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
+from ops import OPS_HELP, OPS_MODES, set_ops
+from ops.device import DEVICE_HELP, resolve_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
@@ -285,7 +287,7 @@ def ganspace(mapping, style_dim, n_samples=1_000_000, components=80, batch=10_00
         while done < n_samples:
             b = min(batch, n_samples - done)
             z = torch.from_numpy(rng.standard_normal((b, style_dim))).float().to(device)
-            w = mapping(z).double().cpu()                 # [b, style_dim]
+            w = mapping(z).cpu().double()                 # [b, style_dim]; float64 on the CPU (MPS has none)
             total += w.sum(0)
             outer += w.T @ w
             done += b
@@ -297,7 +299,7 @@ def ganspace(mapping, style_dim, n_samples=1_000_000, components=80, batch=10_00
     directions = canonical_sign(vectors[:, order].T.contiguous())
     # spread of fresh samples along each unit direction (GANSpace's lat_stdev)
     z = torch.from_numpy(np.random.RandomState(seed + 1).standard_normal((STDEV_SAMPLES, style_dim)))
-    proj = mapping(z.float().to(device)).double().cpu() @ directions.T
+    proj = mapping(z.float().to(device)).cpu().double() @ directions.T
     return {"directions": directions.float(), "values": values[order].float(), "method": "ganspace",
             "mean": mean.float(), "stdev": proj.std(0).float(), "n_samples": n_samples}
 
@@ -305,7 +307,8 @@ def ganspace(mapping, style_dim, n_samples=1_000_000, components=80, batch=10_00
 def sefa(weights):
     """SeFa (Eq. 5): A = stacked style-affine weights [sum C_in, dim], each row scaled to unit norm
     (genforce/sefa normalisation); directions = eigenvectors of A^T A by descending eigenvalue."""
-    a = torch.cat([w.double() / w.double().norm(dim=1, keepdim=True) for w in weights], dim=0)
+    weights = [w.detach().cpu().double() for w in weights]  # float64 on the CPU (MPS has none)
+    a = torch.cat([w / w.norm(dim=1, keepdim=True) for w in weights], dim=0)
     values, vectors = np.linalg.eigh((a.T @ a).numpy())    # symmetric: real, ascending
     order = np.argsort(values)[::-1].copy()
     directions = canonical_sign(torch.from_numpy(vectors[:, order].T.copy()))
@@ -1310,8 +1313,8 @@ def build_parser():
 
     def common(sp):
         sp.add_argument("--ckpt", required=True, help="generator checkpoint (02 or 03 loadable)")
-        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+        sp.add_argument("--device", default="auto", help=DEVICE_HELP)
+        sp.add_argument("--ops", choices=OPS_MODES, default="auto", help="StyleGAN2's " + OPS_HELP)
         sp.add_argument("--size", type=int, default=None,
                         help="StyleGAN v1 only: resolution to run at (default: the trained one, else 256)")
 
@@ -1411,6 +1414,8 @@ def user_errors():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.device = str(resolve_device(args.device))
+    set_ops(args.ops)
     t0 = time.time()
     run = {"ganspace": run_directions, "sefa": run_directions, "project": run_project, "edit": run_edit,
            "mix": run_mix, "ui": run_ui}[args.cmd]

@@ -96,6 +96,8 @@ import torch.utils.checkpoint
 from PIL import Image
 
 import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
+from ops import OPS_HELP, OPS_MODES, set_ops
+from ops.device import DEVICE_HELP, resolve_device
 
 # ----------------------------------------------------------------------------------------------
 # Settings: constants of the paper and its reference code (znxlwm/UGATIT-pytorch)
@@ -1076,7 +1078,7 @@ def train(args):
         if os.path.isdir(args.out) and os.listdir(args.out):
             raise InputError(f"{args.out}: run folder exists and is not empty; continue it with "
                              f"--resume {args.out} or choose another --out")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
     if args.img_size % 4 or args.img_size < MIN_SIZE:
@@ -1227,7 +1229,7 @@ def save_png(img, path):
 @torch.no_grad()
 def test(args):
     """Translate every image of --input (resized to S, [-1, 1]) and write PNGs with the same names."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     g, size = load_generator(args.ckpt, args.direction, args.img_size, device)
     if not os.path.isdir(args.input):
         raise InputError(f"{args.input}: input folder not found")
@@ -1272,7 +1274,8 @@ def chain(args):
     consecutive seeds, spherical interpolation in z).
     """
     import importlib
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    set_ops(getattr(args, "ops", None) or "auto")
     root = os.path.dirname(os.path.abspath(__file__))
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -1351,7 +1354,7 @@ def build_parser():
     t.add_argument("--sample-every", type=int, default=1000, help="sample sheets every N steps (1000)")
     t.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (1000)")
     t.add_argument("--keep", type=int, default=3, help="newest checkpoints kept in RUN/checkpoints (3)")
-    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--device", default=None, help=DEVICE_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=train)
 
@@ -1361,7 +1364,7 @@ def build_parser():
     s.add_argument("--out", required=True, help="output folder (same names, .png)")
     s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
     s.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's size")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help=DEVICE_HELP)
     s.set_defaults(func=test)
 
     c = sub.add_parser("chain", help="StyleGAN2 faces -> U-GAT-IT A2B, frames and a latent-walk GIF")
@@ -1373,7 +1376,8 @@ def build_parser():
     c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
     c.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration")
     c.add_argument("--out", required=True)
-    c.add_argument("--device", default=None)
+    c.add_argument("--device", default=None, help=DEVICE_HELP)
+    c.add_argument("--ops", choices=OPS_MODES, default="auto", help="StyleGAN2's " + OPS_HELP)
     c.set_defaults(func=chain)
     return p
 

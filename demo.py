@@ -30,6 +30,8 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from ops.device import DEVICE_HELP, resolve_device
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # Settings: (full demo, --smoke). Iterations are multiplied by --scale.
@@ -149,7 +151,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
     p.add_argument("--smoke", action="store_true", help="smallest setting (used by the test suite)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--faces", type=int, default=None)
     p.add_argument("--size", type=int, default=None, help="StyleGAN image size (power of two)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's iterations")
@@ -158,6 +160,7 @@ def main(argv=None):
 
     cfg = dict(PRESET["smoke" if args.smoke else "full"])
     cfg.update({k: v for k, v in (("faces", args.faces), ("size", args.size)) if v is not None})
+    args.device = str(resolve_device(args.device))  # resolved once: every stage runs on the same device
     cfg["device"] = args.device
     it = lambda k: max(2, int(cfg[k] * args.scale))  # noqa: E731
     inception, real_fid = inception_choice(args.inception)

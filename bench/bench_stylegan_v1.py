@@ -59,6 +59,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="02's --precision")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = p.parse_args(argv)
     if args.threads:
@@ -73,7 +74,8 @@ def main(argv=None):
     g_opt = torch.optim.Adam(g.generator.parameters(), lr=0.002, betas=(0.0, 0.99))
     g_opt.add_param_group({"params": g.style.parameters(), "lr": 0.002 * m.MAPPING_LR_MULT})
     d_opt = torch.optim.Adam(d.parameters(), lr=0.002, betas=(0.0, 0.99))
-    cfg = argparse.Namespace(mixing=True, loss="r1", lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0, fm_blocks=4)
+    cfg = argparse.Namespace(mixing=True, loss="r1", lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0, fm_blocks=4,
+                             precision=args.precision)
     trainable = m.freezed_trainable(d, step, args.freeze_d)
     real = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
 
@@ -89,7 +91,7 @@ def main(argv=None):
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "size": args.size,
-        "batch": args.batch, "freeze_d": args.freeze_d,
+        "batch": args.batch, "freeze_d": args.freeze_d, "precision": args.precision,
         "g_params": sum(p.numel() for p in g.parameters()), "d_params": sum(p.numel() for p in d.parameters()),
         "d_trainable_params": sum(p.numel() for n, p in d.named_parameters() if n in trainable),
         "train_s_per_iter": train_times, "train_img_per_s": args.batch / min(train_times),
@@ -100,7 +102,7 @@ def main(argv=None):
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     print(json.dumps(result, indent=1))
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"stylegan_v1_{device.type}.json")
+    path = os.path.join(args.out, f"stylegan_v1_{device.type}{'_bf16' if args.precision == 'bf16' else ''}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")

@@ -30,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_ugatit():
+    if ROOT not in sys.path:  # 05 imports ops/
+        sys.path.insert(0, ROOT)
     spec = importlib.util.spec_from_file_location("ugatit_05", os.path.join(ROOT, "05_ugatit.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,8 +4,11 @@
   `blur`, `upsample2d`, `downsample2d` helpers.
 - `ops.fused_act`: bias + leaky ReLU + gain, fused.
 - `ops.fid`: Frechet Inception Distance exactly as pytorch-fid computes it.
+- `resolve_device`: every script's `--device auto` (cuda, then mps, then cpu).
+- `set_ops`: every script's `--ops {auto,cuda,ref}`.
 
-Each op has a pure-PyTorch reference (used on CPU) and a CUDA kernel built on first use.
+Each op has a pure-PyTorch reference (used on CPU) and a CUDA kernel built on first use and
+checked against the reference on first use in a process, per dtype (ops/cuda/__init__.py).
 Small shared rules live here too: which files are images (`image_files`), decompression bombs as
 errors (`pil_bombs_are_errors`), atomic temp files with the user's umask (`chmod_like_open`).
 
@@ -35,6 +38,9 @@ def check_torch_version(version=None):
 
 
 check_torch_version()
+
+from .cuda import OPS_MODES, get_ops, set_ops  # noqa: E402  (after the version check)
+from .device import resolve_device  # noqa: E402
 
 # One image-file rule for every script and for FID, so that what D trains on is what FID reads:
 # pytorch-fid's extensions in any letter case, files directly in the folder, hidden files ignored.
@@ -96,9 +102,14 @@ def image_files(folder, exclude=()):
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n not in exclude)
     warn_left_out(folder, [n for n in names if not is_image_file(n)])
     return [os.path.join(folder, n) for n in names if is_image_file(n)]
+
+
 from .fused_act import FusedLeakyReLU, fused_leaky_relu
 from .upfirdn2d import blur, downsample2d, make_kernel, upfirdn2d, upsample2d
 
+OPS_HELP = ("CUDA kernels: auto = use them after a check against the PyTorch reference on first use "
+            "(default), cuda = unchecked, ref = the PyTorch reference everywhere")
+
 __all__ = ["upfirdn2d", "make_kernel", "blur", "upsample2d", "downsample2d",
            "fused_leaky_relu", "FusedLeakyReLU", "IMAGE_EXTENSIONS", "is_image_file", "image_files",
-           "check_torch_version"]
+           "check_torch_version", "resolve_device", "set_ops", "get_ops", "OPS_MODES"]

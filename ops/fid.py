@@ -63,6 +63,7 @@ from torchvision.models.inception import (BasicConv2d, Inception3, InceptionA, I
                                           InceptionB, InceptionC, InceptionD, InceptionE)
 
 import ops
+from .device import DEVICE_HELP, resolve_device
 
 # ----------------------------------------------------------------------------------------------
 # Constants
@@ -1153,8 +1154,7 @@ def _common_args(p):
                    help=f"weights file ({FID_WEIGHTS_NAME}); default: torch hub cache, else "
                         f"download; 'random' for smoke tests only (not comparable)")
     p.add_argument("--batch-size", type=int, default=50, help="batch size (pytorch-fid: 50)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--num-workers", type=int, default=None,
                    help=f"decoding workers (default here: {default_num_workers()})")
     p.add_argument("--dims", type=int, default=2048, choices=DIMS_CHOICES,
@@ -1306,9 +1306,10 @@ def nearest_cmd(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["nearest"]:
-            return nearest_cmd(build_nearest_parser().parse_args(argv[1:]))
-        return fid(build_parser().parse_args(argv))
+        nearest_mode = argv[:1] == ["nearest"]
+        args = build_nearest_parser().parse_args(argv[1:]) if nearest_mode else build_parser().parse_args(argv)
+        args.device = str(resolve_device(args.device))  # auto: cuda, then mps, then cpu
+        return nearest_cmd(args) if nearest_mode else fid(args)
     except (ValueError, InceptionWeightsMissing) as e:
         raise SystemExit(f"ops.fid: error: {e}") from None
 

@@ -10,7 +10,8 @@ only `out`. Its backward is
 using the sign of the saved output (out > 0 exactly where x + b > 0), through a second Function
 whose own backward applies the same mask, so second-order gradients (R1, path length) work; the
 mask is piecewise constant, so it contributes no gradient of its own. On CUDA both passes run the
-compiled kernel ops/cuda/bias_act.cu, on other devices PyTorch ops. `fused_leaky_relu_ref` is the
+compiled kernel ops/cuda/bias_act.cu (checked once against the reference on first use, see
+ops/cuda/__init__.py), on other devices PyTorch ops. `fused_leaky_relu_ref` is the
 plain, differentiable-to-any-order formulation and the spec.
 """
 import numbers
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cuda import load_extension
+from . import cuda
 
 
 def _check(x, bias, negative_slope, scale):
@@ -53,12 +54,11 @@ def fused_leaky_relu_ref(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
 
 def _act(x, bias, slope, scale):
     """lrelu(x + b, slope) * scale, no autograd."""
-    if x.is_cuda:
-        ext = load_extension("bias_act")
-        if ext is not None:
-            empty = x.new_empty(0)
-            return ext.bias_act(x.contiguous(), empty if bias is None else bias.contiguous(),
-                                empty, float(slope), float(scale))
+    ext = cuda.kernel("bias_act", x)
+    if ext is not None:
+        empty = x.new_empty(0)
+        return ext.bias_act(x.contiguous(), empty if bias is None else bias.contiguous(),
+                            empty, float(slope), float(scale))
     if bias is None:
         y = x * scale
     else:  # scale * b + scale * x in one pass
@@ -68,11 +68,10 @@ def _act(x, bias, slope, scale):
 
 def _act_grad(grad, out, slope, scale):
     """grad * (scale if out > 0 else slope * scale), no autograd."""
-    if grad.is_cuda:
-        ext = load_extension("bias_act")
-        if ext is not None:
-            return ext.bias_act(grad.contiguous(), grad.new_empty(0), out.contiguous(),
-                                float(slope), float(scale))
+    ext = cuda.kernel("bias_act", grad)
+    if ext is not None:
+        return ext.bias_act(grad.contiguous(), grad.new_empty(0), out.contiguous(),
+                            float(slope), float(scale))
     # leaky_relu_backward with self_is_result=True masks by the sign of the saved output
     return torch.ops.aten.leaky_relu_backward(grad, out, slope, True).mul_(scale)
 
@@ -123,6 +122,25 @@ def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
     if bias is not None:
         bias = bias.to(x.dtype)
     return _FusedLeakyReLU.apply(x, bias, float(negative_slope), float(scale))
+
+
+def _self_check(ext, device, dtype):
+    """The fused path (forward, x- and bias-gradients) on `device` in `dtype` against
+    `fused_leaky_relu_ref` in float64 on the CPU, on a small random input. None if they agree,
+    else the difference."""
+    gen = torch.Generator().manual_seed(0)
+    x, b, g = (torch.randn(2, 5, 4, 3, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype),
+               torch.randn(2, 5, 4, 3, generator=gen).to(dtype))  # both sides get these rounded values
+    xr, br = x.double().requires_grad_(), b.double().requires_grad_()
+    want = fused_leaky_relu_ref(xr, br, 0.2, 2 ** 0.5)
+    want_grads = torch.autograd.grad(want, (xr, br), g.double())
+    xd, bd = x.to(device).requires_grad_(), b.to(device).requires_grad_()
+    got = _FusedLeakyReLU.apply(xd, bd, 0.2, 2 ** 0.5)
+    got_grads = torch.autograd.grad(got, (xd, bd), g.to(device))
+    return cuda.compare(dtype, (got, *got_grads), (want, *want_grads))
+
+
+cuda.register_self_check("bias_act", _self_check)
 
 
 class FusedLeakyReLU(nn.Module):

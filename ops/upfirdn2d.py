@@ -16,7 +16,8 @@ Two implementations with the same result:
   builds the zero-inserted image: step 1 + 3 is one depthwise transposed convolution (stride = up,
   groups = C), steps 3 + 4 one depthwise strided convolution; the symmetric part of the padding
   goes into the convolution's own `padding`. Differentiable to any order through autograd.
-- a CUDA kernel (ops/cuda/upfirdn2d.cu), built on first CUDA use. Its backward is upfirdn2d again,
+- a CUDA kernel (ops/cuda/upfirdn2d.cu), built on first CUDA use and then checked once against the
+  reference (`_self_check`; see ops/cuda/__init__.py for `--ops` and the fallback). Its backward is upfirdn2d again,
   with up and down swapped, the kernel flipped and the pads g0 = k - p0 - 1,
   g1 = size * up - out * down + p0 - up + 1 per axis (as rosinality's UpFirDn2dBackward and NVlabs'
   _upfirdn2d_cuda), through the same autograd Function, so second-order gradients (R1, path
@@ -30,7 +31,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from .cuda import load_extension
+from . import cuda
 
 # ----------------------------------------------------------------------------------------------
 # Argument checks
@@ -154,7 +155,7 @@ class _UpFirDn2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, ux, uy, dx, dy, x0, x1, y0, y1):
-        ext = load_extension("upfirdn2d") if x.is_cuda else None
+        ext = cuda.kernel("upfirdn2d", x)
         if ext is not None:
             out = ext.upfirdn2d(x.contiguous(), kernel.contiguous(), ux, uy, dx, dy, x0, x1, y0, y1)
         else:
@@ -183,12 +184,39 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
 
     up, down: int or (x, y) factors; pad: (p0, p1) for both axes or (x0, x1, y0, y1), negative
     entries crop. The kernel is flipped (true convolution). CUDA tensors use the compiled kernel
-    (unless the kernel itself needs a gradient); everything else uses `upfirdn2d_ref`.
+    (unless the kernel itself needs a gradient, or `--ops ref`, or it failed its self-check);
+    everything else uses `upfirdn2d_ref`.
     """
     args = _parse(x, kernel, up, down, pad)
-    if x.is_cuda and not kernel.requires_grad and load_extension("upfirdn2d") is not None:
+    if not kernel.requires_grad and cuda.kernel("upfirdn2d", x) is not None:
         return _UpFirDn2d.apply(x, kernel.to(x.dtype), *args)
     return _upfirdn2d_ref(x, kernel, *args)
+
+
+def _self_check(ext, device, dtype):
+    """The kernel path (forward and x-gradient through _UpFirDn2d) on `device` in `dtype` against
+    the reference in float64 on the CPU, on small random inputs with non-symmetric kernels and
+    uneven pads (a flipped kernel or a wrong pad shows). None if they agree, else the difference."""
+    gen = torch.Generator().manual_seed(0)
+    for up, down, pad, kshape in (((2, 2), (1, 1), (2, 1, 1, 2), (4, 3)),
+                                  ((1, 1), (2, 2), (1, 2, 2, 0), (3, 4))):
+        x = torch.randn(2, 3, 9, 8, generator=gen).to(dtype)  # both sides get these rounded values
+        k = torch.randn(*kshape, generator=gen).to(dtype)
+        args = _parse(x, k, up, down, pad)
+        xr = x.double().requires_grad_()
+        want = _upfirdn2d_ref(xr, k.double(), *args)
+        g = torch.randn(want.shape, generator=gen).to(dtype)
+        want_grad, = torch.autograd.grad(want, xr, g.double())
+        xd = x.to(device).requires_grad_()
+        got = _UpFirDn2d.apply(xd, k.to(device), *args)
+        got_grad, = torch.autograd.grad(got, xd, g.to(device))
+        problem = cuda.compare(dtype, (got, got_grad), (want, want_grad))
+        if problem is not None:
+            return f"up={up}, down={down}, pad={pad}: {problem}"
+    return None
+
+
+cuda.register_self_check("upfirdn2d", _self_check)
 
 
 # ----------------------------------------------------------------------------------------------

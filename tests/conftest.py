@@ -46,3 +46,15 @@ def sigint_handled():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# A test that needs a GPU carries the `cuda` marker (`pytest -m cuda` selects them, bench/gpu_check.py
+# runs them); without a GPU it is skipped.
+requires_cuda = pytest.mark.cuda
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

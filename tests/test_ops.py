@@ -313,6 +313,154 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+# Kernels that check themselves (runs on CPU with stand-in "kernels" for CPU tensors)
+
+
+class FakeUpFirDn2dKernel:
+    """Stands in for the compiled upfirdn2d module; `flip=True` is a classic kernel bug (the FIR
+    kernel applied as a correlation, i.e. not flipped), visible with a non-symmetric kernel."""
+
+    def __init__(self, flip=False, crash=False, flip_only=None):
+        self.flip, self.crash, self.flip_only, self.calls = flip, crash, flip_only, 0
+
+    def upfirdn2d(self, x, k, ux, uy, dx, dy, x0, x1, y0, y1):
+        self.calls += 1
+        if self.crash:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        # the right answer by the literal definition (scipy), or with the kernel unflipped
+        if self.flip or x.dtype == self.flip_only:
+            k = torch.flip(k, [0, 1])
+        out = scipy_upfirdn2d(x.detach().double().numpy(), k.double().numpy(), (ux, uy), (dx, dy), (x0, x1, y0, y1))
+        return torch.from_numpy(out).to(x.dtype)
+
+
+class FakeBiasActKernel:
+    """Stands in for the compiled bias_act module (forward when `ref` is empty, else the gradient
+    pass); `wrong_grad=True` forgets the gain on the negative side of the gradient only."""
+
+    def __init__(self, wrong_grad=False):
+        self.wrong_grad, self.calls = wrong_grad, 0
+
+    def bias_act(self, x, b, ref, slope, scale):
+        self.calls += 1
+        if ref.numel() == 0:
+            return torch.from_numpy(numpy_lrelu(x.numpy(), b.numpy() if b.numel() else None, slope, scale))
+        neg = slope if self.wrong_grad else slope * scale
+        return x * torch.where(ref > 0, torch.tensor(scale, dtype=x.dtype), torch.tensor(neg, dtype=x.dtype))
+
+
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+    """Treat CPU tensors as kernel tensors and start with fresh self-check verdicts; returns a
+    function that installs stand-in modules as if they had been compiled."""
+    monkeypatch.setattr(ops.cuda, "KERNEL_DEVICES", {"cpu"})
+    monkeypatch.setattr(ops.cuda, "_verdict", {})
+    monkeypatch.setattr(ops.cuda, "_mode", "auto")
+    cache = {}
+    monkeypatch.setattr(ops.cuda, "_cache", cache)
+    return cache.update
+
+
+def upfirdn2d_case():
+    x = torch.randn(2, 3, 7, 6)
+    k = torch.randn(3, 4)
+    want = scipy_upfirdn2d(x.numpy(), k.numpy(), (2, 2), (1, 1), (2, 1, 1, 2))
+    return x, k, want
+
+
+def test_correct_kernel_passes_its_self_check_and_is_used(cpu_kernels):
+    fake = FakeUpFirDn2dKernel()
+    cpu_kernels({"upfirdn2d": fake})
+    x, k, want = upfirdn2d_case()
+    with warnings.catch_warnings(), torch.inference_mode():  # first use while generating: still checked
+        warnings.simplefilter("error")
+        got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+    checks = fake.calls  # the self-check ran the kernel (forward and backward) ...
+    assert checks >= 4 and ops.cuda.self_check_results() == {"upfirdn2d/float32": True}
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+    assert fake.calls == checks + 1  # ... and every later call uses it, without a new check
+
+
+def test_wrong_kernel_warns_once_and_the_reference_takes_over(cpu_kernels):
+    fake = FakeUpFirDn2dKernel(flip=True)
+    cpu_kernels({"upfirdn2d": fake})
+    x, k, want = upfirdn2d_case()
+    with pytest.warns(RuntimeWarning, match="'upfirdn2d' CUDA kernel differs from its PyTorch reference"):
+        got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)  # the reference's answer
+    calls = fake.calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        x.requires_grad_()
+        got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+        got.sum().backward()
+    assert fake.calls == calls and ops.cuda.self_check_results() == {"upfirdn2d/float32": False}
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_each_dtype_is_checked_on_its_first_use(cpu_kernels):
+    fake = FakeUpFirDn2dKernel(flip_only=torch.bfloat16)  # right in fp32 and fp16, wrong in bf16
+    cpu_kernels({"upfirdn2d": fake})
+    x, k, want = upfirdn2d_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+        half = upfirdn2d(x.half(), k.half(), up=2, pad=(2, 1, 1, 2))
+    with pytest.warns(RuntimeWarning, match="differs from its PyTorch reference in torch.bfloat16"):
+        bf = upfirdn2d(x.bfloat16(), k.bfloat16(), up=2, pad=(2, 1, 1, 2))
+    assert ops.cuda.self_check_results() == {"upfirdn2d/float32": True, "upfirdn2d/float16": True,
+                                             "upfirdn2d/bfloat16": False}
+    # fp16 came from the (right) kernel, bf16 from the reference: both near the scipy answer
+    np.testing.assert_allclose(half.float().numpy(), want, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(bf.float().numpy(), want, rtol=3e-2, atol=1e-1)
+
+
+def test_crashing_kernel_counts_as_wrong(cpu_kernels):
+    cpu_kernels({"upfirdn2d": FakeUpFirDn2dKernel(crash=True)})
+    x, k, want = upfirdn2d_case()
+    with pytest.warns(RuntimeWarning, match="illegal memory access"):
+        got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_act_self_check_covers_the_gradient(cpu_kernels):
+    good, bad = FakeBiasActKernel(), FakeBiasActKernel(wrong_grad=True)
+    x, b = torch.randn(3, 4, 5), torch.randn(4)
+    want = numpy_lrelu(x.numpy(), b.numpy(), 0.2, 2 ** 0.5)
+    cpu_kernels({"bias_act": good})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(fused_leaky_relu(x, b).numpy(), want, rtol=1e-5, atol=1e-5)
+    assert good.calls >= 3 and ops.cuda.self_check_results() == {"bias_act/float32": True}
+    # the wrong gradient pass gives the right forward: only the gradient comparison can catch it
+    ops.cuda._verdict.clear()
+    cpu_kernels({"bias_act": bad})
+    xg = x.clone().requires_grad_()
+    with pytest.warns(RuntimeWarning, match="'bias_act' CUDA kernel differs.*gradient"):
+        out = fused_leaky_relu(xg, b)
+    out.backward(torch.ones_like(out))
+    want_grad = np.where(x.numpy() + b.numpy()[:, None] > 0, 1.0, 0.2) * 2 ** 0.5
+    np.testing.assert_allclose(xg.grad.numpy(), want_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_ops_ref_never_touches_a_kernel_and_ops_cuda_skips_the_check(cpu_kernels):
+    fake = FakeUpFirDn2dKernel(flip=True)
+    cpu_kernels({"upfirdn2d": fake})
+    x, k, want = upfirdn2d_case()
+    ops.set_ops("ref")
+    np.testing.assert_allclose(upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2)).numpy(), want, rtol=1e-5, atol=1e-5)
+    assert fake.calls == 0 and ops.cuda.self_check_results() == {}
+    ops.set_ops("cuda")  # unchecked: the (wrong) kernel runs, which is what makes --ops cuda a benchmark flag
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = upfirdn2d(x, k, up=2, pad=(2, 1, 1, 2))
+    assert fake.calls == 1 and not np.allclose(got.numpy(), want, atol=1e-3)
+    with pytest.raises(ValueError, match="auto, cuda, ref"):
+        ops.set_ops("fast")
+
+
+# ----------------------------------------------------------------------------------------------
 # CUDA kernels vs the reference (GPU only)
 
 
@@ -366,6 +514,27 @@ def test_cuda_fused_leaky_relu_matches_reference(shape, dtype, tol):
     want_grads = torch.autograd.grad(want, (xr, br), g)
     for a, r in zip(got_grads, want_grads):
         torch.testing.assert_close(a.double(), r, rtol=tol, atol=tol * max(1.0, shape[0] ** 0.5))
+
+
+@requires_cuda
+def test_cuda_kernels_pass_their_self_check(monkeypatch):
+    """The check that guards every run (--ops auto) passes on this GPU, silently, and the kernels
+    are then used (the autograd node is the kernel's Function)."""
+    monkeypatch.setattr(ops.cuda, "_verdict", {})
+    monkeypatch.setattr(ops.cuda, "_mode", "auto")
+    x = torch.randn(2, 3, 8, 8, device="cuda", requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = upfirdn2d(x, make_kernel([1, 3, 3, 1]).cuda(), up=2, pad=(2, 1))
+        z = fused_leaky_relu(y, torch.zeros(3, device="cuda"))
+    assert ops.cuda.self_check_results() == {"upfirdn2d/float32": True, "bias_act/float32": True}
+    with warnings.catch_warnings():  # the half-precision kernels pass their own checks too
+        warnings.simplefilter("error")
+        for dtype in (torch.bfloat16, torch.float16):
+            fused_leaky_relu(upfirdn2d(x.to(dtype), make_kernel([1, 3, 3, 1]).cuda(), up=2, pad=(2, 1)),
+                             torch.zeros(3, device="cuda"))
+    assert all(ops.cuda.self_check_results().values()) and len(ops.cuda.self_check_results()) == 6
+    assert "UpFirDn2d" in type(y.grad_fn).__name__ and "FusedLeakyReLU" in type(z.grad_fn).__name__
 
 
 @requires_cuda
