@@ -797,6 +797,9 @@ def test_train_step_called_directly_equals_the_loop(tmp_path):
             assert torch.equal(v, ck2[key][k]), (key, k)
     row = read_log(out)[1]
     assert row["step"] == 2 and row["loss_d"] == stats["loss_d"] and row["loss_g"] == stats["loss_g"]
+
+
+# ----------------------------------------------------------------------------------------------
 # --precision bf16
 # ----------------------------------------------------------------------------------------------
 def test_bf16_forward_stays_close_to_fp32():
