@@ -276,7 +276,7 @@ def test_stylegan_v1_train_generate_and_mix_on_the_device(monkeypatch, tmp_path)
                   "--code-dim", "8", "--init-size", "16", "--iter", "2", "--fid-every", "0",
                   "--sample-every", "1", "--log-every", "1", "--quiet", "--device", STAND_IN])
         no_violations(dev)
-        ckpt = os.path.join(run, "checkpoint.pt")
+        ckpt = run  # the run folder: its newest checkpoint
         sg1.main(["generate", "--ckpt", ckpt, "--size", "16", "--seeds", "1-2", "--truncation", "0.7",
                   "--out", str(tmp_path / "gen"), "--device", STAND_IN])
         sg1.main(["mix", "--ckpt", ckpt, "--size", "16", "--rows", "1", "--cols", "2-3",
@@ -299,7 +299,7 @@ def test_ugatit_train_test_and_chain_on_the_device(monkeypatch, tmp_path):
                  "--n-res", "1", "--batch", "2", "--iter", "2", "--sample-every", "1", "--save-every", "1",
                  "--amp", "bf16", "--quiet", "--device", STAND_IN])
         no_violations(dev)
-        ckpt = os.path.join(run, "checkpoint.pt")
+        ckpt = run  # the run folder: its newest checkpoint
         ug.main(["test", "--ckpt", ckpt, "--input", str(tmp_path / "data" / "testA"), "--out",
                  str(tmp_path / "test"), "--device", STAND_IN])
         ug.main(["chain", "--ugatit", ckpt, "--stylegan", face, "--seeds", "1", "2", "--walk", "2",
