@@ -610,6 +610,11 @@ def precision_context(precision, device):
     return contextlib.nullcontext()
 
 
+def full_precision(t):
+    """Logits out of a bf16 autocast forward back to fp32 for the losses (fp32/fp64 pass unchanged)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
     """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
     part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
@@ -631,7 +636,7 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     real = real.detach().requires_grad_(cfg.loss == "r1")
     with amp:
         real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
-    real_pred, fake_pred = real_pred.float(), fake_pred.float()
+    real_pred, fake_pred = full_precision(real_pred), full_precision(fake_pred)
     if cfg.loss == "r1":
         loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), R1_GAMMA / 2 * d_r1_penalty(real_pred, real)
     else:
@@ -648,7 +653,7 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
     g.zero_grad(set_to_none=True)
     with amp:
         fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
-    fake_pred = fake_pred.float()
+    fake_pred = full_precision(fake_pred)
     loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
     l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
     (loss_g + cfg.lambda_l2_g * l2_g).backward()
