@@ -975,6 +975,23 @@ def open_resume(path, out, load):
     return run, None, None
 
 
+def read_run_settings(run, needed):
+    """RUN/settings.json as a dict, for a run stopped before its first checkpoint. One line when the
+    file does not read or is another script's (it lacks one of the `needed` keys): a run folder of
+    another script is never trained into, nor its log cut."""
+    path = os.path.join(run, "settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{path}: cannot read the run's settings ({str(e).splitlines()[0]})") from None
+    missing = [k for k in needed if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ResumeError(f"{path}: not the settings of a run of this script (no {missing[0]!r}); "
+                          f"--resume takes a run folder that this script wrote")
+    return saved
+
+
 def cut_run_logs(run, step):
     """On resume from `step`: drop what a killed run logged after its checkpoint (lines of
     RUN/log.jsonl and rows of RUN/fid.csv with a larger step; fid.png is redrawn), so that the
@@ -1131,8 +1148,7 @@ def train(args):
         if resume is not None:
             cfg = resume_settings(args, resume["args"])
         else:
-            with open(os.path.join(run, "settings.json")) as f:
-                cfg = resume_settings(args, json.load(f))
+            cfg = resume_settings(args, read_run_settings(run, ("code_dim", "init_size")))
             restart = True
         cfg.out = run
     else:
