@@ -1165,13 +1165,6 @@ def train(args):
     max_step = size_to_step(cfg.size)
     data = ImageFolder(cfg.data, cfg.size)  # bad data fails here, before the run folder is made
     finetune = cfg.ckpt is not None
-    for sub in ("samples", "checkpoints"):
-        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
-        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
-            json.dump(vars(cfg), f, indent=1)
-    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
-        cut_run_logs(cfg.out, int(resume["step"]) if resume is not None else -1)
 
     # --- networks: from the source checkpoint, from our own run checkpoint, or new ---
     g_source = d_source = None
@@ -1238,6 +1231,15 @@ def train(args):
             torch.cuda.set_rng_state(rng["cuda"], device)
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
         print(f"resumed {ckpt_file} at step {it}", file=sys.stderr)
+
+    # the run folder, once the data, the checkpoints and the settings have all been read
+    for sub in ("samples", "checkpoints"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
+        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
+            json.dump(vars(cfg), f, indent=1)
+    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
+        cut_run_logs(cfg.out, int(resume["step"]) if resume is not None else -1)
 
     def checkpoint():
         state = {"generator": g.state_dict(), "discriminator": d.state_dict(),

@@ -65,3 +65,22 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     modes = {os.path.relpath(f, tmp_path): stat.S_IMODE(os.stat(f).st_mode) for f in files}
     assert modes == {k: want for k in modes}
     assert torch.load(tmp_path / "run" / "000001.pt", weights_only=True) == {"step": 1}
+
+
+def test_02_with_a_wrong_start_checkpoint_leaves_no_run_folder(tmp_path):
+    """A --ckpt that is not a StyleGAN v1 checkpoint is one line, and --out is not created: the same
+    command with the right file must not meet "run folder exists, continue it with --resume"."""
+    import torch
+    sg1 = load_script("02_stylegan_freezed")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 90 * i, np.uint8)).save(data / f"{i}.png")
+    wrong = tmp_path / "stylegan2.pt"  # the top-level keys of a 03 / rosinality StyleGAN2 file
+    torch.save({"g": {}, "d": {}, "g_ema": {}}, wrong)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as e:
+        sg1.main(["train", "--data", str(data), "--size", "16", "--out", str(out), "--ckpt", str(wrong),
+                  "--iter", "1", "--quiet", "--device", "cpu"])
+    assert str(wrong) in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert not out.exists()
