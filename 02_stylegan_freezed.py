@@ -1571,6 +1571,10 @@ def main(argv=None):
         if __name__ == "__main__":
             sys.exit(f"error: {e}")
         raise
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an --out that is a file, a folder without write permission ...
+        if __name__ == "__main__":
+            sys.exit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}")
+        raise
 
 
 if __name__ == "__main__":

@@ -3396,6 +3396,8 @@ def main(argv=None):
         return args.func(args)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an --out that is a file, a folder without write permission ...
+        raise SystemExit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -1401,6 +1401,9 @@ def main(argv=None):
         return args.func(args)
     except InputError as e:
         raise SystemExit(f"05_ugatit.py {args.command}: error: {e}") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an --out that is a file, a folder without write permission ...
+        raise SystemExit(f"05_ugatit.py {args.command}: error: "
+                         + (f"{e.filename}: {e.strerror}" if e.filename else str(e))) from None
 
 
 if __name__ == "__main__":

@@ -84,3 +84,25 @@ def test_02_with_a_wrong_start_checkpoint_leaves_no_run_folder(tmp_path):
                   "--iter", "1", "--quiet", "--device", "cpu"])
     assert str(wrong) in str(e.value) and len(str(e.value).splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["02_stylegan_freezed", "03_stylegan2_ada", "05_ugatit"])
+def test_an_out_that_is_a_file_is_one_line_and_the_file_stays(name, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    data = tmp_path / "data"
+    for sub in ("", "trainA", "trainB"):  # 02 and 03 read data/, 05 data/trainA and data/trainB
+        (data / sub).mkdir(exist_ok=True)
+        for i in range(2):
+            Image.fromarray(np.full((16, 16, 3), 90 * i, np.uint8)).save(data / sub / f"{i}.png")
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    size = ["--img-size", "32", "--ch", "4", "--n-res", "1"] if name == "05_ugatit" else ["--size", "16"]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, name + ".py"), "train", "--data", str(data),
+                           "--out", str(out), *size, "--batch", "2", "--iter", "1", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and str(out) in last and "Not a directory" in last, proc.stderr
+    assert out.read_text() == "mine"
