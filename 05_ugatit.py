@@ -1247,18 +1247,23 @@ def test(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g, size = load_generator(args.ckpt, args.direction, args.img_size, device)
     if not os.path.isdir(args.input):
-        raise InputError(f"{args.input}: input folder not found")
+        raise InputError(f"{args.input}: " + ("a file; --input takes a folder of images" if os.path.exists(args.input)
+                                              else "input folder not found"))
     paths = list_images(args.input)
     if not paths:
         raise InputError(f"{args.input}: no images")
+    # the output names (same name, .png), checked before anything is written: never over an input image
+    dsts = [os.path.join(args.out, os.path.splitext(os.path.relpath(p, args.input))[0] + ".png") for p in paths]
+    inputs = {os.path.realpath(p) for p in paths}
+    clash = next((d for d in dsts if os.path.realpath(d) in inputs), None)
+    if clash is not None:
+        raise InputError(f"--out {args.out}: would overwrite the input image {clash}; choose another folder")
     written = []
-    for p in paths:
+    for p, dst in zip(paths, dsts):
         img = read_image(p, size)
         if img is None:
             continue
         out, _, _ = g(to_float(img)[None].to(device))
-        rel = os.path.splitext(os.path.relpath(p, args.input))[0] + ".png"
-        dst = os.path.join(args.out, rel)
         save_png(out[0], dst)
         written.append(dst)
     print(f"wrote {len(written)} images to {args.out}")

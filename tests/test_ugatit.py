@@ -542,6 +542,21 @@ def test_test_command_writes_one_png_per_input(tmp_path):
         u.main(["test", "--ckpt", path, "--input", str(src), "--out", str(tmp_path / "o2"), "--img-size", "128"])
 
 
+def test_test_command_never_writes_over_its_inputs(tmp_path):
+    nets = tiny_nets(light=False)
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({k: v.state_dict() for k, v in nets.items()}, path)
+    src = tmp_path / "photos"
+    make_domain(str(src), 2, 5, size=50)
+    before = {n: (src / n).read_bytes() for n in os.listdir(src)}
+    for out in (src, tmp_path / "." / "photos"):  # the same folder, spelled two ways
+        with pytest.raises(SystemExit, match="would overwrite the input image"):
+            u.main(["test", "--ckpt", path, "--input", str(src), "--out", str(out), "--device", "cpu"])
+    assert {n: (src / n).read_bytes() for n in os.listdir(src)} == before
+    with pytest.raises(SystemExit, match="a file; --input takes a folder"):
+        u.main(["test", "--ckpt", path, "--input", str(src / "im0.png"), "--out", str(tmp_path / "o"),
+                "--device", "cpu"])
+
 def test_data_errors(tmp_path):
     root = tmp_path / "d"
     make_domain(str(root / "trainA"), 1, 0)
