@@ -1098,8 +1098,11 @@ def train(args):
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
     if args.img_size % 4 or args.img_size < MIN_SIZE:
         raise InputError(f"--img-size {args.img_size}: must be a multiple of 4 and at least {MIN_SIZE}")
-    if args.keep < 1:
-        raise InputError(f"--keep {args.keep}: must be at least 1")
+    for flag in ("batch", "keep", "ch"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.iter < 0:
+        raise InputError(f"--iter {args.iter}: must be at least 0")
     data = UnpairedData(args.data, args.img_size, seed=args.seed)
 
     torch.manual_seed(args.seed)

@@ -570,6 +570,17 @@ def test_data_errors(tmp_path):
         u.main(["test", "--ckpt", str(tmp_path / "none.pt"), "--input", str(root), "--out", str(tmp_path / "o")])
 
 
+
+@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--keep", "0"), ("--ch", "0"), ("--iter", "-1")])
+def test_counts_below_their_minimum_are_one_line_and_make_no_run_folder(tmp_path, flag, value):
+    data = make_data(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"{flag} {value}: must be at least"):
+        u.main(["train", "--data", data, "--out", str(out), "--img-size", "32", "--device", "cpu", "--quiet",
+                "--iter", "1", flag, value])
+    assert not out.exists()
+
+
 def test_unpaired_batches_are_reproducible_and_cover_epoch(tmp_path):
     data = u.UnpairedData(make_data(str(tmp_path / "data")), 32, seed=3)
     a1, a2 = data.batch("A", 5, 2), u.UnpairedData(str(tmp_path / "data"), 32, seed=3).batch("A", 5, 2)
