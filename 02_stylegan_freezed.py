@@ -1156,6 +1156,8 @@ def train(args):
         if os.path.isdir(cfg.out) and os.listdir(cfg.out):
             raise ValueError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                              f"--resume {cfg.out} or choose another --out")
+    if cfg.log_every < 1:  # an interval (x % 0 fails); --sample-every / --ckpt-every 0 mean off
+        raise ValueError(f"--log-every {cfg.log_every}: must be at least 1")
     if getattr(args, "dry_run", False):
         print(json.dumps(vars(cfg), indent=1))
         return None
@@ -1521,17 +1523,19 @@ def build_parser():
     t.add_argument("--code-dim", type=int, default=CODE_DIM, help="z / w size (scratch only; 512 = paper)")
     t.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
     t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
-    t.add_argument("--sample-every", type=int, default=1000)
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--ckpt-every", type=int, default=1000)
+    t.add_argument("--sample-every", type=int, default=1000,
+                   help="steps between sample grids in RUN/samples, 0 = off (1000)")
+    t.add_argument("--log-every", type=int, default=10, help="steps between log.jsonl lines (10)")
+    t.add_argument("--ckpt-every", type=int, default=1000,
+                   help="steps between checkpoints; the last step is always saved (1000)")
     t.add_argument("--keep", type=int, default=None,
                    help=f"newest checkpoints kept in RUN/checkpoints (default {KEEP_CHECKPOINTS})")
     t.add_argument("--fid-every", type=int, default=1000, help="FID every N steps (FreezeD 1000); 0 = off")
     t.add_argument("--fid-n", type=int, default=5000, help="generated images per FID (FreezeD 5000)")
-    t.add_argument("--fid-batch", type=int, default=50)
+    t.add_argument("--fid-batch", type=int, default=50, help="images per FID batch (50)")
     t.add_argument("--inception", "--fid-inception", dest="fid_inception", default=None,
                    help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -2540,6 +2540,9 @@ def _check_settings(s):
                          f"blocks and at least the last must train (0..{log_size - 2})")
     if s["batch"] < 1 or s["iter"] < 0 or s["keep"] < 1:
         raise TrainError("--batch and --keep must be >= 1 and --iter >= 0")
+    for key in ("log_every", "sample_every", "ckpt_every", "ada_interval"):  # intervals (x % 0 fails)
+        if s[key] < 1:
+            raise TrainError(f"--{key.replace('_', '-')} {s[key]}: must be at least 1")
     if s["ada_p"] is not None and not 0 <= s["ada_p"] <= 1:
         raise TrainError(f"--ada-p {s['ada_p']}: must be in [0, 1]")
 

@@ -45,7 +45,7 @@ Differences to the reference, none of which changes a key or a shape:
   drops the gradient (`AdamInBackward`, the same update); glibc returns freed activations to the
   system (`release_freed_memory`); the
   discriminators take no weight gradients during the G update; spectral normalisation divides the
-  conv output by sigma instead of keeping a copy of W / sigma; fused Adam (no temporaries).
+  conv output by sigma instead of keeping a copy of W / sigma; fused Adam on CUDA (no temporaries).
   At 128 px (full, batch 1, CPU, bench/bench_ugatit.py) the peak resident memory is 4.6 GiB, against
   6.9 GiB for the reference's loop driving the same networks (7.8 GiB for its own code).
 - Early versions of the reference computed the norm variance as a variance of variances; the current
@@ -553,8 +553,8 @@ def _backward_step(loss, optim, scaler):
         scaler.step(optim)
         scaler.update()
     else:
-        loss.backward()                      # AdamInBackward has already stepped every parameter
-        optim.step()
+        loss.backward()                      # AdamInBackward steps each parameter inside this backward
+        optim.step()                         # (its step() does nothing); torch's Adam steps here
 
 
 # ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
@@ -1098,7 +1098,7 @@ def train(args):
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
     if args.img_size % 4 or args.img_size < MIN_SIZE:
         raise InputError(f"--img-size {args.img_size}: must be a multiple of 4 and at least {MIN_SIZE}")
-    for flag in ("batch", "keep", "ch"):
+    for flag in ("batch", "keep", "ch", "log_every", "sample_every", "save_every"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     if args.iter < 0:
@@ -1367,12 +1367,12 @@ def build_parser():
                    help="mixed precision (bf16 if given alone; fp16 needs CUDA)")
     t.add_argument("--no-recompute", action="store_true",
                    help="keep generator activations instead of recomputing them in backward (faster, more memory)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue RUN (a run folder, or a checkpoint file inside RUN/checkpoints) with its "
                         "saved settings; alone: the run in --out, if there is one. A checkpoint file "
                         "elsewhere continues into a new --out")
-    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--log-every", type=int, default=100, help="steps between log.jsonl lines (100)")
     t.add_argument("--sample-every", type=int, default=1000, help="sample sheets every N steps (1000)")
     t.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (1000)")
     t.add_argument("--keep", type=int, default=3, help="newest checkpoints kept in RUN/checkpoints (3)")
@@ -1384,7 +1384,8 @@ def build_parser():
     s.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint), one of its checkpoints or a UGATIT-pytorch *_params_*.pt")
     s.add_argument("--input", required=True, help="folder of images")
     s.add_argument("--out", required=True, help="output folder (same names, .png)")
-    s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
+    s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B",
+                   help="genA2B (A2B, the default) or genB2A")
     s.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's size")
     s.add_argument("--device", default=None)
     s.set_defaults(func=test)
@@ -1397,7 +1398,7 @@ def build_parser():
     c.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
     c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
     c.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--device", default=None)
     c.set_defaults(func=chain)
     return p

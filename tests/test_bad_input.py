@@ -106,3 +106,18 @@ def test_an_out_that_is_a_file_is_one_line_and_the_file_stays(name, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and str(out) in last and "Not a directory" in last, proc.stderr
     assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name,flag", [("02_stylegan_freezed", "--log-every"), ("03_stylegan2_ada", "--log-every"),
+                                       ("03_stylegan2_ada", "--sample-every"), ("03_stylegan2_ada", "--ckpt-every"),
+                                       ("03_stylegan2_ada", "--ada-interval")])
+def test_an_interval_of_0_is_one_line_and_makes_no_run_folder(name, flag, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 90 * i, np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    with pytest.raises((SystemExit, ValueError), match=f"{flag} 0: must be at least 1"):
+        load_script(name).main(["train", "--data", str(data), "--out", str(out), "--size", "16", "--batch", "2",
+                                "--iter", "1", "--device", "cpu", flag, "0"])
+    assert not out.exists()

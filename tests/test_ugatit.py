@@ -571,7 +571,8 @@ def test_data_errors(tmp_path):
 
 
 
-@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--keep", "0"), ("--ch", "0"), ("--iter", "-1")])
+@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--keep", "0"), ("--ch", "0"), ("--iter", "-1"),
+                                        ("--log-every", "0"), ("--sample-every", "0"), ("--save-every", "0")])
 def test_counts_below_their_minimum_are_one_line_and_make_no_run_folder(tmp_path, flag, value):
     data = make_data(str(tmp_path / "data"))
     out = tmp_path / "run"
