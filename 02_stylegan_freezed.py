@@ -1408,8 +1408,11 @@ def mean_w(g, device):
 
 
 def _check_size(args, ckpt, path):
-    step = size_to_step(args.size)
+    """--size as a progression step; without --size, the size the checkpoint was trained at (else 256)."""
     trained = ckpt.get("args", {}).get("size") if isinstance(ckpt.get("args"), dict) else None
+    if args.size is None:
+        args.size = trained if isinstance(trained, int) else 256
+    step = size_to_step(args.size)
     if trained and args.size > trained:
         print(f"note: {path} was trained up to {trained} px; blocks above that are untrained", file=sys.stderr)
     return step
@@ -1419,7 +1422,8 @@ def _check_size(args, ckpt, path):
 def generate(args):
     """One PNG per seed, `seed0000.png`, ..., from the EMA generator at --size."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    if args.size is not None:
+        size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
     seeds = parse_seeds(args.seeds)
@@ -1444,7 +1448,8 @@ def mix(args):
     coarse (4-8 px), middle (16-32 px) or fine (64 px and up) from its row's B and all other styles
     from its column's A. One shared noise draw for every cell."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    if args.size is not None:
+        size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
     rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
@@ -1544,7 +1549,9 @@ def build_parser():
     def sampling_flags(s):
         s.add_argument("--ckpt", required=True,
                        help="checkpoint (train dict or bare g_running state dict), or a run folder (its newest)")
-        s.add_argument("--size", type=int, default=256, help="output resolution (checkpoints hold 4..1024)")
+        s.add_argument("--size", type=int, default=None,
+                       help="output resolution (checkpoints hold 4..1024; default: the size the checkpoint "
+                            "was trained at, else 256)")
         s.add_argument("--truncation", type=float, default=1.0, help="psi in W (rosinality generate.py: 0.7)")
         s.add_argument("--noise-mode", choices=["random", "none"], default="random",
                        help="random: noise seeded per image; none: zero noise")

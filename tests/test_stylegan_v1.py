@@ -250,6 +250,21 @@ def test_generate_matches_reference_forward_and_uint8_contract(tmp_path):
     assert np.mean(got == expected) > 0.97
 
 
+
+def test_generate_without_size_uses_the_size_the_run_trained_at(tmp_path):
+    path = str(tmp_path / "run.pt")
+    _, ema_sd = write_source_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["args"] = {"size": 16}  # what 02's own checkpoints record
+    torch.save(ckpt, path)
+    out = str(tmp_path / "gen")
+    m.main(["generate", "--ckpt", path, "--seeds", "5", "--noise-mode", "none", "--out", out, "--device", "cpu"])
+    z = torch.from_numpy(np.random.RandomState(5).randn(1, TINY_CODE)).float()
+    ref = reference_image(ema_sd, z, step=2)[0].permute(1, 2, 0).numpy()  # 16 px = step 2
+    got = png(os.path.join(out, "seed0005.png")).astype(np.float64)
+    assert got.shape == (16, 16, 3)
+    assert np.abs(got - np.floor(np.clip(ref * 127.5 + 128, 0, 255))).max() <= 1
+
 def test_forward_with_noise_and_truncation_matches_reference():
     sd = random_state_dict(generator_table(TINY, TINY_CODE), 7)
     g = m.StyledGenerator(TINY_CODE, 8, TINY)
