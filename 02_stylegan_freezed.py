@@ -1372,6 +1372,9 @@ def parse_seeds(text):
         raise ValueError(f"seeds {text!r}: expected a list like 0-7 or 1,5,9-11") from None
     if not seeds:
         raise ValueError(f"seeds {text!r}: no seed given")
+    bad = [s for s in seeds if not 0 <= s <= 2 ** 32 - 1]
+    if bad:
+        raise ValueError(f"seeds {text!r}: {bad[0]} is outside 0..{2 ** 32 - 1} (numpy's RandomState seeds)")
     return seeds
 
 

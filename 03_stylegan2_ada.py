@@ -3329,6 +3329,8 @@ def parse_seeds(text):
             raise argparse.ArgumentTypeError(f"{part!r} is not a seed (N) or a seed range (N-M)")
         if b and int(b) < int(a):
             raise argparse.ArgumentTypeError(f"empty seed range {part!r}")
+        if int(b or a) > 2 ** 32 - 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: seeds go up to {2 ** 32 - 1} (numpy's RandomState)")
         seeds.extend(range(int(a), int(b or a) + 1))
     if not seeds:
         raise argparse.ArgumentTypeError(f"no seeds in {text!r}")

@@ -1344,6 +1344,17 @@ def chain(args):
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
+def seed_arg(text):
+    """--seeds: an integer numpy's RandomState accepts (0 .. 2^32 - 1); argparse prints one line otherwise."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed <= 2 ** 32 - 1:
+        raise argparse.ArgumentTypeError(f"{seed} is outside 0..{2 ** 32 - 1} (numpy's RandomState seeds)")
+    return seed
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="U-GAT-IT (arXiv:1907.10830): train, test, chain")
     sub = p.add_subparsers(dest="command", required=True)
@@ -1393,7 +1404,7 @@ def build_parser():
     c = sub.add_parser("chain", help="StyleGAN2 faces -> U-GAT-IT A2B, frames and a latent-walk GIF")
     c.add_argument("--ugatit", required=True, help="U-GAT-IT run folder or checkpoint (genA2B used)")
     c.add_argument("--stylegan", required=True, help="checkpoint loadable by 03_stylegan2_ada.py")
-    c.add_argument("--seeds", type=int, nargs="+", required=True, help="latent seeds")
+    c.add_argument("--seeds", type=seed_arg, nargs="+", required=True, help="latent seeds (0 .. 2^32 - 1)")
     c.add_argument("--walk", type=int, default=0, help="frames between consecutive seeds (0: no GIF)")
     c.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
     c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
