@@ -596,6 +596,18 @@ def test_directions_from_another_generator_of_the_same_size_warn(tiny_ckpt, proj
 
 
 @pytest.mark.parametrize("cmd", ["sefa", "ganspace"])
+def test_directions_never_replace_an_existing_file_without_overwrite(tiny_ckpt, tmp_path, cmd):
+    out = tmp_path / "notes.pt"
+    out.write_bytes(b"the user's own file")
+    extra = ["--samples", "2000", "--batch", "1000"] if cmd == "ganspace" else []
+    with pytest.raises(SystemExit, match="notes.pt exists \\(pass --overwrite"):
+        lx.main([cmd, "--ckpt", tiny_ckpt, "--out", str(out)] + extra)
+    assert out.read_bytes() == b"the user's own file"
+    lx.main([cmd, "--ckpt", tiny_ckpt, "--out", str(out), "--overwrite"] + extra)
+    assert torch.load(out, weights_only=True)["method"] == cmd
+
+
+@pytest.mark.parametrize("cmd", ["sefa", "ganspace"])
 def test_directions_out_into_a_new_folder(tiny_ckpt, tmp_path, cmd):
     out = tmp_path / "new" / "deeper" / "d.pt"
     lx.main([cmd, "--ckpt", tiny_ckpt, "--out", str(out), "--samples", "500", "--batch", "250"]
