@@ -1456,6 +1456,10 @@ def mix(args):
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
     rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
+    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
+        raise ValueError(f"{args.out} exists (pass --overwrite to replace it)")
+    if os.path.splitext(args.out)[1].lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {args.out}: not an image file name (e.g. mix.png)")
     mean = mean_w(g, device) if args.truncation != 1 else None
     z_a = torch.cat([seed_z(s, g.code_dim) for s in cols]).to(device)  # [C, code_dim]
     z_b = torch.cat([seed_z(s, g.code_dim) for s in rows]).to(device)  # [R, code_dim]
@@ -1570,6 +1574,7 @@ def build_parser():
     m.add_argument("--rows", default="1-3", help="seeds of the left column (styles copied in)")
     m.add_argument("--cols", default="4-8", help="seeds of the top row")
     m.add_argument("--out", required=True, help="PNG path")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
 
 

@@ -973,6 +973,10 @@ def run_mix(args):
     cols = parse_seeds(args.cols, "--cols")
     sources = _sources(args, explorer, "--rows", args.rows, "0-3")
     truncation = args.truncation if args.truncation is not None else (1.0 if args.latent else 0.7)
+    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
+        raise ExploreError(f"{args.out} exists (pass --overwrite to replace it)")
+    if os.path.splitext(args.out)[1].lower() not in Image.registered_extensions():
+        raise ExploreError(f"--out {args.out}: not an image file name (e.g. mix.png)")
     if args.latent:
         sheet = mix_figure(explorer, None, cols, truncation, args.noise_mode, [(ws, n) for _, ws, n, _ in sources])[0]
     else:
@@ -1396,6 +1400,7 @@ def build_parser():
     sources(m, "--rows", "0-3")
     m.add_argument("--cols", default="10-14", help="seeds of the top row (source A), e.g. 10-14")
     m.add_argument("--out", required=True, help="PNG file to write; its folder is created")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     u = sub.add_parser("ui", help="interactive gradio page")
     common(u)

@@ -716,3 +716,17 @@ def test_mix_with_a_projected_latent_as_the_row(proj_ckpt, tmp_path):
     assert Image.open(out).size == (3 * 18 + 2, 2 * (2 * 18 + 2))
     with pytest.raises(SystemExit, match="not both"):
         lx.main(["mix", "--ckpt", proj_ckpt, "--latent", path, "--rows", "0", "--out", str(out)])
+
+
+def test_mix_never_replaces_an_existing_file_and_needs_an_image_name(tiny_ckpt, tmp_path):
+    mine = tmp_path / "mine.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(mine)
+    before = mine.read_bytes()
+    with pytest.raises(SystemExit, match="mine.png exists \\(pass --overwrite"):
+        lx.main(["mix", "--ckpt", tiny_ckpt, "--rows", "0", "--cols", "1", "--out", str(mine)])
+    assert mine.read_bytes() == before
+    with pytest.raises(SystemExit, match="not an image file name"):
+        lx.main(["mix", "--ckpt", tiny_ckpt, "--rows", "0", "--cols", "1", "--out", str(tmp_path / "m.txt")])
+    assert not (tmp_path / "m.txt").exists()
+    lx.main(["mix", "--ckpt", tiny_ckpt, "--rows", "0", "--cols", "1", "--out", str(mine), "--overwrite"])
+    assert Image.open(mine).size != (4, 4)

@@ -265,6 +265,21 @@ def test_generate_without_size_uses_the_size_the_run_trained_at(tmp_path):
     assert got.shape == (16, 16, 3)
     assert np.abs(got - np.floor(np.clip(ref * 127.5 + 128, 0, 255))).max() <= 1
 
+
+def test_mix_never_replaces_an_existing_file_and_needs_an_image_name(tmp_path):
+    path = str(tmp_path / "src.model")
+    write_source_checkpoint(path)
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"a picture the user made")
+    argv = ["mix", "--ckpt", path, "--size", "16", "--rows", "1", "--cols", "2", "--device", "cpu", "--out"]
+    with pytest.raises(ValueError, match="mine.png exists \\(pass --overwrite"):
+        m.main(argv + [str(mine)])
+    assert mine.read_bytes() == b"a picture the user made"
+    with pytest.raises(ValueError, match="not an image file name"):
+        m.main(argv + [str(tmp_path / "m.txt")])
+    m.main(argv + [str(mine), "--overwrite"])
+    assert png(str(mine)).shape[:2] == (3 * 16, 2 * 16)  # (top row + 2 bands) x (left column + 1)
+
 def test_forward_with_noise_and_truncation_matches_reference():
     sd = random_state_dict(generator_table(TINY, TINY_CODE), 7)
     g = m.StyledGenerator(TINY_CODE, 8, TINY)
