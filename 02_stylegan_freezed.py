@@ -1122,6 +1122,12 @@ def resume_settings(args, stored):
     """The run's own settings with --resume, except the flags that may change: out, iter, device,
     quiet, keep (given with --resume)."""
     cfg = argparse.Namespace(**stored)
+    defaults = vars(build_parser().parse_args(["train"]))
+    ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+               if k not in ("command", "resume", "out", "iter", "device", "quiet", "keep", "dry_run")
+               and k in defaults and v != defaults[k] and v != stored.get(k)]
+    if ignored:  # one rule with 03: the run's own settings win, and the user hears so
+        print(f"note: {', '.join(ignored)} ignored with --resume (the run's settings are used)", file=sys.stderr)
     cfg.quiet = args.quiet
     cfg.iter = args.iter if args.iter is not None else cfg.iter
     cfg.device = args.device or cfg.device

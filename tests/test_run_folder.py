@@ -273,6 +273,16 @@ def test_resume_refuses_another_scripts_run_and_changes_nothing(name, other, ref
     assert snapshot(run) == before  # its log is not cut, nothing is written into it
 
 
+def test_02_resume_says_which_given_flags_it_ignores(reference_runs, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    shutil.copytree(reference_runs["02_stylegan_freezed"], run)
+    lr = load_step(run, 3)["args"]["lr"]
+    capsys.readouterr()
+    call("02_stylegan_freezed", resume_argv(run, 4, "--lr", str(lr * 10), "--quiet"))
+    assert "note: --lr ignored with --resume" in capsys.readouterr().err
+    assert load_step(run, 4)["args"]["lr"] == lr  # the run's own value, as 03 does
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_resume_with_unreadable_settings_is_one_line(name, tmp_path):
     run = tmp_path / "run"
