@@ -997,6 +997,23 @@ def open_resume(path, out, load):
     return run, None, None
 
 
+def read_run_settings(run, needed):
+    """RUN/settings.json as a dict, for a run stopped before its first checkpoint. One line when the
+    file does not read or is another script's (it lacks one of the `needed` keys): a run folder of
+    another script is never trained into, nor its log cut."""
+    path = os.path.join(run, "settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{path}: cannot read the run's settings ({str(e).splitlines()[0]})") from None
+    missing = [k for k in needed if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ResumeError(f"{path}: not the settings of a run of this script (no {missing[0]!r}); "
+                          f"--resume takes a run folder that this script wrote")
+    return saved
+
+
 def cut_run_logs(run, step):
     """On resume from `step`: drop what a killed run logged after its checkpoint (lines of
     RUN/log.jsonl and rows of RUN/fid.csv with a larger step; fid.png is redrawn), so that the
@@ -1128,6 +1145,12 @@ def resume_settings(args, stored):
     """The run's own settings with --resume, except the flags that may change: out, iter, device,
     quiet, keep (given with --resume)."""
     cfg = argparse.Namespace(**stored)
+    defaults = vars(build_parser().parse_args(["train"]))
+    ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+               if k not in ("command", "resume", "out", "iter", "device", "quiet", "keep", "dry_run")
+               and k in defaults and v != defaults[k] and v != stored.get(k)]
+    if ignored:  # one rule with 03: the run's own settings win, and the user hears so
+        print(f"note: {', '.join(ignored)} ignored with --resume (the run's settings are used)", file=sys.stderr)
     cfg.quiet = args.quiet
     cfg.iter = args.iter if args.iter is not None else cfg.iter
     cfg.device = args.device or cfg.device
@@ -1155,8 +1178,7 @@ def train(args):
         if resume is not None:
             cfg = resume_settings(args, resume["args"])
         else:
-            with open(os.path.join(run, "settings.json")) as f:
-                cfg = resume_settings(args, json.load(f))
+            cfg = resume_settings(args, read_run_settings(run, ("code_dim", "init_size")))
             restart = True
         cfg.out = run
     else:
@@ -1164,6 +1186,8 @@ def train(args):
         if os.path.isdir(cfg.out) and os.listdir(cfg.out):
             raise ValueError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                              f"--resume {cfg.out} or choose another --out")
+    if cfg.log_every < 1:  # an interval (x % 0 fails); --sample-every / --ckpt-every 0 mean off
+        raise ValueError(f"--log-every {cfg.log_every}: must be at least 1")
     if getattr(args, "dry_run", False):
         print(json.dumps(vars(cfg), indent=1))
         return None
@@ -1173,13 +1197,6 @@ def train(args):
     max_step = size_to_step(cfg.size)
     data = ImageFolder(cfg.data, cfg.size)  # bad data fails here, before the run folder is made
     finetune = cfg.ckpt is not None
-    for sub in ("samples", "checkpoints"):
-        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
-        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
-            json.dump(vars(cfg), f, indent=1)
-    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
-        cut_run_logs(cfg.out, int(resume["step"]) if resume is not None else -1)
 
     # --- networks: from the source checkpoint, from our own run checkpoint, or new ---
     g_source = d_source = None
@@ -1246,6 +1263,15 @@ def train(args):
             torch.cuda.set_rng_state(rng["cuda"], device)
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
         print(f"resumed {ckpt_file} at step {it}", file=sys.stderr)
+
+    # the run folder, once the data, the checkpoints and the settings have all been read
+    for sub in ("samples", "checkpoints"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
+        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
+            json.dump(vars(cfg), f, indent=1)
+    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
+        cut_run_logs(cfg.out, int(resume["step"]) if resume is not None else -1)
 
     def checkpoint():
         state = {"generator": g.state_dict(), "discriminator": d.state_dict(),
@@ -1376,6 +1402,9 @@ def parse_seeds(text):
         raise ValueError(f"seeds {text!r}: expected a list like 0-7 or 1,5,9-11") from None
     if not seeds:
         raise ValueError(f"seeds {text!r}: no seed given")
+    bad = [s for s in seeds if not 0 <= s <= 2 ** 32 - 1]
+    if bad:
+        raise ValueError(f"seeds {text!r}: {bad[0]} is outside 0..{2 ** 32 - 1} (numpy's RandomState seeds)")
     return seeds
 
 
@@ -1412,8 +1441,11 @@ def mean_w(g, device):
 
 
 def _check_size(args, ckpt, path):
-    step = size_to_step(args.size)
+    """--size as a progression step; without --size, the size the checkpoint was trained at (else 256)."""
     trained = ckpt.get("args", {}).get("size") if isinstance(ckpt.get("args"), dict) else None
+    if args.size is None:
+        args.size = trained if isinstance(trained, int) else 256
+    step = size_to_step(args.size)
     if trained and args.size > trained:
         print(f"note: {path} was trained up to {trained} px; blocks above that are untrained", file=sys.stderr)
     return step
@@ -1423,7 +1455,8 @@ def _check_size(args, ckpt, path):
 def generate(args):
     """One PNG per seed, `seed0000.png`, ..., from the EMA generator at --size."""
     device = resolve_device(args.device)
-    size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    if args.size is not None:
+        size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
     seeds = parse_seeds(args.seeds)
@@ -1448,10 +1481,15 @@ def mix(args):
     coarse (4-8 px), middle (16-32 px) or fine (64 px and up) from its row's B and all other styles
     from its column's A. One shared noise draw for every cell."""
     device = resolve_device(args.device)
-    size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    if args.size is not None:
+        size_to_step(args.size)  # a bad --size fails before the checkpoint is read
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
     rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
+    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
+        raise ValueError(f"{args.out} exists (pass --overwrite to replace it)")
+    if os.path.splitext(args.out)[1].lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {args.out}: not an image file name (e.g. mix.png)")
     mean = mean_w(g, device) if args.truncation != 1 else None
     z_a = torch.cat([seed_z(s, g.code_dim) for s in cols]).to(device)  # [C, code_dim]
     z_b = torch.cat([seed_z(s, g.code_dim) for s in rows]).to(device)  # [R, code_dim]
@@ -1527,21 +1565,23 @@ def build_parser():
     t.add_argument("--code-dim", type=int, default=CODE_DIM, help="z / w size (scratch only; 512 = paper)")
     t.add_argument("--ema-decay", type=float, default=EMA_DECAY,
                    help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
     t.add_argument("--device", default=None, help=DEVICE_HELP)
     t.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="fp32 (default: FreezeD's arithmetic) or bf16 autocast for G and D forwards, about "
                         "2x faster on GPUs with bf16 tensor cores (Ampere, Hopper; slower on CPU); weights, "
                         "optimizer, EMA and checkpoints stay fp32, so runs resume in either precision")
     t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
-    t.add_argument("--sample-every", type=int, default=1000)
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--ckpt-every", type=int, default=1000)
+    t.add_argument("--sample-every", type=int, default=1000,
+                   help="steps between sample grids in RUN/samples, 0 = off (1000)")
+    t.add_argument("--log-every", type=int, default=10, help="steps between log.jsonl lines (10)")
+    t.add_argument("--ckpt-every", type=int, default=1000,
+                   help="steps between checkpoints; the last step is always saved (1000)")
     t.add_argument("--keep", type=int, default=None,
                    help=f"newest checkpoints kept in RUN/checkpoints (default {KEEP_CHECKPOINTS})")
     t.add_argument("--fid-every", type=int, default=1000, help="FID every N steps (FreezeD 1000); 0 = off")
     t.add_argument("--fid-n", type=int, default=5000, help="generated images per FID (FreezeD 5000)")
-    t.add_argument("--fid-batch", type=int, default=50)
+    t.add_argument("--fid-batch", type=int, default=50, help="images per FID batch (50)")
     t.add_argument("--inception", "--fid-inception", dest="fid_inception", default=None,
                    help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1550,7 +1590,9 @@ def build_parser():
     def sampling_flags(s):
         s.add_argument("--ckpt", required=True,
                        help="checkpoint (train dict or bare g_running state dict), or a run folder (its newest)")
-        s.add_argument("--size", type=int, default=256, help="output resolution (checkpoints hold 4..1024)")
+        s.add_argument("--size", type=int, default=None,
+                       help="output resolution (checkpoints hold 4..1024; default: the size the checkpoint "
+                            "was trained at, else 256)")
         s.add_argument("--truncation", type=float, default=1.0, help="psi in W (rosinality generate.py: 0.7)")
         s.add_argument("--noise-mode", choices=["random", "none"], default="random",
                        help="random: noise seeded per image; none: zero noise")
@@ -1566,6 +1608,7 @@ def build_parser():
     m.add_argument("--rows", default="1-3", help="seeds of the left column (styles copied in)")
     m.add_argument("--cols", default="4-8", help="seeds of the top row")
     m.add_argument("--out", required=True, help="PNG path")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
 
 
@@ -1580,6 +1623,10 @@ def main(argv=None):
     except (CheckpointError, ValueError) as e:
         if __name__ == "__main__":
             sys.exit(f"error: {e}")
+        raise
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an --out that is a file, a folder without write permission ...
+        if __name__ == "__main__":
+            sys.exit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}")
         raise
 
 

@@ -2540,6 +2540,9 @@ def _check_settings(s):
                          f"blocks and at least the last must train (0..{log_size - 2})")
     if s["batch"] < 1 or s["iter"] < 0 or s["keep"] < 1:
         raise TrainError("--batch and --keep must be >= 1 and --iter >= 0")
+    for key in ("log_every", "sample_every", "ckpt_every", "ada_interval"):  # intervals (x % 0 fails)
+        if s[key] < 1:
+            raise TrainError(f"--{key.replace('_', '-')} {s[key]}: must be at least 1")
     if s["ada_p"] is not None and not 0 <= s["ada_p"] <= 1:
         raise TrainError(f"--ada-p {s['ada_p']}: must be in [0, 1]")
 
@@ -2691,6 +2694,23 @@ def open_resume(path, out, load):
     print(f"note: {run} has no checkpoint yet (stopped before the first one was written): it starts "
           f"again from step 0 with its settings.json", file=sys.stderr)
     return run, None, None
+
+
+def read_run_settings(run, needed):
+    """RUN/settings.json as a dict, for a run stopped before its first checkpoint. One line when the
+    file does not read or is another script's (it lacks one of the `needed` keys): a run folder of
+    another script is never trained into, nor its log cut."""
+    path = os.path.join(run, "settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{path}: cannot read the run's settings ({str(e).splitlines()[0]})") from None
+    missing = [k for k in needed if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ResumeError(f"{path}: not the settings of a run of this script (no {missing[0]!r}); "
+                          f"--resume takes a run folder that this script wrote")
+    return saved
 
 
 def cut_run_logs(run, step):
@@ -2857,8 +2877,7 @@ def _open_resume(path, out=None):
     run, file, ckpt = open_resume(path, out, _load_resume_checkpoint)
     if ckpt is not None:
         return run, file, ckpt, ckpt["args"]
-    with open(os.path.join(run, "settings.json")) as f:
-        return run, None, None, json.load(f)
+    return run, None, None, read_run_settings(run, ("channel_multiplier", "r1_gamma"))
 
 
 def make_fid_evaluator(cfg, device):
@@ -3305,6 +3324,8 @@ def parse_seeds(text):
             raise argparse.ArgumentTypeError(f"{part!r} is not a seed (N) or a seed range (N-M)")
         if b and int(b) < int(a):
             raise argparse.ArgumentTypeError(f"empty seed range {part!r}")
+        if int(b or a) > 2 ** 32 - 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: seeds go up to {2 ** 32 - 1} (numpy's RandomState)")
         seeds.extend(range(int(a), int(b or a) + 1))
     if not seeds:
         raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
@@ -3376,6 +3397,8 @@ def main(argv=None):
         return args.func(args)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an --out that is a file, a folder without write permission ...
+        raise SystemExit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}") from None
 
 
 if __name__ == "__main__":

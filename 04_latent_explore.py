@@ -914,6 +914,8 @@ def run_edit(args):
 
 def run_directions(args):
     explorer = load_explorer(args.ckpt, args.device, args.size)
+    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
+        raise ExploreError(f"{args.out} exists (pass --overwrite to replace it)")
     layers = parse_range(args.layers, explorer.n_latent, "--layers")
     if args.cmd == "sefa":
         weights = explorer.style_weights(layers)
@@ -974,6 +976,10 @@ def run_mix(args):
     cols = parse_seeds(args.cols, "--cols")
     sources = _sources(args, explorer, "--rows", args.rows, "0-3")
     truncation = args.truncation if args.truncation is not None else (1.0 if args.latent else 0.7)
+    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
+        raise ExploreError(f"{args.out} exists (pass --overwrite to replace it)")
+    if os.path.splitext(args.out)[1].lower() not in Image.registered_extensions():
+        raise ExploreError(f"--out {args.out}: not an image file name (e.g. mix.png)")
     if args.latent:
         sheet = mix_figure(explorer, None, cols, truncation, args.noise_mode, [(ws, n) for _, ws, n, _ in sources])[0]
     else:
@@ -1332,6 +1338,7 @@ def build_parser():
     g = sub.add_parser("ganspace", help="PCA directions of W (GANSpace)")
     common(g)
     g.add_argument("--out", required=True, help="directions file to write (.pt); its folder is created")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     g.add_argument("--samples", type=int, default=1_000_000, help="w samples (GANSpace's StyleGAN2 setting: 1M)")
     g.add_argument("--components", type=int, default=80, help="directions kept (GANSpace default 80)")
     g.add_argument("--batch", type=int, default=10_000, help="w samples mapped per batch (GANSpace: 10000)")
@@ -1340,6 +1347,7 @@ def build_parser():
     s = sub.add_parser("sefa", help="closed-form factorization directions (SeFa)")
     common(s)
     s.add_argument("--out", required=True, help="directions file to write (.pt); its folder is created")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--layers", default="all", help="style slots to factorize and edit, e.g. 0-1 (default all)")
     s.add_argument("--components", type=int, default=512, help="directions kept, strongest first (default all 512)")
 
@@ -1395,6 +1403,7 @@ def build_parser():
     sources(m, "--rows", "0-3")
     m.add_argument("--cols", default="10-14", help="seeds of the top row (source A), e.g. 10-14")
     m.add_argument("--out", required=True, help="PNG file to write; its folder is created")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     u = sub.add_parser("ui", help="interactive gradio page")
     common(u)

@@ -45,7 +45,7 @@ Differences to the reference, none of which changes a key or a shape:
   drops the gradient (`AdamInBackward`, the same update); glibc returns freed activations to the
   system (`release_freed_memory`); the
   discriminators take no weight gradients during the G update; spectral normalisation divides the
-  conv output by sigma instead of keeping a copy of W / sigma; fused Adam (no temporaries).
+  conv output by sigma instead of keeping a copy of W / sigma; fused Adam on CUDA (no temporaries).
   At 128 px (full, batch 1, CPU, bench/bench_ugatit.py) the peak resident memory is 4.6 GiB, against
   6.9 GiB for the reference's loop driving the same networks (7.8 GiB for its own code).
 - Early versions of the reference computed the norm variance as a variance of variances; the current
@@ -555,8 +555,8 @@ def _backward_step(loss, optim, scaler):
         scaler.step(optim)
         scaler.update()
     else:
-        loss.backward()                      # AdamInBackward has already stepped every parameter
-        optim.step()
+        loss.backward()                      # AdamInBackward steps each parameter inside this backward
+        optim.step()                         # (its step() does nothing); torch's Adam steps here
 
 
 # ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
@@ -970,6 +970,23 @@ def open_resume(path, out, load):
     return run, None, None
 
 
+def read_run_settings(run, needed):
+    """RUN/settings.json as a dict, for a run stopped before its first checkpoint. One line when the
+    file does not read or is another script's (it lacks one of the `needed` keys): a run folder of
+    another script is never trained into, nor its log cut."""
+    path = os.path.join(run, "settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{path}: cannot read the run's settings ({str(e).splitlines()[0]})") from None
+    missing = [k for k in needed if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ResumeError(f"{path}: not the settings of a run of this script (no {missing[0]!r}); "
+                          f"--resume takes a run folder that this script wrote")
+    return saved
+
+
 def cut_run_logs(run, step):
     """On resume from `step`: drop what a killed run logged after its checkpoint (lines of
     RUN/log.jsonl and rows of RUN/fid.csv with a larger step; fid.png is redrawn), so that the
@@ -1068,8 +1085,8 @@ def train(args):
         if resume is not None:
             args = resume_settings(args, resume.get("args") or {}, ckpt_file)
         else:
-            with open(os.path.join(run, "settings.json")) as f:
-                args = resume_settings(args, json.load(f), os.path.join(run, "settings.json"))
+            args = resume_settings(args, read_run_settings(run, ("img_size", "cam_weight")),
+                                   os.path.join(run, "settings.json"))
             restart = True
         args.out = run
     else:
@@ -1083,8 +1100,11 @@ def train(args):
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
     if args.img_size % 4 or args.img_size < MIN_SIZE:
         raise InputError(f"--img-size {args.img_size}: must be a multiple of 4 and at least {MIN_SIZE}")
-    if args.keep < 1:
-        raise InputError(f"--keep {args.keep}: must be at least 1")
+    for flag in ("batch", "keep", "ch", "log_every", "sample_every", "save_every"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.iter < 0:
+        raise InputError(f"--iter {args.iter}: must be at least 0")
     data = UnpairedData(args.data, args.img_size, seed=args.seed)
 
     torch.manual_seed(args.seed)
@@ -1232,18 +1252,23 @@ def test(args):
     device = resolve_device(args.device)
     g, size = load_generator(args.ckpt, args.direction, args.img_size, device)
     if not os.path.isdir(args.input):
-        raise InputError(f"{args.input}: input folder not found")
+        raise InputError(f"{args.input}: " + ("a file; --input takes a folder of images" if os.path.exists(args.input)
+                                              else "input folder not found"))
     paths = list_images(args.input)
     if not paths:
         raise InputError(f"{args.input}: no images")
+    # the output names (same name, .png), checked before anything is written: never over an input image
+    dsts = [os.path.join(args.out, os.path.splitext(os.path.relpath(p, args.input))[0] + ".png") for p in paths]
+    inputs = {os.path.realpath(p) for p in paths}
+    clash = next((d for d in dsts if os.path.realpath(d) in inputs), None)
+    if clash is not None:
+        raise InputError(f"--out {args.out}: would overwrite the input image {clash}; choose another folder")
     written = []
-    for p in paths:
+    for p, dst in zip(paths, dsts):
         img = read_image(p, size)
         if img is None:
             continue
         out, _, _ = g(to_float(img)[None].to(device))
-        rel = os.path.splitext(os.path.relpath(p, args.input))[0] + ".png"
-        dst = os.path.join(args.out, rel)
         save_png(out[0], dst)
         written.append(dst)
     print(f"wrote {len(written)} images to {args.out}")
@@ -1322,6 +1347,17 @@ def chain(args):
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
+def seed_arg(text):
+    """--seeds: an integer numpy's RandomState accepts (0 .. 2^32 - 1); argparse prints one line otherwise."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed <= 2 ** 32 - 1:
+        raise argparse.ArgumentTypeError(f"{seed} is outside 0..{2 ** 32 - 1} (numpy's RandomState seeds)")
+    return seed
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="U-GAT-IT (arXiv:1907.10830): train, test, chain")
     sub = p.add_subparsers(dest="command", required=True)
@@ -1345,12 +1381,12 @@ def build_parser():
                    help="mixed precision (bf16 if given alone; fp16 needs CUDA)")
     t.add_argument("--no-recompute", action="store_true",
                    help="keep generator activations instead of recomputing them in backward (faster, more memory)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue RUN (a run folder, or a checkpoint file inside RUN/checkpoints) with its "
                         "saved settings; alone: the run in --out, if there is one. A checkpoint file "
                         "elsewhere continues into a new --out")
-    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--log-every", type=int, default=100, help="steps between log.jsonl lines (100)")
     t.add_argument("--sample-every", type=int, default=1000, help="sample sheets every N steps (1000)")
     t.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (1000)")
     t.add_argument("--keep", type=int, default=3, help="newest checkpoints kept in RUN/checkpoints (3)")
@@ -1362,7 +1398,8 @@ def build_parser():
     s.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint), one of its checkpoints or a UGATIT-pytorch *_params_*.pt")
     s.add_argument("--input", required=True, help="folder of images")
     s.add_argument("--out", required=True, help="output folder (same names, .png)")
-    s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B")
+    s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B",
+                   help="genA2B (A2B, the default) or genB2A")
     s.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's size")
     s.add_argument("--device", default=None, help=DEVICE_HELP)
     s.set_defaults(func=test)
@@ -1370,12 +1407,12 @@ def build_parser():
     c = sub.add_parser("chain", help="StyleGAN2 faces -> U-GAT-IT A2B, frames and a latent-walk GIF")
     c.add_argument("--ugatit", required=True, help="U-GAT-IT run folder or checkpoint (genA2B used)")
     c.add_argument("--stylegan", required=True, help="checkpoint loadable by 03_stylegan2_ada.py")
-    c.add_argument("--seeds", type=int, nargs="+", required=True, help="latent seeds")
+    c.add_argument("--seeds", type=seed_arg, nargs="+", required=True, help="latent seeds (0 .. 2^32 - 1)")
     c.add_argument("--walk", type=int, default=0, help="frames between consecutive seeds (0: no GIF)")
     c.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
     c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
     c.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--device", default=None, help=DEVICE_HELP)
     c.add_argument("--ops", choices=OPS_MODES, default="auto", help="StyleGAN2's " + OPS_HELP)
     c.set_defaults(func=chain)
@@ -1388,6 +1425,9 @@ def main(argv=None):
         return args.func(args)
     except InputError as e:
         raise SystemExit(f"05_ugatit.py {args.command}: error: {e}") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an --out that is a file, a folder without write permission ...
+        raise SystemExit(f"05_ugatit.py {args.command}: error: "
+                         + (f"{e.filename}: {e.strerror}" if e.filename else str(e))) from None
 
 
 if __name__ == "__main__":

@@ -65,3 +65,80 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     modes = {os.path.relpath(f, tmp_path): stat.S_IMODE(os.stat(f).st_mode) for f in files}
     assert modes == {k: want for k in modes}
     assert torch.load(tmp_path / "run" / "000001.pt", weights_only=True) == {"step": 1}
+
+
+def test_02_with_a_wrong_start_checkpoint_leaves_no_run_folder(tmp_path):
+    """A --ckpt that is not a StyleGAN v1 checkpoint is one line, and --out is not created: the same
+    command with the right file must not meet "run folder exists, continue it with --resume"."""
+    import torch
+    sg1 = load_script("02_stylegan_freezed")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 90 * i, np.uint8)).save(data / f"{i}.png")
+    wrong = tmp_path / "stylegan2.pt"  # the top-level keys of a 03 / rosinality StyleGAN2 file
+    torch.save({"g": {}, "d": {}, "g_ema": {}}, wrong)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as e:
+        sg1.main(["train", "--data", str(data), "--size", "16", "--out", str(out), "--ckpt", str(wrong),
+                  "--iter", "1", "--quiet", "--device", "cpu"])
+    assert str(wrong) in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["02_stylegan_freezed", "03_stylegan2_ada", "05_ugatit"])
+def test_an_out_that_is_a_file_is_one_line_and_the_file_stays(name, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    data = tmp_path / "data"
+    for sub in ("", "trainA", "trainB"):  # 02 and 03 read data/, 05 data/trainA and data/trainB
+        (data / sub).mkdir(exist_ok=True)
+        for i in range(2):
+            Image.fromarray(np.full((16, 16, 3), 90 * i, np.uint8)).save(data / sub / f"{i}.png")
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    size = ["--img-size", "32", "--ch", "4", "--n-res", "1"] if name == "05_ugatit" else ["--size", "16"]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, name + ".py"), "train", "--data", str(data),
+                           "--out", str(out), *size, "--batch", "2", "--iter", "1", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and str(out) in last and "Not a directory" in last, proc.stderr
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name,flag", [("02_stylegan_freezed", "--log-every"), ("03_stylegan2_ada", "--log-every"),
+                                       ("03_stylegan2_ada", "--sample-every"), ("03_stylegan2_ada", "--ckpt-every"),
+                                       ("03_stylegan2_ada", "--ada-interval")])
+def test_an_interval_of_0_is_one_line_and_makes_no_run_folder(name, flag, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 90 * i, np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    with pytest.raises((SystemExit, ValueError), match=f"{flag} 0: must be at least 1"):
+        load_script(name).main(["train", "--data", str(data), "--out", str(out), "--size", "16", "--batch", "2",
+                                "--iter", "1", "--device", "cpu", flag, "0"])
+    assert not out.exists()
+
+
+def test_seeds_outside_numpys_range_are_refused_by_every_seed_parser():
+    """The bound is numpy's own: RandomState(2**32 - 1) works, RandomState(2**32) and (-1) do not."""
+    import argparse
+    top = 2 ** 32 - 1
+    np.random.RandomState(top)
+    for bad in (top + 1, -1):
+        with pytest.raises(ValueError):
+            np.random.RandomState(bad)
+    parsers = {"02": load_script("02_stylegan_freezed").parse_seeds, "03": sg2.parse_seeds,
+               "05": lambda t: [load_script("05_ugatit").seed_arg(x) for x in t.split(",")]}
+    for name, parse in parsers.items():
+        assert parse(f"{top}") == [top], name
+        for bad in (f"{top + 1}", "-1", f"{top - 1}-{top + 1}"):
+            if name == "05" and "-" in bad[1:]:
+                continue  # 05 chain takes single seeds
+            if name == "03" and bad == "-1":
+                continue  # 03 reads "-1" as a malformed range (refused, another message)
+            with pytest.raises((ValueError, argparse.ArgumentTypeError), match="outside|up to"):
+                parse(bad)

@@ -596,6 +596,18 @@ def test_directions_from_another_generator_of_the_same_size_warn(tiny_ckpt, proj
 
 
 @pytest.mark.parametrize("cmd", ["sefa", "ganspace"])
+def test_directions_never_replace_an_existing_file_without_overwrite(tiny_ckpt, tmp_path, cmd):
+    out = tmp_path / "notes.pt"
+    out.write_bytes(b"the user's own file")
+    extra = ["--samples", "2000", "--batch", "1000"] if cmd == "ganspace" else []
+    with pytest.raises(SystemExit, match="notes.pt exists \\(pass --overwrite"):
+        lx.main([cmd, "--ckpt", tiny_ckpt, "--out", str(out)] + extra)
+    assert out.read_bytes() == b"the user's own file"
+    lx.main([cmd, "--ckpt", tiny_ckpt, "--out", str(out), "--overwrite"] + extra)
+    assert torch.load(out, weights_only=True)["method"] == cmd
+
+
+@pytest.mark.parametrize("cmd", ["sefa", "ganspace"])
 def test_directions_out_into_a_new_folder(tiny_ckpt, tmp_path, cmd):
     out = tmp_path / "new" / "deeper" / "d.pt"
     lx.main([cmd, "--ckpt", tiny_ckpt, "--out", str(out), "--samples", "500", "--batch", "250"]
@@ -704,3 +716,17 @@ def test_mix_with_a_projected_latent_as_the_row(proj_ckpt, tmp_path):
     assert Image.open(out).size == (3 * 18 + 2, 2 * (2 * 18 + 2))
     with pytest.raises(SystemExit, match="not both"):
         lx.main(["mix", "--ckpt", proj_ckpt, "--latent", path, "--rows", "0", "--out", str(out)])
+
+
+def test_mix_never_replaces_an_existing_file_and_needs_an_image_name(tiny_ckpt, tmp_path):
+    mine = tmp_path / "mine.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(mine)
+    before = mine.read_bytes()
+    with pytest.raises(SystemExit, match="mine.png exists \\(pass --overwrite"):
+        lx.main(["mix", "--ckpt", tiny_ckpt, "--rows", "0", "--cols", "1", "--out", str(mine)])
+    assert mine.read_bytes() == before
+    with pytest.raises(SystemExit, match="not an image file name"):
+        lx.main(["mix", "--ckpt", tiny_ckpt, "--rows", "0", "--cols", "1", "--out", str(tmp_path / "m.txt")])
+    assert not (tmp_path / "m.txt").exists()
+    lx.main(["mix", "--ckpt", tiny_ckpt, "--rows", "0", "--cols", "1", "--out", str(mine), "--overwrite"])
+    assert Image.open(mine).size != (4, 4)

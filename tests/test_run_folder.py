@@ -24,7 +24,7 @@ from conftest import ROOT, load_script
 
 SCRIPTS = ("02_stylegan_freezed", "03_stylegan2_ada", "05_ugatit")
 SHARED = ("_StopRequest", "checkpoint_files", "find_resume", "clean_stray_temp_files", "open_resume",
-          "cut_run_logs", "to_uint8")
+          "read_run_settings", "cut_run_logs", "to_uint8")
 BANNER = "# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----"
 
 
@@ -252,6 +252,46 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_from_step_0(name, dat
     call(name, resume_argv(run, 3))  # ... which starts it again from step 0 with its settings
     assert log_steps(run) == [1, 2, 3]
     assert same_weights(load_step(run, 3), load_step(reference_runs[name], 3), G_KEY[name])
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {os.path.relpath(os.path.join(d, n), folder): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(folder) for n in names}
+
+
+@pytest.mark.parametrize("name,other", [(a, b) for a in SCRIPTS for b in SCRIPTS if a != b])
+def test_resume_refuses_another_scripts_run_and_changes_nothing(name, other, reference_runs, tmp_path):
+    run = str(tmp_path / "run")  # `other`'s run stopped before its first checkpoint: settings.json + log
+    shutil.copytree(reference_runs[other], run)
+    shutil.rmtree(os.path.join(run, "checkpoints"))
+    before = snapshot(run)
+    with pytest.raises((SystemExit, Exception)) as e:
+        call(name, resume_argv(run, 3))
+    assert "settings.json: not the settings of a run of this script" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    assert snapshot(run) == before  # its log is not cut, nothing is written into it
+
+
+def test_02_resume_says_which_given_flags_it_ignores(reference_runs, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    shutil.copytree(reference_runs["02_stylegan_freezed"], run)
+    lr = load_step(run, 3)["args"]["lr"]
+    capsys.readouterr()
+    call("02_stylegan_freezed", resume_argv(run, 4, "--lr", str(lr * 10), "--quiet"))
+    assert "note: --lr ignored with --resume" in capsys.readouterr().err
+    assert load_step(run, 4)["args"]["lr"] == lr  # the run's own value, as 03 does
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_resume_with_unreadable_settings_is_one_line(name, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text('{"size": 16,')  # cut short
+    with pytest.raises((SystemExit, Exception)) as e:
+        call(name, resume_argv(str(run), 3))
+    assert "settings.json: cannot read the run's settings" in str(e.value)
+    assert sorted(os.listdir(run)) == ["settings.json"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -250,6 +250,36 @@ def test_generate_matches_reference_forward_and_uint8_contract(tmp_path):
     assert np.mean(got == expected) > 0.97
 
 
+
+def test_generate_without_size_uses_the_size_the_run_trained_at(tmp_path):
+    path = str(tmp_path / "run.pt")
+    _, ema_sd = write_source_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["args"] = {"size": 16}  # what 02's own checkpoints record
+    torch.save(ckpt, path)
+    out = str(tmp_path / "gen")
+    m.main(["generate", "--ckpt", path, "--seeds", "5", "--noise-mode", "none", "--out", out, "--device", "cpu"])
+    z = torch.from_numpy(np.random.RandomState(5).randn(1, TINY_CODE)).float()
+    ref = reference_image(ema_sd, z, step=2)[0].permute(1, 2, 0).numpy()  # 16 px = step 2
+    got = png(os.path.join(out, "seed0005.png")).astype(np.float64)
+    assert got.shape == (16, 16, 3)
+    assert np.abs(got - np.floor(np.clip(ref * 127.5 + 128, 0, 255))).max() <= 1
+
+
+def test_mix_never_replaces_an_existing_file_and_needs_an_image_name(tmp_path):
+    path = str(tmp_path / "src.model")
+    write_source_checkpoint(path)
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"a picture the user made")
+    argv = ["mix", "--ckpt", path, "--size", "16", "--rows", "1", "--cols", "2", "--device", "cpu", "--out"]
+    with pytest.raises(ValueError, match="mine.png exists \\(pass --overwrite"):
+        m.main(argv + [str(mine)])
+    assert mine.read_bytes() == b"a picture the user made"
+    with pytest.raises(ValueError, match="not an image file name"):
+        m.main(argv + [str(tmp_path / "m.txt")])
+    m.main(argv + [str(mine), "--overwrite"])
+    assert png(str(mine)).shape[:2] == (3 * 16, 2 * 16)  # (top row + 2 bands) x (left column + 1)
+
 def test_forward_with_noise_and_truncation_matches_reference():
     sd = random_state_dict(generator_table(TINY, TINY_CODE), 7)
     g = m.StyledGenerator(TINY_CODE, 8, TINY)

@@ -542,6 +542,21 @@ def test_test_command_writes_one_png_per_input(tmp_path):
         u.main(["test", "--ckpt", path, "--input", str(src), "--out", str(tmp_path / "o2"), "--img-size", "128"])
 
 
+def test_test_command_never_writes_over_its_inputs(tmp_path):
+    nets = tiny_nets(light=False)
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({k: v.state_dict() for k, v in nets.items()}, path)
+    src = tmp_path / "photos"
+    make_domain(str(src), 2, 5, size=50)
+    before = {n: (src / n).read_bytes() for n in os.listdir(src)}
+    for out in (src, tmp_path / "." / "photos"):  # the same folder, spelled two ways
+        with pytest.raises(SystemExit, match="would overwrite the input image"):
+            u.main(["test", "--ckpt", path, "--input", str(src), "--out", str(out), "--device", "cpu"])
+    assert {n: (src / n).read_bytes() for n in os.listdir(src)} == before
+    with pytest.raises(SystemExit, match="a file; --input takes a folder"):
+        u.main(["test", "--ckpt", path, "--input", str(src / "im0.png"), "--out", str(tmp_path / "o"),
+                "--device", "cpu"])
+
 def test_data_errors(tmp_path):
     root = tmp_path / "d"
     make_domain(str(root / "trainA"), 1, 0)
@@ -553,6 +568,18 @@ def test_data_errors(tmp_path):
         u.main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--iter", "1"] + TRAIN)
     with pytest.raises(SystemExit, match="no such checkpoint"):
         u.main(["test", "--ckpt", str(tmp_path / "none.pt"), "--input", str(root), "--out", str(tmp_path / "o")])
+
+
+
+@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--keep", "0"), ("--ch", "0"), ("--iter", "-1"),
+                                        ("--log-every", "0"), ("--sample-every", "0"), ("--save-every", "0")])
+def test_counts_below_their_minimum_are_one_line_and_make_no_run_folder(tmp_path, flag, value):
+    data = make_data(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"{flag} {value}: must be at least"):
+        u.main(["train", "--data", data, "--out", str(out), "--img-size", "32", "--device", "cpu", "--quiet",
+                "--iter", "1", flag, value])
+    assert not out.exists()
 
 
 def test_unpaired_batches_are_reproducible_and_cover_epoch(tmp_path):
