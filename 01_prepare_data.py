@@ -46,16 +46,19 @@ Importable (tests and later scripts load this file with importlib):
     read_boxes(path) -> [Box]; square_around(box, margin); crop_square(page, left, top, side, pad)
     load_carn(path, device) -> CARNV2; carn_upscale(model, img, size); make_mark_server(pages, boxes)
 
-Sections (bottom-up):
+Map (the method, top to bottom; a copier cuts at the plumbing line):
     1. Constants
-    2. Page reading (mode conversion) and box files (parsing, validation)
-    3. Square crop geometry
-    4. CARN_V2 network, checkpoint loading, tiled x2 upscaling
-    5. Perceptual hash for --dedupe, contact sheet, atomic writers
-    6. Demo faces (procedural line-art cartoon faces)
-    7. prepare(args), demo(args)
-    8. mark(args): a local web page to draw the boxes
-    9. CLI
+    2. Square crop geometry: `square_around`, `crop_square`, `resize_square`, and `crop_face`
+       (one box -> one square face crop: the step `prepare` repeats)
+    3. CARN_V2 network (`CARNV2`), `load_carn`, tiled x2 upscaling (`carn_x2`, `carn_upscale`)
+    4. Perceptual hash for --dedupe (`phash`, `hamming`), `make_contact_sheet`
+    ---- plumbing line ----
+    5. Page reading (mode conversion) and box files (parsing, validation)
+    6. Atomic writers and the output folder
+    7. Demo faces (procedural cartoon faces)
+    8. prepare(args), demo(args)
+    9. mark(args): a local web page to draw the boxes
+    10. CLI
 """
 import argparse
 import codecs
@@ -103,7 +106,285 @@ class PrepareError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Pages and box files
+# 2. Square crop geometry
+# ---------------------------------------------------------------------------------------------
+def square_around(box, margin):
+    """(left, top, side) of the square centred on the box with side = max(w, h) * (1 + margin).
+
+    Integer pixels: side rounded to nearest, left/top = round-half-up of centre - side / 2, so
+    margin 0 on a square box gives the box itself.
+    """
+    side = max(1, int(round(max(box.w, box.h) * (1.0 + margin))))
+    left = math.floor((box.x0 + box.x1) / 2 - side / 2 + 0.5)
+    top = math.floor((box.y0 + box.y1) / 2 - side / 2 + 0.5)
+    return left, top, side
+
+
+def crop_square(page, left, top, side, pad_color=(255, 255, 255)):
+    """The side x side window of `page` at (left, top); parts off the page are `pad_color`."""
+    out = Image.new("RGB", (side, side), tuple(pad_color))
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + side, page.width), min(top + side, page.height)
+    if x1 > x0 and y1 > y0:
+        out.paste(page.crop((x0, y0, x1, y1)), (x0 - left, y0 - top))
+    return out
+
+
+RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize_square(img, size, upscaler="lanczos", sr=None):
+    """Resize a square crop to size x size; unchanged when it already is. `sr` upscales (CARN)."""
+    if img.width == size:
+        return img
+    if upscaler == "carn" and img.width < size:
+        return sr(img, size)
+    return img.resize((size, size), RESAMPLE["bicubic" if upscaler == "bicubic" else "lanczos"])
+
+
+def crop_face(page, box, margin, size, pad_color=(255, 255, 255), upscaler="lanczos", sr=None):
+    """One hand-marked box -> one square face crop at size x size, and where it was cut.
+
+    The square is centred on the box with side max(w, h) * (1 + margin) (`square_around`), padded
+    with pad_color where it leaves the page (`crop_square`), then resized (`resize_square`: Lanczos,
+    or CARN x2 passes then Lanczos). Returns (crop, (left, top, side)) in page pixels."""
+    left, top, side = square_around(box, margin)
+    return resize_square(crop_square(page, left, top, side, pad_color), size, upscaler, sr), (left, top, side)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. CARN_V2 (yu45020/Waifu2x) for x2 cartoon super-resolution
+# ---------------------------------------------------------------------------------------------
+class ConvBlock(nn.Module):
+    """Convolution + activation; `m` = [conv, act] (Waifu2x Common.ConvBlock)."""
+
+    def __init__(self, c_in, c_out, kernel_size, act):
+        super().__init__()
+        self.m = nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2), act)
+
+    def forward(self, x):
+        return self.m(x)
+
+
+class ResidualBlock(nn.Module):
+    """act(conv(act(conv(x))) + x): the residual block of CARN, Sec. 3.1 (Waifu2x ResidualFixBlock)."""
+
+    def __init__(self, channels, act):
+        super().__init__()
+        self.act = act
+        self.m = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), act,
+                               nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x):
+        return self.act(self.m(x) + x)
+
+
+class SpatialChannelSE(nn.Module):
+    """Concurrent spatial and channel squeeze-excitation, x * cSE(x) + x * sSE(x) (Roy et al. 2018).
+
+    cSE: global average -> Linear(C, hidden) -> ReLU -> Linear(hidden, C) -> sigmoid, per channel.
+    sSE: 1x1 conv to one map -> sigmoid, per pixel. hidden = max(C // reduction, 4).
+    """
+
+    def __init__(self, channels, reduction):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.channel_excite = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(),
+                                            nn.Linear(hidden, channels), nn.Sigmoid())
+        self.spatial_excite = nn.Sequential(nn.Conv2d(channels, 1, 1, bias=False), nn.Sigmoid())
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        channel = self.channel_excite(x.mean(dim=(2, 3))).view(b, c, 1, 1)   # [B, C, 1, 1]
+        spatial = self.spatial_excite(x)                                      # [B, 1, H, W]
+        return x * channel + x * spatial
+
+
+class CascadingBlock(nn.Module):
+    """CARN's cascading block (Sec. 3.2, Fig. 3b) as Waifu2x CARN_Block(repeat=3, SEBlock=True).
+
+    `blocks` = [RB, SE, RB, SE, RB, SE] and `singles` = three 3x3 ConvBlocks that fuse the
+    concatenated features (64 * (i + 2) -> 64 channels). The reference iterates
+    zip(blocks, singles), which stops after three steps, so only blocks[0] (RB), blocks[1] (SE)
+    and blocks[2] (RB) run; blocks[3..5] are loaded but unused. Kept as is for identical outputs.
+    """
+
+    def __init__(self, channels, act, repeat=3):
+        super().__init__()
+        layers = []
+        for _ in range(repeat):
+            layers += [ResidualBlock(channels, act), SpatialChannelSE(channels, reduction=channels)]
+        self.blocks = nn.Sequential(*layers)
+        self.singles = nn.Sequential(*[ConvBlock(channels * (i + 2), channels, 3, act)
+                                       for i in range(repeat)])
+
+    def forward(self, x):
+        cascade = x
+        for i, single in enumerate(self.singles):
+            cascade = torch.cat([cascade, self.blocks[i](x)], dim=1)   # [B, C * (i + 2), H, W]
+            x = single(cascade)                                         # [B, C, H, W]
+        return x
+
+
+class UpSampleBlock(nn.Module):
+    """x2 sub-pixel upsampling: conv to 4C channels, act, PixelShuffle(2) (`m.0.0` in the keys)."""
+
+    def __init__(self, channels, act):
+        super().__init__()
+        self.m = nn.Sequential(nn.Sequential(nn.Conv2d(channels, 4 * channels, 3, padding=1), act,
+                                             nn.PixelShuffle(2)))
+
+    def forward(self, x):
+        return self.m(x)
+
+
+class CARNV2(nn.Module):
+    """Waifu2x CARN_V2(color_channels=3, mid_channels=64, scale=2, LeakyReLU(0.1), SEBlock=True,
+    repeat_blocks=3, single_conv_size=3): CARN (Sec. 3.2, Fig. 2) with a global residual
+    around the three cascading blocks. Input [B, 3, H, W] in [0, 1] -> [B, 3, 2H, 2W], unclamped.
+    """
+
+    def __init__(self, channels=64, n_blocks=3):
+        super().__init__()
+        act = nn.LeakyReLU(0.1)
+        self.entry_block = ConvBlock(3, channels, 3, act)
+        self.blocks = nn.Sequential(*[CascadingBlock(channels, act) for _ in range(n_blocks)])
+        self.singles = nn.Sequential(*[ConvBlock(channels * (i + 2), channels, 3, act)
+                                       for i in range(n_blocks)])
+        self.upsampler = UpSampleBlock(channels, act)
+        self.exit_conv = nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, x):
+        assert x.ndim == 4 and x.shape[1] == 3, f"expected [B, 3, H, W], got {list(x.shape)}"
+        x = self.entry_block(x)                                         # [B, 64, H, W]
+        res = cascade = x
+        for block, single in zip(self.blocks, self.singles):
+            cascade = torch.cat([cascade, block(x)], dim=1)             # [B, 64 * (i + 2), H, W]
+            x = single(cascade)                                         # [B, 64, H, W]
+        x = self.upsampler(x + res)                                     # [B, 64, 2H, 2W]
+        return self.exit_conv(x)                                        # [B, 3, 2H, 2W]
+
+
+def load_carn(path, device="cpu"):
+    """Build CARNV2 and load the released weights strictly.
+
+    The released file is a state dict saved from nn.Sequential(tofp16(), model.half()), so its
+    keys carry a `1.` prefix and its tensors are fp16 (yu45020/Waifu2x Models.py loading recipe); a bare
+    state dict (no prefix, or `module.`) is accepted too. Tensors are cast to float32.
+    """
+    if not path:
+        raise PrepareError(f"--upscaler carn needs --sr-weights FILE: {CARN_WEIGHTS_SOURCE}")
+    if not os.path.isfile(path):
+        raise PrepareError(f"{path}: CARN weights file not found ({CARN_WEIGHTS_SOURCE})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PrepareError(f"{path}: cannot load as a PyTorch state dict "
+                           f"({e.__class__.__name__}: {first})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise PrepareError(f"{path}: expected a state dict of tensors (the CARN_V2 weights file)")
+    for prefix in ("1.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    model = CARNV2()
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {name} (e.g. {keys[0]})")
+        raise PrepareError(f"{path}: not a CARN_V2 state dict: {', '.join(parts)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval().to(device)
+
+
+@torch.no_grad()
+def carn_x2(model, x, tile=64, overlap=3):
+    """One x2 pass over [1, 3, H, W] in [0, 1], tile by tile (Waifu2x ImageSplitter scheme).
+
+    The image is replicate-padded by `overlap`; each tile of `tile` pixels is upscaled with
+    `overlap` context on every side, and only its centre is kept. tile <= 0: one tile.
+    Returns [1, 3, 2H, 2W] clamped to [0, 1].
+    """
+    _, c, h, w = x.shape
+    assert c == 3, f"expected [1, 3, H, W], got {list(x.shape)}"
+    tile = max(h, w) if tile <= 0 else tile
+    xp = F.pad(x, (overlap, overlap, overlap, overlap), mode="replicate")
+    out = x.new_zeros(1, 3, 2 * h, 2 * w)
+    for i in range(0, h, tile):
+        for j in range(0, w, tile):
+            th, tw = min(tile, h - i), min(tile, w - j)
+            y = model(xp[:, :, i:i + th + 2 * overlap, j:j + tw + 2 * overlap])
+            out[:, :, 2 * i:2 * (i + th), 2 * j:2 * (j + tw)] = \
+                y[:, :, 2 * overlap:2 * (overlap + th), 2 * overlap:2 * (overlap + tw)]
+    return out.clamp_(0, 1)
+
+
+def carn_upscale(model, img, size, tile=64, overlap=3):
+    """x2 CARN passes until the crop is at least `size`, then an exact Lanczos resize to size."""
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    x = x.to(device)                                                     # [1, 3, s, s]
+    while x.shape[-1] < size:
+        x = carn_x2(model, x, tile=tile, overlap=overlap)                # [1, 3, 2s, 2s]
+    a = (x[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    out = Image.fromarray(a, "RGB")
+    return out if out.width == size else out.resize((size, size), Image.Resampling.LANCZOS)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Perceptual hash (--dedupe) and the contact sheet
+# ---------------------------------------------------------------------------------------------
+def _dct_matrix(n):
+    """Orthonormal DCT-II matrix D (n x n): D @ v is the DCT of v."""
+    k = np.arange(n)[:, None]
+    m = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * m + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def phash(img):
+    """64-bit perceptual hash: 32x32 grey, 2-D DCT, the 8x8 lowest frequencies vs their median."""
+    g = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = (_DCT32 @ g @ _DCT32.T)[:8, :8].ravel()
+    bits = low > np.median(low)
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a, b):
+    return bin(a ^ b).count("1")
+
+
+def make_contact_sheet(images, numbers=None, thumb=CONTACT_THUMB, columns=None):
+    """A numbered grid of thumbnails (label under each). Returns an RGB image."""
+    n = len(images)
+    numbers = list(range(n)) if numbers is None else list(numbers)
+    columns = columns or max(1, min(CONTACT_MAX_COLUMNS, math.ceil(math.sqrt(n))))
+    rows = max(1, math.ceil(n / columns))
+    label_h, gap = 14, 4
+    cell_w, cell_h = thumb + gap, thumb + label_h + gap
+    sheet = Image.new("RGB", (columns * cell_w + gap, rows * cell_h + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, (img, num) in enumerate(zip(images, numbers)):
+        x = gap + (k % columns) * cell_w
+        y = gap + (k // columns) * cell_h
+        sheet.paste(img.convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS), (x, y))
+        draw.text((x + 1, y + thumb + 1), str(num), fill=(0, 0, 0), font=font)
+    return sheet
+
+
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+# ---------------------------------------------------------------------------------------------
+# 5. Pages and box files (reading, validation)
 # ---------------------------------------------------------------------------------------------
 def to_rgb(img, background=(255, 255, 255)):
     """Any PIL mode -> RGB; alpha (or a palette/grey transparency key) composited on `background`.
@@ -337,272 +618,8 @@ def warn(msg):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Square crop geometry
+# 6. Atomic writers and the output folder (--overwrite removes only what 01 wrote)
 # ---------------------------------------------------------------------------------------------
-def square_around(box, margin):
-    """(left, top, side) of the square centred on the box with side = max(w, h) * (1 + margin).
-
-    Integer pixels: side rounded to nearest, left/top = round-half-up of centre - side / 2, so
-    margin 0 on a square box gives the box itself.
-    """
-    side = max(1, int(round(max(box.w, box.h) * (1.0 + margin))))
-    left = math.floor((box.x0 + box.x1) / 2 - side / 2 + 0.5)
-    top = math.floor((box.y0 + box.y1) / 2 - side / 2 + 0.5)
-    return left, top, side
-
-
-def crop_square(page, left, top, side, pad_color=(255, 255, 255)):
-    """The side x side window of `page` at (left, top); parts off the page are `pad_color`."""
-    out = Image.new("RGB", (side, side), tuple(pad_color))
-    x0, y0 = max(left, 0), max(top, 0)
-    x1, y1 = min(left + side, page.width), min(top + side, page.height)
-    if x1 > x0 and y1 > y0:
-        out.paste(page.crop((x0, y0, x1, y1)), (x0 - left, y0 - top))
-    return out
-
-
-RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}
-
-
-def resize_square(img, size, upscaler="lanczos", sr=None):
-    """Resize a square crop to size x size; unchanged when it already is. `sr` upscales (CARN)."""
-    if img.width == size:
-        return img
-    if upscaler == "carn" and img.width < size:
-        return sr(img, size)
-    return img.resize((size, size), RESAMPLE["bicubic" if upscaler == "bicubic" else "lanczos"])
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. CARN_V2 (yu45020/Waifu2x) for x2 cartoon super-resolution
-# ---------------------------------------------------------------------------------------------
-class ConvBlock(nn.Module):
-    """Convolution + activation; `m` = [conv, act] (Waifu2x Common.ConvBlock)."""
-
-    def __init__(self, c_in, c_out, kernel_size, act):
-        super().__init__()
-        self.m = nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2), act)
-
-    def forward(self, x):
-        return self.m(x)
-
-
-class ResidualBlock(nn.Module):
-    """act(conv(act(conv(x))) + x): the residual block of CARN, Sec. 3.1 (Waifu2x ResidualFixBlock)."""
-
-    def __init__(self, channels, act):
-        super().__init__()
-        self.act = act
-        self.m = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), act,
-                               nn.Conv2d(channels, channels, 3, padding=1))
-
-    def forward(self, x):
-        return self.act(self.m(x) + x)
-
-
-class SpatialChannelSE(nn.Module):
-    """Concurrent spatial and channel squeeze-excitation, x * cSE(x) + x * sSE(x) (Roy et al. 2018).
-
-    cSE: global average -> Linear(C, hidden) -> ReLU -> Linear(hidden, C) -> sigmoid, per channel.
-    sSE: 1x1 conv to one map -> sigmoid, per pixel. hidden = max(C // reduction, 4).
-    """
-
-    def __init__(self, channels, reduction):
-        super().__init__()
-        hidden = max(channels // reduction, 4)
-        self.channel_excite = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(),
-                                            nn.Linear(hidden, channels), nn.Sigmoid())
-        self.spatial_excite = nn.Sequential(nn.Conv2d(channels, 1, 1, bias=False), nn.Sigmoid())
-
-    def forward(self, x):
-        b, c = x.shape[:2]
-        channel = self.channel_excite(x.mean(dim=(2, 3))).view(b, c, 1, 1)   # [B, C, 1, 1]
-        spatial = self.spatial_excite(x)                                      # [B, 1, H, W]
-        return x * channel + x * spatial
-
-
-class CascadingBlock(nn.Module):
-    """CARN's cascading block (Sec. 3.2, Fig. 3b) as Waifu2x CARN_Block(repeat=3, SEBlock=True).
-
-    `blocks` = [RB, SE, RB, SE, RB, SE] and `singles` = three 3x3 ConvBlocks that fuse the
-    concatenated features (64 * (i + 2) -> 64 channels). The reference iterates
-    zip(blocks, singles), which stops after three steps, so only blocks[0] (RB), blocks[1] (SE)
-    and blocks[2] (RB) run; blocks[3..5] are loaded but unused. Kept as is for identical outputs.
-    """
-
-    def __init__(self, channels, act, repeat=3):
-        super().__init__()
-        layers = []
-        for _ in range(repeat):
-            layers += [ResidualBlock(channels, act), SpatialChannelSE(channels, reduction=channels)]
-        self.blocks = nn.Sequential(*layers)
-        self.singles = nn.Sequential(*[ConvBlock(channels * (i + 2), channels, 3, act)
-                                       for i in range(repeat)])
-
-    def forward(self, x):
-        cascade = x
-        for i, single in enumerate(self.singles):
-            cascade = torch.cat([cascade, self.blocks[i](x)], dim=1)   # [B, C * (i + 2), H, W]
-            x = single(cascade)                                         # [B, C, H, W]
-        return x
-
-
-class UpSampleBlock(nn.Module):
-    """x2 sub-pixel upsampling: conv to 4C channels, act, PixelShuffle(2) (`m.0.0` in the keys)."""
-
-    def __init__(self, channels, act):
-        super().__init__()
-        self.m = nn.Sequential(nn.Sequential(nn.Conv2d(channels, 4 * channels, 3, padding=1), act,
-                                             nn.PixelShuffle(2)))
-
-    def forward(self, x):
-        return self.m(x)
-
-
-class CARNV2(nn.Module):
-    """Waifu2x CARN_V2(color_channels=3, mid_channels=64, scale=2, LeakyReLU(0.1), SEBlock=True,
-    repeat_blocks=3, single_conv_size=3): CARN (Sec. 3.2, Fig. 2) with a global residual
-    around the three cascading blocks. Input [B, 3, H, W] in [0, 1] -> [B, 3, 2H, 2W], unclamped.
-    """
-
-    def __init__(self, channels=64, n_blocks=3):
-        super().__init__()
-        act = nn.LeakyReLU(0.1)
-        self.entry_block = ConvBlock(3, channels, 3, act)
-        self.blocks = nn.Sequential(*[CascadingBlock(channels, act) for _ in range(n_blocks)])
-        self.singles = nn.Sequential(*[ConvBlock(channels * (i + 2), channels, 3, act)
-                                       for i in range(n_blocks)])
-        self.upsampler = UpSampleBlock(channels, act)
-        self.exit_conv = nn.Conv2d(channels, 3, 3, padding=1)
-
-    def forward(self, x):
-        assert x.ndim == 4 and x.shape[1] == 3, f"expected [B, 3, H, W], got {list(x.shape)}"
-        x = self.entry_block(x)                                         # [B, 64, H, W]
-        res = cascade = x
-        for block, single in zip(self.blocks, self.singles):
-            cascade = torch.cat([cascade, block(x)], dim=1)             # [B, 64 * (i + 2), H, W]
-            x = single(cascade)                                         # [B, 64, H, W]
-        x = self.upsampler(x + res)                                     # [B, 64, 2H, 2W]
-        return self.exit_conv(x)                                        # [B, 3, 2H, 2W]
-
-
-def load_carn(path, device="cpu"):
-    """Build CARNV2 and load the released weights strictly.
-
-    The released file is a state dict saved from nn.Sequential(tofp16(), model.half()), so its
-    keys carry a `1.` prefix and its tensors are fp16 (yu45020/Waifu2x Models.py loading recipe); a bare
-    state dict (no prefix, or `module.`) is accepted too. Tensors are cast to float32.
-    """
-    if not path:
-        raise PrepareError(f"--upscaler carn needs --sr-weights FILE: {CARN_WEIGHTS_SOURCE}")
-    if not os.path.isfile(path):
-        raise PrepareError(f"{path}: CARN weights file not found ({CARN_WEIGHTS_SOURCE})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PrepareError(f"{path}: cannot load as a PyTorch state dict "
-                           f"({e.__class__.__name__}: {first})") from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise PrepareError(f"{path}: expected a state dict of tensors (the CARN_V2 weights file)")
-    for prefix in ("1.", "module."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    model = CARNV2()
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {name} (e.g. {keys[0]})")
-        raise PrepareError(f"{path}: not a CARN_V2 state dict: {', '.join(parts)}")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval().to(device)
-
-
-@torch.no_grad()
-def carn_x2(model, x, tile=64, overlap=3):
-    """One x2 pass over [1, 3, H, W] in [0, 1], tile by tile (Waifu2x ImageSplitter scheme).
-
-    The image is replicate-padded by `overlap`; each tile of `tile` pixels is upscaled with
-    `overlap` context on every side, and only its centre is kept. tile <= 0: one tile.
-    Returns [1, 3, 2H, 2W] clamped to [0, 1].
-    """
-    _, c, h, w = x.shape
-    assert c == 3, f"expected [1, 3, H, W], got {list(x.shape)}"
-    tile = max(h, w) if tile <= 0 else tile
-    xp = F.pad(x, (overlap, overlap, overlap, overlap), mode="replicate")
-    out = x.new_zeros(1, 3, 2 * h, 2 * w)
-    for i in range(0, h, tile):
-        for j in range(0, w, tile):
-            th, tw = min(tile, h - i), min(tile, w - j)
-            y = model(xp[:, :, i:i + th + 2 * overlap, j:j + tw + 2 * overlap])
-            out[:, :, 2 * i:2 * (i + th), 2 * j:2 * (j + tw)] = \
-                y[:, :, 2 * overlap:2 * (overlap + th), 2 * overlap:2 * (overlap + tw)]
-    return out.clamp_(0, 1)
-
-
-def carn_upscale(model, img, size, tile=64, overlap=3):
-    """x2 CARN passes until the crop is at least `size`, then an exact Lanczos resize to size."""
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    x = x.to(device)                                                     # [1, 3, s, s]
-    while x.shape[-1] < size:
-        x = carn_x2(model, x, tile=tile, overlap=overlap)                # [1, 3, 2s, 2s]
-    a = (x[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
-    out = Image.fromarray(a, "RGB")
-    return out if out.width == size else out.resize((size, size), Image.Resampling.LANCZOS)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Perceptual hash, contact sheet, atomic writers
-# ---------------------------------------------------------------------------------------------
-def _dct_matrix(n):
-    """Orthonormal DCT-II matrix D (n x n): D @ v is the DCT of v."""
-    k = np.arange(n)[:, None]
-    m = np.arange(n)[None, :]
-    d = np.cos(np.pi * (2 * m + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    d[0] /= np.sqrt(2.0)
-    return d
-
-
-_DCT32 = _dct_matrix(32)
-
-
-def phash(img):
-    """64-bit perceptual hash: 32x32 grey, 2-D DCT, the 8x8 lowest frequencies vs their median."""
-    g = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = (_DCT32 @ g @ _DCT32.T)[:8, :8].ravel()
-    bits = low > np.median(low)
-    return int("".join("1" if b else "0" for b in bits), 2)
-
-
-def hamming(a, b):
-    return bin(a ^ b).count("1")
-
-
-def make_contact_sheet(images, numbers=None, thumb=CONTACT_THUMB, columns=None):
-    """A numbered grid of thumbnails (label under each). Returns an RGB image."""
-    n = len(images)
-    numbers = list(range(n)) if numbers is None else list(numbers)
-    columns = columns or max(1, min(CONTACT_MAX_COLUMNS, math.ceil(math.sqrt(n))))
-    rows = max(1, math.ceil(n / columns))
-    label_h, gap = 14, 4
-    cell_w, cell_h = thumb + gap, thumb + label_h + gap
-    sheet = Image.new("RGB", (columns * cell_w + gap, rows * cell_h + gap), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for k, (img, num) in enumerate(zip(images, numbers)):
-        x = gap + (k % columns) * cell_w
-        y = gap + (k // columns) * cell_h
-        sheet.paste(img.convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS), (x, y))
-        draw.text((x + 1, y + thumb + 1), str(num), fill=(0, 0, 0), font=font)
-    return sheet
-
-
 def write_atomic(path, write, text=False):
     """Call write(f) on a temporary file beside `path`, then os.replace it into place."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -701,7 +718,7 @@ def prepare_out_dir(out_dir, overwrite, inputs=()):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Demo data: procedural black-and-white line-art cartoon faces
+# 7. Demo data: procedural black-and-white line-art cartoon faces
 # ---------------------------------------------------------------------------------------------
 def _head_outline(rng, cx, cy, hw, hh):
     """Points of a head outline: superellipse, egg (tapered) or square jaw with a chin."""
@@ -975,7 +992,7 @@ def write_demo(out_dir, n, size=256, seed=0, overwrite=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. prepare(args), demo(args)
+# 8. prepare(args), demo(args)
 # ---------------------------------------------------------------------------------------------
 def parse_color(text):
     """'white', 'black', '#rrggbb' or 'r,g,b' -> (r, g, b)."""
@@ -1034,9 +1051,8 @@ def prepare(args):
             skipped.append(filename)
             continue
         for b in page_boxes:
-            left, top, side = square_around(b, args.margin)
-            crop = resize_square(crop_square(page, left, top, side, args.pad_color), args.size,
-                                 args.upscaler, sr)
+            crop, (left, top, side) = crop_face(page, b, args.margin, args.size, args.pad_color,
+                                                args.upscaler, sr)
             if args.dedupe:
                 h = phash(crop)
                 near = [(hamming(h, h2), k) for k, h2 in enumerate(hashes) if hamming(h, h2) <= args.dedupe_bits]
@@ -1081,7 +1097,7 @@ def demo(args):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. mark(args): a local web page to draw the face boxes
+# 9. mark(args): a local web page to draw the face boxes
 # ---------------------------------------------------------------------------------------------
 MARK_PAGE = r"""<!doctype html>
 <html><head><meta charset="utf-8"><title>calm-gan: mark face boxes</title>
@@ -1493,7 +1509,7 @@ def mark(args):
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. CLI
+# 10. CLI
 # ---------------------------------------------------------------------------------------------
 def _nonnegative_float(text):
     v = float(text)

@@ -522,3 +522,31 @@ def test_carn_without_weights_says_where_published(tmp_path, page_dir, capsys):
     msg = _error(capsys, tmp_path, [["p.png", 0, 0, 8, 8, ""]], "--upscaler", "carn",
                  "--sr-weights", str(tmp_path / "nope.pt"))
     assert "nope.pt: CARN weights file not found" in msg
+
+
+def test_crop_face_is_the_hand_computed_square_then_lanczos():
+    """One box on a 60x40 page, margin 0.2: side = round(30 * 1.2) = 36, left = floor(20 - 18 + 0.5) = 2,
+    top = floor(21 - 18 + 0.5) = 3; the square runs past the bottom edge, so it is padded white."""
+    a = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    box = prep.Box("p.png", 10, 6, 30, 36)
+    crop, where = prep.crop_face(Image.fromarray(a), box, 0.2, 24)
+    assert where == (2, 3, 36)
+    want = Image.fromarray(expected_crop(a, 2, 3, 36, (255, 255, 255))).resize((24, 24), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(crop), np.asarray(want))
+
+
+def test_the_method_lies_above_the_plumbing_line():
+    """01 reads like the other numbered scripts: geometry, CARN and the hash above one plumbing line,
+    page reading, writers, the demo faces, mark and the CLI below it."""
+    import ast
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "01_prepare_data.py")
+    text = open(path, encoding="utf-8").read()
+    lines = text.splitlines()
+    banner = [i + 1 for i, line in enumerate(lines) if line.startswith("# ---- plumbing:")]
+    assert len(banner) == 1
+    where = {n.name: n.lineno for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    for name in ("square_around", "crop_square", "resize_square", "crop_face", "CARNV2", "load_carn",
+                 "carn_upscale", "phash", "make_contact_sheet"):
+        assert where[name] < banner[0], name
+    for name in ("read_boxes", "load_page", "write_atomic", "make_demo_faces", "prepare", "mark", "main"):
+        assert where[name] > banner[0], name
