@@ -2566,6 +2566,17 @@ def to_uint8(img):
     return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+def refuse_existing_outputs(paths, overwrite):
+    """The output rule of every sampling command: `paths` are all the files it is about to write.
+    One that exists (a file the user owns) stops it before anything, a folder included, is written,
+    unless --overwrite; with --overwrite exactly these files are replaced and nothing else is touched."""
+    taken = [p for p in dict.fromkeys(paths) if os.path.lexists(p)]
+    if taken and not overwrite:
+        also = ", ".join(taken[1:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise FileExistsError(f"{taken[0]} exists" + (f", as do {also}" if also else "")
+                              + f" (pass --overwrite to replace {'them' if also else 'it'})")
+
+
 def save_image_grid(images, path, nrow):
     """images [N, 3, H, W] in [-1, 1] -> one PNG grid, nrow images per row (to_uint8, as `generate`)."""
     n, c, h, w = images.shape
