@@ -52,7 +52,7 @@ Run
     python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --index 0 \\
         --degrees=-5:5:11 --seeds 0-3 --caption-top "WHEN THE CODE" --caption-bottom "FINALLY RUNS" --out edits
     python 04_latent_explore.py project --ckpt RUN/checkpoints/best.pt --image me.png --w-plus --video --out proj
-    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --latent proj/me_latent.pt --out edits
+    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --latent proj/me_latent.pt --out edits_me
     python 04_latent_explore.py mix --ckpt RUN/checkpoints/best.pt --rows 0-3 --cols 10-14 --out mix.png
     python 04_latent_explore.py ui --ckpt RUN/checkpoints/best.pt --dirs sefa.pt
 
