@@ -901,6 +901,9 @@ def run_edit(args):
     sources = _sources(args, explorer, "--seeds", args.seeds, "0-3")
     truncation = args.truncation if args.truncation is not None else (1.0 if args.latent else 0.7)
     gifs = [os.path.join(args.out, f"{name}_dir{args.index:02d}.gif") for name, *_ in sources]
+    if args.latent and len(set(gifs)) < len(gifs):
+        raise ExploreError("--latent: two files share a name (" + ", ".join(sorted({n for n, *_ in sources if
+                           [m for m, *_ in sources].count(n) > 1})) + "); their GIFs would overwrite each other")
     sheet = os.path.join(args.out, f"grid_dir{args.index:02d}.png")
     load_script("03_stylegan2_ada").refuse_existing_outputs(gifs + [sheet], args.overwrite)
     os.makedirs(args.out, exist_ok=True)   # only after every input and output has been checked

@@ -153,3 +153,20 @@ def test_the_refusal_names_the_first_taken_files_and_writes_nothing(tmp_path):
                               f"(pass --overwrite to replace them)")
     sg2.refuse_existing_outputs(paths, overwrite=True)  # allowed; the helper itself writes nothing
     assert not (tmp_path / "new").exists() and all(open(p, "rb").read() == MINE for p in paths[:5])
+
+
+def test_04_edit_refuses_two_latents_that_would_write_one_gif(tmp_path):
+    lx = load_script("04_latent_explore")
+    ckpt = sg2_checkpoint(str(tmp_path / "g.pt"), 0)
+    dirs = str(tmp_path / "dirs.pt")
+    lx.main(["sefa", "--ckpt", ckpt, "--device", "cpu", "--out", dirs])
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "me.png")
+    lx.main(["project", "--ckpt", ckpt, "--device", "cpu", "--image", str(tmp_path / "me.png"), "--steps", "1",
+             "--distance", "mse", "--out", str(tmp_path / "p1")])
+    (tmp_path / "p2").mkdir()
+    (tmp_path / "p2" / "me_latent.pt").write_bytes((tmp_path / "p1" / "me_latent.pt").read_bytes())
+    with pytest.raises(SystemExit, match=r"--latent: two files share a name \(me\)"):
+        lx.main(["edit", "--ckpt", ckpt, "--device", "cpu", "--dirs", dirs, "--degrees", "0,1", "--latent",
+                 str(tmp_path / "p1" / "me_latent.pt"), str(tmp_path / "p2" / "me_latent.pt"),
+                 "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()
