@@ -1064,6 +1064,17 @@ def to_uint8(img):
     return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+def refuse_existing_outputs(paths, overwrite):
+    """The output rule of every sampling command: `paths` are all the files it is about to write.
+    One that exists (a file the user owns) stops it before anything, a folder included, is written,
+    unless --overwrite; with --overwrite exactly these files are replaced and nothing else is touched."""
+    taken = [p for p in dict.fromkeys(paths) if os.path.lexists(p)]
+    if taken and not overwrite:
+        also = ", ".join(taken[1:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise FileExistsError(f"{taken[0]} exists" + (f", as do {also}" if also else "")
+                              + f" (pass --overwrite to replace {'them' if also else 'it'})")
+
+
 def save_grid(img, path, nrow):
     """Tile [B, 3, H, W] images row by row, nrow images per row, into one PNG."""
     arr = to_uint8(img).cpu().numpy()  # [B, H, W, 3]
@@ -1457,19 +1468,18 @@ def generate(args):
     device = resolve_device(args.device)
     if args.size is not None:
         size_to_step(args.size)  # a bad --size fails before the checkpoint is read
+    seeds = parse_seeds(args.seeds)
+    paths = [os.path.join(args.out, f"seed{seed:04d}.png") for seed in seeds]
+    refuse_existing_outputs(paths, args.overwrite)  # before the folder is made
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
-    seeds = parse_seeds(args.seeds)
     os.makedirs(args.out, exist_ok=True)
     mean = mean_w(g, device) if args.truncation != 1 else None
-    paths = []
-    for seed in seeds:
+    for seed, path in zip(seeds, paths):
         z = seed_z(seed, g.code_dim).to(device)
         noise = [n.to(device) for n in seed_noise(g, seed, step, args.noise_mode)]
         img = g(z, noise, step=step, alpha=1, mean_style=mean, style_weight=args.truncation)  # [1, 3, S, S]
-        path = os.path.join(args.out, f"seed{seed:04d}.png")
         Image.fromarray(to_uint8(img)[0].cpu().numpy()).save(path)
-        paths.append(path)
     print(f"wrote {len(paths)} images to {args.out}")
     return paths
 
@@ -1486,8 +1496,7 @@ def mix(args):
     g, ckpt = load_sampling_generator(args.ckpt, device)
     step = _check_size(args, ckpt, args.ckpt)
     rows, cols = parse_seeds(args.rows), parse_seeds(args.cols)
-    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
-        raise ValueError(f"{args.out} exists (pass --overwrite to replace it)")
+    refuse_existing_outputs([args.out], args.overwrite)  # never over a file the user owns
     if os.path.splitext(args.out)[1].lower() not in Image.registered_extensions():
         raise ValueError(f"--out {args.out}: not an image file name (e.g. mix.png)")
     mean = mean_w(g, device) if args.truncation != 1 else None
@@ -1602,6 +1611,7 @@ def build_parser():
     sampling_flags(gen)
     gen.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9")
     gen.add_argument("--out", required=True, help="output folder")
+    gen.add_argument("--overwrite", action="store_true", help="replace existing seedNNNN.png files in --out")
 
     m = sub.add_parser("mix", help="style-mixing figure: coarse / middle / fine crossovers")
     sampling_flags(m)

@@ -2566,6 +2566,17 @@ def to_uint8(img):
     return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+def refuse_existing_outputs(paths, overwrite):
+    """The output rule of every sampling command: `paths` are all the files it is about to write.
+    One that exists (a file the user owns) stops it before anything, a folder included, is written,
+    unless --overwrite; with --overwrite exactly these files are replaced and nothing else is touched."""
+    taken = [p for p in dict.fromkeys(paths) if os.path.lexists(p)]
+    if taken and not overwrite:
+        also = ", ".join(taken[1:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise FileExistsError(f"{taken[0]} exists" + (f", as do {also}" if also else "")
+                              + f" (pass --overwrite to replace {'them' if also else 'it'})")
+
+
 def save_image_grid(images, path, nrow):
     """images [N, 3, H, W] in [-1, 1] -> one PNG grid, nrow images per row (to_uint8, as `generate`)."""
     n, c, h, w = images.shape
@@ -3332,20 +3343,32 @@ def parse_seeds(text):
     return seeds
 
 
+def sampling_checkpoint(path):
+    """--ckpt of generate: a checkpoint file as given, or a run folder -> its newest checkpoint
+    (RUN/checkpoints/NNNNNN.pt, else the older layout's RUN/checkpoint.pt), as 02 generate and 05 test."""
+    if not os.path.isdir(path):
+        return path
+    files = find_resume(path)[1]
+    if not files:
+        raise CheckpointError(f"{path}: a folder without checkpoints/NNNNNN.pt or checkpoint.pt")
+    return files[0]
+
+
 @torch.no_grad()
 def generate(args):
     """Write seed{s:04d}.png for each seed; z = RandomState(s).randn(1, style_dim) (NVlabs convention)."""
     ops.set_ops(getattr(args, "ops", None) or "auto")
     device = parse_device(args.device)
-    g, latent_avg = load_generator(args.ckpt, device=device)
+    seeds = args.seeds if isinstance(args.seeds, (list, tuple)) else parse_seeds(args.seeds)
+    paths = [os.path.join(args.out, f"seed{seed:04d}.png") for seed in seeds]
+    refuse_existing_outputs(paths, args.overwrite)  # before the folder is made
+    g, latent_avg = load_generator(sampling_checkpoint(args.ckpt), device=device)
     set_precision(g, getattr(args, "precision", None) or default_precision(device))
     os.makedirs(args.out, exist_ok=True)
     if args.truncation < 1 and latent_avg is None:
         torch.manual_seed(0)  # fixed mean w when the checkpoint stores none
         latent_avg = g.mean_latent(TRUNCATION_MEAN_N)
-    paths = []
-    seeds = args.seeds if isinstance(args.seeds, (list, tuple)) else parse_seeds(args.seeds)
-    for seed in seeds:
+    for seed, path in zip(seeds, paths):
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, g.style_dim)).float().to(device)
         if args.noise_mode == "const":
             noise = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
@@ -3355,9 +3378,7 @@ def generate(args):
             torch.manual_seed(seed)
             noise = [n.to(device) for n in g.make_noise()]
         img, _ = g([z], truncation=args.truncation, truncation_latent=latent_avg, noise=noise)
-        path = os.path.join(args.out, f"seed{seed:04d}.png")
         Image.fromarray(to_uint8(img)[0].cpu().numpy(), "RGB").save(path)
-        paths.append(path)
     print(f"wrote {len(paths)} images to {args.out}")
     return paths
 
@@ -3378,12 +3399,14 @@ def build_parser():
 
     p = sub.add_parser("generate", help="images for seeds from a checkpoint (.pt ours/rosinality, NVIDIA .pkl)",
                        description="Write OUT/seedNNNN.png for each seed (z = RandomState(seed).randn).")
-    p.add_argument("--ckpt", required=True, metavar="FILE", help="checkpoint file (.pt or NVIDIA .pkl)")
+    p.add_argument("--ckpt", required=True, metavar="FILE",
+                   help="checkpoint file (.pt or NVIDIA .pkl), or a run folder (its newest checkpoint)")
     p.add_argument("--seeds", type=parse_seeds, default="0-7", help="seeds, e.g. 0-7 or 1,5,9-11 (default 0-7)")
     p.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="truncation psi (default 1 = off)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
                    help="const = stored noise maps (NVlabs default), random, none = zeros (default const)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing seedNNNN.png files in --out")
     p.add_argument("--device", default="auto", help=ops.device.DEVICE_HELP)
     p.add_argument("--ops", choices=ops.OPS_MODES, default="auto", help=ops.OPS_HELP)
     p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)

@@ -52,7 +52,7 @@ Run
     python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --index 0 \\
         --degrees=-5:5:11 --seeds 0-3 --caption-top "WHEN THE CODE" --caption-bottom "FINALLY RUNS" --out edits
     python 04_latent_explore.py project --ckpt RUN/checkpoints/best.pt --image me.png --w-plus --video --out proj
-    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --latent proj/me_latent.pt --out edits
+    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --latent proj/me_latent.pt --out edits_me
     python 04_latent_explore.py mix --ckpt RUN/checkpoints/best.pt --rows 0-3 --cols 10-14 --out mix.png
     python 04_latent_explore.py ui --ckpt RUN/checkpoints/best.pt --dirs sefa.pt
 
@@ -900,22 +900,27 @@ def run_edit(args):
     degrees = parse_degrees(args.degrees)
     sources = _sources(args, explorer, "--seeds", args.seeds, "0-3")
     truncation = args.truncation if args.truncation is not None else (1.0 if args.latent else 0.7)
-    os.makedirs(args.out, exist_ok=True)   # only after every input has been checked
+    gifs = [os.path.join(args.out, f"{name}_dir{args.index:02d}.gif") for name, *_ in sources]
+    if args.latent and len(set(gifs)) < len(gifs):
+        raise ExploreError("--latent: two files share a name (" + ", ".join(sorted({n for n, *_ in sources if
+                           [m for m, *_ in sources].count(n) > 1})) + "); their GIFs would overwrite each other")
+    sheet = os.path.join(args.out, f"grid_dir{args.index:02d}.png")
+    load_script("03_stylegan2_ada").refuse_existing_outputs(gifs + [sheet], args.overwrite)
+    os.makedirs(args.out, exist_ok=True)   # only after every input and output has been checked
     rows = []
-    for name, ws, noises, seed in tqdm(sources, desc="edit"):
+    for (name, ws, noises, seed), gif in zip(tqdm(sources, desc="edit"), gifs):
         frames = edit_frames(explorer, d["directions"][args.index], seed, degrees, layers, truncation,
                              args.caption_top, args.caption_bottom, args.font, args.noise_mode, ws, noises)
-        save_gif(frames, os.path.join(args.out, f"{name}_dir{args.index:02d}.gif"), args.duration)
+        save_gif(frames, gif, args.duration)
         rows.extend(frames)
-    grid(rows, len(degrees)).save(os.path.join(args.out, f"grid_dir{args.index:02d}.png"))
+    grid(rows, len(degrees)).save(sheet)
     print(f"wrote {args.out}: grid_dir{args.index:02d}.png and one GIF per {'latent' if args.latent else 'seed'} "
           f"({len(degrees)} frames, degrees {degrees[0]:g}..{degrees[-1]:g}, layers {layers[0]}-{layers[-1]})")
 
 
 def run_directions(args):
     explorer = load_explorer(args.ckpt, args.device, args.size)
-    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
-        raise ExploreError(f"{args.out} exists (pass --overwrite to replace it)")
+    load_script("03_stylegan2_ada").refuse_existing_outputs([args.out], args.overwrite)  # never over a user's file
     layers = parse_range(args.layers, explorer.n_latent, "--layers")
     if args.cmd == "sefa":
         weights = explorer.style_weights(layers)
@@ -976,8 +981,7 @@ def run_mix(args):
     cols = parse_seeds(args.cols, "--cols")
     sources = _sources(args, explorer, "--rows", args.rows, "0-3")
     truncation = args.truncation if args.truncation is not None else (1.0 if args.latent else 0.7)
-    if os.path.exists(args.out) and not args.overwrite:  # never over a file the user owns
-        raise ExploreError(f"{args.out} exists (pass --overwrite to replace it)")
+    load_script("03_stylegan2_ada").refuse_existing_outputs([args.out], args.overwrite)  # never over a user's file
     if os.path.splitext(args.out)[1].lower() not in Image.registered_extensions():
         raise ExploreError(f"--out {args.out}: not an image file name (e.g. mix.png)")
     if args.latent:
@@ -1118,10 +1122,8 @@ def run_project(args):
     for flag in ("noise_ramp", "lr_rampup", "lr_rampdown"):
         if not 0 < getattr(args, flag) <= 1:
             raise ExploreError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: a fraction of the steps in (0, 1]")
-    if not args.overwrite:
-        taken = [p for n in names for p in projection_outputs(args.out, n, args.video) if os.path.exists(p)]
-        if taken:
-            raise ExploreError(f"{taken[0]} exists (pass --overwrite to replace the outputs of an earlier projection)")
+    load_script("03_stylegan2_ada").refuse_existing_outputs(
+        [p for n in names for p in projection_outputs(args.out, n, args.video)], args.overwrite)
     distance = make_distance(explorer, args.distance, args.vgg, args.mse)
     print(f"distance: {distance.name}; space: {'W+' if args.w_plus else 'W'}; {args.steps} steps")
     stats = w_stats(explorer)
@@ -1397,6 +1399,7 @@ def build_parser():
     e.add_argument("--font", default=None, help="TrueType/OpenType font file (e.g. one covering Hangul)")
     e.add_argument("--duration", type=int, default=80, help="ms per GIF frame")
     e.add_argument("--out", required=True, help="output folder (grid PNG and GIFs)")
+    e.add_argument("--overwrite", action="store_true", help="replace existing grid_dirNN.png / NAME_dirNN.gif in --out")
 
     m = sub.add_parser("mix", help="style-mixing figure (coarse / middle / fine)")
     common(m)

@@ -1037,6 +1037,17 @@ def to_uint8(img):
     return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+def refuse_existing_outputs(paths, overwrite):
+    """The output rule of every sampling command: `paths` are all the files it is about to write.
+    One that exists (a file the user owns) stops it before anything, a folder included, is written,
+    unless --overwrite; with --overwrite exactly these files are replaced and nothing else is touched."""
+    taken = [p for p in dict.fromkeys(paths) if os.path.lexists(p)]
+    if taken and not overwrite:
+        also = ", ".join(taken[1:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise FileExistsError(f"{taken[0]} exists" + (f", as do {also}" if also else "")
+                              + f" (pass --overwrite to replace {'them' if also else 'it'})")
+
+
 # ----------------------------------------------------------------------------------------------
 # train(args)
 # ----------------------------------------------------------------------------------------------
@@ -1263,6 +1274,7 @@ def test(args):
     clash = next((d for d in dsts if os.path.realpath(d) in inputs), None)
     if clash is not None:
         raise InputError(f"--out {args.out}: would overwrite the input image {clash}; choose another folder")
+    refuse_existing_outputs(dsts, args.overwrite)  # an earlier test's PNGs, or the user's own
     written = []
     for p, dst in zip(paths, dsts):
         img = read_image(p, size)
@@ -1299,6 +1311,9 @@ def chain(args):
     consecutive seeds, spherical interpolation in z).
     """
     import importlib
+    walk = bool(args.walk) and len(args.seeds) > 1
+    refuse_existing_outputs([os.path.join(args.out, f"seed{s}.png") for s in args.seeds]
+                            + ([os.path.join(args.out, "walk.gif")] if walk else []), args.overwrite)
     device = resolve_device(args.device)
     set_ops(getattr(args, "ops", None) or "auto")
     root = os.path.dirname(os.path.abspath(__file__))
@@ -1331,7 +1346,7 @@ def chain(args):
         path = os.path.join(args.out, f"seed{s}.png")
         save_png(frame(z), path)
         written.append(path)
-    if args.walk and len(zs) > 1:
+    if walk:
         frames = []
         for a, b in zip(zs, zs[1:] + zs[:1]):                           # closed loop through the seeds
             for i in range(args.walk):
@@ -1398,6 +1413,7 @@ def build_parser():
     s.add_argument("--ckpt", required=True, help="a run folder (its newest checkpoint), one of its checkpoints or a UGATIT-pytorch *_params_*.pt")
     s.add_argument("--input", required=True, help="folder of images")
     s.add_argument("--out", required=True, help="output folder (same names, .png)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing PNGs of those names in --out")
     s.add_argument("--direction", choices=("A2B", "B2A"), default="A2B",
                    help="genA2B (A2B, the default) or genB2A")
     s.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's size")
@@ -1413,6 +1429,7 @@ def build_parser():
     c.add_argument("--img-size", type=int, default=None, help="U-GAT-IT size (default: checkpoint's)")
     c.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration")
     c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--overwrite", action="store_true", help="replace existing seedN.png / walk.gif in --out")
     c.add_argument("--device", default=None, help=DEVICE_HELP)
     c.add_argument("--ops", choices=OPS_MODES, default="auto", help="StyleGAN2's " + OPS_HELP)
     c.set_defaults(func=chain)

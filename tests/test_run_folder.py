@@ -24,7 +24,7 @@ from conftest import ROOT, load_script
 
 SCRIPTS = ("02_stylegan_freezed", "03_stylegan2_ada", "05_ugatit")
 SHARED = ("_StopRequest", "checkpoint_files", "find_resume", "clean_stray_temp_files", "open_resume",
-          "read_run_settings", "cut_run_logs", "to_uint8")
+          "read_run_settings", "cut_run_logs", "to_uint8", "refuse_existing_outputs")
 BANNER = "# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----"
 
 

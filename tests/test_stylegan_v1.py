@@ -272,7 +272,7 @@ def test_mix_never_replaces_an_existing_file_and_needs_an_image_name(tmp_path):
     mine = tmp_path / "mine.png"
     mine.write_bytes(b"a picture the user made")
     argv = ["mix", "--ckpt", path, "--size", "16", "--rows", "1", "--cols", "2", "--device", "cpu", "--out"]
-    with pytest.raises(ValueError, match="mine.png exists \\(pass --overwrite"):
+    with pytest.raises(FileExistsError, match="mine.png exists \\(pass --overwrite"):
         m.main(argv + [str(mine)])
     assert mine.read_bytes() == b"a picture the user made"
     with pytest.raises(ValueError, match="not an image file name"):
