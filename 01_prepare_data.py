@@ -920,7 +920,8 @@ def _draw_source_face(rng, size):
         upper = [(cx + 1.08 * (x - cx), cy + 1.08 * (y - cy)) for x, y in upper]
         upper.sort(key=lambda p: math.atan2(p[1] - cy, p[0] - cx))
         part = cx + rng.uniform(-0.4, 0.4) * hw
-        poly = upper + [(cx + hw * 1.02, line + hh * 0.15), (part, line - hh * 0.05), (cx - hw * 1.02, line + hh * 0.15)]
+        poly = upper + [(cx + hw * 1.02, line + hh * 0.15), (part, line - hh * 0.05),
+                        (cx - hw * 1.02, line + hh * 0.15)]
         if len(poly) >= 3:
             draw.polygon(poly, fill=hair)
         for _ in range(rng.randint(2, 6)):                          # a few lighter strands

@@ -55,13 +55,16 @@ PRESET = {
     "smoke": dict(faces=16, sg2_iter=2, sg1_iter=2, batch=4, ugatit_iter=2, ugatit_size=64,
                   ganspace_samples=2000, fid_dims=64),  # Inception's first block only: plumbing check
 }
-FREEZE_D = 1  # FreezeD at 32 px: fromRGB + the first of D's three blocks (the seed: 4 of 7 at 256 px)
+FREEZE_D_V1 = 1  # StyleGAN v1 FreezeD at 32 px: from_rgb and the 32 px block stay fixed, so the same three
+#                 lowest-resolution blocks train as with the seed's K = 4 at 256 px (03's presets shift
+#                 their freeze_d to the image size by themselves)
+R1_GAMMA = 0.05  # StyleGAN2 R1 weight at 32 px: NVlabs' auto rule 0.0002 res^2 / batch = 0.026 (10 is for 1024 px)
 KID_SUBSET = 50  # KID subset size below the half-set size (100), so its std shows a real spread
 
 # The source models of demo_models/ (`--make-source`): 4,000 source-style faces; StyleGAN2 and
 # StyleGAN v1 at 32 px with 32 channels, a 64-d z/w and batch 8, small enough to train on a CPU.
-SOURCE = dict(faces=4000, seed=0, size=32, channel_max=32, style_dim=64, n_mlp=2, batch=8,
-              sg2_iter=9000, sg1_iter=7000, sg1_init=8, sg1_phase=8000)
+SOURCE = dict(faces=4000, seed=0, size=32, channel_max=32, style_dim=64, n_mlp=2, batch=8, r1_gamma=R1_GAMMA,
+              sg2_iter=20000, sg1_iter=7000, sg1_init=8, sg1_phase=8000)
 
 
 def source_commands(data, runs, s=SOURCE):
@@ -72,9 +75,10 @@ def source_commands(data, runs, s=SOURCE):
                  "--seed", str(s["seed"]), "--out", data],
         "stylegan2": ["03_stylegan2_ada.py", "train", "--data", data, "--out", os.path.join(runs, "sg2"),
                       "--size", size, "--channel-max", cm, "--style-dim", sd, "--n-mlp", str(s["n_mlp"]),
-                      "--batch", b, "--iter", str(s["sg2_iter"]), "--ema-rampup", "0.05", "--device", "cpu",
-                      "--num-workers", "0", "--no-progress", "--fid-every", "0", "--sample-every", "500",
-                      "--ckpt-every", "500", "--log-every", "50"],
+                      "--batch", b, "--iter", str(s["sg2_iter"]), "--r1-gamma", str(s["r1_gamma"]),
+                      "--pl-weight", "0", "--ema-rampup", "0.05", "--device", "cpu", "--num-workers", "0",
+                      "--no-progress", "--fid-every", "0", "--sample-every", "500", "--ckpt-every", "500",
+                      "--keep", "20", "--log-every", "50"],
         "stylegan_v1": ["02_stylegan_freezed.py", "train", "--data", data, "--size", size,
                         "--out", os.path.join(runs, "sg1"), "--channel-max", cm, "--code-dim", sd,
                         "--iter", str(s["sg1_iter"]), "--batch", b, "--loss", "r1", "--mixing",
@@ -382,8 +386,9 @@ def main(argv=None):
     plumbing = ["--device", dev, "--num-workers", "0", "--no-progress", "--fid-every", "0",
                 "--sample-every", str(max(1, n_sg2 // 4)), "--ckpt-every", str(n_sg2)]
     # Runs of a few thousand images: G_ema's half-life ramps up with the images seen (NVlabs ema_rampup
-    # 0.05), otherwise its default 10 kimg half-life would keep the samples near their starting point.
-    ema = ["--ema-rampup", "0.05"]
+    # 0.05), otherwise its default 10 kimg half-life would keep the samples near their starting point;
+    # and the R1 weight of the source model's training (R1_GAMMA, for 32 px).
+    ema = ["--ema-rampup", "0.05", "--r1-gamma", str(R1_GAMMA)]
     src = record.get("settings", SOURCE)
     arch = ["--size", s, "--channel-max", str(src["channel_max"]), "--style-dim", str(src["style_dim"]),
             "--n-mlp", str(src["n_mlp"])]
@@ -396,7 +401,7 @@ def main(argv=None):
         "--out", os.path.join(out, "sg2_source_samples"), "--device", dev], log, timings)
     fin, base, scratch = (os.path.join(out, d) for d in ("sg2_freezed_ada", "sg2_baseline", "sg2_scratch"))
     run("03 StyleGAN2 FreezeD + ADA", ["03_stylegan2_ada.py", "train", "--data", data, "--out", fin,
-        "--ckpt", sg2_src, "--preset", "freezed-ada", "--freeze-d", str(FREEZE_D), "--iter", str(n_sg2),
+        "--ckpt", sg2_src, "--preset", "freezed-ada", "--iter", str(n_sg2),
         "--batch", b] + plumbing + ema, log, timings)
     run("03 StyleGAN2 baseline transfer", ["03_stylegan2_ada.py", "train", "--data", data, "--out", base,
         "--ckpt", sg2_src, "--preset", "baseline", "--iter", str(n_sg2), "--batch", b] + plumbing + ema,
@@ -417,7 +422,7 @@ def main(argv=None):
     # 3. StyleGAN v1: FreezeD fine-tuning of the shipped source model, and its style mixing
     sg1 = os.path.join(out, "sg1_freezed")
     run("02 StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "train", "--data", data, "--size", s, "--out", sg1,
-        "--ckpt", sg1_src, "--preset", "freezed", "--freeze-d", str(FREEZE_D), "--no-sched", "--iter", str(n_sg1),
+        "--ckpt", sg1_src, "--preset", "freezed", "--freeze-d", str(FREEZE_D_V1), "--no-sched", "--iter", str(n_sg1),
         "--batch", b, "--fid-every", "0", "--sample-every", str(max(1, n_sg1 // 4)), "--ckpt-every", str(n_sg1),
         "--device", dev, "--quiet"], log, timings)
     sg1_ckpt = os.path.join(sg1, "checkpoint.pt")
