@@ -1,7 +1,7 @@
 """The seed experiment in miniature, end to end, with one command: a pretrained face model, a few
 hundred new faces, FreezeD + ADA, and a good generator in minutes.
 
-    python demo.py                   # about 12 minutes on 2 CPU cores; everything lands in demo_out/
+    python demo.py                   # about 11 minutes on 2 CPU cores; everything lands in demo_out/
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
     python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)
     python demo.py --device cuda --faces 500 --scale 10   # the same commands, scaled up on a GPU
@@ -50,7 +50,7 @@ RECORD = os.path.join(MODELS, "source_models.json")
 # Settings of `python demo.py` (full) and `--smoke`. Iterations are multiplied by --scale; the three
 # StyleGAN2 rows (FreezeD + ADA, baseline transfer, scratch) run the same number of iterations.
 PRESET = {
-    "full": dict(faces=200, sg2_iter=800, sg1_iter=800, batch=8, ugatit_iter=200, ugatit_size=64,
+    "full": dict(faces=200, sg2_iter=1200, sg1_iter=1600, batch=8, ugatit_iter=200, ugatit_size=64,
                  ganspace_samples=20000, fid_dims=2048),
     "smoke": dict(faces=16, sg2_iter=2, sg1_iter=2, batch=4, ugatit_iter=2, ugatit_size=64,
                   ganspace_samples=2000, fid_dims=64),  # Inception's first block only: plumbing check
@@ -325,7 +325,7 @@ def write_summary(out, cfg, timings, real_fid, table, n_half, images, record):
                   "rank against each other and against the noise floor of this table only, and are **not "
                   "comparable** with published FIDs.", ""]
     lines += ["| row | FID | KID ± std |", "|---|---|---|"]
-    lines += [f"| {r} | {f:.2f} | {m:.4f} ± {s:.4f} |" for r, f, m, s in table]
+    lines += [f"| {r} | {f:.2f} | {m:.5f} ± {s:.5f} |" for r, f, m, s in table]
     lines += ["", "The noise floor is the same metric between two halves of the real target faces: a generator "
               "as good as the data would score about that.", ""]
     for title, path in images:
@@ -470,7 +470,7 @@ def main(argv=None):
     table, n_half = metric_table(out, data, gens, inception, cfg["fid_dims"], log, dev)
     timings.append(("FID/KID table", time.time() - t0))
     for r, f, m, sd in table:
-        print(f"   {r:45s} FID {f:8.2f}  KID {m:.4f} ± {sd:.4f}")
+        print(f"   {r:45s} FID {f:8.2f}  KID {m:.5f} ± {sd:.5f}")
 
     images = [("compare", "compare.png"),
               ("Target faces (01)", rel(os.path.join(data, "overview", "contact_sheet.png"), out)),
