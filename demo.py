@@ -64,7 +64,7 @@ KID_SUBSET = 50  # KID subset size below the half-set size (100), so its std sho
 # The source models of demo_models/ (`--make-source`): 4,000 source-style faces; StyleGAN2 and
 # StyleGAN v1 at 32 px with 32 channels, a 64-d z/w and batch 8, small enough to train on a CPU.
 SOURCE = dict(faces=4000, seed=0, size=32, channel_max=32, style_dim=64, n_mlp=2, batch=8, r1_gamma=R1_GAMMA,
-              sg2_iter=20000, sg1_iter=7000, sg1_init=8, sg1_phase=8000)
+              sg2_iter=20000, sg1_iter=16000, sg1_init=8, sg1_phase=8000)
 
 
 def source_commands(data, runs, s=SOURCE):
