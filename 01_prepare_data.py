@@ -23,6 +23,8 @@ Run:
         --upscaler carn --sr-weights CARN_model_checkpoint.pt --margin 0.2 --dedupe
     python 01_prepare_data.py --demo 500 --out data/demo                 # no pages needed
     python 01_prepare_data.py --demo 16 --out data/demo32 --size 32    # tiny, for CPU tests
+    python 01_prepare_data.py --demo 4000 --demo-style source --size 32 --out data/source32
+                                 # shaded colour faces: the source domain (stand-in for FFHQ)
     python 01_prepare_data.py mark --pages pages/ --boxes boxes.csv     # draw boxes in a browser
                                                   # at http://127.0.0.1:8765/, saved at each change
     The flag forms above are shorthands for the subcommands `prepare`, `demo` (`--demo N` is
@@ -42,7 +44,7 @@ Outputs (DATA/):
     Crops are written first, index.csv is rewritten atomically after every page, so a run that
     stops half-way leaves a consistent, usable folder.
 Importable (tests and later scripts load this file with importlib):
-    make_demo_faces(n, size, seed) -> [PIL.Image]; write_demo(out_dir, n, size, seed, overwrite)
+    make_demo_faces(n, size, seed, style) -> [PIL.Image]; write_demo(out_dir, n, size, seed, overwrite, style)
     read_boxes(path) -> [Box]; square_around(box, margin); crop_square(page, left, top, side, pad)
     load_carn(path, device) -> CARNV2; carn_upscale(model, img, size); make_mark_server(pages, boxes)
 
@@ -55,13 +57,14 @@ Map (the method, top to bottom; a copier cuts at the plumbing line):
     ---- plumbing line ----
     5. Page reading (mode conversion) and box files (parsing, validation)
     6. Atomic writers and the output folder
-    7. Demo faces (procedural cartoon faces)
+    7. Demo faces: line-art cartoon faces (target style), shaded colour faces (source style)
     8. prepare(args), demo(args)
     9. mark(args): a local web page to draw the boxes
     10. CLI
 """
 import argparse
 import codecs
+import colorsys
 import csv
 import io
 import json
@@ -82,7 +85,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps, UnidentifiedImageError
 
 import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
 from ops.device import DEVICE_HELP, resolve_device
@@ -718,7 +721,8 @@ def prepare_out_dir(out_dir, overwrite, inputs=()):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Demo data: procedural black-and-white line-art cartoon faces
+# 7. Demo data: procedural black-and-white line-art cartoon faces (the TARGET style) and shaded
+#    colour faces with the same layout (the SOURCE style, for pretraining the demo's source models)
 # ---------------------------------------------------------------------------------------------
 def _head_outline(rng, cx, cy, hw, hh):
     """Points of a head outline: superellipse, egg (tapered) or square jaw with a chin."""
@@ -959,23 +963,191 @@ def _draw_face(rng, size):
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def make_demo_faces(n, size=256, seed=0):
-    """n procedural black-and-white cartoon faces (RGB PIL images, size x size).
+# The SOURCE style (the demo's stand-in for FFHQ): shaded, coloured faces of many identities on
+# coloured backgrounds. Its head, eye, nose and mouth placement are drawn from the same ranges as
+# _draw_face above (the TARGET style, the stand-in for the cartoon faces), so a model trained on
+# one style has already learned where a face's parts go in the other, as FFHQ -> cartoon faces.
+SKIN_TONES = [(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 140, 100), (160, 105, 70),
+              (120, 80, 55), (250, 210, 180)]
+HAIR_COLOURS = [(25, 20, 18), (60, 40, 25), (105, 70, 40), (150, 110, 60), (215, 180, 110),
+                (170, 75, 35), (150, 150, 150), (235, 230, 220)]
+IRIS_COLOURS = [(60, 40, 25), (90, 60, 30), (60, 110, 160), (70, 120, 80), (40, 40, 40)]
 
-    Face i depends only on (seed, i), so a longer set starts with the shorter one.
+
+def _jitter(rng, colour, amount):
+    return tuple(max(0, min(255, int(c + rng.uniform(-amount, amount)))) for c in colour)
+
+
+def _mix(a, b, t):
+    return tuple(int((1 - t) * x + t * y) for x, y in zip(a, b))
+
+
+def _shade(colour, factor):
+    return tuple(max(0, min(255, int(c * factor))) for c in colour)
+
+
+def _draw_source_face(rng, size):
+    """One shaded colour face as an RGB image at size x size (supersampled, then reduced)."""
+    s = max(2 * size, 128)
+    # background: a vertical gradient between two colours of one random hue
+    hue = rng.random()
+    top_c = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.95)))
+    bot_c = _shade(_jitter(rng, top_c, 40), rng.uniform(0.6, 1.0))
+    ramp = np.linspace(0.0, 1.0, s)[:, None, None]
+    bg = (1 - ramp) * np.array(top_c, float) + ramp * np.array(bot_c, float)
+    background = Image.fromarray(np.broadcast_to(bg, (s, s, 3)).astype(np.uint8), "RGB")
+
+    layer = Image.new("RGBA", (s, s), (0, 0, 0, 0))                 # the person, rotated as one
+    draw = ImageDraw.Draw(layer)
+    scale = rng.uniform(0.6, 0.88)                                  # same ranges as _draw_face
+    hw = s * scale * rng.uniform(0.3, 0.42)
+    hh = s * scale * rng.uniform(0.4, 0.5)
+    cx = s / 2 + rng.uniform(-0.06, 0.06) * s
+    cy = s / 2 + rng.uniform(-0.03, 0.07) * s
+    yaw = rng.uniform(-0.3, 0.3)
+    fx = cx + yaw * hw * 0.6
+    skin = _jitter(rng, rng.choice(SKIN_TONES), 12)
+    hair = _jitter(rng, rng.choice(HAIR_COLOURS), 15)
+    shirt = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8),
+                                                            rng.uniform(0.2, 0.9)))
+
+    # shoulders and neck, under the head
+    draw.ellipse([cx - hw * 2.0, cy + hh * 1.05, cx + hw * 2.0, cy + hh * 2.6], fill=shirt)
+    draw.rectangle([cx - hw * 0.45, cy + hh * 0.5, cx + hw * 0.45, cy + hh * 1.2], fill=_shade(skin, 0.8))
+    hair_len = rng.choice(["short", "short", "short", "long", "long", "bald"])
+    if hair_len == "long":                                          # long hair behind the head
+        draw.rounded_rectangle([cx - hw * 1.2, cy - hh * 1.12, cx + hw * 1.2, cy + hh * rng.uniform(0.6, 1.3)],
+                               radius=hw * 0.8, fill=hair)
+    for side in (-1, 1):                                            # ears
+        ex = cx + side * hw * (0.97 - 0.25 * max(0.0, side * yaw))
+        draw.ellipse([ex - hw * 0.14, cy - hh * 0.18, ex + hw * 0.14, cy + hh * 0.12], fill=_shade(skin, 0.9))
+    outline = _head_outline(rng, cx, cy, hw, hh)
+    draw.polygon(outline, fill=skin)
+
+    # light from one side: darken the head away from it (a smooth ramp, limited to the head)
+    light = rng.uniform(-1, 1)
+    xs = (np.arange(s)[None, :] - cx) / hw
+    ys = (np.arange(s)[:, None] - cy) / hh
+    shade = np.clip(1.0 - 0.28 * (xs * -light + 0.6 * ys + 0.2 * (xs ** 2 + ys ** 2)), 0.45, 1.1)
+    head_mask = Image.new("L", (s, s), 0)
+    ImageDraw.Draw(head_mask).polygon(outline, fill=255)
+    arr = np.asarray(layer).astype(float)
+    m = (np.asarray(head_mask) > 0)
+    arr[..., :3][m] *= np.repeat(shade[..., None], 3, -1)[m]
+    layer = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGBA")
+    draw = ImageDraw.Draw(layer)
+
+    if hair_len != "bald":                                          # hair cap down to a hairline
+        line = cy - hh * rng.uniform(0.3, 0.6)
+        upper = [p for p in outline if p[1] < line + hh * 0.05]
+        upper = [(cx + 1.08 * (x - cx), cy + 1.08 * (y - cy)) for x, y in upper]
+        upper.sort(key=lambda p: math.atan2(p[1] - cy, p[0] - cx))
+        part = cx + rng.uniform(-0.4, 0.4) * hw
+        poly = upper + [(cx + hw * 1.02, line + hh * 0.15), (part, line - hh * 0.05),
+                        (cx - hw * 1.02, line + hh * 0.15)]
+        if len(poly) >= 3:
+            draw.polygon(poly, fill=hair)
+        for _ in range(rng.randint(2, 6)):                          # a few lighter strands
+            x0 = cx + rng.uniform(-0.7, 0.7) * hw
+            draw.line([(x0, cy - hh * 0.95), (x0 + rng.uniform(-0.3, 0.3) * hw, line)],
+                      fill=_shade(hair, 1.35), width=max(1, s // 96))
+
+    ey = cy + rng.uniform(-0.22, 0.02) * hh                         # eyes (same ranges)
+    spacing = hw * rng.uniform(0.3, 0.5)
+    r = hw * rng.uniform(0.08, 0.16)
+    iris = _jitter(rng, rng.choice(IRIS_COLOURS), 10)
+    closed = rng.random() < 0.15
+    look = rng.uniform(-0.35, 0.35) * r
+    lid = _shade(skin, 0.55)
+    for side in (-1, 1):
+        x = fx + side * spacing
+        rr = r * (1.0 - 0.35 * yaw * side)
+        if closed:
+            draw.arc([x - rr, ey - rr * 0.5, x + rr, ey + rr * 0.5], 20, 160, fill=lid, width=max(1, s // 80))
+        else:
+            draw.ellipse([x - rr * 1.2, ey - rr * 0.62, x + rr * 1.2, ey + rr * 0.62], fill=(245, 240, 235))
+            p = rr * 0.55
+            draw.ellipse([x + look - p, ey - p, x + look + p, ey + p], fill=iris)
+            q = p * 0.5
+            draw.ellipse([x + look - q, ey - q, x + look + q, ey + q], fill=(15, 10, 10))
+            draw.arc([x - rr * 1.2, ey - rr * 0.62, x + rr * 1.2, ey + rr * 0.62], 190, 350, fill=lid,
+                     width=max(1, s // 100))
+    tilt = rng.choice([0.0, 0.0, 0.3, -0.3]) * r                    # brows: neutral, angry, sad
+    by = ey - r * rng.uniform(1.4, 2.0)
+    for side in (-1, 1):
+        x = fx + side * spacing
+        draw.line([(x - side * r * 1.2, by + tilt), (x + side * r * 1.3, by - tilt)],
+                  fill=_shade(hair, 0.8), width=max(2, int(r * rng.uniform(0.35, 0.6))))
+    ny = ey + hh * rng.uniform(0.2, 0.32)                           # nose: a soft shadow
+    nw = hw * rng.uniform(0.07, 0.12)
+    nside = -1 if light > 0 else 1
+    draw.line([(fx + nside * nw * 0.3, ey + r), (fx + nside * nw * 0.6, ny)], fill=_shade(skin, 0.8),
+              width=max(1, s // 90))
+    draw.ellipse([fx - nw, ny - nw * 0.35, fx + nw, ny + nw * 0.35], fill=_shade(skin, 0.72))
+
+    my = min(cy + hh * 0.8, ny + hh * rng.uniform(0.18, 0.32))      # mouth (same ranges)
+    mw = hw * rng.uniform(0.2, 0.45)
+    lips = _jitter(rng, (190, 90, 90), 25)
+    mouth = rng.choice(["neutral", "smile", "smile", "open", "frown"])
+    if mouth == "neutral":
+        draw.ellipse([fx - mw, my - mw * 0.18, fx + mw, my + mw * 0.22], fill=lips)
+        draw.line([(fx - mw, my), (fx + mw, my)], fill=_shade(lips, 0.55), width=max(1, s // 100))
+    elif mouth in ("smile", "frown"):
+        mh = mw * rng.uniform(0.35, 0.6)
+        box = [fx - mw, my - mh, fx + mw, my + mh]
+        if mouth == "smile":
+            draw.chord(box, 0, 180, fill=lips)
+            draw.chord([fx - mw * 0.8, my, fx + mw * 0.8, my + mh * 0.55], 0, 180, fill=(250, 250, 245))
+        else:
+            draw.arc(box, 200, 340, fill=lips, width=max(2, int(mw * 0.25)))
+    else:
+        mh = mw * rng.uniform(0.5, 0.9)
+        draw.ellipse([fx - mw * 0.7, my - mh * 0.6, fx + mw * 0.7, my + mh * 0.6], fill=lips)
+        draw.ellipse([fx - mw * 0.5, my - mh * 0.4, fx + mw * 0.5, my + mh * 0.4], fill=(70, 20, 25))
+    if rng.random() < 0.3:                                          # blush
+        for side in (-1, 1):
+            x, y = fx + side * spacing * 1.15, (ny + my) / 2
+            draw.ellipse([x - r, y - r * 0.6, x + r, y + r * 0.6], fill=_mix(skin, (230, 120, 120), 0.35))
+    if rng.random() < 0.12:                                         # glasses
+        for side in (-1, 1):
+            x = fx + side * spacing
+            g = r * 1.7
+            draw.ellipse([x - g, ey - g * 0.8, x + g, ey + g * 0.8], outline=(30, 30, 30), width=max(1, s // 90))
+
+    angle = rng.uniform(-14, 14)                                    # roll, as the target style
+    layer = layer.rotate(angle, resample=Image.Resampling.BICUBIC, center=(cx, cy))
+    background.paste(layer, mask=layer.split()[3])
+    img = background.filter(ImageFilter.GaussianBlur(radius=s / 200))  # photo softness
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+DEMO_STYLES = {
+    # style: (drawing function, rng prefix, description for dataset.json)
+    "target": (_draw_face, "calm-gan-demo", "procedural black-and-white line-art cartoon faces"),
+    "source": (_draw_source_face, "calm-gan-demo-source", "procedural shaded colour faces (the source domain)"),
+}
+
+
+def make_demo_faces(n, size=256, seed=0, style="target"):
+    """n procedural faces (RGB PIL images, size x size): style 'target' draws black-and-white
+    line-art cartoon faces (the stand-in for the seed's cartoon faces), 'source' shaded colour
+    faces with the same face layout (the stand-in for FFHQ, the source domain of transfer).
+
+    Face i depends only on (seed, style, i), so a longer set starts with the shorter one.
     """
+    draw_face, prefix, _ = DEMO_STYLES[style]
     faces = []
     for i in range(n):
-        rng = random.Random(f"calm-gan-demo:{seed}:{i}")
-        faces.append(_draw_face(rng, size).convert("RGB"))
+        rng = random.Random(f"{prefix}:{seed}:{i}")
+        faces.append(draw_face(rng, size).convert("RGB"))
     return faces
 
 
-def write_demo(out_dir, n, size=256, seed=0, overwrite=False):
+def write_demo(out_dir, n, size=256, seed=0, overwrite=False, style="target"):
     """Write n demo faces as a data set folder (same layout as prepare). Returns the count."""
     prepare_out_dir(out_dir, overwrite)
     rows, images = [], []
-    for i, img in enumerate(make_demo_faces(n, size, seed)):
+    for i, img in enumerate(make_demo_faces(n, size, seed, style)):
         name = f"{i:05d}.png"
         save_png(img, os.path.join(out_dir, name))
         images.append(img)
@@ -984,8 +1156,8 @@ def write_demo(out_dir, n, size=256, seed=0, overwrite=False):
     write_index(out_dir, rows)
     write_json(os.path.join(out_dir, "dataset.json"),
                {"count": n, "size": size, "source": "demo",
-                "made_by": "01_prepare_data.py demo", "seed": seed,
-                "description": "procedural black-and-white line-art cartoon faces"})
+                "made_by": "01_prepare_data.py demo", "seed": seed, "style": style,
+                "description": DEMO_STYLES[style][2]})
     os.makedirs(os.path.join(out_dir, os.path.dirname(SHEET_NAME)), exist_ok=True)
     save_png(make_contact_sheet(images, thumb=min(size, CONTACT_THUMB)), os.path.join(out_dir, SHEET_NAME))
     return n
@@ -1091,8 +1263,8 @@ def prepare(args):
 def demo(args):
     """Draw the procedural demo faces into args.out."""
     t0 = time.time()
-    write_demo(args.out, args.n, args.size, args.seed, overwrite=args.overwrite)
-    print(f"wrote {args.n} demo faces of {args.size}x{args.size} (seed {args.seed}) to {args.out} "
+    write_demo(args.out, args.n, args.size, args.seed, overwrite=args.overwrite, style=args.demo_style)
+    print(f"wrote {args.n} {args.demo_style} demo faces of {args.size}x{args.size} (seed {args.seed}) to {args.out} "
           f"in {time.time() - t0:.1f}s")
 
 
@@ -1555,11 +1727,14 @@ def build_parser():
     q.add_argument("--overwrite", action="store_true", help="replace the crops of an existing --out")
     q.set_defaults(func=prepare)
 
-    d = sub.add_parser("demo", help="draw N procedural line-art cartoon faces (no data needed)")
+    d = sub.add_parser("demo", help="draw N procedural demo faces, line-art or --demo-style source (no data needed)")
     d.add_argument("--n", "--demo", dest="n", type=_positive_int, default=500, help="number of faces")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--size", type=_positive_int, default=256, help="face side in pixels")
     d.add_argument("--seed", type=int, default=0, help="same seed, same faces")
+    d.add_argument("--demo-style", choices=sorted(DEMO_STYLES), default="target",
+                   help="target: line-art cartoon faces (default); source: shaded colour faces, the "
+                        "stand-in for FFHQ that the shipped demo models were trained on")
     d.add_argument("--overwrite", action="store_true", help="replace the crops of an existing --out")
     d.set_defaults(func=demo)
 

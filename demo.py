@@ -1,25 +1,38 @@
-"""The whole calm-gan pipeline on built-in demo data, end to end, with one command.
+"""The seed experiment in miniature, end to end, with one command: a pretrained face model, a few
+hundred new faces, FreezeD + ADA, and a good generator in minutes.
 
     python demo.py                   # about 11 minutes on 2 CPU cores; everything lands in demo_out/
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
-    python demo.py --device cuda --size 64 --faces 500 --scale 10   # the same commands, scaled up on a GPU
+    python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)
+    python demo.py --device cuda --faces 500 --scale 10   # the same commands, scaled up on a GPU
+
+The story, as in the seed (bryandlee/malnyun_faces):
+    source domain  FFHQ photos         -> here: 4,000 shaded colour faces (01 --demo-style source)
+    source models  FFHQ StyleGAN/2     -> here: demo_models/, trained by --make-source (commands,
+                                          time and sha256 in demo_models/source_models.json)
+    target domain  500 cartoon faces   -> here: 200 line-art cartoon faces (01, the default style)
+Both demo styles share the face layout (head oval, eye, nose and mouth placement), so what the source
+model learned about faces carries over, as FFHQ -> cartoon faces does.
 
 Stages (each is the real command line of a numbered script, run as a subprocess and timed):
- 1. 01_prepare_data.py   draws the demo cartoon faces (the stand-in for the seed's 500 hand-cut faces)
- 2. 03_stylegan2_ada.py  trains a small StyleGAN2 from scratch ("the FFHQ model" of this demo), then
-                         fine-tunes it with the seed's best row, FreezeD + ADA (--preset freezed-ada)
- 3. 02_stylegan_freezed.py  trains a small StyleGAN (v1) and draws its style-mixing figure
- 4. 04_latent_explore.py SeFa and GANSpace directions, an edit GIF with a meme caption, style mixing
- 5. 05_ugatit.py         a tiny U-GAT-IT between two demo styles (tinted, softened faces -> line art),
-                         then chained onto the StyleGAN2 samples
-Finally demo_out/summary.md shows every picture with the figures (FID/KID at the start and end of
-training, images/s, time per stage).
+ 1. 01_prepare_data.py     draws the target faces
+ 2. 03_stylegan2_ada.py    samples the shipped source model; fine-tunes it with the seed's best row
+                           (--preset freezed-ada), and for the same iterations with --preset baseline
+                           (plain transfer) and from scratch with ADA (the seed's "collapsed" row)
+ 3. 02_stylegan_freezed.py fine-tunes the shipped StyleGAN (v1) with FreezeD; style-mixing figure
+ 4. 04_latent_explore.py   SeFa and GANSpace directions, an edit GIF with a meme caption, style mixing
+ 5. 05_ugatit.py           a tiny U-GAT-IT between two demo styles (tinted, softened faces -> line
+                           art), then chained onto the fine-tuned StyleGAN2's samples
+ 6. FID/KID table          every generator against the real target faces, beside the noise floor:
+                           the same metric between two halves of the real faces (ops.fid)
+Finally demo_out/summary.md shows the pictures, the table and the time per stage.
 
 FID needs the Inception weights (pt_inception-2015-12-05-6726825d.pth, see ops/fid.py). Offline and
-without them the demo computes FID/KID with random Inception weights and says so: such numbers show
-the trend of one run only and are not comparable with published FIDs.
+without them the demo computes FID/KID with random Inception weights and says so: such numbers rank
+the rows of one table (and sit beside their own noise floor) but are not comparable with published FIDs.
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -28,39 +41,80 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from ops.device import DEVICE_HELP, resolve_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.join(ROOT, "demo_models")
+RECORD = os.path.join(MODELS, "source_models.json")
 
-# Settings: (full demo, --smoke). Iterations are multiplied by --scale.
+# Settings of `python demo.py` (full) and `--smoke`. Iterations are multiplied by --scale; the three
+# StyleGAN2 rows (FreezeD + ADA, baseline transfer, scratch) run the same number of iterations.
 PRESET = {
-    "full": dict(faces=200, size=32, sg2_pretrain=1500, sg2_finetune=500, sg1_iter=3000, ugatit_iter=200,
-                 ugatit_size=64, fid_n=100, channel_max=64, style_dim=64, batch=8),
-    "smoke": dict(faces=16, size=16, sg2_pretrain=4, sg2_finetune=4, sg1_iter=4, ugatit_iter=2,
-                  ugatit_size=64, fid_n=16, channel_max=16, style_dim=32, batch=4),
+    "full": dict(faces=200, sg2_iter=1200, sg1_iter=1600, batch=8, ugatit_iter=200, ugatit_size=64,
+                 ganspace_samples=20000, fid_dims=2048),
+    "smoke": dict(faces=16, sg2_iter=2, sg1_iter=2, batch=4, ugatit_iter=2, ugatit_size=64,
+                  ganspace_samples=2000, fid_dims=64),  # Inception's first block only: plumbing check
 }
+FREEZE_D_V1 = 1  # StyleGAN v1 FreezeD at 32 px: from_rgb and the 32 px block stay fixed, so the same three
+#                 lowest-resolution blocks train as with the seed's K = 4 at 256 px (03's presets shift
+#                 their freeze_d to the image size by themselves)
+R1_GAMMA = 0.05  # StyleGAN2 R1 weight at 32 px: NVlabs' auto rule 0.0002 res^2 / batch = 0.026 (10 is for 1024 px)
+KID_SUBSET = 50  # KID subset size below the half-set size (100), so its std shows a real spread
+
+# The source models of demo_models/ (`--make-source`): 4,000 source-style faces; StyleGAN2 and
+# StyleGAN v1 at 32 px with 32 channels, a 64-d z/w and batch 8, small enough to train on a CPU.
+SOURCE = dict(faces=4000, seed=0, size=32, channel_max=32, style_dim=64, n_mlp=2, batch=8, r1_gamma=R1_GAMMA,
+              sg2_iter=20000, sg1_iter=16000, sg1_init=8, sg1_phase=8000)
 
 
+def source_commands(data, runs, s=SOURCE):
+    """The command lines that make the source data and train the two source models."""
+    size, cm, sd, b = str(s["size"]), str(s["channel_max"]), str(s["style_dim"]), str(s["batch"])
+    return {
+        "data": ["01_prepare_data.py", "--demo", str(s["faces"]), "--demo-style", "source", "--size", size,
+                 "--seed", str(s["seed"]), "--out", data],
+        "stylegan2": ["03_stylegan2_ada.py", "train", "--data", data, "--out", os.path.join(runs, "sg2"),
+                      "--size", size, "--channel-max", cm, "--style-dim", sd, "--n-mlp", str(s["n_mlp"]),
+                      "--batch", b, "--iter", str(s["sg2_iter"]), "--r1-gamma", str(s["r1_gamma"]),
+                      "--pl-weight", "0", "--ema-rampup", "0.05", "--device", "cpu", "--num-workers", "0",
+                      "--no-progress", "--fid-every", "0", "--sample-every", "500", "--ckpt-every", "500",
+                      "--keep", "20", "--log-every", "50"],
+        "stylegan_v1": ["02_stylegan_freezed.py", "train", "--data", data, "--size", size,
+                        "--out", os.path.join(runs, "sg1"), "--channel-max", cm, "--code-dim", sd,
+                        "--iter", str(s["sg1_iter"]), "--batch", b, "--loss", "r1", "--mixing",
+                        "--init-size", str(s["sg1_init"]), "--phase", str(s["sg1_phase"]),
+                        "--ema-decay", "0.998", "--fid-every", "0", "--sample-every", "500",
+                        "--ckpt-every", "500", "--log-every", "50", "--device", "cpu", "--quiet"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the stages
+# ---------------------------------------------------------------------------------------------
 def run(stage, args, log, timings):
     """Run one script's command line; record its wall time; stop the demo on failure."""
-    cmd = [sys.executable] + args
     print(f"\n== {stage}: {' '.join(args)}", flush=True)
     t0 = time.time()
+    call(args, log, stage)
+    dt = time.time() - t0
+    timings.append((stage, dt))
+    print(f"   done in {dt:.1f} s", flush=True)
+    return dt
+
+
+def call(args, log, stage):
+    """One subprocess, its output appended to the log; a failure ends the demo with the log's tail."""
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(args)}\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    dt = time.time() - t0
-    timings.append((stage, dt))
+        proc = subprocess.run([sys.executable] + args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         with open(log) as f:
             tail = f.read().splitlines()[-15:]
         raise SystemExit(f"error: stage '{stage}' failed (exit {proc.returncode}); last lines of {log}:\n"
                          + "\n".join(tail))
-    print(f"   done in {dt:.1f} s", flush=True)
-    return dt
 
 
 def inception_choice(explicit):
@@ -74,37 +128,12 @@ def inception_choice(explicit):
     return "random", False
 
 
-def fid_rows(run_dir):
-    """The rows of a run's fid.csv, read by the same ops.fid function that writes it."""
-    from ops.fid import read_fid_csv  # imported here: it pulls in torchvision
-    return read_fid_csv(os.path.join(run_dir, "fid.csv"))
-
-
-def last_json_line(path, key):
-    """The last value of `key` in a log.jsonl (or None)."""
-    value = None
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if key in row:
-                    value = row[key]
-    return value
-
-
-def make_domain_a(src, dst, size):
-    """Second demo style for U-GAT-IT: faces softened, inverted-gray and tinted (a 'photo-ish' domain)."""
-    os.makedirs(dst, exist_ok=True)
-    for name in sorted(os.listdir(src)):
-        if not name.endswith(".png"):
-            continue
-        img = Image.open(os.path.join(src, name)).convert("L").resize((size, size), Image.LANCZOS)
-        img = img.filter(ImageFilter.GaussianBlur(radius=max(1, size // 48)))
-        img = ImageOps.colorize(img, black=(90, 50, 30), white=(250, 215, 180))
-        img.save(os.path.join(dst, name))
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def newest(folder, pattern_ext=".png"):
@@ -119,112 +148,307 @@ def rel(path, out):
     return os.path.relpath(path, out) if path else None
 
 
-def write_summary(out, cfg, timings, real_fid, images):
-    lines = ["# calm-gan demo", "",
-             f"Demo data: {cfg['faces']} procedural cartoon faces at {cfg['size']} px; device {cfg['device']}.", ""]
+# ---------------------------------------------------------------------------------------------
+# The shipped source models
+# ---------------------------------------------------------------------------------------------
+def source_paths(size):
+    return (os.path.join(MODELS, f"stylegan2_source_{size}px.pt"),
+            os.path.join(MODELS, f"stylegan_v1_source_{size}px.pt"))
+
+
+def read_record():
+    if not os.path.isfile(RECORD):
+        return {}
+    with open(RECORD) as f:
+        return json.load(f)
+
+
+def half_state(sd):
+    """Floating tensors stored as fp16 (half the bytes); load_state_dict copies them back into the
+    fp32 parameters of a freshly built network, so the loaded model is fp32."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def pack_stylegan2(ckpt_path, dst):
+    """03's run checkpoint -> the shipped file: g, d, g_ema (fp16), latent_avg, args, step."""
+    import torch
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    small = {"g": half_state(ck["g"]), "d": half_state(ck["d"]), "g_ema": half_state(ck["g_ema"]),
+             "latent_avg": ck["latent_avg"].float(), "args": ck["args"], "step": ck["step"]}
+    save_atomic(small, dst)
+    return ck["step"]
+
+
+def pack_stylegan_v1(ckpt_path, dst):
+    """02's run checkpoint -> the shipped file: generator, discriminator, g_running (fp16), arch, args, step."""
+    import torch
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    small = {"generator": half_state(ck["generator"]), "discriminator": half_state(ck["discriminator"]),
+             "g_running": half_state(ck["g_running"]), "arch": ck["arch"], "args": ck["args"],
+             "step": ck["step"]}
+    save_atomic(small, dst)
+    return ck["step"]
+
+
+def save_atomic(obj, dst):
+    import torch
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = dst + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, dst)
+
+
+def make_source(size, runs, log):
+    """Draw the source faces, train both source models, pack them into demo_models/ with a record."""
+    s = dict(SOURCE, size=size)
+    data = os.path.join(runs, "data")
+    cmds = source_commands(data, runs, s)
+    sg2_dst, sg1_dst = source_paths(size)
+    for path in (sg2_dst, sg1_dst):
+        if os.path.exists(path):
+            raise SystemExit(f"error: {path} exists; move it away first (the demo never overwrites a model)")
+    if os.path.exists(runs):
+        raise SystemExit(f"error: {runs} exists; choose another --source-runs folder or move it away")
+    seconds = {}
+    for key in ("data", "stylegan2", "stylegan_v1"):
+        t0 = time.time()
+        call(cmds[key], log, f"source {key}")
+        seconds[key] = round(time.time() - t0, 1)
+    steps = {"stylegan2": pack_stylegan2(newest(os.path.join(runs, "sg2", "checkpoints"), ".pt"), sg2_dst),
+             "stylegan_v1": pack_stylegan_v1(newest(os.path.join(runs, "sg1", "checkpoints"), ".pt"), sg1_dst)}
+    write_record(s, cmds, seconds, steps, note="made by python demo.py --make-source")
+
+
+def write_record(s, cmds, seconds, steps, note):
+    """demo_models/source_models.json: the commands, the time they took and each file's sha256."""
+    sg2_dst, sg1_dst = source_paths(s["size"])
+    record = read_record()
+    record[str(s["size"])] = {
+        "settings": s, "note": note,
+        "data": {"command": "python " + " ".join(cmds["data"]), "seconds": seconds.get("data")},
+        "stylegan2": {"file": os.path.basename(sg2_dst), "sha256": sha256(sg2_dst), "bytes": os.path.getsize(sg2_dst),
+                      "command": "python " + " ".join(cmds["stylegan2"]), "seconds": seconds.get("stylegan2"),
+                      "iterations": steps["stylegan2"], "kimg": steps["stylegan2"] * s["batch"] / 1000},
+        "stylegan_v1": {"file": os.path.basename(sg1_dst), "sha256": sha256(sg1_dst),
+                        "bytes": os.path.getsize(sg1_dst), "command": "python " + " ".join(cmds["stylegan_v1"]),
+                        "seconds": seconds.get("stylegan_v1"), "iterations": steps["stylegan_v1"],
+                        "kimg": steps["stylegan_v1"] * s["batch"] / 1000},
+    }
+    tmp = RECORD + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, RECORD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures and the FID/KID table
+# ---------------------------------------------------------------------------------------------
+def make_domain_a(src, dst, size):
+    """Second demo style for U-GAT-IT: faces softened, inverted-gray and tinted (a 'photo-ish' domain)."""
+    os.makedirs(dst, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        if not name.endswith(".png"):
+            continue
+        img = Image.open(os.path.join(src, name)).convert("L").resize((size, size), Image.LANCZOS)
+        img = img.filter(ImageFilter.GaussianBlur(radius=max(1, size // 48)))
+        img = ImageOps.colorize(img, black=(90, 50, 30), white=(250, 215, 180))
+        img.save(os.path.join(dst, name))
+
+
+def comparison_figure(rows, path, tile=64, label_w=112):
+    """One row per generator, the same seeds in the same columns: rows = [(label, folder)]."""
+    seeds = sorted(f for f in os.listdir(rows[0][1]) if f.endswith(".png"))
+    fig = Image.new("RGB", (label_w + tile * len(seeds), tile * len(rows)), "white")
+    draw = ImageDraw.Draw(fig)
+    for r, (label, folder) in enumerate(rows):
+        draw.multiline_text((6, r * tile + tile // 2 - 12), label, fill="black")
+        for c, name in enumerate(seeds):
+            img = Image.open(os.path.join(folder, name)).convert("RGB").resize((tile, tile), Image.NEAREST)
+            fig.paste(img, (label_w + c * tile, r * tile))
+    fig.save(path)
+
+
+def metric_table(out, data, generators, inception, dims, log, device):
+    """FID and KID of each generator against the second half of the real target faces, and the
+    noise floor: the same two numbers between the first and the second half of the real faces.
+
+    generators: [(row name, command that writes n images into a folder, folder)]. Every side has
+    n = half the real faces, so each row and the floor share the sample sizes (FID's bias with few
+    samples is large; the floor shows how large).
+    """
+    from ops.fid import folder_features, frechet_distance, kid, load_inception, statistics
+    model = load_inception(inception, device, dims)
+    real = folder_features(data, model, batch_size=50, device=device, num_workers=0)
+    feats = real["features"]
+    half = len(feats) // 2
+    ref, other = feats[half:2 * half], feats[:half]
+
+    def score(f):
+        mu1, s1 = statistics(ref)
+        mu2, s2 = statistics(f)
+        km, ks = kid(ref, f, subsets=100, subset_size=min(KID_SUBSET, half - 1))
+        return frechet_distance(mu1, s1, mu2, s2), km, ks
+
+    rows = [("noise floor: real half A vs real half B", *score(other))]
+    for name, cmd, folder in generators:
+        call(cmd, log, "FID/KID table")
+        f = folder_features(folder, model, batch_size=50, device=device, num_workers=0)["features"]
+        rows.append((name, *score(f)))
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        json.dump({"n_per_side": half, "dims": dims, "kid_subset_size": min(KID_SUBSET, half - 1),
+                   "inception": "random" if inception == "random" else os.path.basename(inception),
+                   "rows": [{"row": r, "fid": f, "kid_mean": m, "kid_std": s} for r, f, m, s in rows]}, fh, indent=2)
+    return rows, half
+
+
+def write_summary(out, cfg, timings, real_fid, table, n_half, images, record):
+    lines = ["# calm-gan demo: the seed experiment in miniature", "",
+             f"Target data: {cfg['faces']} procedural line-art cartoon faces at {cfg['size']} px (the stand-in for "
+             "the seed's 500 cartoon faces). Source models: StyleGAN2 and StyleGAN v1 trained on "
+             f"{SOURCE['faces']} shaded colour faces (the stand-in for FFHQ), shipped in `demo_models/`. "
+             f"Device {cfg['device']}.", ""]
+    if record:
+        for key, name in (("stylegan2", "StyleGAN2"), ("stylegan_v1", "StyleGAN v1")):
+            r = record.get(key, {})
+            if r.get("seconds"):
+                lines.append(f"- {name} source model: {r['iterations']} iterations ({r['kimg']:g} kimg), "
+                             f"{r['seconds'] / 60:.0f} min on a CPU (`{r['command']}`).")
+        lines.append("")
+    lines += ["## Transfer vs scratch at equal steps", "",
+              f"Every StyleGAN2 row below trained {cfg['sg2_iter']} iterations (batch {cfg['batch']}) on the "
+              "target faces; the same seeds in every column.", ""]
+    first = [t for t in images if t[0] == "compare"]
+    if first and os.path.isfile(os.path.join(out, first[0][1])):
+        lines += [f"![transfer vs scratch]({first[0][1]})", ""]
+    lines += [f"## FID / KID against the real faces ({n_half} images per side)", ""]
     if not real_fid:
-        lines += ["FID and KID below were computed with **random Inception weights** (no "
-                  "`pt_inception-2015-12-05` file here): they show the trend within this demo only and are "
-                  "**not comparable** with published FIDs.", ""]
+        lines += ["Computed with **random Inception weights** (no `pt_inception-2015-12-05` file here): the rows "
+                  "rank against each other and against the noise floor of this table only, and are **not "
+                  "comparable** with published FIDs.", ""]
+    lines += ["| row | FID | KID ± std |", "|---|---|---|"]
+    lines += [f"| {r} | {f:.2f} | {m:.5f} ± {s:.5f} |" for r, f, m, s in table]
+    lines += ["", "The noise floor is the same metric between two halves of the real target faces: a generator "
+              "as good as the data would score about that.", ""]
+    for title, path in images:
+        if title != "compare" and path and os.path.isfile(os.path.join(out, path)):
+            lines += [f"## {title}", "", f"![{title}]({path})", ""]
     lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {t:.1f} |" for s, t in timings]
     lines += [f"| total | {sum(t for _, t in timings):.1f} |", ""]
-    lines += ["## Training figures", "", "| run | FID start | FID end | KID end | images/s |", "|---|---|---|---|---|"]
-    for name, run_dir in (("StyleGAN2 from scratch", "sg2_pretrain"), ("StyleGAN2 FreezeD + ADA", "sg2_freezed_ada"),
-                          ("StyleGAN v1", "sg1")):
-        rows = fid_rows(os.path.join(out, run_dir))
-        first, last = (rows[0], rows[-1]) if rows else ({}, {})
-        ips = last_json_line(os.path.join(out, run_dir, "log.jsonl"), "img_per_s")
-        fmt = lambda v: f"{float(v):.2f}" if v not in (None, "") else "n/a"  # noqa: E731
-        kid = (f"{last['kid_mean']:.4f} ± {last.get('kid_std', 0.0):.4f}"
-               if last.get("kid_mean") is not None else "n/a")
-        lines.append(f"| {name} | {fmt(first.get('fid'))} | {fmt(last.get('fid'))} | {kid} | {fmt(ips)} |")
-    lines.append("")
-    for title, path in images:
-        if path and os.path.isfile(os.path.join(out, path)):
-            lines += [f"## {title}", "", f"![{title}]({path})", ""]
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(lines))
 
 
+# ---------------------------------------------------------------------------------------------
+# The demo
+# ---------------------------------------------------------------------------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
     p.add_argument("--smoke", action="store_true", help="smallest setting (used by the test suite)")
+    p.add_argument("--make-source", action="store_true",
+                   help="train the source models into demo_models/ (refuses to overwrite them)")
+    p.add_argument("--source-runs", default=os.path.join(ROOT, "runs", "source"),
+                   help="--make-source: folder for the source data and training runs")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--faces", type=int, default=None)
-    p.add_argument("--size", type=int, default=None, help="StyleGAN image size (power of two)")
+    p.add_argument("--size", type=int, default=SOURCE["size"], help="image size (a shipped source model's size)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's iterations")
     p.add_argument("--inception", default=None, help="FID Inception weights (default: hub cache, else random)")
     args = p.parse_args(argv)
 
+    if args.make_source:
+        os.makedirs(args.source_runs, exist_ok=True)
+        make_source(args.size, os.path.join(args.source_runs, f"{args.size}px"),
+                    os.path.join(args.source_runs, "make_source.log"))
+        print(f"wrote {source_paths(args.size)} and {RECORD}")
+        return
+    sg2_src, sg1_src = source_paths(args.size)
+    for path in (sg2_src, sg1_src):
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: {path}: no source model for {args.size} px; "
+                             f"run `python demo.py --make-source --size {args.size}` first")
+    record = read_record().get(str(args.size), {})
+
     cfg = dict(PRESET["smoke" if args.smoke else "full"])
-    cfg.update({k: v for k, v in (("faces", args.faces), ("size", args.size)) if v is not None})
     args.device = str(resolve_device(args.device))  # resolved once: every stage runs on the same device
-    cfg["device"] = args.device
+    cfg.update(faces=args.faces or cfg["faces"], size=args.size, device=args.device)
     it = lambda k: max(2, int(cfg[k] * args.scale))  # noqa: E731
+    cfg["sg2_iter"], cfg["sg1_iter"] = it("sg2_iter"), it("sg1_iter")
     inception, real_fid = inception_choice(args.inception)
     out = os.path.abspath(args.out)
-    if os.path.isdir(out):
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.isfile(os.path.join(out, "demo.log")):  # only a folder an earlier demo made is removed
+            raise SystemExit(f"error: {out} exists and was not made by demo.py (no demo.log); "
+                             f"choose another --out or move it away")
         shutil.rmtree(out)  # the demo folder is always rebuilt from scratch
+    elif os.path.isfile(out):
+        raise SystemExit(f"error: {out} is a file; choose another --out")
     os.makedirs(out)
     log = os.path.join(out, "demo.log")
     timings = []
     data = os.path.join(out, "data")
-    s, b, cm, sd = str(cfg["size"]), str(cfg["batch"]), str(cfg["channel_max"]), str(cfg["style_dim"])
-    fid_every = lambda n: str(max(1, n))  # noqa: E731  (FID at the end of each run; step 0 as well)
-    fid = ["--inception", inception, "--fid-n", str(cfg["fid_n"]), "--fid-batch", "16"]
-    if args.smoke:  # Inception's first block only (pytorch-fid dims=64): the smoke run checks plumbing
-        fid += ["--fid-dims", "64"]
-    small = ["--size", s, "--channel-max", cm, "--style-dim", sd, "--n-mlp", "2", "--batch", b,
-             "--device", args.device, "--num-workers", "0", "--no-progress"]
+    s, b, dev = str(cfg["size"]), str(cfg["batch"]), args.device
+    n_sg2, n_sg1 = cfg["sg2_iter"], cfg["sg1_iter"]
+    plumbing = ["--device", dev, "--num-workers", "0", "--no-progress", "--fid-every", "0",
+                "--sample-every", str(max(1, n_sg2 // 4)), "--ckpt-every", str(n_sg2)]
     # Runs of a few thousand images: G_ema's half-life ramps up with the images seen (NVlabs ema_rampup
-    # 0.05), otherwise its default 10 kimg half-life would keep the samples at their initial state.
-    ema = ["--ema-rampup", "0.05"]
+    # 0.05), otherwise its default 10 kimg half-life would keep the samples near their starting point;
+    # and the R1 weight of the source model's training (R1_GAMMA, for 32 px).
+    ema = ["--ema-rampup", "0.05", "--r1-gamma", str(R1_GAMMA)]
+    src = record.get("settings", SOURCE)
+    arch = ["--size", s, "--channel-max", str(src["channel_max"]), "--style-dim", str(src["style_dim"]),
+            "--n-mlp", str(src["n_mlp"])]
 
-    # 1. data
+    # 1. target data
     run("01 demo faces", ["01_prepare_data.py", "--demo", str(cfg["faces"]), "--size", s, "--out", data],
         log, timings)
-    # 2. StyleGAN2: from scratch, then the seed's transfer recipe with FreezeD + ADA
-    pre, fin = os.path.join(out, "sg2_pretrain"), os.path.join(out, "sg2_freezed_ada")
-    n_pre, n_fin = it("sg2_pretrain"), it("sg2_finetune")
-    run("03 StyleGAN2 from scratch", ["03_stylegan2_ada.py", "train", "--data", data, "--out", pre,
-        "--iter", str(n_pre), "--fid-every", fid_every(n_pre), "--sample-every", str(max(1, n_pre // 4)),
-        "--ckpt-every", str(n_pre)] + small + ema + fid, log, timings)
-    ckpt = newest(os.path.join(pre, "checkpoints"), ".pt")
-    run("03 StyleGAN2 FreezeD + ADA", ["03_stylegan2_ada.py", "train", "--data", data, "--out", fin, "--ckpt", ckpt,
-        "--preset", "freezed-ada", "--freeze-d", "1", "--iter", str(n_fin), "--fid-every", fid_every(n_fin),
-        "--sample-every", str(max(1, n_fin // 4)), "--ckpt-every", str(n_fin), "--batch", b, "--device", args.device,
-        "--num-workers", "0", "--no-progress"] + ema + fid, log, timings)
-    g2 = newest(os.path.join(fin, "checkpoints"), ".pt")
+    # 2. StyleGAN2: the source model, then three ways to the target faces in the same iterations
+    run("03 source samples", ["03_stylegan2_ada.py", "generate", "--ckpt", sg2_src, "--seeds", "0-7",
+        "--out", os.path.join(out, "sg2_source_samples"), "--device", dev], log, timings)
+    fin, base, scratch = (os.path.join(out, d) for d in ("sg2_freezed_ada", "sg2_baseline", "sg2_scratch"))
+    run("03 StyleGAN2 FreezeD + ADA", ["03_stylegan2_ada.py", "train", "--data", data, "--out", fin,
+        "--ckpt", sg2_src, "--preset", "freezed-ada", "--iter", str(n_sg2),
+        "--batch", b] + plumbing + ema, log, timings)
+    run("03 StyleGAN2 baseline transfer", ["03_stylegan2_ada.py", "train", "--data", data, "--out", base,
+        "--ckpt", sg2_src, "--preset", "baseline", "--iter", str(n_sg2), "--batch", b] + plumbing + ema,
+        log, timings)
+    run("03 StyleGAN2 from scratch", ["03_stylegan2_ada.py", "train", "--data", data, "--out", scratch,
+        "--augment", "ada", "--iter", str(n_sg2), "--batch", b] + arch + plumbing + ema, log, timings)
+    g2, g2_base, g2_scratch = (newest(os.path.join(d, "checkpoints"), ".pt") for d in (fin, base, scratch))
     run("03 generate", ["03_stylegan2_ada.py", "generate", "--ckpt", g2, "--seeds", "0-7",
-        "--out", os.path.join(out, "sg2_samples"), "--device", args.device], log, timings)
-    # 3. StyleGAN v1 (progressive from scratch at this size) and its style mixing
-    sg1 = os.path.join(out, "sg1")
-    n1 = it("sg1_iter")
-    # grows from size/2 to size: two phases at size/2, a fade-in phase, then three stable ones
-    run("02 StyleGAN v1", ["02_stylegan_freezed.py", "train", "--data", data, "--size", s, "--out", sg1,
-        "--channel-max", cm, "--code-dim", sd, "--iter", str(n1), "--batch", b, "--fid-every", fid_every(n1),
-        "--fid-n", str(cfg["fid_n"]), "--inception", inception, "--sample-every", str(max(1, n1 // 4)),
-        "--ckpt-every", str(n1), "--device", args.device, "--quiet", "--mixing", "--loss", "r1",
-        "--init-size", str(cfg["size"] // 2), "--phase", str(max(cfg["batch"], n1 * cfg["batch"] // 6)),
-        "--ema-decay", "0.99"], log, timings)
-    run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1,
-        "--size", s, "--rows", "1-3", "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
+        "--out", os.path.join(out, "sg2_samples"), "--device", dev], log, timings)
+    for name, ck in (("baseline", g2_base), ("scratch", g2_scratch)):
+        run(f"03 generate ({name})", ["03_stylegan2_ada.py", "generate", "--ckpt", ck, "--seeds", "0-7",
+            "--out", os.path.join(out, f"sg2_{name}_samples"), "--device", dev], log, timings)
+    comparison_figure([("source model\n(before)", os.path.join(out, "sg2_source_samples")),
+                       ("FreezeD + ADA", os.path.join(out, "sg2_samples")),
+                       ("baseline transfer", os.path.join(out, "sg2_baseline_samples")),
+                       ("from scratch + ADA", os.path.join(out, "sg2_scratch_samples"))],
+                      os.path.join(out, "compare.png"))
+    # 3. StyleGAN v1: FreezeD fine-tuning of the shipped source model, and its style mixing
+    sg1 = os.path.join(out, "sg1_freezed")
+    run("02 StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "train", "--data", data, "--size", s, "--out", sg1,
+        "--ckpt", sg1_src, "--preset", "freezed", "--freeze-d", str(FREEZE_D_V1), "--no-sched", "--iter", str(n_sg1),
+        "--batch", b, "--fid-every", "0", "--sample-every", str(max(1, n_sg1 // 4)), "--ckpt-every", str(n_sg1),
+        "--device", dev, "--quiet"], log, timings)
+    sg1_ckpt = sg1  # the run folder: its newest checkpoint
+    run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1_ckpt, "--size", s, "--rows", "1-3",
+        "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
     # 4. latent exploration on the fine-tuned StyleGAN2
     lx = os.path.join(out, "explore")
     os.makedirs(lx, exist_ok=True)
     run("04 SeFa", ["04_latent_explore.py", "sefa", "--ckpt", g2, "--out", os.path.join(lx, "sefa.pt"),
-        "--device", args.device], log, timings)
+        "--device", dev], log, timings)
     run("04 GANSpace", ["04_latent_explore.py", "ganspace", "--ckpt", g2, "--out", os.path.join(lx, "ganspace.pt"),
-        "--samples", "20000" if not args.smoke else "2000", "--components", "16", "--device", args.device],
-        log, timings)
+        "--samples", str(cfg["ganspace_samples"]), "--components", "16", "--device", dev], log, timings)
     run("04 edit GIF", ["04_latent_explore.py", "edit", "--ckpt", g2, "--dirs", os.path.join(lx, "sefa.pt"),
         "--index", "0", "--degrees=-6:6:9", "--seeds", "0-2", "--caption-top", "ME",
-        "--caption-bottom", "ALSO ME", "--out", os.path.join(lx, "edit"), "--device", args.device], log, timings)
+        "--caption-bottom", "ALSO ME", "--out", os.path.join(lx, "edit"), "--device", dev], log, timings)
     run("04 style mixing", ["04_latent_explore.py", "mix", "--ckpt", g2, "--rows", "0-2", "--cols", "10-13",
-        "--out", os.path.join(lx, "mix.png"), "--device", args.device], log, timings)
-    # 5. U-GAT-IT between two demo styles, then chained onto StyleGAN2
+        "--out", os.path.join(lx, "mix.png"), "--device", dev], log, timings)
+    # 5. U-GAT-IT between two demo styles, then chained onto the fine-tuned StyleGAN2
     ug_data = os.path.join(out, "ugatit_data")
     make_domain_a(data, os.path.join(ug_data, "trainA"), cfg["ugatit_size"])
     shutil.copytree(data, os.path.join(ug_data, "trainB"), ignore=shutil.ignore_patterns("overview", "*.csv", "*.json"))
@@ -232,24 +456,43 @@ def main(argv=None):
     n_ug = it("ugatit_iter")
     run("05 U-GAT-IT", ["05_ugatit.py", "train", "--data", ug_data, "--out", ug, "--img-size", str(cfg["ugatit_size"]),
         "--ch", "8", "--n-res", "1", "--iter", str(n_ug), "--batch", "2", "--sample-every", str(n_ug),
-        "--save-every", str(n_ug), "--log-every", str(max(1, n_ug // 10)), "--device", args.device, "--quiet"],
+        "--save-every", str(n_ug), "--log-every", str(max(1, n_ug // 10)), "--device", dev, "--quiet"],
         log, timings)
-    ug_ckpt = ug  # the run folder: its newest checkpoint
-    run("05 chain", ["05_ugatit.py", "chain", "--ugatit", ug_ckpt, "--stylegan", g2, "--seeds", "1", "2",
-        "--walk", "6", "--out", os.path.join(out, "chain"), "--device", args.device], log, timings)
+    run("05 chain", ["05_ugatit.py", "chain", "--ugatit", ug, "--stylegan", g2,
+        "--seeds", "1", "2", "--walk", "6", "--out", os.path.join(out, "chain"), "--device", dev], log, timings)
+    # 6. FID/KID of every generator beside the noise floor (n images per side = half the real faces)
+    n_half = cfg["faces"] // 2
+    seeds = f"1000-{1000 + n_half - 1}"
+    fid_dir = os.path.join(out, "fid_sets")
+    gens = [(name, ["03_stylegan2_ada.py", "generate", "--ckpt", ck, "--seeds", seeds, "--out",
+                    os.path.join(fid_dir, key), "--device", dev], os.path.join(fid_dir, key))
+            for name, key, ck in (("StyleGAN2 source model, not fine-tuned", "source", sg2_src),
+                                  ("StyleGAN2 from scratch + ADA", "scratch", g2_scratch),
+                                  ("StyleGAN2 baseline transfer", "baseline", g2_base),
+                                  ("StyleGAN2 FreezeD + ADA", "freezed_ada", g2))]
+    gens.append(("StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "generate", "--ckpt", sg1_ckpt, "--size", s,
+                                         "--seeds", seeds, "--out", os.path.join(fid_dir, "sg1"), "--device", dev],
+                 os.path.join(fid_dir, "sg1")))
+    print("\n== FID/KID table", flush=True)
+    t0 = time.time()
+    table, n_half = metric_table(out, data, gens, inception, cfg["fid_dims"], log, dev)
+    timings.append(("FID/KID table", time.time() - t0))
+    for r, f, m, sd in table:
+        print(f"   {r:45s} FID {f:8.2f}  KID {m:.5f} ± {sd:.5f}")
 
-    images = [("Demo faces (01)", rel(os.path.join(data, "overview", "contact_sheet.png"), out)),
-              ("StyleGAN2 from scratch: last samples (03)", rel(newest(os.path.join(pre, "samples")), out)),
-              ("StyleGAN2 FreezeD + ADA: last samples (03)", rel(newest(os.path.join(fin, "samples")), out)),
-              ("FID curve, FreezeD + ADA (03)", rel(os.path.join(fin, "fid.png"), out)),
-              ("StyleGAN v1 samples (02)", rel(newest(os.path.join(sg1, "samples")), out)),
-              ("StyleGAN v1 style mixing (02)", "sg1_mix.png"),
-              ("SeFa direction 0, three seeds (04)", "explore/edit/grid_dir00.png"),
-              ("Edit GIF with a caption (04)", "explore/edit/seed0000_dir00.gif"),
-              ("StyleGAN2 style mixing (04)", "explore/mix.png"),
+    images = [("compare", "compare.png"),
+              ("Target faces (01)", rel(os.path.join(data, "overview", "contact_sheet.png"), out)),
+              ("StyleGAN2 FreezeD + ADA: training samples (03)", rel(newest(os.path.join(fin, "samples")), out)),
+              ("StyleGAN2 from scratch: training samples (03)", rel(newest(os.path.join(scratch, "samples")), out)),
+              ("StyleGAN v1 after FreezeD: style mixing, identity from the rows, expression from the columns (02)",
+               "sg1_mix.png"),
+              ("StyleGAN v1 after FreezeD: training samples (02)", rel(newest(os.path.join(sg1, "samples")), out)),
+              ("SeFa direction 0 on the fine-tuned StyleGAN2, three seeds (04)", "explore/edit/grid_dir00.png"),
+              ("Meme: the SeFa edit as a GIF with a caption (04)", "explore/edit/seed0000_dir00.gif"),
+              ("StyleGAN2 style mixing after FreezeD + ADA (04)", "explore/mix.png"),
               ("U-GAT-IT samples (05)", rel(newest(os.path.join(ug, "samples")), out)),
               ("StyleGAN2 -> U-GAT-IT walk (05)", rel(newest(os.path.join(out, "chain"), ".gif"), out))]
-    write_summary(out, cfg, timings, real_fid, images)
+    write_summary(out, cfg, timings, real_fid, table, n_half, images, record)
     print(f"\nwrote {os.path.join(out, 'summary.md')} ({sum(t for _, t in timings):.0f} s in all)")
 
 

@@ -304,6 +304,28 @@ def test_write_demo_and_cli_flag_form(tmp_path):
     assert len(read_index(tmp_path / "d")) == 6
 
 
+
+def test_source_style_is_coloured_deterministic_and_varied(tmp_path):
+    """The source domain (stand-in for FFHQ): shaded colour faces, unlike the grey line art."""
+    a = [np.asarray(x).astype(int) for x in prep.make_demo_faces(12, size=32, seed=3, style="source")]
+    b = [np.asarray(x).astype(int) for x in prep.make_demo_faces(4, size=32, seed=3, style="source")]
+    target = [np.asarray(x).astype(int) for x in prep.make_demo_faces(4, size=32, seed=3)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # a longer set starts with the shorter one
+    assert not any(np.array_equal(x, y) for x, y in zip(a, target))
+    for i in range(12):
+        for j in range(i + 1, 12):
+            assert np.abs(a[i] - a[j]).mean() > 5
+    for x in a:
+        chroma = x.max(-1) - x.min(-1)                       # 0 for grey pixels
+        assert chroma.mean() > 15                            # coloured skin, hair, background
+        assert (x.min(-1) > 200).mean() < 0.5                # not line art on white paper
+        assert len(np.unique(x.reshape(-1, 3), axis=0)) > 200  # shading: many distinct colours
+    prep.main(["--demo", "3", "--demo-style", "source", "--out", str(tmp_path / "s"), "--size", "32", "--seed", "3"])
+    info = json.loads((tmp_path / "s" / "dataset.json").read_text())
+    assert info["style"] == "source" and "colour" in info["description"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s" / "00002.png")), a[2].astype(np.uint8))
+
+
 # ------------------------------------------------------------------ CARN
 @functools.lru_cache(maxsize=1)
 def _released_carn_state():
