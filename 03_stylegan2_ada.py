@@ -3243,7 +3243,7 @@ def add_train_args(parser):
     g.add_argument("--batch-gpu", type=int, metavar="N",
                    help="images per forward/backward pass; gradients are accumulated to --batch, with the "
                         "same losses, R1, path length and ADA statistics (NVlabs --batch-gpu; minibatch-"
-                        "stddev groups of min(4, N)). Lower it when the GPU runs out of memory "
+                        "stddev groups of min(group, N), group 4 or the checkpoint's). Lower it when the GPU runs out of memory "
                         "(default: the whole batch)")
     g.add_argument("--num-workers", type=int, metavar="N", help=f"data-loading workers "
                                                                 f"(default {D['num_workers']})")
