@@ -78,7 +78,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 import weakref
 import zipfile
 
@@ -123,7 +122,6 @@ VGG16_TAPS = (3, 8, 15, 22, 29)
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 TORCHVISION_VGG16 = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 file name in the hub cache
-_LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
 
 
 class ExploreError(ValueError):
@@ -759,29 +757,14 @@ def to_pil(img):
 
 
 def load_target(path, size):
-    """An image file of any size and mode -> uint8 [size, size, 3]: transparency composited on white,
-    16-bit grey scaled to 8 bits, centre-cropped to a square, Lanczos-resized (03's data loader does the
-    same to training images; NVIDIA projector.py crops and resizes alike). One-line error if unreadable."""
+    """An image file of any size and mode -> uint8 [size, size, 3], read exactly as 03 reads its training
+    images (03's `_load_image`: RGB with transparency on white, centre-crop to a square, Lanczos resize;
+    NVIDIA projector.py crops and resizes alike). One-line error if unreadable or a decompression bomb."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad file, not a warning
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-                    rgba = img.convert("RGBA")
-                    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-                elif img.mode.startswith("I;16") or img.mode == "I":
-                    grey = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255)
-                    img = Image.fromarray(grey.astype(np.uint8))
-                img = img.convert("RGB")
+        arr, _, _ = load_script("03_stylegan2_ada")._load_image(path, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ExploreError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if img.size != (size, size):
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side)).resize((size, size), _LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
+    return arr
 
 
 def uint8_to_tensor(arr):
