@@ -638,7 +638,8 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
         real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
     real_pred, fake_pred = full_precision(real_pred), full_precision(fake_pred)
     if cfg.loss == "r1":
-        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), R1_GAMMA / 2 * d_r1_penalty(real_pred, real)
+        gamma = getattr(cfg, "r1_gamma", R1_GAMMA)
+        loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), gamma / 2 * d_r1_penalty(real_pred, real)
     else:
         loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
     zero = torch.zeros((), device=device)
@@ -1124,6 +1125,9 @@ def resolve_train_args(args):
     cfg.keep = KEEP_CHECKPOINTS if cfg.keep is None else cfg.keep
     if cfg.keep < 1:
         raise ValueError(f"--keep {cfg.keep}: must be at least 1")
+    cfg.r1_gamma = getattr(cfg, "r1_gamma", R1_GAMMA)  # settings of runs from before the flag
+    if not (cfg.r1_gamma >= 0 and math.isfinite(cfg.r1_gamma)):
+        raise ValueError(f"--r1-gamma {cfg.r1_gamma}: must be a finite number >= 0")
     if cfg.data is None or cfg.out is None:
         raise ValueError("train needs --data DIR and --out RUN")
     step = size_to_step(cfg.size)
@@ -1556,6 +1560,9 @@ def build_parser():
                         "(256 px: 7-K; FreezeD README = 4); 0 = plain fine-tuning (default 0)")
     t.add_argument("--loss", choices=["r1", "wgan-gp"], default=None,
                    help="default r1 with --ckpt (FreezeD), wgan-gp from scratch (rosinality)")
+    t.add_argument("--r1-gamma", type=float, default=R1_GAMMA,
+                   help="R1 weight gamma with --loss r1 (rosinality/FreezeD: 10, tuned for 256-1024 px; "
+                        "NVlabs' rule 0.0002 res^2 / batch gives about 0.03 at 32 px)")
     t.add_argument("--mixing", action=argparse.BooleanOptionalAction, default=None,
                    help="style mixing regularization, p 0.9 (default off unless a preset sets it)")
     t.add_argument("--sched", action=argparse.BooleanOptionalAction, default=None,

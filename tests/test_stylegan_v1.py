@@ -602,11 +602,11 @@ def sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-@pytest.mark.parametrize("loss", ["r1", "wgan-gp"])
-def test_train_step_equals_hand_derived_sgd_step(loss):
+@pytest.mark.parametrize("loss,gamma", [("r1", None), ("r1", 0.05), ("wgan-gp", None)])
+def test_train_step_equals_hand_derived_sgd_step(loss, gamma):
     # rosinality style-based-gan-pytorch train.py / FreezeD finetune.py, one SGD step on a linear
     # critic and a generator that outputs one learned image P for every z. D: r1: softplus(-D(x))
-    # + softplus(D(G(z))) + 5 |grad D(x)|^2; wgan-gp: -(E D(x) - 0.001 E D(x)^2) + E D(G(z))
+    # + softplus(D(G(z))) + gamma/2 |grad D(x)|^2 (gamma 10 unless --r1-gamma is given); wgan-gp: -(E D(x) - 0.001 E D(x)^2) + E D(G(z))
     # + 10 (|grad D(x_hat)| - 1)^2; both + 0.5 L2-SP(D) + 0.2 feature matching. G, against the updated
     # D: softplus(-D(G(z))) or -D(G(z)), + 0.3 L2-SP(G). Then EMA with decay 0.5.
     lam_d, lam_fm, lam_g, lr = 0.5, 0.2, 0.3, 0.1
@@ -617,6 +617,8 @@ def test_train_step_equals_hand_derived_sgd_step(loss):
         g, d, g_ema = FixedImageGenerator(P), LinearCritic(w, b), FixedImageGenerator(torch.zeros(3, 4, 4))
         cfg = SimpleNamespace(mixing=False, loss=loss, lambda_fm=lam_fm, lambda_l2_d=lam_d, lambda_l2_g=lam_g,
                               fm_blocks=1, ema_decay=0.5)
+        if gamma is not None:
+            cfg.r1_gamma = gamma
         stats = m.train_step(g, d, g_ema, torch.optim.SGD(g.parameters(), lr=lr), torch.optim.SGD(d.parameters(), lr=lr),
                              R, 0, -1, cfg, {"w", "b"}, g_source=FixedImageGenerator(P_src),
                              d_source=LinearCritic(w_src, b_src))
@@ -629,8 +631,9 @@ def test_train_step_equals_hand_derived_sgd_step(loss):
     norm = np.linalg.norm(wn)
     if loss == "r1":
         loss_d = softplus(-r).mean() + softplus(f)
-        reg, reg_key = 5 * norm ** 2, "r1"
-        grad_w = (-sigmoid(-r)[:, None] * Rn).mean(0) + sigmoid(f) * Pn + 10 * wn
+        gamma = 10.0 if gamma is None else gamma                     # rosinality / FreezeD: 10
+        reg, reg_key = gamma / 2 * norm ** 2, "r1"                    # grad_x D = w for every x
+        grad_w = (-sigmoid(-r)[:, None] * Rn).mean(0) + sigmoid(f) * Pn + gamma * wn
         grad_b = -sigmoid(-r).mean() + sigmoid(f)
     else:
         loss_d = -(r.mean() - 0.001 * (r ** 2).mean()) + f
