@@ -28,8 +28,9 @@ What this file implements
   `lpips` package's layer weights when installed), else the checkpoint's own discriminator features
   (LPIPS-style, no download) plus pixel MSE. Writes NAME_proj.png, NAME_latent.pt, NAME_compare.png,
   NAME_distances.json and, with --video, NAME_proj.gif.
-- `edit`: a grid PNG and an animated GIF per seed (or projected latent) sweeping one direction over a
-  range of degrees, with meme captions (white text, black outline, fitted to the width; `--font`).
+- `edit`: a grid PNG of the plain edits and an animated GIF per seed (or projected latent) sweeping one
+  direction over a range of degrees; the GIF is the meme: captions in white with a black outline, fitted
+  to the width (`--font`), on frames enlarged to at least 256 px (`--meme-size`).
 - `mix`: the style-mixing figure of StyleGAN Fig. 3 (coarse 4-8 px, middle 16-32 px, fine 64+ px).
 - `ui`: a gradio page with sliders, captions and an image upload that projects (optional extra:
   `pip install -r requirements-ui.txt`).
@@ -101,6 +102,7 @@ W_AVG_SEED = 123      # fixed, so truncation is reproducible across runs
 GANSPACE_SEED = 1     # harskish/ganspace draws its latents after seeding with 1 (SEED_SAMPLING)
 STDEV_SAMPLES = 5000  # fresh w samples used to measure the spread along each direction (GANSpace)
 SEED_MAX = 2 ** 32 - 1  # np.random.RandomState accepts seeds 0 .. 2^32 - 1
+MEME_SIZE = 256       # captioned pictures are enlarged to at least this width before the caption is drawn
 
 # Projection defaults: NVlabs/stylegan2-ada-pytorch projector.py `project(...)` (rosinality's the same).
 PROJECT_STEPS = 1000           # num_steps
@@ -828,6 +830,18 @@ def caption(img, top=None, bottom=None, font_path=None):
     return draw_caption(draw_caption(img, top, "top", font_path), bottom, "bottom", font_path)
 
 
+def meme(img, top=None, bottom=None, font_path=None, min_size=MEME_SIZE):
+    """A captioned picture: enlarged by a whole factor (Lanczos) to at least `min_size` px wide, then
+    captioned, so the text takes a meme's share of the picture rather than covering a 32 px face.
+    Without a caption the image is returned as it is."""
+    if not (top or bottom):
+        return img
+    factor = -(-min_size // img.width) if min_size else 1
+    if factor > 1:
+        img = img.resize((img.width * factor, img.height * factor), Image.LANCZOS)
+    return caption(img, top, bottom, font_path)
+
+
 def grid(images, ncol, pad=2, bg=(255, 255, 255)):
     w, h = images[0].size
     nrow = (len(images) + ncol - 1) // ncol
@@ -845,17 +859,17 @@ def save_gif(frames, path, duration_ms=80):
 
 # ---- edit ----
 
-def edit_frames(explorer, direction, seed, degrees, layers, truncation=1.0, top=None, bottom=None,
-                font_path=None, noise_mode="const", ws=None, noises=None):
+def edit_frames(explorer, direction, seed, degrees, layers, truncation=1.0, noise_mode="const", ws=None,
+                noises=None):
     """One image per degree for one seed, or for the given styles `ws` [1, L, dim] (a projected latent,
-    with its `noises`), the direction swept over the chosen layers."""
+    with its `noises`), the direction swept over the chosen layers; no caption (see `meme`)."""
     if ws is None:
         ws = styles_for(explorer, seed_w(explorer, seed), truncation)
     else:
         ws = truncate(explorer, ws, truncation)
     batch = torch.cat([apply_edit(ws, direction, d, layers) for d in degrees], 0)
     imgs = torch.cat([explorer.synthesize(b, noise_mode, noises) for b in batch.split(8)], 0)
-    return [caption(to_pil(im), top, bottom, font_path) for im in imgs]
+    return [to_pil(im) for im in imgs]
 
 
 def _sources(args, explorer, seeds_flag, seeds_text, default):
@@ -878,6 +892,8 @@ def run_edit(args):
     check_directions(d, args.dirs, explorer)
     if not 0 <= args.index < len(d["directions"]):
         raise ExploreError(f"{args.dirs}: --index {args.index} outside 0..{len(d['directions']) - 1}")
+    if not 0 <= args.meme_size <= 4096:
+        raise ExploreError(f"--meme-size {args.meme_size}: must be in 0..4096 (0 = the generator's size)")
     layers = (parse_range(args.layers, explorer.n_latent, "--layers") if args.layers
               else list(d.get("layers") or range(explorer.n_latent)))
     degrees = parse_degrees(args.degrees)
@@ -893,8 +909,10 @@ def run_edit(args):
     rows = []
     for (name, ws, noises, seed), gif in zip(tqdm(sources, desc="edit"), gifs):
         frames = edit_frames(explorer, d["directions"][args.index], seed, degrees, layers, truncation,
-                             args.caption_top, args.caption_bottom, args.font, args.noise_mode, ws, noises)
-        save_gif(frames, gif, args.duration)
+                             args.noise_mode, ws, noises)
+        # the GIF is the meme (captioned, enlarged so the caption fits); the grid shows the plain edits
+        save_gif([meme(f, args.caption_top, args.caption_bottom, args.font, args.meme_size) for f in frames],
+                 gif, args.duration)
         rows.extend(frames)
     grid(rows, len(degrees)).save(sheet)
     print(f"wrote {args.out}: grid_dir{args.index:02d}.png and one GIF per {'latent' if args.latent else 'seed'} "
@@ -1167,7 +1185,7 @@ class Session:
     def view(self, latent, seed, truncation, layer_start, layer_end, top, bottom, *amounts):
         """The image for the page: the projected latent when there is one, else the seed."""
         ws, noises = self._styles(latent, seed, truncation, layer_start, layer_end, amounts)
-        return caption(to_pil(self.explorer.synthesize(ws, noises=noises)[0]), top or None, bottom or None)
+        return meme(to_pil(self.explorer.synthesize(ws, noises=noises)[0]), top or None, bottom or None)
 
     def render(self, seed, truncation, layer_start, layer_end, top, bottom, *amounts):
         return self.view(None, seed, truncation, layer_start, layer_end, top, bottom, *amounts)
@@ -1380,6 +1398,9 @@ def build_parser():
     e.add_argument("--caption-top", default=None, help="meme caption at the top")
     e.add_argument("--caption-bottom", default=None, help="meme caption at the bottom")
     e.add_argument("--font", default=None, help="TrueType/OpenType font file (e.g. one covering Hangul)")
+    e.add_argument("--meme-size", type=int, default=MEME_SIZE,
+                   help=f"captioned GIF frames are enlarged by a whole factor to at least this width "
+                        f"(default {MEME_SIZE}; 0 = the generator's size); the grid PNG is never captioned")
     e.add_argument("--duration", type=int, default=80, help="ms per GIF frame")
     e.add_argument("--out", required=True, help="output folder (grid PNG and GIFs)")
     e.add_argument("--overwrite", action="store_true", help="replace existing grid_dirNN.png / NAME_dirNN.gif in --out")

@@ -106,8 +106,38 @@ def test_edit_at_degree_zero_is_the_unedited_image_and_gif_frames(tiny_ckpt, tmp
     lx.main(["edit", "--ckpt", tiny_ckpt, "--dirs", path, "--index", "1", "--degrees=-2:2:5",
              "--seeds", "0-1", "--caption-top", "TOP", "--out", str(out)])
     gif = Image.open(out / "seed0001_dir01.gif")
-    assert gif.n_frames == 5 and gif.size == (16, 16)
+    assert gif.n_frames == 5 and gif.size == (256, 256)  # captioned: enlarged x16 to the meme size
     assert Image.open(out / "grid_dir01.png").size == (5 * 18 + 2, 2 * 18 + 2)
+
+
+def test_meme_gif_is_the_enlarged_edit_with_a_caption_and_the_grid_has_none(tiny_ckpt, tmp_path):
+    e = lx.load_explorer(tiny_ckpt)
+    d = lx.sefa([w for _, w in e.style_weights(range(e.n_latent))])
+    path = str(tmp_path / "d.pt")
+    torch.save(d, path)
+    frames = lx.edit_frames(e, d["directions"][0], 3, [-2.0, 2.0], list(range(e.n_latent)), 0.7)
+    for size, caption, gif_size in ((64, "TOP", 64), (40, "TOP", 48), (0, "TOP", 16), (64, None, 16)):
+        out = tmp_path / f"e{size}{caption}"
+        lx.main(["edit", "--ckpt", tiny_ckpt, "--dirs", path, "--degrees=-2,2", "--seeds", "3", "--out", str(out),
+                 "--meme-size", str(size)] + (["--caption-top", caption] if caption else []))
+        sheet = np.asarray(Image.open(out / "grid_dir00.png").convert("RGB"))
+        for k, want in enumerate(frames):  # the grid holds the plain edits, never a caption
+            assert np.array_equal(sheet[2:18, 2 + 18 * k:18 + 18 * k], np.asarray(want))
+        gif = Image.open(out / "seed0003_dir00.gif")
+        assert gif.size == (gif_size, gif_size)  # 40 px asked: 3 x 16 px, the first whole factor reaching it
+        gif.seek(1)
+        frame = np.asarray(gif.convert("RGB")).astype(float)
+        plain = np.asarray(frames[1].resize((gif_size, gif_size), Image.LANCZOS)).astype(float)
+        lower = slice(gif_size * 5 // 8, gif_size)  # below the top caption (at most H/7 high, in the top half)
+        if caption is None:
+            assert np.array_equal(frame, plain)  # no caption: the GIF frame is the edit itself
+        else:
+            other = np.asarray(frames[0].resize((gif_size, gif_size), Image.LANCZOS)).astype(float)
+            near, far = np.abs(frame[lower] - plain[lower]).mean(), np.abs(frame[lower] - other[lower]).mean()
+            assert near < 12 and far > 3 * near  # this frame enlarged (up to GIF palette error), not the other
+            assert np.abs(frame[:gif_size // 4] - plain[:gif_size // 4]).max() > 100  # and a caption on top
+    with pytest.raises(SystemExit, match="--meme-size"):
+        lx.main(["edit", "--ckpt", tiny_ckpt, "--dirs", path, "--out", str(tmp_path / "bad"), "--meme-size", "-1"])
 
 
 def test_noise_modes(tiny_ckpt):
