@@ -62,11 +62,21 @@ FREEZE_D_V1 = 1  # StyleGAN v1 FreezeD at 32 px: from_rgb and the 32 px block st
 #                 their freeze_d to the image size by themselves)
 R1_GAMMA = 0.05  # StyleGAN2 R1 weight at 32 px: NVlabs' auto rule 0.0002 res^2 / batch = 0.026 (10 is for 1024 px)
 KID_SUBSET = 50  # KID subset size below the half-set size (100), so its std shows a real spread
+SOURCE_SCORE_FACES = 200  # the source models are scored on the first 200 source faces, as the demo's table
+# StyleGAN v1's short fine-tune on 200 faces. In trials at 32 px (lr, R1 gamma): lr 0.001 (gamma 0.05 or 1),
+# 0.0005 and 0.0003 collapsed G to one face by 1,600 / 1,600 / 2,000 iterations; 0.0002 keeps the faces
+# apart through 1,600 (and collapses too by about 2,800). rosinality's gamma 10 kept the source's blur.
+V1_LR = 0.0002
+V1_R1_GAMMA = 1.0
+V1_EMA_DECAY = 0.995  # G_running decay: a half-life of 140 steps (rosinality's 0.999 would keep the
+#                      samples ~700 steps behind the 1,600 it trains)
+EDIT_DEGREES = "-4:4:9"  # SeFa direction 0 swept over +-4 (larger values leave the face space at 32 px)
+VIEW = 96  # summary pictures show each generated image at least this many pixels wide (nearest neighbour)
 
 # The source models of demo_models/ (`--make-source`): 4,000 source-style faces; StyleGAN2 and
 # StyleGAN v1 at 32 px with 32 channels, a 64-d z/w and batch 8, small enough to train on a CPU.
 SOURCE = dict(faces=4000, seed=0, size=32, channel_max=32, style_dim=64, n_mlp=2, batch=8, r1_gamma=R1_GAMMA,
-              sg2_iter=20000, sg1_iter=16000, sg1_init=8, sg1_phase=8000)
+              sg2_iter=20000, sg1_iter=20000, sg1_init=8, sg1_phase=8000)
 
 
 def source_commands(data, runs, s=SOURCE):
@@ -83,7 +93,8 @@ def source_commands(data, runs, s=SOURCE):
                       "--keep", "20", "--log-every", "50"],
         "stylegan_v1": ["02_stylegan_freezed.py", "train", "--data", data, "--size", size,
                         "--out", os.path.join(runs, "sg1"), "--channel-max", cm, "--code-dim", sd,
-                        "--iter", str(s["sg1_iter"]), "--batch", b, "--loss", "r1", "--mixing",
+                        "--iter", str(s["sg1_iter"]), "--batch", b, "--loss", "r1", "--r1-gamma",
+                        str(s["r1_gamma"]), "--mixing",
                         "--init-size", str(s["sg1_init"]), "--phase", str(s["sg1_phase"]),
                         "--ema-decay", "0.998", "--fid-every", "0", "--sample-every", "500",
                         "--ckpt-every", "500", "--log-every", "50", "--device", "cpu", "--quiet"],
@@ -217,6 +228,41 @@ def make_source(size, runs, log):
     steps = {"stylegan2": pack_stylegan2(newest(os.path.join(runs, "sg2", "checkpoints"), ".pt"), sg2_dst),
              "stylegan_v1": pack_stylegan_v1(newest(os.path.join(runs, "sg1", "checkpoints"), ".pt"), sg1_dst)}
     write_record(s, cmds, seconds, steps, note="made by python demo.py --make-source")
+    score_sources(size, data, os.path.join(runs, "score"), log)
+
+
+def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu"):
+    """How close each shipped source model is to its own training faces, beside the noise floor:
+    the demo's FID/KID (random Inception weights unless the real ones are cached) of n/2 samples
+    against the second half of the first n source faces, recorded in source_models.json."""
+    os.makedirs(work)
+    subset = os.path.join(work, "faces")
+    os.makedirs(subset)
+    for name in sorted(f for f in os.listdir(data) if f.endswith(".png"))[:n_faces]:
+        shutil.copyfile(os.path.join(data, name), os.path.join(subset, name))
+    sg2, sg1 = source_paths(size)
+    seeds = f"1000-{1000 + n_faces // 2 - 1}"
+    gens = [("stylegan2", ["03_stylegan2_ada.py", "generate", "--ckpt", sg2, "--seeds", seeds, "--out",
+                           os.path.join(work, "sg2"), "--device", device], os.path.join(work, "sg2")),
+            ("stylegan_v1", ["02_stylegan_freezed.py", "generate", "--ckpt", sg1, "--size", str(size), "--seeds",
+                             seeds, "--out", os.path.join(work, "sg1"), "--device", device], os.path.join(work, "sg1"))]
+    inception, _ = inception_choice(None)
+    rows, half = metric_table(work, subset, gens, inception, 2048, log, device)
+    record = read_record()
+    entry = record[str(size)]
+    for key, fid, kid_m, kid_s in rows:
+        name = "noise_floor" if key.startswith("noise floor") else key
+        entry.setdefault("score", {})[name] = {"fid": round(fid, 4), "kid": round(kid_m, 6), "kid_std": round(kid_s, 6)}
+    entry["score"]["how"] = (f"FID/KID of {half} samples vs the second half of the first {n_faces} source faces; "
+                             f"noise_floor: first half vs second half; Inception "
+                             f"{'random weights' if inception == 'random' else os.path.basename(inception)}; "
+                             f"KID 100 subsets of {min(KID_SUBSET, half - 1)}")
+    tmp = RECORD + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, RECORD)
+    return rows
 
 
 def write_record(s, cmds, seconds, steps, note):
@@ -254,6 +300,20 @@ def make_domain_a(src, dst, size):
         img = img.filter(ImageFilter.GaussianBlur(radius=max(1, size // 48)))
         img = ImageOps.colorize(img, black=(90, 50, 30), white=(250, 215, 180))
         img.save(os.path.join(dst, name))
+
+
+def enlarged(src, dst, factor):
+    """A copy of picture `src` enlarged by a whole factor with nearest neighbour (each generated pixel
+    becomes a factor x factor block, nothing is smoothed or invented), for the summary page."""
+    if not src or not os.path.isfile(src):
+        return None
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    img = Image.open(src)
+    if dst.endswith(".gif"):  # animated: copy as it is (04's meme frames are already enlarged)
+        shutil.copyfile(src, dst)
+        return dst
+    img.convert("RGB").resize((img.width * factor, img.height * factor), Image.NEAREST).save(dst)
+    return dst
 
 
 def comparison_figure(rows, path, tile=64, label_w=112):
@@ -302,12 +362,14 @@ def metric_table(out, data, generators, inception, dims, log, device):
     return rows, half
 
 
-def write_summary(out, cfg, timings, real_fid, table, n_half, images, record):
+def write_summary(out, cfg, timings, real_fid, table, n_half, images, record, zoom=1):
     lines = ["# calm-gan demo: the seed experiment in miniature", "",
              f"Target data: {cfg['faces']} procedural line-art cartoon faces at {cfg['size']} px (the stand-in for "
              "the seed's 500 cartoon faces). Source models: StyleGAN2 and StyleGAN v1 trained on "
              f"{SOURCE['faces']} shaded colour faces (the stand-in for FFHQ), shipped in `demo_models/`. "
-             f"Device {cfg['device']}.", ""]
+             f"Device {cfg['device']}."
+             + (f" Generated images are shown {zoom}x enlarged (nearest neighbour: each pixel a {zoom}x{zoom} "
+                "block); the unenlarged files are in the run folders." if zoom > 1 else ""), ""]
     if record:
         for key, name in (("stylegan2", "StyleGAN2"), ("stylegan_v1", "StyleGAN v1")):
             r = record.get(key, {})
@@ -375,6 +437,7 @@ def main(argv=None):
     args.device = str(resolve_device(args.device))  # resolved once: every stage runs on the same device
     cfg.update(faces=args.faces or cfg["faces"], size=args.size, device=args.device)
     it = lambda k: max(2, int(cfg[k] * args.scale))  # noqa: E731
+    zoom = max(1, -(-VIEW // args.size))  # 32 px -> each image shown 3x, nearest neighbour
     cfg["sg2_iter"], cfg["sg1_iter"] = it("sg2_iter"), it("sg1_iter")
     inception, real_fid = inception_choice(args.inception)
     out = os.path.abspath(args.out)
@@ -426,12 +489,13 @@ def main(argv=None):
                        ("FreezeD + ADA", os.path.join(out, "sg2_samples")),
                        ("baseline transfer", os.path.join(out, "sg2_baseline_samples")),
                        ("from scratch + ADA", os.path.join(out, "sg2_scratch_samples"))],
-                      os.path.join(out, "compare.png"))
+                      os.path.join(out, "compare.png"), tile=zoom * cfg["size"])
     # 3. StyleGAN v1: FreezeD fine-tuning of the shipped source model, and its style mixing
     sg1 = os.path.join(out, "sg1_freezed")
     run("02 StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "train", "--data", data, "--size", s, "--out", sg1,
         "--ckpt", sg1_src, "--preset", "freezed", "--freeze-d", str(FREEZE_D_V1), "--no-sched", "--iter", str(n_sg1),
-        "--batch", b, "--fid-every", "0", "--sample-every", str(max(1, n_sg1 // 4)), "--ckpt-every", str(n_sg1),
+        "--lr", str(V1_LR), "--r1-gamma", str(V1_R1_GAMMA), "--ema-decay", str(V1_EMA_DECAY), "--batch", b,
+        "--fid-every", "0", "--sample-every", str(max(1, n_sg1 // 4)), "--ckpt-every", str(n_sg1),
         "--device", dev, "--quiet"], log, timings)
     sg1_ckpt = sg1  # the run folder: its newest checkpoint
     run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1_ckpt, "--size", s, "--rows", "1-3",
@@ -444,7 +508,7 @@ def main(argv=None):
     run("04 GANSpace", ["04_latent_explore.py", "ganspace", "--ckpt", g2, "--out", os.path.join(lx, "ganspace.pt"),
         "--samples", str(cfg["ganspace_samples"]), "--components", "16", "--device", dev], log, timings)
     run("04 edit GIF", ["04_latent_explore.py", "edit", "--ckpt", g2, "--dirs", os.path.join(lx, "sefa.pt"),
-        "--index", "0", "--degrees=-6:6:9", "--seeds", "0-2", "--caption-top", "ME",
+        "--index", "0", f"--degrees={EDIT_DEGREES}", "--seeds", "0-2", "--caption-top", "ME",
         "--caption-bottom", "ALSO ME", "--out", os.path.join(lx, "edit"), "--device", dev], log, timings)
     run("04 style mixing", ["04_latent_explore.py", "mix", "--ckpt", g2, "--rows", "0-2", "--cols", "10-13",
         "--out", os.path.join(lx, "mix.png"), "--device", dev], log, timings)
@@ -480,19 +544,24 @@ def main(argv=None):
     for r, f, m, sd in table:
         print(f"   {r:45s} FID {f:8.2f}  KID {m:.5f} ± {sd:.5f}")
 
+    # the summary's pictures: copies in figures/ enlarged `zoom` times (nearest), the outputs untouched
+    shown = [("StyleGAN2 FreezeD + ADA: training samples (03)", newest(os.path.join(fin, "samples")), zoom),
+             ("StyleGAN2 from scratch: training samples (03)", newest(os.path.join(scratch, "samples")), zoom),
+             ("StyleGAN v1 after FreezeD: style mixing, identity from the rows, expression from the columns (02)",
+              os.path.join(out, "sg1_mix.png"), zoom),
+             ("StyleGAN v1 after FreezeD: training samples (02)", newest(os.path.join(sg1, "samples")), zoom),
+             ("SeFa direction 0 on the fine-tuned StyleGAN2, three seeds (04)",
+              os.path.join(lx, "edit", "grid_dir00.png"), zoom),
+             ("Meme: the SeFa edit as a GIF with a caption (04)", os.path.join(lx, "edit", "seed0000_dir00.gif"), 1),
+             ("StyleGAN2 style mixing after FreezeD + ADA (04)", os.path.join(lx, "mix.png"), zoom),
+             ("U-GAT-IT samples (05)", newest(os.path.join(ug, "samples")), 1),
+             ("StyleGAN2 -> U-GAT-IT walk (05)", newest(os.path.join(out, "chain"), ".gif"), 1)]
     images = [("compare", "compare.png"),
-              ("Target faces (01)", rel(os.path.join(data, "overview", "contact_sheet.png"), out)),
-              ("StyleGAN2 FreezeD + ADA: training samples (03)", rel(newest(os.path.join(fin, "samples")), out)),
-              ("StyleGAN2 from scratch: training samples (03)", rel(newest(os.path.join(scratch, "samples")), out)),
-              ("StyleGAN v1 after FreezeD: style mixing, identity from the rows, expression from the columns (02)",
-               "sg1_mix.png"),
-              ("StyleGAN v1 after FreezeD: training samples (02)", rel(newest(os.path.join(sg1, "samples")), out)),
-              ("SeFa direction 0 on the fine-tuned StyleGAN2, three seeds (04)", "explore/edit/grid_dir00.png"),
-              ("Meme: the SeFa edit as a GIF with a caption (04)", "explore/edit/seed0000_dir00.gif"),
-              ("StyleGAN2 style mixing after FreezeD + ADA (04)", "explore/mix.png"),
-              ("U-GAT-IT samples (05)", rel(newest(os.path.join(ug, "samples")), out)),
-              ("StyleGAN2 -> U-GAT-IT walk (05)", rel(newest(os.path.join(out, "chain"), ".gif"), out))]
-    write_summary(out, cfg, timings, real_fid, table, n_half, images, record)
+              ("Target faces (01)", rel(os.path.join(data, "overview", "contact_sheet.png"), out))]
+    for title, src, factor in shown:  # figures/explore_edit_grid_dir00.png <- explore/edit/grid_dir00.png
+        dst = os.path.join(out, "figures", rel(src, out).replace(os.sep, "_")) if src else None
+        images.append((title, rel(enlarged(src, dst, factor), out)))
+    write_summary(out, cfg, timings, real_fid, table, n_half, images, record, zoom)
     print(f"\nwrote {os.path.join(out, 'summary.md')} ({sum(t for _, t in timings):.0f} s in all)")
 
 

@@ -3,6 +3,9 @@ and summary.md shows the pictures, the FID/KID table with its noise floor, and t
 import os
 import re
 
+import numpy as np
+from PIL import Image
+
 from conftest import ROOT, load_script
 
 
@@ -19,6 +22,10 @@ def test_demo_smoke_runs_every_stage_and_writes_the_summary(tmp_path):
                                       "04 edit GIF", "04 style mixing", "05 U-GAT-IT", "05 chain"]
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", summary)
     assert len(pictures) == 11 and all((out / p).is_file() for p in pictures)
+    # 32 px images are shown 3x enlarged by repeating pixels, nothing else changed: the v1 mixing figure
+    assert "figures/sg1_mix.png" in pictures and "shown 3x enlarged" in summary
+    mix = np.asarray(Image.open(out / "sg1_mix.png").convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(out / "figures" / "sg1_mix.png")), mix.repeat(3, 0).repeat(3, 1))
     # the fine-tuning runs start from the shipped source models (the scratch run does not)
     log = (out / "demo.log").read_text()
     sg2, sg1 = (os.path.join(ROOT, "demo_models", f) for f in ("stylegan2_source_32px.pt",
