@@ -102,6 +102,7 @@ W_AVG_SEED = 123      # fixed, so truncation is reproducible across runs
 GANSPACE_SEED = 1     # harskish/ganspace draws its latents after seeding with 1 (SEED_SAMPLING)
 STDEV_SAMPLES = 5000  # fresh w samples used to measure the spread along each direction (GANSpace)
 SEED_MAX = 2 ** 32 - 1  # np.random.RandomState accepts seeds 0 .. 2^32 - 1
+MIX_LABEL_MIN = 64    # mix figures name each band in its corner cell from this image width up
 MEME_SIZE = 256       # captioned pictures are enlarged to at least this width before the caption is drawn
 
 # Projection defaults: NVlabs/stylegan2-ada-pytorch projector.py `project(...)` (rosinality's the same).
@@ -961,7 +962,8 @@ def mix_figure(explorer, rows, cols, truncation=1.0, noise_mode="const", row_lat
     blocks, cells_by_band = [], {}
     for name, a, b in explorer.mix_bands():
         mixed = mix_styles(ws_rows, ws_cols, a, b)                       # [R, C, L, dim]
-        blank = draw_caption(Image.new("RGB", size, (255, 255, 255)), f"{name} {a}-{b - 1}", "top")
+        blank = Image.new("RGB", size, (255, 255, 255))  # the band's name, where a font that small is legible
+        blank = draw_caption(blank, f"{name} {a}-{b - 1}", "top") if size[0] >= MIX_LABEL_MIN else blank
         cells, band = [blank] + col_imgs, []
         for i, img in enumerate(row_imgs):
             row = [to_pil(x) for x in explorer.synthesize(mixed[i], noise_mode, row_noises[i])]

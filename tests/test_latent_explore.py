@@ -154,6 +154,17 @@ def test_mix_figure_layout(tiny_ckpt, tmp_path):
     img = Image.open(out)
     # 16 px: 6 style slots -> coarse [0,4) and middle [4,6) bands; each block (1 + 2 rows) x (1 + 3 cols)
     assert img.size == (4 * 18 + 2, 2 * (3 * 18 + 2))
+    # below 64 px no band name is drawn in the corner cells: a font that small is a smudge
+    a = np.asarray(img.convert("RGB"))
+    assert (a[2:18, 2:18] == 255).all() and (a[58:74, 2:18] == 255).all()
+    sg2 = _sg2()
+    g = sg2.Generator(64, style_dim=8, n_mlp=1, channel_multiplier=1, channel_max=4)
+    path = str(tmp_path / "g64.pt")
+    sg2.save_checkpoint(path, {"g_ema": g.state_dict(), "args": {"size": 64, "style_dim": 8, "n_mlp": 1,
+                                                                 "channel_multiplier": 1, "channel_max": 4}})
+    lx.main(["mix", "--ckpt", path, "--rows", "0", "--cols", "1", "--out", str(tmp_path / "mix64.png")])
+    a = np.asarray(Image.open(tmp_path / "mix64.png").convert("RGB"))
+    assert (a[2:66, 2:66] < 40).all(axis=2).any()  # at 64 px the corner names its band (black outline)
 
 
 def test_ganspace_cli_and_bad_inputs(tiny_ckpt, tmp_path):
