@@ -500,7 +500,8 @@ def main(argv=None):
     sg1_ckpt = sg1  # the run folder: its newest checkpoint
     run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1_ckpt, "--size", s, "--rows", "1-3",
         "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
-    # 4. latent exploration on the fine-tuned StyleGAN2
+    # 4. latent exploration on the fine-tuned StyleGAN2, untruncated: after 1,200 iterations psi 0.7 (04's
+    #    default) draws nearly the average face for every seed
     lx = os.path.join(out, "explore")
     os.makedirs(lx, exist_ok=True)
     run("04 SeFa", ["04_latent_explore.py", "sefa", "--ckpt", g2, "--out", os.path.join(lx, "sefa.pt"),
@@ -508,9 +509,10 @@ def main(argv=None):
     run("04 GANSpace", ["04_latent_explore.py", "ganspace", "--ckpt", g2, "--out", os.path.join(lx, "ganspace.pt"),
         "--samples", str(cfg["ganspace_samples"]), "--components", "16", "--device", dev], log, timings)
     run("04 edit GIF", ["04_latent_explore.py", "edit", "--ckpt", g2, "--dirs", os.path.join(lx, "sefa.pt"),
-        "--index", "0", f"--degrees={EDIT_DEGREES}", "--seeds", "0-2", "--caption-top", "ME",
+        "--index", "0", f"--degrees={EDIT_DEGREES}", "--seeds", "0-2", "--truncation", "1", "--caption-top", "ME",
         "--caption-bottom", "ALSO ME", "--out", os.path.join(lx, "edit"), "--device", dev], log, timings)
     run("04 style mixing", ["04_latent_explore.py", "mix", "--ckpt", g2, "--rows", "0-2", "--cols", "10-13",
+        "--truncation", "1",
         "--out", os.path.join(lx, "mix.png"), "--device", dev], log, timings)
     # 5. U-GAT-IT between two demo styles, then chained onto the fine-tuned StyleGAN2
     ug_data = os.path.join(out, "ugatit_data")
@@ -547,7 +549,8 @@ def main(argv=None):
     # the summary's pictures: copies in figures/ enlarged `zoom` times (nearest), the outputs untouched
     shown = [("StyleGAN2 FreezeD + ADA: training samples (03)", newest(os.path.join(fin, "samples")), zoom),
              ("StyleGAN2 from scratch: training samples (03)", newest(os.path.join(scratch, "samples")), zoom),
-             ("StyleGAN v1 after FreezeD: style mixing, identity from the rows, expression from the columns (02)",
+             ("StyleGAN v1 after FreezeD: style mixing (02). Top three rows: the coarse styles (4-8 px) from the "
+              "left image, the rest from the top one; bottom three: the middle styles (16-32 px) from the left",
               os.path.join(out, "sg1_mix.png"), zoom),
              ("StyleGAN v1 after FreezeD: training samples (02)", newest(os.path.join(sg1, "samples")), zoom),
              ("SeFa direction 0 on the fine-tuned StyleGAN2, three seeds (04)",
