@@ -1,7 +1,7 @@
 """The seed experiment in miniature, end to end, with one command: a pretrained face model, a few
 hundred new faces, FreezeD + ADA, and a good generator in minutes.
 
-    python demo.py                   # about 11 minutes on 2 CPU cores; everything lands in demo_out/
+    python demo.py                   # about 12 minutes on 2 CPU cores; everything lands in demo_out/
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
     python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)
     python demo.py --device cuda --faces 500 --scale 10   # the same commands, scaled up on a GPU
