@@ -30,7 +30,8 @@ What this file implements
   FreezeD (`--freeze-d K`), feature matching against the source discriminator (`--lambda-fm`)
   and L2-SP towards the source weights (`--lambda-l2-g`, `--lambda-l2-d`).
 - Progressive training from scratch without `--ckpt` (rosinality `train.py` phases).
-- Losses: non-saturating logistic + R1 (gamma 10, every step) or WGAN-GP; mixing regularization.
+- Losses: non-saturating logistic + R1 (gamma 10 by default, `--r1-gamma`; every step) or WGAN-GP; mixing
+  regularization.
 - Left out: FreezeD's MineGAN, supervised (GLO/AdaBIGGAN) and AdaIN-only variants.
 
 How `--freeze-d K` maps to FreezeD's numbering
@@ -638,7 +639,7 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
         real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
     real_pred, fake_pred = full_precision(real_pred), full_precision(fake_pred)
     if cfg.loss == "r1":
-        gamma = getattr(cfg, "r1_gamma", R1_GAMMA)
+        gamma = getattr(cfg, "r1_gamma", R1_GAMMA)  # runs saved before --r1-gamma existed: 10
         loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), gamma / 2 * d_r1_penalty(real_pred, real)
     else:
         loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
@@ -1125,7 +1126,6 @@ def resolve_train_args(args):
     cfg.keep = KEEP_CHECKPOINTS if cfg.keep is None else cfg.keep
     if cfg.keep < 1:
         raise ValueError(f"--keep {cfg.keep}: must be at least 1")
-    cfg.r1_gamma = getattr(cfg, "r1_gamma", R1_GAMMA)  # settings of runs from before the flag
     if not (cfg.r1_gamma >= 0 and math.isfinite(cfg.r1_gamma)):
         raise ValueError(f"--r1-gamma {cfg.r1_gamma}: must be a finite number >= 0")
     if cfg.data is None or cfg.out is None:
@@ -1562,7 +1562,7 @@ def build_parser():
                    help="default r1 with --ckpt (FreezeD), wgan-gp from scratch (rosinality)")
     t.add_argument("--r1-gamma", type=float, default=R1_GAMMA,
                    help="R1 weight gamma with --loss r1 (rosinality/FreezeD: 10, tuned for 256-1024 px; "
-                        "NVlabs' rule 0.0002 res^2 / batch gives about 0.03 at 32 px)")
+                        "NVlabs' rule 0.0002 res^2 / batch gives about 0.03 at 32 px and batch 8)")
     t.add_argument("--mixing", action=argparse.BooleanOptionalAction, default=None,
                    help="style mixing regularization, p 0.9 (default off unless a preset sets it)")
     t.add_argument("--sched", action=argparse.BooleanOptionalAction, default=None,

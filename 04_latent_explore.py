@@ -30,7 +30,7 @@ What this file implements
   NAME_distances.json and, with --video, NAME_proj.gif.
 - `edit`: a grid PNG of the plain edits and an animated GIF per seed (or projected latent) sweeping one
   direction over a range of degrees; the GIF is the meme: captions in white with a black outline, fitted
-  to the width (`--font`), on frames enlarged to at least 256 px (`--meme-size`).
+  to the width (`--font`), on frames enlarged to at least 256 px when captioned (`--meme-size`).
 - `mix`: the style-mixing figure of StyleGAN Fig. 3 (coarse 4-8 px, middle 16-32 px, fine 64+ px).
 - `ui`: a gradio page with sliders, captions and an image upload that projects (optional extra:
   `pip install -r requirements-ui.txt`).

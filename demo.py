@@ -5,6 +5,7 @@ hundred new faces, FreezeD + ADA, and a good generator in minutes.
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
     python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)
     python demo.py --device cuda --faces 500 --scale 10   # the same commands, scaled up on a GPU
+    python demo.py --score-source    # re-measure the source models on the source faces (after --make-source)
 
 The story, as in the seed (bryandlee/malnyun_faces):
     source domain  FFHQ photos         -> here: 4,000 shaded colour faces (01 --demo-style source)
@@ -38,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -66,6 +68,7 @@ SOURCE_SCORE_FACES = 200  # the source models are scored on the first 200 source
 # StyleGAN v1's short fine-tune on 200 faces. In trials at 32 px (lr, R1 gamma): lr 0.001 (gamma 0.05 or 1),
 # 0.0005 and 0.0003 collapsed G to one face by 1,600 / 1,600 / 2,000 iterations; 0.0002 keeps the faces
 # apart through 1,600 (and collapses too by about 2,800). rosinality's gamma 10 kept the source's blur.
+# So --scale > 1.5 runs v1 into its collapse at this size; at 256 px with real data use FreezeD's settings.
 V1_LR = 0.0002
 V1_R1_GAMMA = 1.0
 V1_EMA_DECAY = 0.995  # G_running decay: a half-life of 140 steps (rosinality's 0.999 would keep the
@@ -231,11 +234,21 @@ def make_source(size, runs, log):
     score_sources(size, data, os.path.join(runs, "score"), log)
 
 
-def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu"):
+def rescore_sources(size, runs, log):
+    """`--score-source`: the source faces (drawn again by the recorded data command when missing),
+    then `score_sources` in a new folder under `runs`."""
+    data = os.path.join(runs, "data")
+    if not os.path.isdir(data):
+        call(source_commands(data, runs, dict(SOURCE, size=size))["data"], log, "source data")
+    os.makedirs(runs, exist_ok=True)
+    return score_sources(size, data, tempfile.mkdtemp(prefix="score-", dir=runs), log)
+
+
+def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu", dims=2048, record=RECORD):
     """How close each shipped source model is to its own training faces, beside the noise floor:
     the demo's FID/KID (random Inception weights unless the real ones are cached) of n/2 samples
-    against the second half of the first n source faces, recorded in source_models.json."""
-    os.makedirs(work)
+    against the second half of the first n source faces, written into the record's "score"."""
+    os.makedirs(work, exist_ok=True)
     subset = os.path.join(work, "faces")
     os.makedirs(subset)
     for name in sorted(f for f in os.listdir(data) if f.endswith(".png"))[:n_faces]:
@@ -247,9 +260,10 @@ def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu
             ("stylegan_v1", ["02_stylegan_freezed.py", "generate", "--ckpt", sg1, "--size", str(size), "--seeds",
                              seeds, "--out", os.path.join(work, "sg1"), "--device", device], os.path.join(work, "sg1"))]
     inception, _ = inception_choice(None)
-    rows, half = metric_table(work, subset, gens, inception, 2048, log, device)
-    record = read_record()
-    entry = record[str(size)]
+    rows, half = metric_table(work, subset, gens, inception, dims, log, device)
+    with open(record) as f:
+        saved = json.load(f)
+    entry = saved[str(size)]
     for key, fid, kid_m, kid_s in rows:
         name = "noise_floor" if key.startswith("noise floor") else key
         entry.setdefault("score", {})[name] = {"fid": round(fid, 4), "kid": round(kid_m, 6), "kid_std": round(kid_s, 6)}
@@ -257,11 +271,10 @@ def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu
                              f"noise_floor: first half vs second half; Inception "
                              f"{'random weights' if inception == 'random' else os.path.basename(inception)}; "
                              f"KID 100 subsets of {min(KID_SUBSET, half - 1)}")
-    tmp = RECORD + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
+    with open(record + ".tmp", "w") as f:
+        json.dump(saved, f, indent=2)
         f.write("\n")
-    os.replace(tmp, RECORD)
+    os.replace(record + ".tmp", record)
     return rows
 
 
@@ -308,11 +321,11 @@ def enlarged(src, dst, factor):
     if not src or not os.path.isfile(src):
         return None
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    img = Image.open(src)
     if dst.endswith(".gif"):  # animated: copy as it is (04's meme frames are already enlarged)
         shutil.copyfile(src, dst)
         return dst
-    img.convert("RGB").resize((img.width * factor, img.height * factor), Image.NEAREST).save(dst)
+    with Image.open(src) as img:
+        img.convert("RGB").resize((img.width * factor, img.height * factor), Image.NEAREST).save(dst)
     return dst
 
 
@@ -368,8 +381,9 @@ def write_summary(out, cfg, timings, real_fid, table, n_half, images, record, zo
              "the seed's 500 cartoon faces). Source models: StyleGAN2 and StyleGAN v1 trained on "
              f"{SOURCE['faces']} shaded colour faces (the stand-in for FFHQ), shipped in `demo_models/`. "
              f"Device {cfg['device']}."
-             + (f" Generated images are shown {zoom}x enlarged (nearest neighbour: each pixel a {zoom}x{zoom} "
-                "block); the unenlarged files are in the run folders." if zoom > 1 else ""), ""]
+             + (f" The StyleGAN images are shown {zoom}x enlarged (nearest neighbour: each pixel a {zoom}x{zoom} "
+                "block; the unenlarged files are in the run folders); the meme GIF is drawn at 256 px by 04, "
+                "U-GAT-IT's pictures are as written." if zoom > 1 else ""), ""]
     if record:
         for key, name in (("stylegan2", "StyleGAN2"), ("stylegan_v1", "StyleGAN v1")):
             r = record.get(key, {})
@@ -411,8 +425,11 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="smallest setting (used by the test suite)")
     p.add_argument("--make-source", action="store_true",
                    help="train the source models into demo_models/ (refuses to overwrite them)")
+    p.add_argument("--score-source", action="store_true",
+                   help="FID/KID of the shipped source models against the source faces, beside the noise floor; "
+                        "written into demo_models/source_models.json")
     p.add_argument("--source-runs", default=os.path.join(ROOT, "runs", "source"),
-                   help="--make-source: folder for the source data and training runs")
+                   help="--make-source / --score-source: folder for the source data, training runs and scores")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--faces", type=int, default=None)
     p.add_argument("--size", type=int, default=SOURCE["size"], help="image size (a shipped source model's size)")
@@ -425,6 +442,15 @@ def main(argv=None):
         make_source(args.size, os.path.join(args.source_runs, f"{args.size}px"),
                     os.path.join(args.source_runs, "make_source.log"))
         print(f"wrote {source_paths(args.size)} and {RECORD}")
+        return
+    if args.score_source:
+        if str(args.size) not in read_record():
+            raise SystemExit(f"error: {RECORD} has no {args.size} px source models to score")
+        rows = rescore_sources(args.size, os.path.join(args.source_runs, f"{args.size}px"),
+                               os.path.join(args.source_runs, "score_source.log"))
+        for r, f, m, sd in rows:
+            print(f"   {r:45s} FID {f:8.2f}  KID {m:.5f} ± {sd:.5f}")
+        print(f"wrote the scores into {RECORD}")
         return
     sg2_src, sg1_src = source_paths(args.size)
     for path in (sg2_src, sg1_src):
@@ -549,8 +575,9 @@ def main(argv=None):
     # the summary's pictures: copies in figures/ enlarged `zoom` times (nearest), the outputs untouched
     shown = [("StyleGAN2 FreezeD + ADA: training samples (03)", newest(os.path.join(fin, "samples")), zoom),
              ("StyleGAN2 from scratch: training samples (03)", newest(os.path.join(scratch, "samples")), zoom),
-             ("StyleGAN v1 after FreezeD: style mixing (02). Top three rows: the coarse styles (4-8 px) from the "
-              "left image, the rest from the top one; bottom three: the middle styles (16-32 px) from the left",
+             ("StyleGAN v1 after FreezeD: style mixing (02), one block of rows per band (coarse 4-8 px, middle "
+              "16-32 px, fine 64 px and up where the size has it): each cell takes its block's band from the left "
+              "image and the rest from the top one",
               os.path.join(out, "sg1_mix.png"), zoom),
              ("StyleGAN v1 after FreezeD: training samples (02)", newest(os.path.join(sg1, "samples")), zoom),
              ("SeFa direction 0 on the fine-tuned StyleGAN2, three seeds (04)",

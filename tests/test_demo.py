@@ -57,3 +57,26 @@ def test_demo_never_removes_a_folder_it_did_not_make(tmp_path):
     else:
         raise AssertionError("demo.py ran into a folder it did not make")
     assert sorted(os.listdir(mine)) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_source_scores_are_written_beside_their_noise_floor(tmp_path):
+    """score_sources (`--score-source`, end of `--make-source`): rows = the floor between two halves of the
+    source faces, then each shipped model; the record file given gets them, the shipped one is untouched."""
+    import json
+    import shutil
+    demo = load_script("demo")
+    shipped = open(demo.RECORD).read()
+    data, log = str(tmp_path / "data"), str(tmp_path / "log.txt")
+    demo.call(["01_prepare_data.py", "--demo", "16", "--demo-style", "source", "--size", "32", "--seed", "3",
+               "--out", data], log, "data")
+    record = str(tmp_path / "record.json")
+    shutil.copyfile(demo.RECORD, record)
+    rows = demo.score_sources(32, data, str(tmp_path / "score"), log, n_faces=16, dims=64, record=record)
+    assert [r[0] for r in rows] == ["noise floor: real half A vs real half B", "stylegan2", "stylegan_v1"]
+    score = json.load(open(record))["32"]["score"]
+    for name, fid, kid_m, kid_s in rows:
+        key = "noise_floor" if name.startswith("noise") else name
+        assert score[key]["fid"] == round(fid, 4) and score[key]["kid"] == round(kid_m, 6) and fid >= 0
+    assert "8 samples vs the second half of the first 16 source faces" in score["how"]
+    assert len(os.listdir(tmp_path / "score" / "sg1")) == 8
+    assert open(demo.RECORD).read() == shipped
