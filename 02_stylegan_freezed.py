@@ -94,7 +94,6 @@ Map of this file, in reading order (the method above the plumbing line):
 """
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
@@ -109,7 +108,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)

@@ -2037,7 +2037,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._target((set,), "ADDITEMS").update(items)
 
     def load_newobj(self):
-        args, cls = self.stack.pop(), self.stack.pop()
+        self.stack.pop()  # the constructor arguments, unused: an allowed class is built empty, cls()
+        cls = self.stack.pop()
         if cls not in self.NEWOBJ_CLASSES:
             raise pickle.UnpicklingError(f"refusing NEWOBJ of {cls!r}")
         self.append(cls())

@@ -634,13 +634,18 @@ def save_directions(path, result, layers, checkpoint=None):
     save_torch(path, result)
 
 
+def read_weights_only(path, what):
+    """torch.load(weights_only=True) on the CPU; an unreadable file is one line: PATH: not a readable WHAT."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ExploreError(f"{path}: not a readable {what} ({err.__class__.__name__})") from None
+
+
 def load_directions(path):
     if not os.path.isfile(path):
         raise ExploreError(f"{path}: no such directions file (make one with `sefa` or `ganspace`)")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ExploreError(f"{path}: not a readable directions file ({err.__class__.__name__})") from None
+    d = read_weights_only(path, "directions file")
     if not isinstance(d, dict) or not torch.is_tensor(d.get("directions")) or d["directions"].ndim != 2:
         raise ExploreError(f"{path}: not a directions file (needs a [K, dim] 'directions' tensor)")
     return d
@@ -675,10 +680,7 @@ def load_latent(path, explorer):
     file of another generator shape, a warning for another generator of the same shape."""
     if not os.path.isfile(path):
         raise ExploreError(f"{path}: no such latent file (make one with `project`)")
-    try:
-        lat = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ExploreError(f"{path}: not a readable latent file ({err.__class__.__name__})") from None
+    lat = read_weights_only(path, "latent file")
     ws = lat.get("ws") if isinstance(lat, dict) else None
     if not torch.is_tensor(ws) or ws.ndim != 3 or ws.shape[0] != 1:
         raise ExploreError(f"{path}: not a latent file (needs a [1, n_latent, dim] 'ws' tensor)")
@@ -1024,10 +1026,7 @@ def load_vgg16(path):
             if any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist()):
                 raise ExploreError(f"{path}: a TorchScript file (NVIDIA's vgg16.pt holds code, which is not "
                                    f"loaded); pass torchvision's {TORCHVISION_VGG16}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ExploreError(f"{path}: not a readable weights-only VGG16 file ({type(e).__name__})") from None
+    sd = read_weights_only(path, "weights-only VGG16 file")
     if not isinstance(sd, dict):
         raise ExploreError(f"{path}: not a VGG16 state dict")
     feats = {k[len("features."):]: v for k, v in sd.items() if str(k).startswith("features.")} or sd

@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from ops.device import DEVICE_HELP, resolve_device
@@ -170,10 +169,18 @@ def source_paths(size):
             os.path.join(MODELS, f"stylegan_v1_source_{size}px.pt"))
 
 
-def read_record():
-    if not os.path.isfile(RECORD):
+def save_record(record, path=RECORD):
+    """source_models.json, written whole to a temporary file first and then moved over the old one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_record(path=RECORD):
+    if not os.path.isfile(path):
         return {}
-    with open(RECORD) as f:
+    with open(path) as f:
         return json.load(f)
 
 
@@ -261,8 +268,7 @@ def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu
                              seeds, "--out", os.path.join(work, "sg1"), "--device", device], os.path.join(work, "sg1"))]
     inception, _ = inception_choice(None)
     rows, half = metric_table(work, subset, gens, inception, dims, log, device)
-    with open(record) as f:
-        saved = json.load(f)
+    saved = read_record(record)
     entry = saved[str(size)]
     for key, fid, kid_m, kid_s in rows:
         name = "noise_floor" if key.startswith("noise floor") else key
@@ -271,10 +277,7 @@ def score_sources(size, data, work, log, n_faces=SOURCE_SCORE_FACES, device="cpu
                              f"noise_floor: first half vs second half; Inception "
                              f"{'random weights' if inception == 'random' else os.path.basename(inception)}; "
                              f"KID 100 subsets of {min(KID_SUBSET, half - 1)}")
-    with open(record + ".tmp", "w") as f:
-        json.dump(saved, f, indent=2)
-        f.write("\n")
-    os.replace(record + ".tmp", record)
+    save_record(saved, record)
     return rows
 
 
@@ -293,11 +296,7 @@ def write_record(s, cmds, seconds, steps, note):
                         "seconds": seconds.get("stylegan_v1"), "iterations": steps["stylegan_v1"],
                         "kimg": steps["stylegan_v1"] * s["batch"] / 1000},
     }
-    tmp = RECORD + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, RECORD)
+    save_record(record)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,18 @@ torch.set_num_threads(1)
 _cache = {}
 
 
+def random_image_folder(folder, n, size, seed=0):
+    """n uniform-noise RGB PNGs (00000.png, ...) of size x size in folder: a training set for plumbing tests."""
+    import numpy as np
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            os.path.join(folder, f"{i:05d}.png"))
+    return str(folder)
+
+
 def load_script(name):
     """Import ROOT/<name>.py (names may start with a digit) once and return the module."""
     if name not in _cache:

@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_flatten
 
 import ops.device
 from conftest import ROOT, load_script
+from conftest import random_image_folder as make_images
 from ops.device import resolve_device
 
 STAND_IN = "mps"
@@ -132,7 +133,7 @@ class StandInDevice:
     def _sid(t):
         try:
             return t.untyped_storage()._cdata
-        except (RuntimeError, NotImplementedError):
+        except (RuntimeError, NotImplementedError):  # a tensor without a storage (sparse, nested): untracked
             return None
 
     def tagged(self, t):
@@ -221,15 +222,6 @@ def test_resolve_device(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # Every script's device path, run through its command line with --device mps (the stand-in)
-
-
-def make_images(folder, n, size, seed=0):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.RandomState(seed)
-    for i in range(n):
-        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            os.path.join(folder, f"{i:05d}.png"))
-    return str(folder)
 
 
 def no_violations(dev):

@@ -4,7 +4,6 @@ import json
 import os
 import socket
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -188,7 +187,7 @@ def _free_port():
 
 
 def test_ui_request_returns_image(tiny_ckpt, tmp_path):
-    gr = pytest.importorskip("gradio", reason="gradio is an optional extra (requirements-ui.txt)")
+    pytest.importorskip("gradio", reason="gradio is an optional extra (requirements-ui.txt)")
     client_mod = pytest.importorskip("gradio_client", reason="gradio_client comes with gradio")
     e = lx.load_explorer(tiny_ckpt)
     d = lx.sefa([w for _, w in e.style_weights(range(e.n_latent))])
@@ -207,12 +206,18 @@ def test_ui_request_returns_image(tiny_ckpt, tmp_path):
         demo.close()
 
 
-def test_stylegan_v1_checkpoint_sefa_and_edit(tmp_path):
+def v1_checkpoint(tmp_path):
+    """A random 16 px StyleGAN v1 generator saved as 02 saves it (g_running, code_dim 32): its path."""
     sg1 = load_script("02_stylegan_freezed")
     torch.manual_seed(2)
     g = sg1.StyledGenerator(code_dim=32, n_mlp=2, channels=sg1.scaled_channels(16))
     path = str(tmp_path / "v1.pt")
     sg1.save_checkpoint(path, {"g_running": g.state_dict(), "args": {"size": 16}})
+    return path
+
+
+def test_stylegan_v1_checkpoint_sefa_and_edit(tmp_path):
+    path = v1_checkpoint(tmp_path)
     e = lx.load_explorer(path)
     assert e.family == "stylegan" and e.n_latent == 3 and e.size == 16  # blocks 4, 8, 16 px
     weights = e.style_weights(range(e.n_latent))
@@ -422,7 +427,6 @@ def test_w_projection_latent_file_round_trips_exactly(proj_ckpt, tmp_path):
 
 
 def test_latent_from_another_checkpoint_is_one_line(proj_ckpt, tiny_ckpt, tmp_path, capsys):
-    sg2 = _sg2()
     other = _sg2().Generator(16, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16)
     e_other = lx.StyleGAN2Explorer(other)
     e_other.path = "other.pt"
@@ -518,11 +522,7 @@ def test_distance_choice_vgg_then_d_then_mse(proj_ckpt, tiny_ckpt, tmp_path, mon
 
 
 def test_stylegan_v1_projection_beats_the_mean_image(tmp_path):
-    sg1 = load_script("02_stylegan_freezed")
-    torch.manual_seed(2)
-    g = sg1.StyledGenerator(code_dim=32, n_mlp=2, channels=sg1.scaled_channels(16))
-    path = str(tmp_path / "v1.pt")
-    sg1.save_checkpoint(path, {"g_running": g.state_dict(), "args": {"size": 16}})
+    path = v1_checkpoint(tmp_path)
     e = lx.load_explorer(path)
     target = np.asarray(lx.to_pil(e.synthesize(lx.styles_for(e, lx.seed_w(e, 5)))[0]))
     stats = lx.w_stats(e, 1000)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, load_script
+from conftest import random_image_folder as make_images
 
 SCRIPTS = ("02_stylegan_freezed", "03_stylegan2_ada", "05_ugatit")
 SHARED = ("_StopRequest", "checkpoint_files", "find_resume", "clean_stray_temp_files", "open_resume",
@@ -144,15 +145,6 @@ def test_map_names_the_method_above_the_banner(name):
 # ---------------------------------------------------------------------------------------------
 # Tiny runs of the three scripts, in-process and as subprocesses
 # ---------------------------------------------------------------------------------------------
-def make_images(folder, n, size, seed):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.RandomState(seed)
-    for i in range(n):
-        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            os.path.join(folder, f"{i:05d}.png"))
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import ROOT, load_script
+from conftest import ROOT, load_script, random_image_folder
 
 SCRIPT = "03_stylegan2_ada"
 
@@ -46,12 +46,7 @@ def run(m, argv):
 
 
 def make_data(folder, size, n=8, seed=0):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.RandomState(seed)
-    for i in range(n):
-        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            os.path.join(folder, f"{i:05d}.png"))
-    return str(folder)
+    return random_image_folder(folder, n, size, seed)
 
 
 @pytest.fixture(scope="module")
