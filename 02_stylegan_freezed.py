@@ -115,7 +115,7 @@ import ops  # the image-file rule; importing ops checks the torch version (>= 2.
 from ops.device import DEVICE_HELP, resolve_device
 
 try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
-    from ops import fid as fid_ops
+    from ops import fid_eval as fid_ops
 except ImportError:
     fid_ops = None
 
@@ -1054,7 +1054,7 @@ def cut_run_logs(run, step):
         if len(kept) < len(lines):
             rewrite(table, kept)
             try:
-                from ops import fid as fid_lib
+                from ops import fid_eval as fid_lib
                 fid_lib.draw_fid_curve(fid_lib.read_fid_csv(table), os.path.join(run, "fid.png"))
             except ImportError:
                 pass
@@ -1330,7 +1330,7 @@ def train(args):
             return g_ema(z, g_ema.make_noise(batch, s, device, gen), step=s, alpha=a).clamp(-1, 1)
 
         result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
-        from ops.fid import record_fid  # fid.csv (with its provenance header) and fid.png: FID and KID
+        from ops.fid_eval import record_fid  # fid.csv (with its provenance header) and fid.png: FID and KID
         record_fid(cfg.out, it, result, getattr(evaluator, "provenance", None), kimg=it * cfg.batch / 1000)
         with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
             f.write(json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),

@@ -2764,7 +2764,7 @@ def cut_run_logs(run, step):
         if len(kept) < len(lines):
             rewrite(table, kept)
             try:
-                from ops import fid as fid_lib
+                from ops import fid_eval as fid_lib
                 fid_lib.draw_fid_curve(fid_lib.read_fid_csv(table), os.path.join(run, "fid.png"))
             except ImportError:
                 pass
@@ -2896,7 +2896,7 @@ def make_fid_evaluator(cfg, device):
     """ops.fid.Evaluator on the training images (their features cached in --fid-cache), or None
     with one notice when ops/fid or the Inception weights are unavailable: training runs on."""
     try:
-        from ops import fid as fid_ops  # imported here: it pulls in torchvision
+        from ops import fid_eval as fid_ops  # imported here: it pulls in torchvision
     except ImportError as e:
         print(f"notice: FID is off, ops/fid cannot be imported ({e})")
         return None
@@ -3105,7 +3105,7 @@ def _train(args, rank, world, device):
         with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(cfg.seed + 777)  # the same latents at every evaluation
             result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
-        from ops import fid as fid_ops  # already imported by make_fid_evaluator
+        from ops import fid_eval as fid_ops  # already imported by make_fid_evaluator
         fid_ops.record_fid(cfg.out, step, result, evaluator.provenance, kimg=step * cfg.batch / 1000)
         with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
             f.write(json.dumps({"step": step, "fid": round(float(result["fid"]), 4),

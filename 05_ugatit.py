@@ -1026,7 +1026,7 @@ def cut_run_logs(run, step):
         if len(kept) < len(lines):
             rewrite(table, kept)
             try:
-                from ops import fid as fid_lib
+                from ops import fid_eval as fid_lib
                 fid_lib.draw_fid_curve(fid_lib.read_fid_csv(table), os.path.join(run, "fid.png"))
             except ImportError:
                 pass

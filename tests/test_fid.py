@@ -1,4 +1,5 @@
-"""ops.fid: FID Inception, statistics, Frechet distance, CLI, Evaluator, memorization check.
+"""ops.fid (FID Inception, statistics, Frechet distance) and ops.fid_eval (CLI, Evaluator,
+memorization check, fid.csv).
 
 References used here are independent of ops/fid.py: numpy/scipy formulas written in the test,
 images decoded with PIL in the test, torchvision's unmodified stem, and pytorch-fid itself when
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import load_script, requires_cuda
-from ops import fid
+from ops import fid, fid_eval
 
 HAS_PYTORCH_FID = importlib.util.find_spec("pytorch_fid") is not None
 
@@ -402,7 +403,7 @@ def test_evaluator_scores_and_copies(tmp_path):
     train = _smooth_images(10, 32, 0)
     real = _write_folder(str(tmp_path / "real"), train)
     with pytest.warns(UserWarning, match="fewer images than the 64"):
-        ev = fid.Evaluator(real, inception="random", dims=64, batch_size=4, num_workers=0,
+        ev = fid_eval.Evaluator(real, inception="random", dims=64, batch_size=4, num_workers=0,
                            cache_dir=str(tmp_path / "cache"), kid_subsets=3, kid_subset_size=10)
     assert ev.provenance["comparable"] is False and ev.provenance["counts"]["real"] == 10
     as_gen = torch.from_numpy(train).permute(0, 3, 1, 2).float() / 127.5 - 1  # exact copies
@@ -452,7 +453,7 @@ def test_nearest_thresholds_match_brute_force():
     tf, gf = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
     tt = rng.integers(0, 256, (9, 3, 64, 64), dtype=np.uint8)
     gt = rng.integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)
-    res = fid.nearest(gf, gt, tf, tt)
+    res = fid_eval.nearest(gf, gt, tf, tt)
     cos = lambda a, b: 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
     l2 = lambda a, b: np.linalg.norm(a.astype(float) / 255 - b.astype(float) / 255)  # noqa: E731
     thr_c = min(cos(tf[i], tf[j]) for i in range(9) for j in range(9) if i != j)
@@ -477,17 +478,16 @@ def test_cuda_features_match_cpu(model64):
 
 
 def test_record_fid_keeps_provenance_and_drops_replayed_rows(tmp_path):
-    from ops import fid as F_
     prov = {"weights": "random", "comparable": False}
     for step, value in ((0, 90.0), (10, 70.0), (20, 60.0)):
-        F_.record_fid(str(tmp_path), step, {"fid": value, "kid_mean": value / 1000, "kid_std": 0.001,
+        fid_eval.record_fid(str(tmp_path), step, {"fid": value, "kid_mean": value / 1000, "kid_std": 0.001,
                                             "copies": 0, "n_real": 8, "n_gen": 8}, prov, kimg=step * 0.016)
     # a resumed run re-evaluates step 10: the old 10 and 20 rows go, the new 10 stays
-    F_.record_fid(str(tmp_path), 10, {"fid": 65.0, "kid_mean": 0.05, "kid_std": 0.002, "copies": 1,
+    fid_eval.record_fid(str(tmp_path), 10, {"fid": 65.0, "kid_mean": 0.05, "kid_std": 0.002, "copies": 1,
                                       "n_real": 8, "n_gen": 8}, prov)
     text = (tmp_path / "fid.csv").read_text().splitlines()
     assert json.loads(text[0][len("# provenance: "):]) == prov
-    rows = F_.read_fid_csv(str(tmp_path / "fid.csv"))
+    rows = fid_eval.read_fid_csv(str(tmp_path / "fid.csv"))
     assert [(r["step"], r["fid"], r["copies"]) for r in rows] == [(0, 90.0, 0), (10, 65.0, 1)]
     assert Image.open(tmp_path / "fid.png").size == (640, 520)
 
@@ -506,7 +506,7 @@ def test_a_duplicate_in_the_training_set_does_not_hide_copies(tmp_path, capsys):
     assert res["copy"].tolist() == [True, False, False, False]
     # the thresholds: the closest pair of distinct training images without the duplicate, by hand
     flat = train.reshape(len(train), -1).astype(np.float64)
-    thumbs_equal = fid._flat(fid._thumbnails(torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255))
+    thumbs_equal = fid_eval._flat(fid._thumbnails(torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255))
     pairs = [(i, j) for i in range(len(train)) for j in range(len(train)) if i < j and {i, j} != {5, 12}]
     want_p = min(np.linalg.norm(thumbs_equal[i] - thumbs_equal[j]) for i, j in pairs)
     assert res["thresholds"][1] == pytest.approx(want_p, rel=1e-9) and want_p > 0

@@ -1,4 +1,4 @@
-"""ops.fid KID, provenance record and small-sample warning (issue: honest few-shot evaluation).
+"""ops.fid KID; ops.fid_eval provenance record and small-sample warning (honest few-shot evaluation).
 
 KID is checked against the unbiased MMD^2 written out with explicit loops in float64.
 """
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ops import fid
+from ops import fid, fid_eval
 
 
 def _mmd2_loops(x, y):
@@ -199,7 +199,7 @@ def test_fid_png_draws_no_band_and_no_std_label_without_a_measured_std(tmp_path)
     def draw(std):
         rows = [{"step": s, "fid": 50.0 - s, "kid_mean": 0.02, "kid_std": std} for s in (0, 10, 20)]
         path = str(tmp_path / f"fid-{std}.png")
-        fid.draw_fid_curve(rows, path)
+        fid_eval.draw_fid_curve(rows, path)
         return Image.open(path).convert("RGB")
 
     zero, nan, measured = draw(0.0), draw(float("nan")), draw(0.001)

@@ -514,7 +514,7 @@ def test_fid_curve_written_to_csv_and_png(tmp_path, monkeypatch):
 def test_fid_with_ops_fid_random_inception(tmp_path, monkeypatch):
     """The real ops.fid.Evaluator path, with random Inception weights (values not comparable),
     cut to its 64-d first block and no loader workers so that it runs in seconds on a CPU."""
-    from ops import fid
+    from ops import fid_eval as fid
 
     class SmallFid:
         InceptionWeightsMissing = fid.InceptionWeightsMissing
