@@ -30,20 +30,22 @@ Where the code follows
   fp16 scheme (num_fp16_res, conv_clamp) follow NVlabs/stylegan2-ada-pytorch.
 
 Map (the method, top to bottom; a copier cuts at the plumbing line)
-- settings: `PRESETS` (the seed experiment's ablation rows), `TRAIN_DEFAULTS`, `channel_table`
+- settings: `PRESETS` (the seed experiment's ablation rows), `HYPERPARAMETERS` (the papers' and the
+  seed's values, each with its source), `channel_table`
 - building blocks: `PixelNorm`, `Blur`, `Upsample`, `EqualLinear`, `EqualConv2d`,
   `ModulatedConv2d` (Eq. 1-3: `forward_paper` first, `forward_fast` beside it), `NoiseInjection`,
   `ConstantInput`, `StyledConv`, `ToRGB`
-- networks: `Generator` (mapping + synthesis), `ConvLayer`, `ResBlock`, `Discriminator`;
-  mixed precision: `set_precision` (NVlabs' fp16 layers, or bf16)
+- networks: `Generator` (mapping + synthesis), `ConvLayer`, `ResBlock`, `Discriminator`
 - augmentation: `AugmentPipe` (ADA 'bgc'), `AdaptiveP` (ADA's p), `DiffAugment`, `make_augment`
 - losses and regularizers: `d_logistic_loss`, `g_nonsaturating_loss`, `d_r1_penalty`,
   `path_lengths`, `g_path_length_penalty`, `lazy_adam`, `mixing_noise`, `ema_update`, `ema_beta`
 - freezing: `frozen_prefixes_d` (FreezeD), `frozen_prefixes_g` (FreezeG), `split_frozen`
-- one iteration: `draw_g_inputs`, `batch_chunks` (--batch-gpu), `train_step`
-Below the plumbing line: checkpoint I/O (save_checkpoint, load_checkpoint, load_generator, the
-NVIDIA .pkl readers), the image-folder dataset, settings (resolve_settings), the run folder,
-mean_over_processes (torchrun), train(args) (the loop around train_step), generate(args), the CLI.
+- one iteration: `train_step` (D step, lazy R1, G step, lazy path length, G_ema, ADA's p)
+Below the plumbing line: mixed precision (set_precision), the scale-out step
+(train_step_scale_out: --batch-gpu, torchrun, fp16), checkpoint I/O (save_checkpoint,
+load_checkpoint, load_generator, the NVIDIA .pkl readers), the image-folder dataset, settings
+(RUN_DEFAULTS, resolve_settings), the run folder, mean_over_processes (torchrun), train(args) (the
+loop around the step, in named stages), generate(args), the CLI.
 
 Two implementations, one result (each pair is tested equal)
 - Modulated convolution: `forward_paper` builds per-sample weights w'' = d * s * w and runs one
@@ -55,8 +57,11 @@ Two implementations, one result (each pair is tested equal)
   grouped ones: one iteration at 64 px, channel multiplier 1, batch 4 costs 4.4 s of CPU time
   against 6.7 s, a 256 px config-f forward 2.9 s against 4.3 s); on CUDA the paper form for
   inference and the fast path for training, as NVlabs. On the CPU activations run channels_last.
-- `--batch-gpu N`: the batch in chunks of N with accumulated gradients equals the whole batch when
-  N is a multiple of the minibatch-stddev group (`batch_chunks`).
+- The iteration: `train_step` is the paper's, one batch in one process; `train_step_scale_out`
+  (below the plumbing line) runs the same iteration in chunks of `--batch-gpu N` with accumulated
+  gradients, in several torchrun processes, or in fp16, and gives the same parameters (for chunks,
+  when N is a multiple of the minibatch-stddev group). The loop uses the scale-out step only when
+  one of those three is asked for.
 
 Run
     python 03_stylegan2_ada.py train --data DATA --out runs/freezed-ada --ckpt ffhq-256.pt --preset freezed-ada
@@ -121,44 +126,39 @@ PRESETS = {
 }
 PRESET_FREEZE_D_SIZE = 256  # resolution at which the presets' freeze_d counts blocks
 
-# Defaults of every train flag (argparse defaults are None so that presets and --resume can tell
-# which flags were given). Numbers are StyleGAN2 config-f / ADA defaults unless noted.
-TRAIN_DEFAULTS = {
-    "data": None, "out": None, "ckpt": None, "size": 256,
-    "iter": 30000,             # the seed experiment's FID table is at 30k iterations
-    "batch": 16,               # total over all processes (rosinality's default, one GPU)
-    "lr": 0.002,               # Adam, betas (0, 0.99), both networks
-    "r1_gamma": 10.0,          # R1 weight gamma (penalty * gamma / 2)
-    "d_reg_every": 16,         # lazy R1 interval (0 = no R1)
-    "g_reg_every": 4,          # lazy path-length interval (0 = none)
-    "pl_weight": 2.0,          # path-length weight
-    "pl_decay": 0.01,          # decay of the running mean a of path lengths
-    "pl_batch_shrink": 2,      # path-length batch = batch // 2
-    "mixing": 0.9,             # style-mixing probability
-    "ema_kimg": 10.0,          # G_ema half-life in thousands of images (NVlabs 'stylegan2' cfg)
+# The method's hyperparameters: what a paper or the seed experiment fixes. Where the seed's own
+# choice is not written down, it ran rosinality/stylegan2-pytorch train.py with its defaults (the seed
+# README), so those are ours; NVlabs' values are named where they differ. The run's plumbing settings
+# (folders, intervals, workers, FID cost, device) are RUN_DEFAULTS below the plumbing line; both land
+# in the run's settings.json. Argparse defaults are None so that presets and --resume can tell
+# which flags were given.
+HYPERPARAMETERS = {
+    "size": 256,               # the seed trains at 256 px (its 500 faces were upscaled to 256)
+    "iter": 30000,             # the seed's FID table is "FID (30k iter)"
+    "batch": 16,               # rosinality --batch 16 (NVlabs paper256: 64)
+    "lr": 0.002,               # rosinality --lr 0.002, StyleGAN2 config-f (NVlabs paper256: 0.0025)
+    "r1_gamma": 10.0,          # R1 weight gamma, penalty * gamma / 2 (config-f, rosinality --r1 10)
+    "d_reg_every": 16,         # lazy R1 interval (StyleGAN2 Sec. 3.1; 0 = no R1)
+    "g_reg_every": 4,          # lazy path-length interval (Sec. 3.2; 0 = none)
+    "pl_weight": 2.0,          # path-length weight (rosinality --path_regularize 2, NVlabs pl_weight 2)
+    "pl_decay": 0.01,          # decay of the running mean a of path lengths (both references)
+    "pl_batch_shrink": 2,      # path-length batch = batch // 2 (both references)
+    "mixing": 0.9,             # style-mixing probability (StyleGAN Sec. 3.1; rosinality --mixing 0.9)
+    "ema_kimg": 10.0,          # G_ema half-life in kimg (NVlabs; rosinality 0.5 ** (32 / 10000) per step)
     "ema_rampup": 0.0,         # NVlabs ramp-up (0.05 in their "auto" cfg); 0 = off (ema_beta)
-    "augment": "none",         # none | ada | diffaug
+    "augment": "none",         # none | ada | diffaug (the presets choose)
     "ada_p": None,             # fixed ADA p (None = adaptive)
-    "ada_target": 0.6,         # ADA target of E[sign(D(real))]
-    "ada_interval": 4,         # iterations between p updates
-    "ada_kimg": None,          # images (thousands) for p to move by 1: 500, or 100 with --ckpt
-    "diffaug_policy": "color,translation,cutout",
+    "ada_target": 0.6,         # ADA target of r_t = E[sign(D(real))] (ADA Sec. 3)
+    "ada_interval": 4,         # iterations between p updates (NVlabs ada_interval)
+    "ada_kimg": None,          # kimg for p to move by 1: 500, or 100 from a pretrained --ckpt (NVlabs)
+    "diffaug_policy": "color,translation,cutout",  # DiffAugment's policy for StyleGAN2 (Sec. 4)
     "xflip": True,             # mirrored copies of the real images (NVlabs --mirror; rosinality flips)
-    "freeze_d": 0,             # FreezeD: fromRGB + this many D blocks from the image side stay fixed
+    "freeze_d": 0,             # FreezeD: fromRGB + this many D blocks stay fixed (presets: 4 at 256 px,
+    #                            FreezeD's feature_loc 3)
     "freeze_g": 0,             # FreezeG: mapping + this many lowest-resolution G blocks stay fixed
-    "channel_multiplier": 2, "channel_max": 512, "style_dim": 512, "n_mlp": 8,
-    "mbstd_group": 4,          # D's minibatch-stddev group (an NVIDIA --ckpt sets its own: 8 for paper256)
-    "seed": 0,
-    "n_sample": 16,            # images in each sample grid (fixed latents)
-    "sample_every": 500, "ckpt_every": 2000, "keep": 3, "log_every": 10,
-    "fid_every": 1000,         # 0 = no FID during training
-    "fid_n": 5000,             # generated images per FID (FreezeD evaluates 5000)
-    "fid_batch": 50, "inception": None,
-    "fid_cache": None,         # cached real-image features (default RUN/fid_cache)
-    "fid_dims": 2048,          # Inception features (2048 = pool3, the FID standard; less: smoke tests)
-    "num_workers": 2, "device": None, "progress": True,
-    "precision": None,         # fp32 | bf16 | fp16; None = per device (default_precision)
-    "batch_gpu": None,         # images per forward/backward; the batch is accumulated (None = all at once)
+    "channel_multiplier": 2, "channel_max": 512,  # config-f channels (rosinality model.py)
+    "style_dim": 512, "n_mlp": 8,                  # z, w size and mapping depth (StyleGAN Sec. 2)
+    "mbstd_group": 4,          # D's minibatch-stddev group (both; an NVIDIA --ckpt sets its own: 8 for paper256)
 }
 # Channels per resolution of rosinality's Generator/Discriminator before the channel multiplier
 # (resolutions >= 64) and before the channel_max cap: 512 up to 32 px, then 16384 / r * cm.
@@ -263,18 +263,6 @@ class EqualConv2d(nn.Module):
         o, i, k, _ = self.weight.shape
         return f"{i}, {o}, {k}, stride={self.stride}, padding={self.padding}"
 
-
-def fp32_region(x):
-    """Inside a half-precision block (autocast on, see `set_precision`): switch autocast off so
-    that the styles and demodulation coefficients are computed in fp32, as NVlabs; else nothing."""
-    kind = x.device.type
-    if kind not in ("cpu", "cuda", "mps", "xpu"):  # e.g. meta: no autocast there
-        return contextlib.nullcontext()
-    try:
-        on = torch.is_autocast_enabled(kind)
-    except TypeError:  # torch < 2.4: no device argument
-        on = torch.is_autocast_cpu_enabled() if kind == "cpu" else torch.is_autocast_enabled()
-    return torch.autocast(kind, enabled=False) if on else contextlib.nullcontext()
 
 
 class ModulatedConv2d(nn.Module):
@@ -432,23 +420,6 @@ class ConstantInput(nn.Module):
     def forward(self, batch):
         return self.input.repeat(batch, 1, 1, 1)
 
-
-def block_precision(module, x):
-    """(context, x) for one network block under mixed precision (see `set_precision`).
-
-    module.compute_dtype None: fp32, x cast to float32 (it may come from a half-precision block);
-    float16/bfloat16: torch.autocast runs the block's convolutions and matmuls in that dtype while
-    the parameters stay fp32 (autocast casts a copy per call)."""
-    dtype = getattr(module, "compute_dtype", None)
-    if dtype is None:
-        return contextlib.nullcontext(), x.float()
-    return torch.autocast(x.device.type, dtype=dtype), x
-
-
-def clamp_activations(module, x):
-    """NVIDIA's conv_clamp: fp16 layers clip their outputs to [-256, 256] so fp16 cannot overflow."""
-    c = getattr(module, "conv_clamp", None)
-    return x if c is None else x.clamp(-c, c)
 
 
 class StyledConv(nn.Module):
@@ -639,7 +610,7 @@ class ResBlock(nn.Module):
                               activate=False, bias=False)
 
     def forward(self, x):
-        y = clamp_activations(self, self.conv1(x))  # conv_clamp under fp16 (set_precision), else as is
+        y = clamp_activations(self, self.conv1(x))  # mixed precision's clamp (set_precision), else as is
         y = clamp_activations(self, self.conv2(y))
         return (y + self.skip(x)) * (1 / math.sqrt(2))
 
@@ -697,48 +668,6 @@ class Discriminator(nn.Module):
         out = self.final_conv(out)
         return self.final_linear(out.flatten(1))                    # [B, 1]
 
-
-# ---- Mixed precision (NVlabs stylegan2-ada-pytorch: num_fp16_res, conv_clamp) ----------------
-PRECISIONS = ("fp32", "bf16", "fp16")
-NUM_FP16_RES = 4   # NVlabs: the 4 highest resolutions run in fp16 ...
-CONV_CLAMP = 256   # ... and clip their activations to [-256, 256]
-
-
-def set_precision(net, precision, num_fp16_res=NUM_FP16_RES, conv_clamp=CONV_CLAMP):
-    """Choose the compute dtype of each block of a Generator or Discriminator; returns net.
-
-    fp32: everything fp32. fp16 (as NVlabs): the blocks at the num_fp16_res highest resolutions
-    (r >= max(size * 2 / 2^num_fp16_res, 8): 32..256 px at 256 px) compute in float16 with their
-    activations clamped to +-conv_clamp; the mapping network, the low resolutions, D's 4x4
-    epilogue (mbstd, final conv, FC), the losses and the regularizers stay fp32. bf16: every
-    resolution block in bfloat16 (same exponent range as fp32: no clamp, no loss scaling), the
-    mapping network, D's epilogue and the losses fp32. Parameters stay fp32 either way (autocast
-    casts copies), so optimiser state, EMA and checkpoints are fp32; the setting is not saved.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    first = 4 if precision == "bf16" else max(2 ** (int(math.log2(net.size)) + 1 - num_fp16_res), 8)
-    clamp = conv_clamp if precision == "fp16" else None
-
-    def mark(block, r):
-        block.compute_dtype, block.conv_clamp = (low, clamp) if low is not None and r >= first else (None, None)
-
-    if isinstance(net, Generator):
-        mark(net.conv1, 4)
-        mark(net.to_rgb1, 4)
-        for j, to_rgb in enumerate(net.to_rgbs):                  # block j + 1 at 2^(j + 3) px
-            r = 2 ** (j + 3)
-            for block in (net.convs[2 * j], net.convs[2 * j + 1], to_rgb):
-                mark(block, r)
-    elif isinstance(net, Discriminator):
-        mark(net.convs[0], net.size)                                # fromRGB
-        for j in range(1, len(net.convs)):                          # convs.j takes size / 2^(j-1) px
-            mark(net.convs[j], net.size // 2 ** (j - 1))
-    else:
-        raise TypeError(f"set_precision: expected a Generator or Discriminator, got {type(net).__name__}")
-    net.precision = precision
-    return net
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1072,8 +1001,8 @@ class AdaptiveP:
     Overfitting heuristic r_t = E[sign(D(x_real))] over the real images of the last `interval`
     D steps. Every `interval` iterations:
         p <- max(p + sign(r_t - target) * batch_size * interval / (kimg * 1000), 0)
-    so p can move from 0 to 1 within `kimg` thousand images. batch_size is the total batch over all
-    processes; under torchrun the caller passes `average` (mean over processes) to `step`.
+    so p can move from 0 to 1 within `kimg` thousand images. batch_size is the total batch (of all
+    processes, when the scale-out step runs several and passes `average` to `step`).
     p_max=1 clamps p at 1 (rosinality clamps too, NVlabs does not): AugmentPipe treats every p >= 1
     the same, so values above 1 change nothing but make p lag when D stops overfitting.
     p_max=None follows NVlabs exactly.
@@ -1103,8 +1032,8 @@ class AdaptiveP:
         """Call after each training iteration with the number of finished iterations (1, 2, ...).
 
         Adjusts p when iteration % interval == 0 (and something was accumulated); returns p.
-        average: maps the [sign sum, count] tensor of this process to the mean over processes
-        (r_t = sum / count is the same for sums and for means); None = one process.
+        average: maps the [sign sum, count] tensor to the mean over all processes (r_t = sum / count
+        is the same for sums and for means; the scale-out step's); None = these statistics alone.
         """
         if iteration % self.interval != 0 or self._count == 0:
             return self.p
@@ -1289,12 +1218,12 @@ def g_path_length_penalty(img, latents, pl_mean, decay=0.01, y=None, average=Non
     img [B, 3, H, W] = G(w), latents [B, n_latent, style_dim] = the w+ the image was made from,
     y ~ N(0, I) / sqrt(H * W) (so the length does not depend on the resolution; drawn here unless
     given). a (`pl_mean`, a 0-dim tensor) is a running mean with a <- a + decay * (mean length - a).
-    `average` maps this batch's mean length to the one a moves toward (train_step passes the mean
-    over all processes, or the whole batch's mean when the batch is split); None = this batch.
+    `average` maps this batch's mean length to the one a moves toward (None = this batch's; the
+    scale-out step below the plumbing line passes the mean of its whole batch).
     Returns (penalty, new pl_mean (detached), lengths [B]).
     """
-    if y is None:
-        y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    if y is None:  # (randn, not randn_like: a channels_last img would lay the draws out differently)
+        y = torch.randn(img.shape, dtype=img.dtype, device=img.device) / math.sqrt(img.shape[2] * img.shape[3])
     lengths = path_lengths(img, latents, y)
     batch_mean = lengths.mean().detach()
     if average is not None:
@@ -1379,6 +1308,170 @@ def set_requires_grad(params, flag):
 # ---------------------------------------------------------------------------------------------
 # One training iteration
 # ---------------------------------------------------------------------------------------------
+def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, adaptive=None):
+    """One StyleGAN2 training iteration i (0, 1, ...) on the real batch x [B, 3, size, size] in [-1, 1].
+
+    T is the augmentation D sees (ADA's pipeline, DiffAugment, or the identity), z ~ N(0, I) with
+    style mixing (a pair of z with probability cfg.mixing, `mixing_noise`).
+    1. D step:  L_D = E[softplus(-D(T(x)))] + E[softplus(D(T(G(z))))]    (logistic loss, App. B)
+    2. lazy R1, every d_reg_every iterations (Sec. 3.1):
+                L_R1 = gamma / 2 * E||grad_x D(T(x))||^2 * d_reg_every
+    3. G step:  L_G = E[softplus(-D(T(G(z))))]                           (D's weights fixed)
+    4. lazy path length, every g_reg_every iterations, on B // pl_batch_shrink images (Sec. 3.2, Eq. 4):
+                L_pl = pl_weight * E_{w,y}(||J_w^T y||_2 - a)^2 * g_reg_every,  a <- a + decay (mean - a)
+    5. G_ema <- beta G_ema + (1 - beta) G, beta = 0.5 ** (B / (ema_kimg * 1000))  (NVlabs' half-life)
+    6. ADA's p (Sec. 3, Eq. 1): the signs of D(T(x)) of step 1 give r_t = E[sign(D(T(x)))]; every
+       ada_interval iterations  p <- max(0, p + sign(r_t - target) * B * interval / (ada_kimg * 1000)).
+    FreezeD and FreezeG are in what the optimisers hold: frozen weights are not in them.
+    cfg: the resolved settings (style_dim, mixing, r1_gamma, d_reg_every, g_reg_every, pl_weight,
+    pl_decay, pl_batch_shrink, ema_kimg, ema_rampup, batch); pl_mean: a, a 0-dim tensor;
+    adaptive: ADA's AdaptiveP (None for a fixed p or no ADA); it sets augment.p.
+    Returns (stats: dict of 0-dim tensors, new pl_mean).
+    """
+    batch, device = real.shape[0], real.device
+    d_params = [p for group in d_optim.param_groups for p in group["params"]]
+    stats = {}
+
+    # 1. D step on T(x) and T(G(z))
+    set_requires_grad(d_params, True)
+    with torch.no_grad():
+        fake = g(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]   # [B, 3, H, W]
+    real_logits = d(augment(real))                                  # [B, 1]
+    fake_logits = d(augment(fake))
+    d_loss = d_logistic_loss(real_logits, fake_logits)
+    d_optim.zero_grad(set_to_none=True)
+    d_loss.backward()
+    d_optim.step()
+    stats.update(d_loss=d_loss.detach(), real_score=real_logits.detach().mean(),
+                 fake_score=fake_logits.detach().mean())
+    if adaptive is not None:
+        adaptive.accumulate(real_logits)                            # sign(D(T(x))) for r_t (step 6)
+
+    # 2. lazy R1 on the un-augmented real images, through the (differentiable) augmentation
+    if cfg.d_reg_every > 0 and cfg.r1_gamma > 0 and i % cfg.d_reg_every == 0:
+        x = real.detach().requires_grad_(True)
+        r1 = d_r1_penalty(d(augment(x)), x)
+        d_optim.zero_grad(set_to_none=True)
+        (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every).backward()
+        d_optim.step()
+        stats["r1"] = r1.detach()
+
+    # 3. G step through the fixed D
+    set_requires_grad(d_params, False)
+    fake = g(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]
+    g_loss = g_nonsaturating_loss(d(augment(fake)))
+    g_optim.zero_grad(set_to_none=True)
+    g_loss.backward()
+    g_optim.step()
+    stats["g_loss"] = g_loss.detach()
+
+    # 4. lazy path length: J_w^T y by one backward pass, y ~ N(0, I) / sqrt(H W)
+    if cfg.g_reg_every > 0 and cfg.pl_weight > 0 and i % cfg.g_reg_every == 0:
+        pl_batch = max(1, batch // cfg.pl_batch_shrink)
+        ws = [g.get_latent(z) for z in mixing_noise(pl_batch, cfg.style_dim, cfg.mixing, device)]
+        if not ws[0].requires_grad:                                 # FreezeG: frozen mapping, w a leaf
+            ws = [w.detach().requires_grad_(True) for w in ws]
+        img, latents = g(ws, input_is_latent=True, return_latents=True)  # latents: w+ [B, n_latent, dim]
+        penalty, pl_mean, lengths = g_path_length_penalty(img, latents, pl_mean, cfg.pl_decay)
+        g_optim.zero_grad(set_to_none=True)
+        (cfg.pl_weight * cfg.g_reg_every * penalty).backward()
+        g_optim.step()
+        stats.update(path_length=lengths.detach().mean(), pl_penalty=penalty.detach())
+
+    # 5. G_ema
+    ema_update(g_ema, g, ema_beta(cfg.batch, cfg.ema_kimg, cfg.ema_rampup, i * cfg.batch))
+
+    # 6. ADA: move p every ada_interval iterations (AdaptiveP.step)
+    if adaptive is not None:
+        augment.p = adaptive.step(i + 1)
+    return stats, pl_mean
+
+
+# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+
+# ---------------------------------------------------------------------------------------------
+# Mixed precision: the GPU path (NVlabs stylegan2-ada-pytorch: num_fp16_res, conv_clamp)
+# ---------------------------------------------------------------------------------------------
+def fp32_region(x):
+    """Inside a half-precision block (autocast on, see `set_precision`): switch autocast off so
+    that the styles and demodulation coefficients are computed in fp32, as NVlabs; else nothing."""
+    kind = x.device.type
+    if kind not in ("cpu", "cuda", "mps", "xpu"):  # e.g. meta: no autocast there
+        return contextlib.nullcontext()
+    try:
+        on = torch.is_autocast_enabled(kind)
+    except TypeError:  # torch < 2.4: no device argument
+        on = torch.is_autocast_cpu_enabled() if kind == "cpu" else torch.is_autocast_enabled()
+    return torch.autocast(kind, enabled=False) if on else contextlib.nullcontext()
+
+
+def block_precision(module, x):
+    """(context, x) for one network block under mixed precision (see `set_precision`).
+
+    module.compute_dtype None: fp32, x cast to float32 (it may come from a half-precision block);
+    float16/bfloat16: torch.autocast runs the block's convolutions and matmuls in that dtype while
+    the parameters stay fp32 (autocast casts a copy per call)."""
+    dtype = getattr(module, "compute_dtype", None)
+    if dtype is None:
+        return contextlib.nullcontext(), x.float()
+    return torch.autocast(x.device.type, dtype=dtype), x
+
+
+def clamp_activations(module, x):
+    """NVIDIA's conv_clamp: fp16 layers clip their outputs to [-256, 256] so fp16 cannot overflow."""
+    c = getattr(module, "conv_clamp", None)
+    return x if c is None else x.clamp(-c, c)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+NUM_FP16_RES = 4   # NVlabs: the 4 highest resolutions run in fp16 ...
+
+
+CONV_CLAMP = 256   # ... and clip their activations to [-256, 256]
+
+
+def set_precision(net, precision, num_fp16_res=NUM_FP16_RES, conv_clamp=CONV_CLAMP):
+    """Choose the compute dtype of each block of a Generator or Discriminator; returns net.
+
+    fp32: everything fp32. fp16 (as NVlabs): the blocks at the num_fp16_res highest resolutions
+    (r >= max(size * 2 / 2^num_fp16_res, 8): 32..256 px at 256 px) compute in float16 with their
+    activations clamped to +-conv_clamp; the mapping network, the low resolutions, D's 4x4
+    epilogue (mbstd, final conv, FC), the losses and the regularizers stay fp32. bf16: every
+    resolution block in bfloat16 (same exponent range as fp32: no clamp, no loss scaling), the
+    mapping network, D's epilogue and the losses fp32. Parameters stay fp32 either way (autocast
+    casts copies), so optimiser state, EMA and checkpoints are fp32; the setting is not saved.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    first = 4 if precision == "bf16" else max(2 ** (int(math.log2(net.size)) + 1 - num_fp16_res), 8)
+    clamp = conv_clamp if precision == "fp16" else None
+
+    def mark(block, r):
+        block.compute_dtype, block.conv_clamp = (low, clamp) if low is not None and r >= first else (None, None)
+
+    if isinstance(net, Generator):
+        mark(net.conv1, 4)
+        mark(net.to_rgb1, 4)
+        for j, to_rgb in enumerate(net.to_rgbs):                  # block j + 1 at 2^(j + 3) px
+            r = 2 ** (j + 3)
+            for block in (net.convs[2 * j], net.convs[2 * j + 1], to_rgb):
+                mark(block, r)
+    elif isinstance(net, Discriminator):
+        mark(net.convs[0], net.size)                                # fromRGB
+        for j in range(1, len(net.convs)):                          # convs.j takes size / 2^(j-1) px
+            mark(net.convs[j], net.size // 2 ** (j - 1))
+    else:
+        raise TypeError(f"set_precision: expected a Generator or Discriminator, got {type(net).__name__}")
+    net.precision = precision
+    return net
+
+
+# ---------------------------------------------------------------------------------------------
+# The scale-out step: --batch-gpu chunks, torchrun processes, fp16 (train_step's iteration, tested equal)
+# ---------------------------------------------------------------------------------------------
 def draw_g_inputs(g, batch, style_dim, mixing, device):
     """The random inputs of one G pass over `batch` images, drawn up front so that the batch can be
     cut into chunks (--batch-gpu) and still be the same batch: (z list, inject_index, noise list).
@@ -1426,27 +1519,26 @@ def _optimizer_step(optim, fix_half_grads):
     optim.step()
 
 
-def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
-               adaptive=None, g_train=None, d_train=None, average=None):
-    """One StyleGAN2 training iteration i (0, 1, ...) on the real batch [B, 3, size, size] in [-1, 1].
+def train_step_scale_out(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
+                         adaptive=None, g_train=None, d_train=None, average=None):
+    """`train_step`'s iteration as the loop runs it when the plain form cannot: the batch in chunks
+    of cfg.batch_gpu with accumulated gradients, one process of several under torchrun, or fp16.
 
-    1. D step: non-saturating logistic loss on augment(real) and augment(G(z)) (App. B).
-    2. Lazy R1 every cfg.d_reg_every iterations (gamma / 2 * R1 * interval, Sec. 3.1).
-    3. G step: non-saturating loss through D (D's weights fixed).
-    4. Lazy path length every cfg.g_reg_every iterations on B // pl_batch_shrink images (Sec. 3.2).
-    5. G_ema <- beta G_ema + (1 - beta) G, beta from the total batch cfg.batch (NVlabs).
-    ADA: sign(D(augment(real))) of step 1 goes into `adaptive` (its p moves in the caller).
-
-    cfg: the resolved settings (style_dim, mixing, r1_gamma, d_reg_every, g_reg_every, pl_weight,
-    pl_decay, pl_batch_shrink, ema_kimg, ema_rampup, batch, batch_gpu). With
-    cfg.batch_gpu < B every loss is accumulated over chunks (batch_chunks) weighted by chunk / B,
-    so losses, R1, path length and the ADA statistics are those of the whole batch. The mixed
-    precision is the networks' own (set_precision); under fp16 inf/NaN gradients are replaced.
-    g_train, d_train: DDP wrappers of g and d under torchrun (default g, d); average: mean over
-    processes of a tensor (path-length mean), None = one process.
+    Same steps 1-6 and the same random draws in the same order, so with one chunk, one process and
+    fp32 it gives train_step's parameters (tests/test_stylegan2_train.py). What it adds:
+    - --batch-gpu: G's random inputs are drawn up front for the whole batch (`draw_g_inputs`) and
+      cut with `batch_chunks`, each chunk's loss weighted by chunk / B, so losses, R1, path length
+      (a first pass finds the whole batch's mean length, which a moves toward) and the ADA
+      statistics are the whole batch's;
+    - torchrun: g_train, d_train are the DistributedDataParallel wrappers of g and d (gradients are
+      averaged in backward), `average` the mean over processes (path-length mean, ADA statistics),
+      and each regularizer's backward touches every parameter (+ 0 * output) so that the
+      all-reduce finds them all;
+    - fp16 (set_precision): inf/NaN gradients are replaced before each Adam step, as NVlabs.
     Returns (stats dict of 0-dim tensors, new pl_mean).
     """
     g_train, d_train = g_train or g, d_train or d
+    ddp = d_train is not d
     batch, device = real.shape[0], real.device
     batch_gpu = getattr(cfg, "batch_gpu", None)
     half = getattr(g, "precision", "fp32") == "fp16"
@@ -1485,9 +1577,10 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
             real_r1 = real[idx].detach().requires_grad_(True)
             logits = d_train(augment(real_r1))
             r1 = d_r1_penalty(logits, real_r1) * w
-            # + 0 * logits: every D parameter joins this backward (the last bias gets no R1
-            # gradient), so DDP's gradient all-reduce finds each one and does not wait forever
-            (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every + 0 * logits[0, 0]).backward()
+            loss = cfg.r1_gamma / 2 * r1 * cfg.d_reg_every
+            if ddp:  # the last bias gets no R1 gradient: + 0 * logits lets the all-reduce find it
+                loss = loss + 0 * logits[0, 0]
+            loss.backward()
             r1_total = r1_total + r1.detach()
         _optimizer_step(d_optim, half)
         stats["r1"] = r1_total
@@ -1533,9 +1626,10 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
             penalty, new_mean, lengths = g_path_length_penalty(img, latents, pl_mean, cfg.pl_decay,
                                                                y=y[idx], average=pl_average)
             penalty = penalty * (len(idx) / pl_batch)
-            # + 0 * img: every G parameter joins the backward (ToRGB's last bias has no path-length
-            # gradient), so DDP's all-reduce finds each one
-            (cfg.pl_weight * cfg.g_reg_every * penalty + 0 * img[0, 0, 0, 0]).backward()
+            loss = cfg.pl_weight * cfg.g_reg_every * penalty
+            if ddp:  # ToRGB's last bias has no path-length gradient: + 0 * img for the all-reduce
+                loss = loss + 0 * img[0, 0, 0, 0]
+            loss.backward()
             penalty_total = penalty_total + penalty.detach()
             lengths_all.append(lengths.detach())
         _optimizer_step(g_optim, half)
@@ -1544,10 +1638,12 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, *,
 
     # 5. G_ema (NVlabs: beta from the total batch; ramp-up optional)
     ema_update(g_ema, g, ema_beta(cfg.batch, cfg.ema_kimg, cfg.ema_rampup, i * cfg.batch))
+
+    # 6. ADA's p, from the statistics of every process
+    if adaptive is not None:
+        augment.p = adaptive.step(i + 1, average=average)
     return stats, pl_mean
 
-
-# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint I/O
@@ -2452,6 +2548,23 @@ class StepBatchSampler:
 
 
 # ---- Settings: defaults < preset < command line (< the run's settings with --resume) ---------
+# The run's plumbing: where, how often, how much FID, which device (the method's values are
+# HYPERPARAMETERS above the plumbing line). Together they are every train flag's default.
+RUN_DEFAULTS = {
+    "data": None, "out": None, "ckpt": None,
+    "seed": 0,
+    "n_sample": 16,            # images in each sample grid (fixed latents)
+    "sample_every": 500, "ckpt_every": 2000, "keep": 3, "log_every": 10,
+    "fid_every": 1000,         # 0 = no FID during training
+    "fid_n": 5000,             # generated images per FID (FreezeD evaluates 5000)
+    "fid_batch": 50, "inception": None,
+    "fid_cache": None,         # cached real-image features (default RUN/fid_cache)
+    "fid_dims": 2048,          # Inception features (2048 = pool3, the FID standard; less: smoke tests)
+    "num_workers": 2, "device": None, "progress": True,
+    "precision": None,         # fp32 | bf16 | fp16; None = per device (default_precision)
+    "batch_gpu": None,         # images per forward/backward; the batch is accumulated (None = all at once)
+}
+TRAIN_DEFAULTS = {**RUN_DEFAULTS, **HYPERPARAMETERS}
 # Settings that may change when a run is continued with --resume; all others come from the run.
 RESUME_OVERRIDABLE = ("data", "iter", "n_sample", "sample_every", "ckpt_every", "keep", "log_every",
                       "fid_every", "fid_n", "fid_batch", "inception", "fid_cache", "fid_dims", "num_workers",
@@ -2927,32 +3040,84 @@ def train(args):
 
 
 def _train(args, rank, world, device):
+    """The run as a list of stages; each is a function below."""
     main = rank == 0
     say = print if main else (lambda *a, **k: None)
-
-    # ---------------- settings, start checkpoint, input checks ----------------
-    ckpt, g_ema_start, resume = None, None, None
-    if getattr(args, "resume", None):
-        run, resume_file, resume, stored = _open_resume(args.resume, getattr(args, "out", None))
-        cfg, src = resolve_settings(args, stored=stored)
-        cfg.out = run
-        if resume is None and cfg.ckpt:  # restarting a run that has no checkpoint yet: its start weights
-            ckpt, g_ema_start = _open_start_checkpoint(cfg.ckpt)
-        if getattr(args, "preset", None) is not None or getattr(args, "ckpt", None) is not None:
-            say("note: --preset and --ckpt are ignored with --resume (the run's settings and weights "
-                "are used)")
-    else:
-        if getattr(args, "ckpt", None):
-            ckpt, g_ema_start = _open_start_checkpoint(args.ckpt)
-        arch = dict(_arch_of(g_ema_start), mbstd_group=(ckpt.get("args") or {}).get("mbstd_group")) if ckpt else None
-        cfg, src = resolve_settings(args, ckpt_arch=arch)
-        if getattr(args, "preset", None) is not None and not cfg.ckpt:
-            say("note: the presets are transfer settings (the seed experiment starts from an FFHQ "
-                "model); without --ckpt this run starts from random weights")
+    cfg, src, start, resume = _settings(args, say)                  # settings, start weights
     if getattr(args, "dry_run", False):
         if main:
             print_settings(cfg, src, world)
         return cfg
+    dataset, sampler, batch = _read_inputs(args, cfg, rank, world)  # every check before any write
+    if main:
+        print_settings(cfg, src, world)
+    t = _build_training(cfg, start, device, say)                    # networks, optimisers, augmentation
+    if resume is not None:
+        _restore(t, *resume, say)
+    if main:
+        _prepare_run_folder(cfg, resumed=getattr(args, "resume", None), start=t.step if resume else -1)
+    step = _choose_step(t, cfg, batch, world, device, say)          # train_step, or the scale-out step
+    loader = iter(DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, batch, t.step),
+                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                             generator=torch.Generator().manual_seed(cfg.seed + rank)))
+    run = _RunOutputs(t, cfg, device, main)                         # samples, checkpoints, FID, log
+    if main and t.step == 0:
+        run.samples(0)
+        if run.evaluator is not None:  # the starting point: for transfer, the source model on the new data
+            run.fid(0)
+    # training randomness differs per process; after a resume process 0 continues its exact stream
+    seed_everything(cfg.seed + 1000 * (rank + 1) + (0 if resume is None or main else t.step))
+    if resume is not None and main and resume[1].get("rng") is not None:
+        set_rng_state(resume[1]["rng"], device)
+    _loop(t, cfg, loader, step, run, batch, world, device, say)
+    return cfg
+
+
+class Training:
+    """What the loop reads and a checkpoint restores: the networks, their optimisers, the
+    augmentation (ADA's pipe and its p controller), the path-length mean, the step, the best FID."""
+
+    def __init__(self, g, d, g_ema, g_optim, d_optim, augment, adaptive, pl_mean):
+        self.g, self.d, self.g_ema = g, d, g_ema
+        self.g_optim, self.d_optim = g_optim, d_optim
+        self.augment, self.adaptive = augment, adaptive
+        self.pipe = augment if isinstance(augment, AugmentPipe) else None
+        self.pl_mean = pl_mean
+        self.step, self.best_fid = 0, None
+
+
+def _settings(args, say):
+    """Resolve the settings; read the start checkpoint (--ckpt) or the run to continue (--resume).
+    Returns (cfg, src, start, resume): start = (ckpt dict, its g_ema) or None, resume = (file, ckpt)
+    or None (also for a run restarted from step 0 because it has no checkpoint yet)."""
+    start, resume = None, None
+    if getattr(args, "resume", None):
+        run, resume_file, ckpt, stored = _open_resume(args.resume, getattr(args, "out", None))
+        cfg, src = resolve_settings(args, stored=stored)
+        cfg.out = run
+        if ckpt is not None:
+            resume = (resume_file, ckpt)
+        elif cfg.ckpt:  # restarting a run that has no checkpoint yet: its start weights
+            start = _open_start_checkpoint(cfg.ckpt)
+        if getattr(args, "preset", None) is not None or getattr(args, "ckpt", None) is not None:
+            say("note: --preset and --ckpt are ignored with --resume (the run's settings and weights "
+                "are used)")
+        return cfg, src, start, resume
+    if getattr(args, "ckpt", None):
+        start = _open_start_checkpoint(args.ckpt)
+    arch = None
+    if start is not None:
+        arch = dict(_arch_of(start[1]), mbstd_group=(start[0].get("args") or {}).get("mbstd_group"))
+    cfg, src = resolve_settings(args, ckpt_arch=arch)
+    if getattr(args, "preset", None) is not None and not cfg.ckpt:
+        say("note: the presets are transfer settings (the seed experiment starts from an FFHQ "
+            "model); without --ckpt this run starts from random weights")
+    return cfg, src, start, resume
+
+
+def _read_inputs(args, cfg, rank, world):
+    """The checks that need no network: folders, batch sizes, the data set. Returns (dataset, this
+    process's sampler, batch per process)."""
     if cfg.data is None or cfg.out is None:
         raise TrainError("--data DIR and --out RUN are needed (or --resume RUN)")
     if cfg.batch % world:
@@ -2966,7 +3131,6 @@ def _train(args, rank, world, device):
                                       or cfg.batch_gpu % min(cfg.batch_gpu, group)):
         raise TrainError(f"--batch-gpu {cfg.batch_gpu}: must divide the batch per process ({batch}) and "
                          f"be below {group} or a multiple of {group} (minibatch standard deviation groups of {group})")
-    precision = cfg.precision or default_precision(device)
     try:  # read before anything is written; xflip: mirrored copies, as NVlabs --mirror
         dataset = ImageFolderDataset(cfg.data, cfg.size, xflip=cfg.xflip)
     except (OSError, ValueError) as e:
@@ -2976,21 +3140,23 @@ def _train(args, rank, world, device):
     if len(sampler) < batch:
         raise TrainError(f"{cfg.data}: {len(dataset)} images (with mirrored copies) are fewer than "
                          f"one batch ({batch} per process)")
-    if not getattr(args, "resume", None) and main and os.path.isdir(cfg.out) and os.listdir(cfg.out):
+    if not getattr(args, "resume", None) and rank == 0 and os.path.isdir(cfg.out) and os.listdir(cfg.out):
         raise TrainError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                          f"--resume {cfg.out} or choose another --out")
-    if main:  # after the input checks, so that bad input gives its one line only
-        print_settings(cfg, src, world)
+    return dataset, sampler, batch
 
-    # ---------------- networks, freezing, optimisers ----------------
+
+def _build_training(cfg, start, device, say):
+    """G, D and G_ema (from --ckpt, or random with the same weights in every process), FreezeD /
+    FreezeG, the lazily corrected Adam optimisers and what D sees (ADA, DiffAugment, nothing)."""
     seed_everything(cfg.seed)  # same initial weights in every process
     arch = dict(style_dim=cfg.style_dim, n_mlp=cfg.n_mlp, channel_multiplier=cfg.channel_multiplier,
                 channel_max=cfg.channel_max)
     g = Generator(cfg.size, **arch).to(device)
     d = Discriminator(cfg.size, channel_multiplier=cfg.channel_multiplier, channel_max=cfg.channel_max,
                       mbstd_group=cfg.mbstd_group).to(device)
-    if ckpt is not None:
-        g_ema = g_ema_start.to(device)
+    if start is not None:
+        ckpt, g_ema = start[0], start[1].to(device)
         which = "g" if "g" in ckpt else "g_ema"
         load_state_checked(g, ckpt[which], f"{cfg.ckpt} ['{which}']")
         if "d" in ckpt:
@@ -3014,192 +3180,205 @@ def _train(args, rank, world, device):
 
     # what D sees: ADA's 'bgc' pipeline (p from AdaptiveP, or --ada-p), DiffAugment, or nothing
     augment = make_augment(cfg.augment, p=cfg.ada_p or 0.0, policy=cfg.diffaug_policy).to(device)
-    pipe = augment if cfg.augment == "ada" else None
     adaptive = None
-    if pipe is not None and cfg.ada_p is None:
+    if cfg.augment == "ada" and cfg.ada_p is None:
         adaptive = AdaptiveP(target=cfg.ada_target, interval=cfg.ada_interval, kimg=cfg.ada_kimg,
                              batch_size=cfg.batch, p=0.0)
-    pl_mean = torch.zeros((), device=device)
-    start, best_fid = 0, None
+    return Training(g, d, g_ema, g_optim, d_optim, augment, adaptive, torch.zeros((), device=device))
 
-    if resume is not None:
-        for net, key in ((g, "g"), (d, "d"), (g_ema, "g_ema")):
-            load_state_checked(net, resume[key], f"{resume_file} ['{key}']")
-        g_optim.load_state_dict(resume["g_optim"])
-        d_optim.load_state_dict(resume["d_optim"])
-        start, best_fid = int(resume["step"]), resume.get("best_fid")
-        pl_mean.fill_(float(resume.get("pl_mean", 0.0)))
-        if adaptive is not None and resume.get("ada_state") is not None:
-            adaptive.load_state_dict(resume["ada_state"])
-        if pipe is not None:
-            pipe.p = float(resume.get("ada_p", pipe.p))
-        say(f"resuming {resume_file} at iteration {start}")
 
-    # ---------------- the run folder (only now: bad input above leaves nothing behind) ----------------
-    if main:
-        for sub in ("samples", "checkpoints"):
-            os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-        if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
-            with open(os.path.join(cfg.out, "settings.json"), "w") as f:
-                json.dump(vars(cfg), f, indent=1)
-        if getattr(args, "resume", None):  # what a killed run logged after its checkpoint goes
-            cut_run_logs(cfg.out, start if resume is not None else -1)
+def _restore(t, file, ckpt, say):
+    """--resume: networks, optimisers, step, best FID, path-length mean, ADA's p and its statistics."""
+    for net, key in ((t.g, "g"), (t.d, "d"), (t.g_ema, "g_ema")):
+        load_state_checked(net, ckpt[key], f"{file} ['{key}']")
+    t.g_optim.load_state_dict(ckpt["g_optim"])
+    t.d_optim.load_state_dict(ckpt["d_optim"])
+    t.step, t.best_fid = int(ckpt["step"]), ckpt.get("best_fid")
+    t.pl_mean.fill_(float(ckpt.get("pl_mean", 0.0)))
+    if t.adaptive is not None and ckpt.get("ada_state") is not None:
+        t.adaptive.load_state_dict(ckpt["ada_state"])
+    if t.pipe is not None:
+        t.pipe.p = float(ckpt.get("ada_p", t.pipe.p))
+    say(f"resuming {file} at iteration {t.step}")
+
+
+def _prepare_run_folder(cfg, resumed, start):
+    """RUN/samples, RUN/checkpoints and RUN/settings.json (only now: bad input leaves nothing behind);
+    on --resume, what a killed run logged after its checkpoint (start; -1 = no checkpoint) goes."""
+    for sub in ("samples", "checkpoints"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
+        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
+            json.dump(vars(cfg), f, indent=1)
+    if resumed:
+        cut_run_logs(cfg.out, start)
+
+
+def _choose_step(t, cfg, batch, world, device, say):
+    """The compute precision of G and D, and the step the loop calls: `train_step` (the paper's
+    iteration), or `train_step_scale_out` for --batch-gpu below the batch, torchrun or fp16, with
+    the DistributedDataParallel wrappers under torchrun. Returns step(i, real) -> stats."""
+    precision = cfg.precision or default_precision(device)
+    set_precision(t.g, precision)  # G_ema (samples, FID) stays fp32
+    set_precision(t.d, precision)
+    chunked = cfg.batch_gpu is not None and cfg.batch_gpu < batch
+    say(f"precision {precision}" + ("" if cfg.precision else " (default on this device)")
+        + (f"; {cfg.batch_gpu} images at once, gradients accumulated to {batch}" if chunked else ""))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    set_precision(g, precision)  # G_ema (samples, FID) stays fp32
-    set_precision(d, precision)
-    say(f"precision {precision}" + ("" if cfg.precision else " (default on this device)")
-        + (f"; {cfg.batch_gpu} images at once, gradients accumulated to {batch}"
-           if cfg.batch_gpu and cfg.batch_gpu < batch else ""))
-    average = mean_over_processes if world > 1 else None
-    g_train, d_train = g, d  # the wrappers that synchronise gradients under torchrun
+    nets = (t.g, t.d, t.g_ema, t.g_optim, t.d_optim, t.augment, cfg)
+    if world == 1 and not chunked and precision != "fp16":
+        def step(i, real):
+            stats, t.pl_mean = train_step(i, real, *nets, t.pl_mean, adaptive=t.adaptive)
+            return stats
+        return step
+    g_train, d_train = t.g, t.d  # the wrappers that synchronise gradients under torchrun
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        g_train = DistributedDataParallel(g, device_ids=ids, broadcast_buffers=False)
-        d_train = DistributedDataParallel(d, device_ids=ids, broadcast_buffers=False)
+        g_train = DistributedDataParallel(t.g, device_ids=ids, broadcast_buffers=False)
+        d_train = DistributedDataParallel(t.d, device_ids=ids, broadcast_buffers=False)
 
-    # ---------------- data: this process's share, the same images for step i after --resume ----------------
-    loader = iter(DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, batch, start),
-                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                             generator=torch.Generator().manual_seed(cfg.seed + rank)))
+    def step(i, real):
+        stats, t.pl_mean = train_step_scale_out(
+            i, real, *nets, t.pl_mean, adaptive=t.adaptive, g_train=g_train, d_train=d_train,
+            average=mean_over_processes if world > 1 else None)
+        return stats
+    return step
 
-    # ---------------- FID (process 0) ----------------
-    evaluator = make_fid_evaluator(cfg, device) if main and cfg.fid_every > 0 else None
 
-    sample_z = torch.randn(cfg.n_sample, cfg.style_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    sample_z = sample_z.to(device)
-    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+class _RunOutputs:
+    """What the run writes into its folder (process 0): sample grids of fixed latents, checkpoints
+    (the last --keep, and best.pt by FID), FID rows with the copy count, log lines."""
 
-    def write_samples(step):
-        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
-            imgs = torch.cat([g_ema([z], randomize_noise=False)[0] for z in sample_z.split(cfg.batch)])
-        save_image_grid(imgs, os.path.join(cfg.out, "samples", f"{step:06d}.png"),
-                        nrow=max(1, int(math.sqrt(cfg.n_sample))))
+    def __init__(self, t, cfg, device, main):
+        self.t, self.cfg, self.device, self.main = t, cfg, device, main
+        self.evaluator = make_fid_evaluator(cfg, device) if main and cfg.fid_every > 0 else None
+        z = torch.randn(cfg.n_sample, cfg.style_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        self.sample_z = z.to(device)
+        self.fork = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []  # RNG streams that sampling must not move
+        self.log_path = os.path.join(cfg.out, "log.jsonl")
 
-    def make_checkpoint(step):
-        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
+    def samples(self, step):
+        with torch.no_grad(), torch.random.fork_rng(devices=self.fork):
+            imgs = torch.cat([self.t.g_ema([z], randomize_noise=False)[0] for z in self.sample_z.split(self.cfg.batch)])
+        save_image_grid(imgs, os.path.join(self.cfg.out, "samples", f"{step:06d}.png"),
+                        nrow=max(1, int(math.sqrt(self.cfg.n_sample))))
+
+    def checkpoint_dict(self, step):
+        t, cfg = self.t, self.cfg
+        with torch.no_grad(), torch.random.fork_rng(devices=self.fork):
             z = torch.randn(TRUNCATION_MEAN_N, cfg.style_dim, generator=torch.Generator().manual_seed(123))
-            z = z.to(device)
-            latent_avg = g_ema.style(z).mean(0)  # [style_dim], for truncation in `generate`
-        return {"g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
-                "g_optim": g_optim.state_dict(), "d_optim": d_optim.state_dict(),
+            latent_avg = t.g_ema.style(z.to(self.device)).mean(0)  # [style_dim], for truncation in `generate`
+        return {"g": t.g.state_dict(), "d": t.d.state_dict(), "g_ema": t.g_ema.state_dict(),
+                "g_optim": t.g_optim.state_dict(), "d_optim": t.d_optim.state_dict(),
                 "args": vars(cfg).copy(), "step": step, "latent_avg": latent_avg.cpu(),
-                "ada_p": float(pipe.p) if pipe is not None else 0.0,
-                "ada_state": adaptive.state_dict() if adaptive is not None else None,
-                "pl_mean": float(pl_mean), "best_fid": best_fid, "rng": rng_state(device)}
+                "ada_p": float(t.pipe.p) if t.pipe is not None else 0.0,
+                "ada_state": t.adaptive.state_dict() if t.adaptive is not None else None,
+                "pl_mean": float(t.pl_mean), "best_fid": t.best_fid, "rng": rng_state(self.device)}
 
-    def write_checkpoint(step):
-        folder = os.path.join(cfg.out, "checkpoints")
-        save_checkpoint(os.path.join(folder, f"{step:06d}.pt"), make_checkpoint(step))
-        for old in checkpoint_files(folder)[:-cfg.keep]:
+    def checkpoint(self, step):
+        folder = os.path.join(self.cfg.out, "checkpoints")
+        save_checkpoint(os.path.join(folder, f"{step:06d}.pt"), self.checkpoint_dict(step))
+        for old in checkpoint_files(folder)[:-self.cfg.keep]:
             os.remove(old)
+        return os.path.join(folder, f"{step:06d}.pt")
 
-    def run_fid(step):
-        nonlocal best_fid
+    def fid(self, step):
+        """FID/KID of G_ema (the same latents at every evaluation) into fid.csv, fid.png, log.jsonl;
+        best.pt when it is the lowest so far. Returns the FID."""
+        t, cfg = self.t, self.cfg
 
         def gen_fn(n):
-            return g_ema([torch.randn(n, cfg.style_dim, device=device)])[0]
+            return t.g_ema([torch.randn(n, cfg.style_dim, device=self.device)])[0]
 
-        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(cfg.seed + 777)  # the same latents at every evaluation
-            result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
-        from ops import fid_eval as fid_ops  # already imported by make_fid_evaluator
-        fid_ops.record_fid(cfg.out, step, result, evaluator.provenance, kimg=step * cfg.batch / 1000)
-        with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
-            f.write(json.dumps({"step": step, "fid": round(float(result["fid"]), 4),
-                                "kid_mean": float(result["kid_mean"]), "kid_std": float(result["kid_std"]),
-                                "copies": int(result["copies"]), "n_gen": int(result["n_gen"])}) + "\n")
-        if best_fid is None or result["fid"] < best_fid:
-            best_fid = float(result["fid"])
-            save_checkpoint(os.path.join(cfg.out, "checkpoints", "best.pt"), make_checkpoint(step))
+        with torch.no_grad(), torch.random.fork_rng(devices=self.fork):
+            torch.manual_seed(cfg.seed + 777)
+            result = self.evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
+        from ops import fid as fid_ops  # already imported by make_fid_evaluator
+        fid_ops.record_fid(cfg.out, step, result, self.evaluator.provenance, kimg=step * cfg.batch / 1000)
+        self.log({"step": step, "fid": round(float(result["fid"]), 4), "kid_mean": float(result["kid_mean"]),
+                  "kid_std": float(result["kid_std"]), "copies": int(result["copies"]),
+                  "n_gen": int(result["n_gen"])})  # the copy count beside the losses
+        if t.best_fid is None or result["fid"] < t.best_fid:
+            t.best_fid = float(result["fid"])
+            save_checkpoint(os.path.join(cfg.out, "checkpoints", "best.pt"), self.checkpoint_dict(step))
         return result["fid"]
 
-    if main and start == 0:
-        write_samples(0)
-        if evaluator is not None:  # the starting point: for transfer, the source model on the new data
-            run_fid(0)
+    def log(self, record):
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
-    # training randomness differs per process; after a resume process 0 continues its exact stream
-    seed_everything(cfg.seed + 1000 * (rank + 1) + (0 if resume is None or main else start))
-    if resume is not None and main and resume.get("rng") is not None:
-        set_rng_state(resume["rng"], device)
 
-    # ---------------- the loop ----------------
-    log_path = os.path.join(cfg.out, "log.jsonl")
-    stats = {"d_loss": 0.0, "g_loss": 0.0, "r1": 0.0, "path_length": 0.0, "pl_penalty": 0.0,
-             "real_score": 0.0, "fake_score": 0.0}
-    bar = tqdm(total=cfg.iter, initial=start, dynamic_ncols=True, disable=not (main and cfg.progress))
-    t_last, step_last = time.time(), start
-    step = start
+STAT_KEYS = ("d_loss", "g_loss", "r1", "path_length", "pl_penalty", "real_score", "fake_score")
+
+
+def _loop(t, cfg, loader, step, run, batch, world, device, say):
+    """Iterations t.step .. cfg.iter - 1: the step, then log, samples, FID and checkpoint at their
+    intervals; Ctrl-C / SIGTERM finish the iteration, save and exit (130 / 143)."""
+    main = run.main
+    stats = {k: 0.0 for k in STAT_KEYS}  # the regularizers' last values between their iterations
+    bar = tqdm(total=cfg.iter, initial=t.step, dynamic_ncols=True, disable=not (main and cfg.progress))
+    clock = [time.time(), t.step]  # for img/s between log lines
     with _StopRequest() as stop:
         try:
-            for i in range(start, cfg.iter):
+            for i in range(t.step, cfg.iter):
                 real = next(loader).to(device, non_blocking=True)  # [B, 3, size, size] in [-1, 1]
-
-                try:  # D step, lazy R1, G step, lazy path length, G_ema (above the plumbing line)
-                    step_stats, pl_mean = train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg,
-                                                     pl_mean, adaptive=adaptive, g_train=g_train,
-                                                     d_train=d_train, average=average)
+                try:
+                    stats.update(step(i, real))  # train_step: D, R1, G, path length, G_ema, ADA's p
                 except OUT_OF_MEMORY as e:
                     n = cfg.batch_gpu or batch
                     raise TrainError(f"out of GPU memory with {n} images at once ({_first_line(e)}); "
                                      f"try --batch-gpu {max(1, n // 2)} (the total --batch {cfg.batch} "
                                      f"is then reached by accumulating gradients)") from None
-                stats.update(step_stats)
-                step = i + 1
-
-                # 6. bookkeeping: ADA p (NVlabs: after the step, every ada_interval), log, samples, FID, ckpt
-                if adaptive is not None:  # moves p every ada_interval iterations
-                    pipe.p = float(adaptive.step(step, average=average))
-                if step % cfg.log_every == 0 or step == cfg.iter:
-                    values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device)
-                                          for v in stats.values()])
-                    values = mean_over_processes(values)
-                    now = time.time()
-                    record = {"step": step, "kimg": round(step * cfg.batch / 1000, 3)}
-                    record.update({k: round(float(v), 6) for k, v in zip(stats, values)})
-                    record.update(pl_mean=round(float(pl_mean), 6),
-                                  ada_p=round(float(pipe.p), 6) if pipe is not None else 0.0,
-                                  img_per_s=round((step - step_last) * cfg.batch / max(now - t_last, 1e-9),
-                                                  2))
-                    t_last, step_last = now, step
-                    if main:
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                        bar.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
-                                        r1=f"{record['r1']:.3f}", pl=f"{record['path_length']:.3f}",
-                                        p=f"{record['ada_p']:.3f}", refresh=False)
-                    if not all(math.isfinite(v) for v in record.values()):
-                        raise TrainError(f"non-finite loss at iteration {step}: {record}")
+                t.step = i + 1
+                if t.step % cfg.log_every == 0 or t.step == cfg.iter:
+                    _log_step(t, cfg, stats, run, bar, clock, device)
                 bar.update(1)
-                if main and (step % cfg.sample_every == 0 or step == cfg.iter):
-                    write_samples(step)
-                if evaluator is not None and (step % cfg.fid_every == 0 or step == cfg.iter):
-                    fid = run_fid(step)
-                    bar.write(f"iteration {step}: FID {fid:.2f} (best {best_fid:.2f})")
+                if main and (t.step % cfg.sample_every == 0 or t.step == cfg.iter):
+                    run.samples(t.step)
+                if run.evaluator is not None and (t.step % cfg.fid_every == 0 or t.step == cfg.iter):
+                    fid = run.fid(t.step)
+                    bar.write(f"iteration {t.step}: FID {fid:.2f} (best {t.best_fid:.2f})")
                 stopping = stop.requested
                 if world > 1:  # every process must stop at the same iteration: agree at log steps
                     stopping = False
-                    if step % cfg.log_every == 0:
+                    if t.step % cfg.log_every == 0:
                         flag = torch.tensor([float(stop.requested)], device=device)
                         stopping = bool(mean_over_processes(flag).item() > 0)  # any process asked
-                if main and (step % cfg.ckpt_every == 0 or step == cfg.iter or stopping):
-                    write_checkpoint(step)
+                if main and (t.step % cfg.ckpt_every == 0 or t.step == cfg.iter or stopping):
+                    path = run.checkpoint(t.step)
                 if stopping:
-                    say("\n" + stop.message(step, os.path.join(cfg.out, "checkpoints", f"{step:06d}.pt"),
-                                             os.path.basename(__file__), cfg.out))
+                    say("\n" + stop.message(t.step, path if main else "", os.path.basename(__file__), cfg.out))
                     raise SystemExit(stop.exit_code)
         except KeyboardInterrupt:
             if main:
-                write_checkpoint(step)
-                say(f"\ninterrupted during iteration {step + 1}; checkpoint of the state at that moment "
-                    f"written as iteration {step}. Continue with --resume {cfg.out}")
+                run.checkpoint(t.step)
+                say(f"\ninterrupted during iteration {t.step + 1}; checkpoint of the state at that moment "
+                    f"written as iteration {t.step}. Continue with --resume {cfg.out}")
             raise SystemExit(130)
         finally:
             bar.close()
-    return cfg
+
+
+def _log_step(t, cfg, stats, run, bar, clock, device):
+    """One log.jsonl line (the mean over processes of each number), the progress bar's numbers; a
+    non-finite loss stops the run with one line."""
+    values = mean_over_processes(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device)
+                                              for v in stats.values()]))
+    now = time.time()
+    record = {"step": t.step, "kimg": round(t.step * cfg.batch / 1000, 3)}
+    record.update({k: round(float(v), 6) for k, v in zip(stats, values)})
+    record.update(pl_mean=round(float(t.pl_mean), 6),
+                  ada_p=round(float(t.pipe.p), 6) if t.pipe is not None else 0.0,
+                  img_per_s=round((t.step - clock[1]) * cfg.batch / max(now - clock[0], 1e-9), 2))
+    clock[:] = [now, t.step]
+    if run.main:
+        run.log(record)
+        bar.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}", r1=f"{record['r1']:.3f}",
+                        pl=f"{record['path_length']:.3f}", p=f"{record['ada_p']:.3f}", refresh=False)
+    if not all(math.isfinite(v) for v in record.values()):
+        raise TrainError(f"non-finite loss at iteration {t.step}: {record}")
 
 
 def default_precision(device):
