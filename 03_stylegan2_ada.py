@@ -3295,7 +3295,7 @@ class _RunOutputs:
         with torch.no_grad(), torch.random.fork_rng(devices=self.fork):
             torch.manual_seed(cfg.seed + 777)
             result = self.evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
-        from ops import fid as fid_ops  # already imported by make_fid_evaluator
+        from ops import fid_eval as fid_ops  # already imported by make_fid_evaluator
         fid_ops.record_fid(cfg.out, step, result, self.evaluator.provenance, kimg=step * cfg.batch / 1000)
         self.log({"step": step, "fid": round(float(result["fid"]), 4), "kid_mean": float(result["kid_mean"]),
                   "kid_std": float(result["kid_std"]), "copies": int(result["copies"]),
