@@ -866,96 +866,108 @@ class AugmentPipe(nn.Module):
             C = (I4 + (s.view(-1, 1, 1) - 1) * P) @ C  # v v^T + s (I - v v^T) on the colour axes
         return C
 
-    # -- application ------------------------------------------------------------------------
-    def _warp_integer(self, images, M):
-        """Exact pixel gather. M [n, 3, 3]: integer index-space map, output (x, y, 1) -> input."""
-        n, c, h, w = images.shape
-        ys, xs = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
-                                indexing="ij")
-        xy1 = torch.stack([xs, ys, torch.ones_like(xs)]).view(1, 3, h * w).to(M.dtype)  # [1, 3, HW]
-        src = torch.round(M @ xy1).long()  # [n, 3, HW]
-        sx, okx = _reflect_index(src[:, 0], w)
-        sy, oky = _reflect_index(src[:, 1], h)
-        flat = (sy * w + sx)[:, None, :].expand(n, c, h * w)
-        out = images.reshape(n, c, h * w).gather(2, flat) * (okx & oky)[:, None, :].to(images.dtype)
-        return out.view(n, c, h, w)
-
-    def _warp_resampled(self, images, G_inv):
-        """NVlabs geometric warp: reflect pad, sym6 2x up, bilinear grid_sample, sym6 2x down, crop."""
-        n, c, h, w = images.shape
-        f = self.sym6.to(images.device, images.dtype)
-        pad_f = f.numel() // 4  # 3: half the filter support, in input pixels
-        mdtype = torch.float64 if images.dtype == torch.float64 else torch.float32  # matrices, grid
-        G_inv = G_inv.to(mdtype)
-        cx, cy = (w - 1) / 2, (h - 1) / 2
-        # Margin: how far the transformed output corners reach beyond the image, plus the filter's
-        # room, at most size - 1 (the limit of reflect padding; beyond that grid_sample reads zeros).
-        corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]],
-                               dtype=mdtype, device=images.device)  # [3, 4]
-        reach = (G_inv @ corners)[:, :2, :].permute(1, 0, 2).reshape(2, -1)  # [xy, n * 4]
-        margin = torch.cat([-reach, reach]).amax(1)  # [x0, y0, x1, y1]
-        margin = margin + torch.tensor([2 * pad_f - cx, 2 * pad_f - cy] * 2, dtype=margin.dtype,
-                                       device=margin.device)
-        margin = torch.minimum(margin.clamp(min=0), torch.tensor([w - 1, h - 1] * 2, dtype=margin.dtype,
-                                                                  device=margin.device))
-        mx0, my0, mx1, my1 = [int(m) for m in margin.ceil().tolist()]
-        images = F.pad(images, [mx0, mx1, my0, my1], mode="reflect")
-        one = torch.ones(n, dtype=mdtype, device=images.device)
-        G_inv = _translate2d(one * (mx0 - mx1) / 2, one * (my0 - my1) / 2) @ G_inv  # origin of the padded image
-        # 2x upsample. NVlabs takes an input sample u to 2x-domain coordinate 2u - 1/2 (sym6's delay;
-        # its DC group delay makes that 2u - 0.402, so rotations and scalings pivot about 0.05 px
-        # off the centre: kept as NVlabs, harmless because reals and fakes get the same).
-        images = _sym6_upsample2x(images, f)
-        G_inv = _scale2d(2 * one, 2 * one) @ G_inv @ _scale2d(one / 2, one / 2)
-        G_inv = _translate2d(-one / 2, -one / 2) @ G_inv @ _translate2d(one / 2, one / 2)
-        # grid_sample in normalised coordinates (align_corners=False: [-1, 1] spans pixel edges)
-        out_h, out_w = (h + 2 * pad_f) * 2, (w + 2 * pad_f) * 2
-        in_h, in_w = images.shape[2:]
-        G_inv = _scale2d(2 / in_w * one, 2 / in_h * one) @ G_inv @ _scale2d(out_w / 2 * one, out_h / 2 * one)
-        grid = F.affine_grid(G_inv[:, :2, :], [n, c, out_h, out_w], align_corners=False)
-        images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
-        return _sym6_downsample2x(images, f, crop=2 * pad_f)  # [n, c, h, w]
-
+    # -- application: the images that moved by whole pixels are gathered, the others resampled --
     def forward(self, images, generator=None):
         """images [B, C, H, W] (C = 1 or 3, values in [-1, 1]) -> augmented, same shape."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"AugmentPipe expects images [B, 1 or 3, H, W], got {tuple(images.shape)}")
         if self.p <= 0:
             return images
-        batch, channels, height, width = images.shape
-        device = images.device
+        b, c, h, w = images.shape
+        G_inv = self.sample_geometry(b, h, w, images.device, generator)   # [B, 3, 3]
+        images = self.apply_geometry(images, G_inv)
+        C = self.sample_color(b, c, images.device, generator)              # [B, 4, 4]
+        return self.apply_color(images, C)
 
-        # Geometric part, routed per image: untouched / exact gather / filtered warp.
-        G_inv = self.sample_geometry(batch, height, width, device, generator)  # [B, 3, 3]
+    def apply_geometry(self, images, G_inv):
+        """Route each image by its transform: untouched, an exact pixel gather (whole-pixel moves),
+        or NVlabs' filtered warp (everything else)."""
+        batch, _, height, width = images.shape
+        device = images.device
         centre = _translate2d(_const((width - 1) / 2, batch, device), _const((height - 1) / 2, batch, device))
         uncentre = _translate2d(_const(-(width - 1) / 2, batch, device), _const(-(height - 1) / 2, batch, device))
         M = centre @ G_inv @ uncentre  # index space: output (x, y, 1) -> input
-        moved = (G_inv != torch.eye(3, device=device)).flatten(1).any(1)
-        whole = (M - M.round()).abs().flatten(1).amax(1) < 1e-4
-        moved, whole = moved.tolist(), whole.tolist()
+        moved = (G_inv != torch.eye(3, device=device)).flatten(1).any(1).tolist()
+        whole = ((M - M.round()).abs().flatten(1).amax(1) < 1e-4).tolist()
         blit = [i for i in range(batch) if moved[i] and whole[i]]
         warp = [i for i in range(batch) if moved[i] and not whole[i]]
         out = images
         if blit:
             idx = torch.tensor(blit, device=device)
-            out = out.index_copy(0, idx, self._warp_integer(images[idx], M[idx].round()))
+            out = out.index_copy(0, idx, warp_integer(images[idx], M[idx].round()))
         if warp:
             idx = torch.tensor(warp, device=device)
-            out = out.index_copy(0, idx, self._warp_resampled(images[idx], G_inv[idx]))
-
-        # Colour part: rgb -> C[:3, :3] rgb + C[:3, 3]; grayscale uses the mean row of C.
-        C = self.sample_color(batch, channels, device, generator).to(images.dtype)  # [B, 4, 4]
-        changed = (C != torch.eye(4, dtype=C.dtype, device=device)).flatten(1).any(1)
-        if bool(changed.any()):
-            flat = out.reshape(batch, channels, height * width)
-            if channels == 3:
-                recoloured = C[:, :3, :3] @ flat + C[:, :3, 3:]
-            else:
-                row = C[:, :3, :].mean(1, keepdim=True)  # [B, 1, 4]
-                recoloured = flat * row[:, :, :3].sum(2, keepdim=True) + row[:, :, 3:]
-            out = torch.where(changed.view(-1, 1, 1, 1), recoloured.view_as(out), out)
+            out = out.index_copy(0, idx, warp_resampled(images[idx], G_inv[idx], self.sym6))
         return out
+
+    def apply_color(self, images, C):
+        """rgb -> C[:3, :3] rgb + C[:3, 3] on the images whose C is not I; grayscale uses the mean row."""
+        batch, channels, height, width = images.shape
+        C = C.to(images.dtype)
+        changed = (C != torch.eye(4, dtype=C.dtype, device=C.device)).flatten(1).any(1)
+        if not bool(changed.any()):
+            return images
+        flat = images.reshape(batch, channels, height * width)
+        if channels == 3:
+            recoloured = C[:, :3, :3] @ flat + C[:, :3, 3:]
+        else:
+            row = C[:, :3, :].mean(1, keepdim=True)  # [B, 1, 4]
+            recoloured = flat * row[:, :, :3].sum(2, keepdim=True) + row[:, :, 3:]
+        return torch.where(changed.view(-1, 1, 1, 1), recoloured.view_as(images), images)
+
+
+def warp_integer(images, M):
+    """ADA's whole-pixel moves as an exact pixel gather (reflect fill, as the warp).
+    images [n, C, H, W]; M [n, 3, 3]: integer index-space map, output (x, y, 1) -> input."""
+    n, c, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
+                            indexing="ij")
+    xy1 = torch.stack([xs, ys, torch.ones_like(xs)]).view(1, 3, h * w).to(M.dtype)  # [1, 3, HW]
+    src = torch.round(M @ xy1).long()  # [n, 3, HW]
+    sx, okx = _reflect_index(src[:, 0], w)
+    sy, oky = _reflect_index(src[:, 1], h)
+    flat = (sy * w + sx)[:, None, :].expand(n, c, h * w)
+    out = images.reshape(n, c, h * w).gather(2, flat) * (okx & oky)[:, None, :].to(images.dtype)
+    return out.view(n, c, h, w)
+
+
+def warp_resampled(images, G_inv, sym6):
+    """ADA's other geometric transforms, as NVlabs warps them (App. B): reflect pad, sym6 2x up,
+    bilinear grid_sample, sym6 2x down, crop. images [n, C, H, W]; G_inv [n, 3, 3] (centred)."""
+    n, c, h, w = images.shape
+    f = sym6.to(images.device, images.dtype)
+    pad_f = f.numel() // 4  # 3: half the filter support, in input pixels
+    mdtype = torch.float64 if images.dtype == torch.float64 else torch.float32  # matrices, grid
+    G_inv = G_inv.to(mdtype)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # Margin: how far the transformed output corners reach beyond the image, plus the filter's
+    # room, at most size - 1 (the limit of reflect padding; beyond that grid_sample reads zeros).
+    corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]],
+                           dtype=mdtype, device=images.device)  # [3, 4]
+    reach = (G_inv @ corners)[:, :2, :].permute(1, 0, 2).reshape(2, -1)  # [xy, n * 4]
+    margin = torch.cat([-reach, reach]).amax(1)  # [x0, y0, x1, y1]
+    margin = margin + torch.tensor([2 * pad_f - cx, 2 * pad_f - cy] * 2, dtype=margin.dtype,
+                                   device=margin.device)
+    margin = torch.minimum(margin.clamp(min=0), torch.tensor([w - 1, h - 1] * 2, dtype=margin.dtype,
+                                                              device=margin.device))
+    mx0, my0, mx1, my1 = [int(m) for m in margin.ceil().tolist()]
+    images = F.pad(images, [mx0, mx1, my0, my1], mode="reflect")
+    one = torch.ones(n, dtype=mdtype, device=images.device)
+    G_inv = _translate2d(one * (mx0 - mx1) / 2, one * (my0 - my1) / 2) @ G_inv  # origin of the padded image
+    # 2x upsample. NVlabs takes an input sample u to 2x-domain coordinate 2u - 1/2 (sym6's delay;
+    # its DC group delay makes that 2u - 0.402, so rotations and scalings pivot about 0.05 px
+    # off the centre: kept as NVlabs, harmless because reals and fakes get the same).
+    images = _sym6_upsample2x(images, f)
+    G_inv = _scale2d(2 * one, 2 * one) @ G_inv @ _scale2d(one / 2, one / 2)
+    G_inv = _translate2d(-one / 2, -one / 2) @ G_inv @ _translate2d(one / 2, one / 2)
+    # grid_sample in normalised coordinates (align_corners=False: [-1, 1] spans pixel edges)
+    out_h, out_w = (h + 2 * pad_f) * 2, (w + 2 * pad_f) * 2
+    in_h, in_w = images.shape[2:]
+    G_inv = _scale2d(2 / in_w * one, 2 / in_h * one) @ G_inv @ _scale2d(out_w / 2 * one, out_h / 2 * one)
+    grid = F.affine_grid(G_inv[:, :2, :], [n, c, out_h, out_w], align_corners=False)
+    images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return _sym6_downsample2x(images, f, crop=2 * pad_f)  # [n, c, h, w]
 
 
 def _reflect_index(i, n):

@@ -125,7 +125,7 @@ def test_filter_chain_reproduces_integer_shifts_exactly():
     G_inv = torch.eye(3).repeat(3, 1, 1)
     G_inv[:, 0, 2] = torch.tensor([-2.0, 0.0, 3.0])  # output (x, y) reads input (x - 2, y + 1), ...
     G_inv[:, 1, 2] = torch.tensor([1.0, 0.0, -2.0])
-    out = pipe._warp_resampled(x, G_inv).numpy()
+    out = aug.warp_resampled(x, G_inv, pipe.sym6).numpy()
     for i, (dx, dy) in enumerate([(2, -1), (0, 0), (-3, 2)]):
         np.testing.assert_allclose(out[i], _shift_reflect(x[i].numpy(), dx, dy), atol=2e-5)
 
