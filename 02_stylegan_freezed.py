@@ -80,7 +80,11 @@ RUN/checkpoints (a run folder of an older version, with one checkpoint.pt, resum
 SIGTERM finishes the step, saves it and exits with 130 or 143.
 
 Map of this file, in reading order (the method above the plumbing line):
-    settings       CHANNELS, PRESETS, scaled_channels, size_to_step, batch_for, lr_for
+    hyperparameters
+                   CHANNELS, CODE_DIM, N_MLP, LR, SCHED_LR, ADAM_BETAS, MAPPING_LR_MULT, BATCH_FINETUNE,
+                   SCHED_BATCH_FINETUNE, EMA_DECAY, ITERATIONS, PHASE_IMAGES, R1_GAMMA, GP_LAMBDA, DRIFT,
+                   MIXING_PROB, FREEZE_D_PAPER, LAMBDA_FM, LAMBDA_L2_G, LAMBDA_L2_D, PRESETS
+    schedule       scaled_channels, size_to_step, batch_for, lr_for, grow, fade_in_alpha
     layers         ScaledConv2d, ScaledLinear, EqualConv2d, EqualLinear, PixelNorm, Blur, FusedUpsample,
                    FusedDownsample
     generator      AdaptiveInstanceNorm, NoiseInjection, ConstantInput, StyledConvBlock, Generator,
@@ -89,11 +93,15 @@ Map of this file, in reading order (the method above the plumbing line):
     FreezeD        freezed_trainable, set_requires_grad
     losses         d_logistic_loss, g_nonsaturating_loss, d_r1_penalty, d_wgan_loss, d_gradient_penalty,
                    l2_sp, feature_matching, accumulate
-    one iteration  train_step
-    plumbing       checkpoint I/O, data (ImageFolder, BatchSampler), run folder, train, generate, mix, CLI
+    one iteration  make_optimizers, set_lr, train_step
+    plumbing       RUN_DEFAULTS; checkpoint I/O; data (ImageFolder, BatchSampler); run folder; train and its
+                   stages: train_settings, set_up (RunState, build_networks, restore, save_run_checkpoint),
+                   open_run_folder, train_loop (iterate, forward_precision, write_log), evaluate
+                   (write_samples, run_fid); generate, mix; CLI
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -121,34 +129,59 @@ except ImportError:
 
 
 # ----------------------------------------------------------------------------------------------
-# Settings: constants of the paper and its reference code (rosinality train.py / sangwoomo FreezeD
-# finetune.py), the FreezeD presets, the progressive schedule
+# Hyperparameters: the method's constants, the source of each beside it (StyleGAN = Karras et al.
+# 2019, ProGAN = Karras et al. 2018, FreezeD = Mo et al. 2020; rosinality = style-based-gan-pytorch
+# train.py / model.py, FreezeD code = sangwoomo/FreezeD stylegan/finetune.py). The flags of `train`
+# default to these; settings.json records the values a run used, beside the run settings (folders,
+# intervals, logging: RUN_DEFAULTS, below the plumbing line).
 # ----------------------------------------------------------------------------------------------
+# Networks (StyleGAN Sec. 2, rosinality model.py)
 CHANNELS = (512, 512, 512, 512, 256, 128, 64, 32, 16)  # generator block outputs at 4, 8, ..., 1024 px
 N_BLOCKS = len(CHANNELS)  # 9: every checkpoint holds all resolutions up to 1024
 FUSED_FROM = 5  # G blocks 5..8 (128 px and up) use FusedUpsample; D blocks 0..3 FusedDownsample
-CODE_DIM = 512
-N_MLP = 8
-LRELU = 0.2
-SCHED_LR = {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}  # --sched, 0.001 elsewhere
-SCHED_BATCH_PROGRESSIVE = {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 32, 256: 32}  # default 32
-SCHED_BATCH_FINETUNE = {4: 128, 8: 64, 16: 32, 32: 16, 64: 8, 128: 8, 256: 8}  # default 8
-MAPPING_LR_MULT = 0.01  # mapping network learns 100x slower (paper Sec. C.1 / rosinality 'mult')
-EMA_DECAY = 0.999
-MIXING_PROB = 0.9  # style mixing regularization probability (paper Sec. 3.1)
-R1_GAMMA = 10.0  # R1 weight gamma; the penalty is gamma/2 * E||grad D(x)||^2
-GP_LAMBDA = 10.0  # WGAN-GP weight
+CODE_DIM = 512  # z and w are 512-d (StyleGAN Sec. 2)
+N_MLP = 8  # the mapping network f: 8 fully connected layers (StyleGAN Sec. 2)
+LRELU = 0.2  # leaky ReLU slope everywhere (ProGAN Sec. A.1, rosinality)
+
+# Optimisation: Adam as ProGAN, which StyleGAN keeps (StyleGAN App. C); rosinality / FreezeD code
+LR = 0.001  # Adam lr without --sched (ProGAN Sec. A.1; rosinality --lr)
+SCHED_LR = {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}  # --sched: lr per resolution, LR elsewhere
+ADAM_BETAS = (0.0, 0.99)  # G and D (ProGAN Sec. A.1; rosinality, FreezeD code)
+MAPPING_LR_MULT = 0.01  # the mapping network at lr x 0.01 (StyleGAN App. C; rosinality 'mult')
+BATCH_SCRATCH = 32  # images per step from scratch without --sched (rosinality)
+SCHED_BATCH_PROGRESSIVE = {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 32, 256: 32}  # --sched, else 32
+BATCH_FINETUNE = 8  # images per step fine-tuning (FreezeD code: 8 per GPU at 256 px)
+SCHED_BATCH_FINETUNE = {4: 128, 8: 64, 16: 32, 32: 16, 64: 8, 128: 8, 256: 8}  # --sched, else 8
+EMA_DECAY = 0.999  # G_running = EMA of G per step (ProGAN Sec. A.1; rosinality, FreezeD code)
+SIZE = 256  # resolution of the FreezeD experiments (FreezeD code --image_size 256)
+ITERATIONS = 50_000  # fine-tuning iterations, one D and one G step each (FreezeD code --phase)
+PHASE_IMAGES = 600_000  # from scratch: images per fade-in and per stabilisation (rosinality --phase)
+INIT_SIZE = 8  # from scratch: the first resolution (rosinality --init_size)
+
+# Losses and regularizers
+LOSS_FINETUNE = "r1"  # the only loss FreezeD's code allows: logistic + R1
+LOSS_SCRATCH = "wgan-gp"  # rosinality's default from scratch (its FFHQ recipe: --loss r1)
+R1_GAMMA = 10.0  # R1 weight gamma, penalty gamma/2 E||grad D(x)||^2 (StyleGAN App. C; rosinality, FreezeD)
+GP_LAMBDA = 10.0  # WGAN-GP weight lambda (Gulrajani et al. 2017 Sec. 4; ProGAN Sec. A.1)
 DRIFT = 0.001  # WGAN-GP drift term epsilon_drift (ProGAN Sec. A.1)
-TRUNC_ROUNDS, TRUNC_BATCH = 10, 1024  # mean W over 10 x 1024 samples (rosinality generate.py)
-KEEP_CHECKPOINTS = 3  # run checkpoints kept, newest first (--keep; as 03_stylegan2_ada.py)
-MIX_LEVELS = (("coarse", 0, 1), ("middle", 2, 3), ("fine", 4, N_BLOCKS - 1))  # blocks 4-8, 16-32, 64+ px
+MIXING_PROB = 0.9  # mixing regularization: 90% from two z's (StyleGAN Sec. 3.1, Table 2), per step as rosinality
+
+# FreezeD (Mo et al. Sec. 3) and its baselines
+FREEZE_D_PAPER = 4  # K frozen D blocks: FreezeD README --feature_loc 3 at 256 px (--freeze-d 0 = plain fine-tuning)
+FM_BLOCKS = 4  # feature matching after this many D blocks when K = 0 (FreezeD code --feature_loc 3)
+LAMBDA_FM = 0.0  # feature matching weight (FreezeD code: 0; its README gives none)
+LAMBDA_L2_G = 0.0  # L2-SP weight on G (FreezeD code: 0)
+LAMBDA_L2_D = 0.0  # L2-SP weight on D (FreezeD code: 0)
 
 PRESETS = {  # the FreezeD paper's rows that need no extra weights (--preset fills unset flags)
     "finetune": dict(freeze_d=0, mixing=True, loss="r1", sched=True),
-    "freezed": dict(freeze_d=4, mixing=True, loss="r1", sched=True),  # FreezeD README: feature_loc 3
+    "freezed": dict(freeze_d=FREEZE_D_PAPER, mixing=True, loss="r1", sched=True),  # FreezeD README
 }
 
 
+# ----------------------------------------------------------------------------------------------
+# The schedule: resolution, batch and lr per step; progressive growing (ProGAN Sec. 3, rosinality)
+# ----------------------------------------------------------------------------------------------
 def scaled_channels(channel_max=512):
     """Channel widths of the 9 generator blocks capped at channel_max (512 = the released model)."""
     return tuple(min(c, channel_max) for c in CHANNELS)
@@ -165,12 +198,28 @@ def batch_for(cfg, res):
     if cfg.batch:
         return cfg.batch
     if cfg.ckpt:
-        return SCHED_BATCH_FINETUNE.get(res, 8) if cfg.sched else 8
-    return SCHED_BATCH_PROGRESSIVE.get(res, 32) if cfg.sched else 32
+        return SCHED_BATCH_FINETUNE.get(res, BATCH_FINETUNE) if cfg.sched else BATCH_FINETUNE
+    return SCHED_BATCH_PROGRESSIVE.get(res, BATCH_SCRATCH) if cfg.sched else BATCH_SCRATCH
 
 
 def lr_for(cfg, res):
-    return SCHED_LR.get(res, 0.001) if cfg.sched else cfg.lr
+    return SCHED_LR.get(res, LR) if cfg.sched else cfg.lr
+
+
+def grow(progress, phase, max_step):
+    """Progressive growing (rosinality train.py): after `phase` images of fade-in and `phase` more of
+    stabilisation at step s, go on to s + 1 (twice the resolution), up to max_step.
+    progress = {"step": s, "used_sample": images seen at s}, updated in place."""
+    if progress["used_sample"] > 2 * phase and progress["step"] < max_step:
+        progress["step"] += 1
+        progress["used_sample"] = 0
+
+
+def fade_in_alpha(progress, phase, fading):
+    """The fade-in weight of the newest block (ProGAN Sec. 3, Fig. 2): alpha rises linearly from 0 to
+    1 over the first `phase` images at a step, then stays 1. fading=False (fine-tuning at a fixed
+    resolution, or the first resolution from scratch: nothing to fade from): 1."""
+    return min(1.0, (progress["used_sample"] + 1) / phase) if fading else 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,63 +651,78 @@ def accumulate(ema, model, decay=EMA_DECAY):
 # ----------------------------------------------------------------------------------------------
 # One training iteration
 # ----------------------------------------------------------------------------------------------
-def precision_context(precision, device):
-    """--precision bf16: G and D forwards under bf16 autocast (convolutions and matmuls in bf16, reductions
-    and norms in fp32); weights, optimizer state, EMA, losses and checkpoints stay fp32. fp32: plain."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def make_optimizers(g, d, lr):
+    """Adam for G and for D with betas ADAM_BETAS (rosinality train.py, FreezeD code). G's mapping
+    network is a group of its own at lr x MAPPING_LR_MULT (StyleGAN App. C); set_lr keeps that ratio.
+    A D parameter that FreezeD freezes stays in D's optimizer but gets no gradient, so Adam skips it."""
+    g_opt = torch.optim.Adam(g.generator.parameters(), lr=lr, betas=ADAM_BETAS)
+    g_opt.add_param_group({"params": g.style.parameters(), "lr": lr * MAPPING_LR_MULT, "mult": MAPPING_LR_MULT})
+    d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=ADAM_BETAS)
+    return g_opt, d_opt
 
 
-def full_precision(t):
-    """Logits out of a bf16 autocast forward back to fp32 for the losses (fp32/fp64 pass unchanged)."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+def set_lr(opt, lr):
+    """The schedule's lr (lr_for) into every group, times the group's 'mult' (the mapping network's 0.01)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("mult", 1)
 
 
 def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source=None, d_source=None):
-    """One iteration (FreezeD finetune.py / rosinality train.py order): D step on the FreezeD-trainable
-    part of D, G step with D frozen, EMA. real: [B, 3, 4*2^s, 4*2^s] in [-1, 1]. Returns float stats."""
+    """One iteration of StyleGAN training, FreezeD fine-tuning included (the order of FreezeD
+    finetune.py and rosinality train.py), on one batch of real images x: [B, 3, 4*2^s, 4*2^s] in
+    [-1, 1] at progressive step s with fade-in weight alpha (1 = none).
+
+    1. Latents: z for the D step and another for the G step; with probability MIXING_PROB each is
+       a pair (z1, z2) that the generator switches between at a random block (mixing regularization,
+       StyleGAN Sec. 3.1).
+    2. D step, only the FreezeD-trainable part of D (`trainable_d`, FreezeD Sec. 3) learns:
+           L_D = softplus(-D(x)) + softplus(D(G(z))) + gamma/2 E||grad_x D(x)||^2    (cfg.loss "r1")
+              or -D(x) + eps_drift D(x)^2 + D(G(z)) + GP_LAMBDA (||grad D(x_hat)|| - 1)^2   ("wgan-gp")
+              + lambda_fm FM(D, D_source; x) + lambda_l2_d L2-SP(D, D_source)    (FreezeD's baselines)
+    3. G step with all of D frozen:
+           L_G = softplus(-D(G(z)))   (r1)   or   -D(G(z))   (wgan-gp)   + lambda_l2_g L2-SP(G, G_source)
+    4. G_running = EMA of G (decay cfg.ema_decay).
+    cfg holds the hyperparameters: loss, mixing, lambda_fm, lambda_l2_d, lambda_l2_g, fm_blocks, and
+    r1_gamma and ema_decay (R1_GAMMA and EMA_DECAY when cfg has none). Returns the loss terms as floats."""
     batch, device = real.shape[0], real.device
-    amp = precision_context(getattr(cfg, "precision", "fp32"), device)  # logits come back as fp32
-    if cfg.mixing and random.random() < MIXING_PROB:  # two z's per image for D and for G
+    # 1. latents
+    if cfg.mixing and random.random() < MIXING_PROB:
         z_d = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
         z_g = [torch.randn(batch, g.code_dim, device=device) for _ in range(2)]
     else:
         z_d = torch.randn(batch, g.code_dim, device=device)
         z_g = torch.randn(batch, g.code_dim, device=device)
+    zero = torch.zeros((), device=device)  # the value of a term that is switched off
 
-    # --- D step: only the FreezeD-trainable part of D receives gradients ---
+    # 2. D step: G fixed, D's FreezeD-trainable blocks learn
     set_requires_grad(g, False)
     set_requires_grad(d, True, trainable_d)
     d.zero_grad(set_to_none=True)
-    with torch.no_grad(), amp:
+    with torch.no_grad():
         fake = g(z_d, step=s, alpha=alpha)
-    real = real.detach().requires_grad_(cfg.loss == "r1")
-    with amp:
-        real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
-    real_pred, fake_pred = full_precision(real_pred), full_precision(fake_pred)
+    real = real.detach().requires_grad_(cfg.loss == "r1")  # R1 differentiates D(x) with respect to x
+    real_pred, fake_pred = d(real, s, alpha), d(fake, s, alpha)  # [B, 1] each
     if cfg.loss == "r1":
-        gamma = getattr(cfg, "r1_gamma", R1_GAMMA)  # runs saved before --r1-gamma existed: 10
+        gamma = getattr(cfg, "r1_gamma", R1_GAMMA)
         loss_d, reg_d = d_logistic_loss(real_pred, fake_pred), gamma / 2 * d_r1_penalty(real_pred, real)
     else:
         loss_d, reg_d = d_wgan_loss(real_pred, fake_pred), d_gradient_penalty(d, real, fake, s, alpha)
-    zero = torch.zeros((), device=device)
     fm = feature_matching(d, d_source, real, s, alpha, cfg.fm_blocks) if cfg.lambda_fm > 0 else zero
     l2_d = l2_sp(d, d_source) if cfg.lambda_l2_d > 0 else zero
     (loss_d + reg_d + cfg.lambda_fm * fm + cfg.lambda_l2_d * l2_d).backward()
     d_opt.step()
 
-    # --- G step (D fully frozen), then the EMA generator ---
+    # 3. G step: all of D fixed
     set_requires_grad(g, True)
     set_requires_grad(d, False)
     g.zero_grad(set_to_none=True)
-    with amp:
-        fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
-    fake_pred = full_precision(fake_pred)
+    fake_pred = d(g(z_g, step=s, alpha=alpha), s, alpha)
     loss_g = g_nonsaturating_loss(fake_pred) if cfg.loss == "r1" else -fake_pred.mean()
     l2_g = l2_sp(g, g_source) if cfg.lambda_l2_g > 0 else zero
     (loss_g + cfg.lambda_l2_g * l2_g).backward()
     g_opt.step()
+
+    # 4. the EMA generator
     accumulate(g_ema, g, getattr(cfg, "ema_decay", EMA_DECAY))
 
     stats = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), ("r1" if cfg.loss == "r1" else "gp"): reg_d.item()}
@@ -670,6 +734,26 @@ def train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_so
 
 
 # ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
+
+
+# ----------------------------------------------------------------------------------------------
+# Run settings (RUN_DEFAULTS): how often a run logs, samples, evaluates and saves, and where it
+# runs; not the method (its hyperparameters are above the plumbing line). The flags of `train`
+# default to these; settings.json records them beside the hyperparameters.
+# ----------------------------------------------------------------------------------------------
+RUN_DEFAULTS = {
+    "seed": 0,              # torch and Python RNG (FreezeD code --seed 0)
+    "n_sample": 16,         # images in each sample grid (fixed latents and noise)
+    "sample_every": 1000,   # steps between sample grids in RUN/samples, 0 = off
+    "log_every": 10,        # steps between log.jsonl lines
+    "ckpt_every": 1000,     # steps between checkpoints; the last step is always saved
+    "keep": 3,              # newest checkpoints kept in RUN/checkpoints (as 03_stylegan2_ada.py)
+    "fid_every": 1000,      # steps between FID evaluations, 0 = off (FreezeD code --eval_step 1000)
+    "fid_n": 5000,          # generated images per FID (FreezeD code --sample_num 5000)
+    "fid_batch": 50,        # images per Inception batch (pytorch-fid's default)
+    "device": None,         # None: ops.device's choice (cuda, mps, else cpu)
+    "precision": None,      # fp32 | bf16 (forward_precision); None: fp32, or a resumed run's own
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1107,7 +1191,9 @@ def make_fid_evaluator(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# train(args): settings, networks, resume, the loop
+# train(args) and its stages, in the order they run: the run's settings, set-up (data, networks,
+# optimizers, resume), the run folder, the loop (one train_step per iteration), evaluation
+# (samples, FID) and saving
 # ----------------------------------------------------------------------------------------------
 def resolve_train_args(args):
     """Fill preset and default values into a copy of the parsed flags (the parsed args stay as given)."""
@@ -1119,10 +1205,10 @@ def resolve_train_args(args):
     cfg.precision = getattr(cfg, "precision", None) or "fp32"
     cfg.mixing = bool(cfg.mixing)
     cfg.sched = bool(cfg.sched)
-    cfg.loss = cfg.loss or ("r1" if cfg.ckpt else "wgan-gp")  # FreezeD finetune.py / rosinality train.py
-    cfg.iter = 50000 if cfg.iter is None else cfg.iter
-    cfg.fm_blocks = cfg.fm_blocks or (cfg.freeze_d if cfg.freeze_d else 4)
-    cfg.keep = KEEP_CHECKPOINTS if cfg.keep is None else cfg.keep
+    cfg.loss = cfg.loss or (LOSS_FINETUNE if cfg.ckpt else LOSS_SCRATCH)
+    cfg.iter = ITERATIONS if cfg.iter is None else cfg.iter
+    cfg.fm_blocks = cfg.fm_blocks or (cfg.freeze_d if cfg.freeze_d else FM_BLOCKS)
+    cfg.keep = RUN_DEFAULTS["keep"] if cfg.keep is None else cfg.keep
     if cfg.keep < 1:
         raise ValueError(f"--keep {cfg.keep}: must be at least 1")
     if not (cfg.r1_gamma >= 0 and math.isfinite(cfg.r1_gamma)):
@@ -1140,11 +1226,6 @@ def resolve_train_args(args):
     if cfg.lambda_fm > 0 and not 1 <= cfg.fm_blocks <= step + 1:
         raise ValueError(f"--fm-blocks {cfg.fm_blocks}: must be in 1..{step + 1} at {cfg.size} px")
     return cfg
-
-
-def set_lr(opt, lr):
-    for group in opt.param_groups:
-        group["lr"] = lr * group.get("mult", 1)
 
 
 def load_run_checkpoint(path):
@@ -1169,20 +1250,46 @@ def resume_settings(args, stored):
     cfg.iter = args.iter if args.iter is not None else cfg.iter
     cfg.device = args.device or cfg.device
     cfg.precision = args.precision or getattr(cfg, "precision", None) or "fp32"  # a run may switch precision
-    cfg.keep = args.keep if args.keep is not None else getattr(cfg, "keep", KEEP_CHECKPOINTS)
+    cfg.keep = args.keep if args.keep is not None else getattr(cfg, "keep", RUN_DEFAULTS["keep"])
     return cfg
 
 
 def train(args):
     """Fine-tune (with --ckpt) or train progressively; see the module docstring for the commands.
+    The stages, in order:
+        train_settings   the flags with the preset filled in, or with --resume the run's own settings
+        set_up           device, seeds, data, networks, optimizers; with --resume restored from the checkpoint
+        open_run_folder  settings.json, samples/, checkpoints/ (cut_run_logs: a resumed run's logs cut back)
+        run_fid          FID at step 0 (with --fid-every)
+        train_loop       one train_step per iteration; log lines, samples, FID and checkpoints when due
 
     Run folder (as 03_stylegan2_ada.py): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
     --keep), samples/NNNNNN.png, and with FID fid.csv / fid.png. `--resume RUN` continues RUN (a
     bare `--resume` continues --out); `--resume FILE` continues a checkpoint file, in RUN when the
     file is in RUN/checkpoints, else in a new --out.
     """
+    cfg, resume, ckpt_file, restart = train_settings(args)
+    if getattr(args, "dry_run", False):
+        print(json.dumps(vars(cfg), indent=1))
+        return None
+    run = set_up(cfg, resume, ckpt_file)
+    open_run_folder(cfg)
+    if resume is not None or restart:  # what a killed run logged after its checkpoint goes (a restart: all)
+        cut_run_logs(cfg.out, run.iteration if resume is not None else -1)
+    run.evaluator = make_fid_evaluator(cfg, run.device)
+    if run.evaluator is not None and run.iteration == 0:
+        print(f"FID at step 0: {run_fid(run)['fid']:.2f}", file=sys.stderr)
+    return train_loop(run)
+
+
+# ---- stage 1: the run's settings ----
+def train_settings(args):
+    """(cfg, resume, ckpt_file, restart): the settings of this run. A new run: the flags with the
+    preset and the defaults filled in (its --out must be new or empty). --resume: the run's own
+    settings, its newest checkpoint that loads (`resume`, the dict, read from `ckpt_file`), or, for a
+    run stopped before its first checkpoint, its settings.json and restart=True (step 0)."""
     resume = ckpt_file = None
-    restart = False  # --resume of a run stopped before its first checkpoint: step 0, its settings
+    restart = False
     if args.resume:
         where = args.out if args.resume is True else args.resume
         if not where:
@@ -1202,17 +1309,73 @@ def train(args):
                              f"--resume {cfg.out} or choose another --out")
     if cfg.log_every < 1:  # an interval (x % 0 fails); --sample-every / --ckpt-every 0 mean off
         raise ValueError(f"--log-every {cfg.log_every}: must be at least 1")
-    if getattr(args, "dry_run", False):
-        print(json.dumps(vars(cfg), indent=1))
-        return None
+    return cfg, resume, ckpt_file, restart
+
+
+# ---- stage 2: set-up ----
+@dataclasses.dataclass
+class RunState:
+    """What the training loop reads and a run checkpoint holds (set_up builds it, restore refills it)."""
+    cfg: argparse.Namespace          # the run's settings (settings.json; 'args' in each checkpoint)
+    device: torch.device
+    data: ImageFolder                # the training images, uint8, resized per resolution
+    g: nn.Module                     # G (StyledGenerator), trained
+    d: nn.Module                     # D (Discriminator), trained where FreezeD lets it
+    g_ema: nn.Module                 # G_running, the EMA of G: samples, FID, generate
+    g_source: nn.Module              # frozen source G for L2-SP (else None)
+    d_source: nn.Module              # frozen source D for L2-SP / feature matching (else None)
+    g_opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    sampler: BatchSampler            # the order of the real images (its own RNG)
+    sample_z: torch.Tensor           # [n_sample, code_dim]: the latents of every sample grid
+    arch: dict                       # code_dim, n_mlp, channels, from_rgb_activate
+    progress: dict                   # {"step": progressive step s, "used_sample": images seen at s}
+    init_step: int                   # the first progressive step of the run (nothing to fade from there)
+    iteration: int = 0               # iterations done ('step' in the checkpoint)
+    evaluator: object = None         # ops.fid Evaluator, or None without FID
+    trainable_d: set = None          # FreezeD's trainable D parameters at progressive step trainable_at
+    trainable_at: int = None
+
+    @property
+    def finetune(self):
+        return self.cfg.ckpt is not None
+
+    @property
+    def max_step(self):
+        return size_to_step(self.cfg.size)
+
+
+def set_up(cfg, resume, ckpt_file):
+    """Device, seeds, data, networks and optimizers of the run. With --resume (`resume`: the
+    checkpoint dict read from `ckpt_file`) everything the loop reads comes back from it."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    max_step = size_to_step(cfg.size)
     data = ImageFolder(cfg.data, cfg.size)  # bad data fails here, before the run folder is made
-    finetune = cfg.ckpt is not None
+    g, d, g_ema, g_source, d_source = build_networks(cfg, resume, ckpt_file)
+    arch = dict(code_dim=g.code_dim, n_mlp=len(g.style) // 2, channels=list(g.channels),
+                from_rgb_activate=d.from_rgb_activate)
+    g, d, g_ema = g.to(device), d.to(device), g_ema.eval().to(device)
+    for net in (g_source, d_source):
+        if net is not None:
+            net.to(device).eval().requires_grad_(False)
+    g_opt, d_opt = make_optimizers(g, d, cfg.lr)
+    sample_z = torch.randn(cfg.n_sample, g.code_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    init_step = (size_to_step(cfg.size) if cfg.ckpt is not None
+                 else size_to_step(min(cfg.init_size, cfg.size), "--init-size"))
+    run = RunState(cfg, device, data, g, d, g_ema, g_source, d_source, g_opt, d_opt,
+                   sampler=BatchSampler(len(data), cfg.seed), sample_z=sample_z, arch=arch,
+                   progress={"step": init_step, "used_sample": 0}, init_step=init_step)
+    if resume is not None:
+        restore(run, resume)
+        print(f"resumed {ckpt_file} at step {run.iteration}", file=sys.stderr)
+    return run
 
-    # --- networks: from the source checkpoint, from our own run checkpoint, or new ---
+
+def build_networks(cfg, resume, ckpt_file):
+    """(G, D, G_running, G_source, D_source): from our own run checkpoint (--resume), from the source
+    checkpoint (--ckpt: fine-tuning; the sources only where L2-SP or FM needs them), or new (from
+    scratch, G_running a copy of G)."""
     g_source = d_source = None
     if resume is not None:
         arch = resume["arch"]
@@ -1226,7 +1389,7 @@ def train(args):
             g_source = build_generator_from(resume["g_source"], ckpt_file)
         if "d_source" in resume:
             d_source = build_discriminator_from(resume["d_source"], ckpt_file)
-    elif finetune:
+    elif cfg.ckpt is not None:
         src = load_checkpoint(cfg.ckpt)
         g_sd = src.get("generator", src.get("g_running"))
         g = build_generator_from(g_sd, cfg.ckpt)
@@ -1246,162 +1409,223 @@ def train(args):
         d = Discriminator(channels, from_rgb_activate=True)
         g_ema = StyledGenerator(cfg.code_dim, N_MLP, channels)
         g_ema.load_state_dict(g.state_dict())
-    arch = dict(code_dim=g.code_dim, n_mlp=len(g.style) // 2, channels=list(g.channels),
-                from_rgb_activate=d.from_rgb_activate)
-    g, d, g_ema = g.to(device), d.to(device), g_ema.eval().to(device)
-    for net in (g_source, d_source):
-        if net is not None:
-            net.to(device).eval().requires_grad_(False)
+    return g, d, g_ema, g_source, d_source
 
-    g_opt = torch.optim.Adam(g.generator.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
-    g_opt.add_param_group({"params": g.style.parameters(), "lr": cfg.lr * MAPPING_LR_MULT,
-                           "mult": MAPPING_LR_MULT})
-    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
-    sampler = BatchSampler(len(data), cfg.seed)
-    sample_z = torch.randn(cfg.n_sample, g.code_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    progress = {"step": max_step if finetune else size_to_step(min(cfg.init_size, cfg.size), "--init-size"),
-                "used_sample": 0}
-    init_step = progress["step"]
-    it = 0
-    if resume is not None:  # restore everything the loop reads, RNG last
-        g_opt.load_state_dict(resume["g_optimizer"])
-        d_opt.load_state_dict(resume["d_optimizer"])
-        sampler.load_state_dict(resume["sampler"])
-        progress = dict(resume["progress"])
-        init_step = int(resume["init_step"])
-        it = int(resume["step"])
-        sample_z = resume["sample_z"]
-        rng = resume["rng"]
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-        print(f"resumed {ckpt_file} at step {it}", file=sys.stderr)
 
-    # the run folder, once the data, the checkpoints and the settings have all been read
+def restore(run, ckpt):
+    """--resume: what the loop reads, from a run checkpoint (save_run_checkpoint writes it): the
+    optimizers, the data order, the progressive progress, the iteration, the sample latents and,
+    last, the RNG states. The networks are loaded by build_networks."""
+    run.g_opt.load_state_dict(ckpt["g_optimizer"])
+    run.d_opt.load_state_dict(ckpt["d_optimizer"])
+    run.sampler.load_state_dict(ckpt["sampler"])
+    run.progress = dict(ckpt["progress"])
+    run.init_step = int(ckpt["init_step"])
+    run.iteration = int(ckpt["step"])
+    run.sample_z = ckpt["sample_z"]
+    rng = ckpt["rng"]
+    torch.set_rng_state(rng["torch"])
+    if run.device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], run.device)
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+
+
+def save_run_checkpoint(run):
+    """RUN/checkpoints/NNNNNN.pt (atomic): rosinality's keys {generator, discriminator, g_optimizer,
+    d_optimizer, g_running} and what `restore` reads; the newest --keep are kept. Returns its path."""
+    state = {"generator": run.g.state_dict(), "discriminator": run.d.state_dict(),
+             "g_optimizer": run.g_opt.state_dict(), "d_optimizer": run.d_opt.state_dict(),
+             "g_running": run.g_ema.state_dict(), "step": run.iteration, "args": vars(run.cfg),
+             "arch": run.arch, "progress": dict(run.progress), "init_step": run.init_step,
+             "sampler": run.sampler.state_dict(), "sample_z": run.sample_z,
+             "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())}}
+    if run.device.type == "cuda":
+        state["rng"]["cuda"] = torch.cuda.get_rng_state(run.device)
+    if run.g_source is not None:
+        state["g_source"] = run.g_source.state_dict()
+    if run.d_source is not None:
+        state["d_source"] = run.d_source.state_dict()
+    folder = os.path.join(run.cfg.out, "checkpoints")
+    path = os.path.join(folder, f"{run.iteration:06d}.pt")
+    save_checkpoint(path, state)
+    for old in checkpoint_files(folder)[:-run.cfg.keep]:  # keep the newest --keep
+        os.remove(old)
+    return path
+
+
+# ---- stage 3: the run folder ----
+def open_run_folder(cfg):
+    """RUN/samples, RUN/checkpoints and RUN/settings.json (written once, at the run's first start),
+    made only once the data, the checkpoints and the settings have all been read."""
     for sub in ("samples", "checkpoints"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
     if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
         with open(os.path.join(cfg.out, "settings.json"), "w") as f:
             json.dump(vars(cfg), f, indent=1)
-    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
-        cut_run_logs(cfg.out, int(resume["step"]) if resume is not None else -1)
 
-    def checkpoint():
-        state = {"generator": g.state_dict(), "discriminator": d.state_dict(),
-                 "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
-                 "g_running": g_ema.state_dict(), "step": it, "args": vars(cfg), "arch": arch,
-                 "progress": dict(progress), "init_step": init_step, "sampler": sampler.state_dict(),
-                 "sample_z": sample_z,
-                 "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())}}
-        if device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(device)
-        if g_source is not None:
-            state["g_source"] = g_source.state_dict()
-        if d_source is not None:
-            state["d_source"] = d_source.state_dict()
-        folder = os.path.join(cfg.out, "checkpoints")
-        save_checkpoint(os.path.join(folder, f"{it:06d}.pt"), state)
-        for old in checkpoint_files(folder)[:-cfg.keep]:  # keep the newest --keep
-            os.remove(old)
-        return os.path.join(folder, f"{it:06d}.pt")
 
-    def current_alpha():
-        if finetune or progress["step"] == init_step:
-            return 1.0  # nothing to fade from
-        return min(1.0, (progress["used_sample"] + 1) / cfg.phase)
-
-    @torch.no_grad()
-    def write_samples():
-        s = progress["step"]
-        noise = g_ema.make_noise(len(sample_z), s, "cpu", torch.Generator().manual_seed(cfg.seed + 2))
-        img = g_ema(sample_z.to(device), [n.to(device) for n in noise], step=s, alpha=current_alpha())
-        save_grid(img, os.path.join(cfg.out, "samples", f"{it:06d}.png"), nrow=int(math.ceil(len(img) ** 0.5)))
-
-    evaluator = make_fid_evaluator(cfg, device)
-
-    def run_fid():
-        s, a = progress["step"], current_alpha()
-        gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)  # same latents at every evaluation
-
-        @torch.no_grad()
-        def gen_fn(batch):
-            z = torch.randn(batch, g_ema.code_dim, device=device, generator=gen)
-            return g_ema(z, g_ema.make_noise(batch, s, device, gen), step=s, alpha=a).clamp(-1, 1)
-
-        result = evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
-        from ops.fid_eval import record_fid  # fid.csv (with its provenance header) and fid.png: FID and KID
-        record_fid(cfg.out, it, result, getattr(evaluator, "provenance", None), kimg=it * cfg.batch / 1000)
-        with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
-            f.write(json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),
-                                "kid_std": float(result["kid_std"]), "copies": int(result["copies"])}) + "\n")
-        return result
-
-    if evaluator is not None and it == 0:
-        print(f"FID at step 0: {run_fid()['fid']:.2f}", file=sys.stderr)
-
+# ---- stage 4: the loop ----
+def train_loop(run):
+    """Iterations up to --iter, each: `iterate` (the schedule, one batch, train_step), its log line,
+    the evaluations that are due, and a checkpoint when due. Ctrl-C or SIGTERM: the iteration under
+    way finishes and is saved, and the run exits with 130 or 143; a second Ctrl-C stops at once,
+    without saving that iteration. Returns the path of the last checkpoint."""
+    cfg = run.cfg
     log = open(os.path.join(cfg.out, "log.jsonl"), "a")
-    pbar = tqdm(total=cfg.iter, initial=it, dynamic_ncols=True, disable=cfg.quiet)
-    trainable_d, trainable_step = None, None
-    t0, it_start = time.time(), it
-    saved = None  # the checkpoint of step `it`, once written
+    pbar = tqdm(total=cfg.iter, initial=run.iteration, dynamic_ncols=True, disable=cfg.quiet)
+    start = (time.time(), run.iteration)  # for img_per_s
+    saved = None  # the checkpoint of iteration run.iteration, once written
     with _StopRequest() as stop:
         try:
-            while it < cfg.iter and not stop.requested:
-                # --- progressive growing (rosinality train.py): fade in for `phase` images, then stabilise ---
-                if not finetune and progress["used_sample"] > 2 * cfg.phase and progress["step"] < max_step:
-                    progress["step"] += 1
-                    progress["used_sample"] = 0
-                s = progress["step"]
-                res = 4 * 2 ** s
-                alpha = current_alpha()
-                batch = batch_for(cfg, res)
-                set_lr(g_opt, lr_for(cfg, res))
-                set_lr(d_opt, lr_for(cfg, res))
-                if trainable_step != s:
-                    trainable_d, trainable_step = freezed_trainable(d, s, cfg.freeze_d), s
-
-                real = sampler.next(data.at(res), batch).to(device)  # [B, 3, res, res] in [-1, 1]
-                progress["used_sample"] += batch
-                stats = train_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, g_source,
-                                   d_source)
-                it += 1
-
-                # --- bookkeeping ---
-                stats = {"step": it, "res": res, "alpha": round(alpha, 5), **stats}
-                pbar.update(1)
-                pbar.set_postfix(res=res, D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
-                if it % cfg.log_every == 0 or it == cfg.iter:
-                    stats["sec"] = round(time.time() - t0, 2)
-                    stats["img_per_s"] = round((it - it_start) * batch / max(stats["sec"], 1e-9), 2)
-                    log.write(json.dumps(stats) + "\n")
-                    log.flush()
-                if cfg.sample_every and (it % cfg.sample_every == 0 or it == cfg.iter):
-                    write_samples()
-                if evaluator is not None and it % cfg.fid_every == 0:
-                    pbar.write(f"step {it}: FID {run_fid()['fid']:.2f}")  # run_fid adds it to log.jsonl
-                if (cfg.ckpt_every and it % cfg.ckpt_every == 0) or it == cfg.iter or stop.requested:
-                    saved = checkpoint()
+            while run.iteration < cfg.iter and not stop.requested:
+                stats = iterate(run)  # the schedule, one batch of real images, train_step
+                write_log(run, stats, log, pbar, start)
+                evaluate(run, pbar)  # a sample grid, FID: when due
+                if checkpoint_due(run, stop.requested):
+                    saved = save_run_checkpoint(run)
         except KeyboardInterrupt:  # a second Ctrl-C, during an iteration: stop without saving it
             pbar.close()
-            print(f"\nSIGINT: interrupted during iteration {it + 1}, not saved. Continue from the last "
-                  f"checkpoint with: python {os.path.basename(__file__)} train --resume {cfg.out}",
+            print(f"\nSIGINT: interrupted during iteration {run.iteration + 1}, not saved. Continue from the "
+                  f"last checkpoint with: python {os.path.basename(__file__)} train --resume {cfg.out}",
                   file=sys.stderr)
             raise SystemExit(130) from None
         finally:
             pbar.close()
             log.close()
-    if saved is None or not saved.endswith(f"{it:06d}.pt"):  # a signal after this step's save check
-        saved = checkpoint()
+    if saved is None or not saved.endswith(f"{run.iteration:06d}.pt"):  # a signal after this step's save check
+        saved = save_run_checkpoint(run)
     if stop.requested:
-        print("\n" + stop.message(it, saved, os.path.basename(__file__), cfg.out), file=sys.stderr)
+        print("\n" + stop.message(run.iteration, saved, os.path.basename(__file__), cfg.out), file=sys.stderr)
         raise SystemExit(stop.exit_code)
     return saved
+
+
+def iterate(run):
+    """One iteration: the schedule at this point (progressive growing, fade-in alpha, batch size, lr),
+    FreezeD's trainable part of D at this resolution, one batch of real images, then train_step
+    (its forwards in bf16 with --precision bf16). Returns the log line's values."""
+    cfg, progress = run.cfg, run.progress
+    if not run.finetune:
+        grow(progress, cfg.phase, run.max_step)
+    s = progress["step"]
+    res = 4 * 2 ** s
+    alpha, batch = current_alpha(run), batch_for(cfg, res)
+    set_lr(run.g_opt, lr_for(cfg, res))
+    set_lr(run.d_opt, lr_for(cfg, res))
+    if run.trainable_at != s:
+        run.trainable_d, run.trainable_at = freezed_trainable(run.d, s, cfg.freeze_d), s
+    real = run.sampler.next(run.data.at(res), batch).to(run.device)  # [B, 3, res, res] in [-1, 1]
+    progress["used_sample"] += batch
+    with forward_precision(cfg.precision, run.device, run.g, run.d, run.d_source):
+        stats = train_step(run.g, run.d, run.g_ema, run.g_opt, run.d_opt, real, s, alpha, cfg, run.trainable_d,
+                           run.g_source, run.d_source)
+    run.iteration += 1
+    return {"step": run.iteration, "res": res, "alpha": round(alpha, 5), **stats}
+
+
+def current_alpha(run):
+    """The fade-in alpha now: fading only from scratch, after the first resolution."""
+    fading = not run.finetune and run.progress["step"] != run.init_step
+    return fade_in_alpha(run.progress, run.cfg.phase, fading)
+
+
+@contextlib.contextmanager
+def forward_precision(precision, device, *nets):
+    """--precision bf16, the fast path beside the fp32 train_step: inside, every forward of `nets`
+    (G, D, the source D) runs under bf16 autocast (convolutions and matmuls in bf16, reductions and
+    norms in fp32) and returns fp32, so that train_step's losses, the gradients with respect to the
+    images (R1, WGAN-GP), the optimizer steps and the EMA stay fp32, as do weights, optimizer state
+    and checkpoints. About 2x on GPUs with bf16 tensor cores (Ampere, Hopper). fp32: nothing changes."""
+    nets = [net for net in nets if net is not None]
+    if precision != "bf16":
+        yield
+        return
+
+    def in_bf16(forward):
+        def forward_bf16(*args, **kwargs):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                out = forward(*args, **kwargs)
+            return out.float()
+        return forward_bf16
+
+    for net in nets:
+        net.forward = in_bf16(net.forward)  # an instance attribute: it shadows the class's forward
+    try:
+        yield
+    finally:
+        for net in nets:
+            del net.forward  # the class's forward again
+
+
+def write_log(run, stats, log, pbar, start):
+    """The progress bar after every iteration; a log.jsonl line every --log-every and at the last,
+    with the seconds and images/s since this start of the run (start = (time, iteration))."""
+    cfg, it = run.cfg, run.iteration
+    pbar.update(1)
+    pbar.set_postfix(res=stats["res"], D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
+    if it % cfg.log_every == 0 or it == cfg.iter:
+        stats["sec"] = round(time.time() - start[0], 2)
+        stats["img_per_s"] = round((it - start[1]) * batch_for(cfg, stats["res"]) / max(stats["sec"], 1e-9), 2)
+        log.write(json.dumps(stats) + "\n")
+        log.flush()
+
+
+def checkpoint_due(run, stopping):
+    """A checkpoint every --ckpt-every steps (0: none between), at the last step, and when a signal asks to stop."""
+    cfg, it = run.cfg, run.iteration
+    return bool(cfg.ckpt_every and it % cfg.ckpt_every == 0) or it == cfg.iter or stopping
+
+
+# ---- stage 5: evaluation ----
+def evaluate(run, pbar):
+    """The evaluations due after this iteration: a sample grid every --sample-every (and at the
+    last), FID every --fid-every."""
+    cfg, it = run.cfg, run.iteration
+    if cfg.sample_every and (it % cfg.sample_every == 0 or it == cfg.iter):
+        write_samples(run)
+    if run.evaluator is not None and it % cfg.fid_every == 0:
+        pbar.write(f"step {it}: FID {run_fid(run)['fid']:.2f}")  # run_fid adds it to log.jsonl
+
+
+@torch.no_grad()
+def write_samples(run):
+    """RUN/samples/NNNNNN.png: G_running on the run's fixed latents and noise."""
+    s, g_ema = run.progress["step"], run.g_ema
+    noise = g_ema.make_noise(len(run.sample_z), s, "cpu", torch.Generator().manual_seed(run.cfg.seed + 2))
+    img = g_ema(run.sample_z.to(run.device), [n.to(run.device) for n in noise], step=s, alpha=current_alpha(run))
+    save_grid(img, os.path.join(run.cfg.out, "samples", f"{run.iteration:06d}.png"),
+              nrow=int(math.ceil(len(img) ** 0.5)))
+
+
+def run_fid(run):
+    """FID and KID of G_running against the training folder, from the same latents at every
+    evaluation: a row of fid.csv (and fid.png) and a line of log.jsonl. Returns ops.fid's result."""
+    cfg, g_ema, device, it = run.cfg, run.g_ema, run.device, run.iteration
+    s, a = run.progress["step"], current_alpha(run)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 3)
+
+    @torch.no_grad()
+    def gen_fn(batch):
+        z = torch.randn(batch, g_ema.code_dim, device=device, generator=gen)
+        return g_ema(z, g_ema.make_noise(batch, s, device, gen), step=s, alpha=a).clamp(-1, 1)
+
+    result = run.evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
+    from ops.fid_eval import record_fid  # fid.csv (with its provenance header) and fid.png: FID and KID
+    record_fid(cfg.out, it, result, getattr(run.evaluator, "provenance", None), kimg=it * cfg.batch / 1000)
+    with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
+        f.write(json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),
+                            "kid_std": float(result["kid_std"]), "copies": int(result["copies"])}) + "\n")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
 # Sampling and the style-mixing figure
 # ----------------------------------------------------------------------------------------------
+TRUNC_ROUNDS, TRUNC_BATCH = 10, 1024  # mean W over 10 x 1024 samples (rosinality generate.py)
+# the style-mixing bands of StyleGAN Fig. 3: blocks at 4-8 px (coarse), 16-32 px (middle), 64 px and up (fine)
+MIX_LEVELS = (("coarse", 0, 1), ("middle", 2, 3), ("fine", 4, N_BLOCKS - 1))
+
+
 def parse_seeds(text):
     """'0-7' -> [0..7]; '1,5,9-11' -> [1, 5, 9, 10, 11]."""
     seeds = []
@@ -1546,7 +1770,7 @@ def build_parser():
 
     t = sub.add_parser("train", help="fine-tune from --ckpt (FreezeD) or train progressively")
     t.add_argument("--data", help="folder of training images")
-    t.add_argument("--size", type=int, default=256, help="training (final) resolution (default 256)")
+    t.add_argument("--size", type=int, default=SIZE, help=f"training (final) resolution (FreezeD: {SIZE})")
     t.add_argument("--out", help="run folder: settings.json, log.jsonl, checkpoints/, samples/, fid.csv, fid.png")
     t.add_argument("--ckpt", help="source checkpoint to fine-tune (rosinality .model dict or g_running file)")
     t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
@@ -1556,47 +1780,60 @@ def build_parser():
     t.add_argument("--preset", choices=sorted(PRESETS), help="fills unset flags with a FreezeD paper row")
     t.add_argument("--freeze-d", type=int, default=None,
                    help="K input-side D blocks (+ from_rgb) frozen; FreezeD feature_loc = step+1-K "
-                        "(256 px: 7-K; FreezeD README = 4); 0 = plain fine-tuning (default 0)")
+                        f"(256 px: 7-K; FreezeD README = {FREEZE_D_PAPER}); 0 = plain fine-tuning (default 0)")
     t.add_argument("--loss", choices=["r1", "wgan-gp"], default=None,
-                   help="default r1 with --ckpt (FreezeD), wgan-gp from scratch (rosinality)")
+                   help=f"default {LOSS_FINETUNE} with --ckpt (FreezeD), {LOSS_SCRATCH} from scratch (rosinality)")
     t.add_argument("--r1-gamma", type=float, default=R1_GAMMA,
-                   help="R1 weight gamma with --loss r1 (rosinality/FreezeD: 10, tuned for 256-1024 px; "
+                   help=f"R1 weight gamma with --loss r1 (rosinality/FreezeD: {R1_GAMMA:g}, tuned for 256-1024 px; "
                         "NVlabs' rule 0.0002 res^2 / batch gives about 0.03 at 32 px and batch 8)")
     t.add_argument("--mixing", action=argparse.BooleanOptionalAction, default=None,
-                   help="style mixing regularization, p 0.9 (default off unless a preset sets it)")
+                   help=f"style mixing regularization, p {MIXING_PROB} (default off unless a preset sets it)")
     t.add_argument("--sched", action=argparse.BooleanOptionalAction, default=None,
-                   help="lr/batch per resolution (lr 0.002 at 256 px; batch 8 fine-tuning, 32 scratch)")
-    t.add_argument("--lr", type=float, default=0.001, help="Adam lr without --sched (default 0.001)")
+                   help=f"lr/batch per resolution (lr {SCHED_LR[256]} at 256 px; batch {SCHED_BATCH_FINETUNE[256]} "
+                        f"fine-tuning, {SCHED_BATCH_PROGRESSIVE[256]} scratch)")
+    t.add_argument("--lr", type=float, default=LR, help=f"Adam lr without --sched (default {LR})")
     t.add_argument("--batch", type=int, default=None, help="batch size (default from the schedule)")
-    t.add_argument("--iter", type=int, default=None, help="iterations (FreezeD 50000, the default)")
-    t.add_argument("--phase", type=int, default=600_000, help="images per fade-in / stabilise phase (scratch)")
-    t.add_argument("--init-size", type=int, default=8, help="first resolution when training from scratch")
-    t.add_argument("--lambda-fm", type=float, default=0.0, help="feature matching to the source D (FreezeD code: 0)")
+    t.add_argument("--iter", type=int, default=None, help=f"iterations (FreezeD {ITERATIONS}, the default)")
+    t.add_argument("--phase", type=int, default=PHASE_IMAGES,
+                   help=f"images per fade-in / stabilise phase (scratch; rosinality {PHASE_IMAGES})")
+    t.add_argument("--init-size", type=int, default=INIT_SIZE,
+                   help=f"first resolution when training from scratch (rosinality {INIT_SIZE})")
+    t.add_argument("--lambda-fm", type=float, default=LAMBDA_FM,
+                   help=f"feature matching to the source D (FreezeD code: {LAMBDA_FM:g})")
     t.add_argument("--fm-blocks", type=int, default=None,
-                   help="FM after this many input-side D blocks (default --freeze-d, else 4 = feature_loc 3)")
-    t.add_argument("--lambda-l2-g", type=float, default=0.0, help="L2-SP weight on G (FreezeD code: 0)")
-    t.add_argument("--lambda-l2-d", type=float, default=0.0, help="L2-SP weight on D (FreezeD code: 0)")
-    t.add_argument("--channel-max", type=int, default=512, help="cap on block widths (scratch only; 512 = paper)")
-    t.add_argument("--code-dim", type=int, default=CODE_DIM, help="z / w size (scratch only; 512 = paper)")
+                   help=f"FM after this many input-side D blocks (default --freeze-d, else {FM_BLOCKS} = "
+                        f"feature_loc 3 at 256 px)")
+    t.add_argument("--lambda-l2-g", type=float, default=LAMBDA_L2_G,
+                   help=f"L2-SP weight on G (FreezeD code: {LAMBDA_L2_G:g})")
+    t.add_argument("--lambda-l2-d", type=float, default=LAMBDA_L2_D,
+                   help=f"L2-SP weight on D (FreezeD code: {LAMBDA_L2_D:g})")
+    t.add_argument("--channel-max", type=int, default=max(CHANNELS),
+                   help=f"cap on block widths (scratch only; {max(CHANNELS)} = paper)")
+    t.add_argument("--code-dim", type=int, default=CODE_DIM, help=f"z / w size (scratch only; {CODE_DIM} = paper)")
     t.add_argument("--ema-decay", type=float, default=EMA_DECAY,
-                   help="G_running EMA decay per step (rosinality/FreezeD: 0.999)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    t.add_argument("--device", default=None, help=DEVICE_HELP)
-    t.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help=f"G_running EMA decay per step (rosinality/FreezeD: {EMA_DECAY})")
+    t.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"], help=f"random seed ({RUN_DEFAULTS['seed']})")
+    t.add_argument("--device", default=RUN_DEFAULTS["device"], help=DEVICE_HELP)
+    t.add_argument("--precision", choices=["fp32", "bf16"], default=RUN_DEFAULTS["precision"],
                    help="fp32 (default: FreezeD's arithmetic) or bf16 autocast for G and D forwards, about "
                         "2x faster on GPUs with bf16 tensor cores (Ampere, Hopper; slower on CPU); weights, "
                         "optimizer, EMA and checkpoints stay fp32, so runs resume in either precision")
-    t.add_argument("--n-sample", type=int, default=16, help="images in each sample grid")
-    t.add_argument("--sample-every", type=int, default=1000,
-                   help="steps between sample grids in RUN/samples, 0 = off (1000)")
-    t.add_argument("--log-every", type=int, default=10, help="steps between log.jsonl lines (10)")
-    t.add_argument("--ckpt-every", type=int, default=1000,
-                   help="steps between checkpoints; the last step is always saved (1000)")
+    t.add_argument("--n-sample", type=int, default=RUN_DEFAULTS["n_sample"],
+                   help=f"images in each sample grid ({RUN_DEFAULTS['n_sample']})")
+    t.add_argument("--sample-every", type=int, default=RUN_DEFAULTS["sample_every"],
+                   help=f"steps between sample grids in RUN/samples, 0 = off ({RUN_DEFAULTS['sample_every']})")
+    t.add_argument("--log-every", type=int, default=RUN_DEFAULTS["log_every"],
+                   help=f"steps between log.jsonl lines ({RUN_DEFAULTS['log_every']})")
+    t.add_argument("--ckpt-every", type=int, default=RUN_DEFAULTS["ckpt_every"],
+                   help=f"steps between checkpoints; the last step is always saved ({RUN_DEFAULTS['ckpt_every']})")
     t.add_argument("--keep", type=int, default=None,
-                   help=f"newest checkpoints kept in RUN/checkpoints (default {KEEP_CHECKPOINTS})")
-    t.add_argument("--fid-every", type=int, default=1000, help="FID every N steps (FreezeD 1000); 0 = off")
-    t.add_argument("--fid-n", type=int, default=5000, help="generated images per FID (FreezeD 5000)")
-    t.add_argument("--fid-batch", type=int, default=50, help="images per FID batch (50)")
+                   help=f"newest checkpoints kept in RUN/checkpoints (default {RUN_DEFAULTS['keep']})")
+    t.add_argument("--fid-every", type=int, default=RUN_DEFAULTS["fid_every"],
+                   help=f"FID every N steps (FreezeD {RUN_DEFAULTS['fid_every']}); 0 = off")
+    t.add_argument("--fid-n", type=int, default=RUN_DEFAULTS["fid_n"],
+                   help=f"generated images per FID (FreezeD {RUN_DEFAULTS['fid_n']})")
+    t.add_argument("--fid-batch", type=int, default=RUN_DEFAULTS["fid_batch"],
+                   help=f"images per FID batch ({RUN_DEFAULTS['fid_batch']})")
     t.add_argument("--inception", "--fid-inception", dest="fid_inception", default=None,
                    help="FID Inception weights file (pt_inception-2015-12-05; default: torch hub cache)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

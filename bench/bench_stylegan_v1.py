@@ -74,13 +74,13 @@ def main(argv=None):
     g_opt = torch.optim.Adam(g.generator.parameters(), lr=0.002, betas=(0.0, 0.99))
     g_opt.add_param_group({"params": g.style.parameters(), "lr": 0.002 * m.MAPPING_LR_MULT})
     d_opt = torch.optim.Adam(d.parameters(), lr=0.002, betas=(0.0, 0.99))
-    cfg = argparse.Namespace(mixing=True, loss="r1", lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0, fm_blocks=4,
-                             precision=args.precision)
+    cfg = argparse.Namespace(mixing=True, loss="r1", lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0, fm_blocks=4)
     trainable = m.freezed_trainable(d, step, args.freeze_d)
     real = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
 
-    train_times = timed(lambda: m.train_step(g, d, g_ema, g_opt, d_opt, real, step, 1.0, cfg, trainable),
-                        device, args.warmup, args.iters)
+    with m.forward_precision(args.precision, device, g, d):  # 02's --precision, as its training loop applies it
+        train_times = timed(lambda: m.train_step(g, d, g_ema, g_opt, d_opt, real, step, 1.0, cfg, trainable),
+                            device, args.warmup, args.iters)
     z = torch.randn(args.batch, m.CODE_DIM, device=device)
 
     @torch.no_grad()

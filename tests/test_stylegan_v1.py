@@ -373,6 +373,30 @@ def test_discriminator_fade_in_alpha_zero_is_downsampled_input():
     assert (dh - d0).abs().max() < (d1 - d0).abs().max() + 1e-4  # continuous between the ends
 
 
+def test_the_loop_grows_fades_in_and_runs_one_train_step_per_iteration(tmp_path, monkeypatch):
+    """rosinality train.py's schedule, by hand for --init-size 8 --phase 3 --batch 2: 8 px with alpha 1
+    (nothing to fade from) while used_sample <= 2 * phase (iterations 1-4: 0, 2, 4, 6 images seen),
+    then 16 px with used_sample reset and alpha = min(1, (used_sample + 1) / phase): 1/3, then 1."""
+    calls = []
+    plain_step = m.train_step
+
+    def recording_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, *sources):
+        calls.append((s, alpha, tuple(real.shape), g_opt.param_groups[0]["lr"]))
+        return plain_step(g, d, g_ema, g_opt, d_opt, real, s, alpha, cfg, trainable_d, *sources)
+
+    monkeypatch.setattr(m, "train_step", recording_step)
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(make_images(tmp_path / "data"), out, "--channel-max", "8", "--code-dim", "8",
+                           "--init-size", "8", "--phase", "3", "--iter", "6", "--lr", "0.004"))
+    assert [c[0] for c in calls] == [1, 1, 1, 1, 2, 2]
+    assert [c[1] for c in calls] == pytest.approx([1, 1, 1, 1, 1 / 3, 1])
+    assert [c[2] for c in calls] == [(2, 3, 8, 8)] * 4 + [(2, 3, 16, 16)] * 2
+    assert all(c[3] == 0.004 for c in calls)  # --lr without --sched, at every resolution
+    log = read_log(out)
+    assert [r["res"] for r in log] == [8, 8, 8, 8, 16, 16] and log[4]["alpha"] == 0.33333
+    assert newest_checkpoint(out)["progress"] == {"step": 2, "used_sample": 4}
+
+
 # ----------------------------------------------------------------------------------------------
 # FreezeD
 # ----------------------------------------------------------------------------------------------
@@ -835,24 +859,71 @@ def test_train_step_called_directly_equals_the_loop(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # --precision bf16
 # ----------------------------------------------------------------------------------------------
-def test_bf16_forward_stays_close_to_fp32():
-    """bf16 keeps 8 significant bits (unit roundoff 2^-8 = 0.4 %); through the few layers of a 16 px
+def test_bf16_forwards_are_torch_autocast_returned_in_fp32_and_close_to_fp32():
+    """Inside forward_precision("bf16") a forward of G or D is torch.autocast's bf16 forward (the
+    reference: autocast applied by hand), handed back as fp32; after it, the fp32 forward is back.
+    bf16 keeps 8 significant bits (unit roundoff 2^-8 = 0.4 %): through the few layers of a 16 px
     G and D the outputs stay within a few percent of fp32 at the same weights."""
     torch.manual_seed(0)
     g, d = m.StyledGenerator(TINY_CODE, 8, TINY).eval(), m.Discriminator(TINY)
     z = torch.randn(4, TINY_CODE)
     noise = g.make_noise(4, 2, "cpu", torch.Generator().manual_seed(1))
+    cpu = torch.device("cpu")
     with torch.no_grad():
         img32 = g(z, noise=noise, step=2, alpha=1)
         logits32 = d(img32, 2, 1)
-        with m.precision_context("bf16", torch.device("cpu")):
-            img16 = g(z, noise=noise, step=2, alpha=1)
-            logits16 = d(img32, 2, 1)
-    assert img16.dtype == torch.bfloat16 and logits16.dtype == torch.bfloat16  # autocast did act
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img_ref, logits_ref = g(z, noise=noise, step=2, alpha=1), d(img32, 2, 1)
+        with m.forward_precision("bf16", cpu, g, d, None):  # None: an absent source network
+            img16, logits16 = g(z, noise=noise, step=2, alpha=1), d(img32, 2, 1)
+        with m.forward_precision("fp32", cpu, g, d):
+            img_fp32_path = g(z, noise=noise, step=2, alpha=1)
+        after = g(z, noise=noise, step=2, alpha=1)
+    assert img_ref.dtype == logits_ref.dtype == torch.bfloat16  # autocast does act on these layers
+    assert img16.dtype == logits16.dtype == torch.float32
+    assert torch.equal(img16, img_ref.float()) and torch.equal(logits16, logits_ref.float())
     scale = img32.abs().max()
-    assert (img16.float() - img32).abs().max() <= 0.05 * scale
-    assert (logits16.float() - logits32).abs().max() <= 0.05 * logits32.abs().max()
-    assert not torch.equal(img16.float(), img32)  # and it is not secretly fp32
+    assert (img16 - img32).abs().max() <= 0.05 * scale
+    assert (logits16 - logits32).abs().max() <= 0.05 * logits32.abs().max()
+    assert not torch.equal(img16, img32)  # and it is not secretly fp32
+    assert torch.equal(img_fp32_path, img32) and torch.equal(after, img32)
+    assert "forward" not in vars(g) and "forward" not in vars(d)  # the class's forward again
+
+
+def test_bf16_train_step_is_the_fp32_step_to_bf16_precision():
+    """The fast path beside the paper's fp32 step: one train_step (SGD, R1, mixing, FreezeD K = 1)
+    with its forwards in bf16 moves G and D along nearly the same direction, by nearly the same
+    amount, as the fp32 step from the same weights, batch and random draws."""
+    import copy
+    torch.manual_seed(0)
+    g, d = m.StyledGenerator(TINY_CODE, 8, TINY), m.Discriminator(TINY)
+    g_ema = copy.deepcopy(g)
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    cfg = SimpleNamespace(mixing=True, loss="r1", r1_gamma=1.0, lambda_fm=0.0, lambda_l2_d=0.0, lambda_l2_g=0.0,
+                          fm_blocks=1)
+
+    def one_step(precision):
+        G, D, E = copy.deepcopy(g), copy.deepcopy(d), copy.deepcopy(g_ema)
+        torch.manual_seed(1)
+        random.seed(1)
+        with m.forward_precision(precision, torch.device("cpu"), G, D):
+            stats = m.train_step(G, D, E, torch.optim.SGD(G.parameters(), lr=0.01),
+                                 torch.optim.SGD(D.parameters(), lr=0.01), real, 2, 1.0, cfg,
+                                 m.freezed_trainable(D, 2, 1))
+        moved = {name: torch.cat([(p1.detach() - p0.detach()).flatten() for p1, p0 in
+                                  zip(new.parameters(), old.parameters())])
+                 for name, new, old in (("G", G, g), ("D", D, d))}
+        return stats, moved
+
+    stats32, moved32 = one_step("fp32")
+    stats16, moved16 = one_step("bf16")
+    for net in ("G", "D"):
+        a, b = moved32[net], moved16[net]
+        assert a.norm() > 0 and not torch.equal(a, b), net  # both moved, and bf16 changed the arithmetic
+        assert F.cosine_similarity(a, b, dim=0) > 0.99, net
+        assert abs(b.norm() / a.norm() - 1) < 0.05, net
+    for k in stats32:
+        assert stats16[k] == pytest.approx(stats32[k], rel=0.05, abs=1e-3), k
 
 
 def test_bf16_training_steps_move_the_weights_and_checkpoint_stays_fp32(tmp_path):
@@ -872,3 +943,109 @@ def test_bf16_training_steps_move_the_weights_and_checkpoint_stays_fp32(tmp_path
     m.main(["train", "--resume", out, "--iter", "3", "--precision", "fp32", "--quiet"])  # resumes as fp32
     ck = newest_checkpoint(out)
     assert ck["step"] == 3 and ck["args"]["precision"] == "fp32" and math.isfinite(read_log(out)[-1]["loss_d"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperparameters and run settings; the docstring's map
+# ----------------------------------------------------------------------------------------------
+BANNER = "# ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----"
+
+
+def test_defaults_are_the_papers_and_the_reference_codes():
+    """rosinality style-based-gan-pytorch train.py and sangwoomo/FreezeD finetune.py (REFERENCE.md A.7,
+    B.2-B.4), StyleGAN App. C and ProGAN Sec. A.1, written out here: Adam lr 0.001 (--sched: 0.002 at
+    256 px), betas (0, 0.99), mapping network lr x 0.01, EMA 0.999, R1 gamma 10, mixing 0.9, WGAN-GP
+    10 with drift 0.001; fine-tuning 50,000 iterations at batch 8, FreezeD's row K = 4 (feature_loc 3)
+    and regularizer weights 0; from scratch phases of 600,000 images from 8 px at batch 32."""
+    parse = lambda *a: m.resolve_train_args(m.build_parser().parse_args(["train", "--data", "d", "--out", "o", *a]))
+    freezed = parse("--ckpt", "c", "--preset", "freezed")
+    assert (freezed.freeze_d, freezed.mixing, freezed.loss, freezed.sched) == (4, True, "r1", True)
+    assert m.lr_for(freezed, 256) == 0.002 and m.batch_for(freezed, 256) == 8 and m.lr_for(freezed, 64) == 0.001
+    plain = parse("--ckpt", "c")
+    assert (plain.freeze_d, plain.loss, plain.iter, plain.r1_gamma, plain.ema_decay) == (0, "r1", 50000, 10, 0.999)
+    assert (plain.lambda_fm, plain.lambda_l2_g, plain.lambda_l2_d, plain.fm_blocks) == (0, 0, 0, 4)
+    assert m.lr_for(plain, 256) == 0.001 and m.batch_for(plain, 256) == 8 and plain.size == 256
+    scratch = parse()
+    assert (scratch.loss, scratch.phase, scratch.init_size, m.batch_for(scratch, 64)) == ("wgan-gp", 600000, 8, 32)
+    assert (scratch.code_dim, scratch.channel_max, scratch.seed) == (512, 512, 0)
+    assert m.batch_for(parse("--sched"), 8) == 256 and m.batch_for(parse("--sched"), 256) == 32
+    assert (m.MIXING_PROB, m.GP_LAMBDA, m.DRIFT, m.N_MLP) == (0.9, 10, 0.001, 8)
+    g, d = m.StyledGenerator(TINY_CODE, 8, TINY), m.Discriminator(TINY)
+    g_opt, d_opt = m.make_optimizers(g, d, 0.002)
+    assert all(grp["betas"] == (0.0, 0.99) for grp in g_opt.param_groups + d_opt.param_groups)
+    mapping = {id(p) for p in g.style.parameters()}
+    assert [len(grp["params"]) for grp in g_opt.param_groups] == [len(list(g.generator.parameters())), len(mapping)]
+    assert {id(p) for p in g_opt.param_groups[1]["params"]} == mapping
+    assert g_opt.param_groups[1]["lr"] == pytest.approx(0.002 * 0.01) and d_opt.param_groups[0]["lr"] == 0.002
+    m.set_lr(g_opt, 0.003)  # the schedule keeps the mapping network 100x slower
+    assert [grp["lr"] for grp in g_opt.param_groups] == pytest.approx([0.003, 0.003 * 0.01])
+
+
+def test_hyperparameters_sit_above_the_plumbing_line_and_run_settings_below():
+    """One block of the method's constants above the banner (nothing but assignments between its first
+    and last name); the run settings below it, and each is the default of its flag."""
+    import ast
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "02_stylegan_freezed.py")
+    src = open(path).read()
+    banner = src.splitlines().index(BANNER) + 1
+    body = ast.parse(src).body
+    assigned = {t.id: n.lineno for n in body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}
+    method = ("CHANNELS", "CODE_DIM", "N_MLP", "LR", "SCHED_LR", "ADAM_BETAS", "MAPPING_LR_MULT", "BATCH_SCRATCH",
+              "SCHED_BATCH_PROGRESSIVE", "BATCH_FINETUNE", "SCHED_BATCH_FINETUNE", "EMA_DECAY", "SIZE", "ITERATIONS",
+              "PHASE_IMAGES", "INIT_SIZE", "LOSS_FINETUNE", "LOSS_SCRATCH", "R1_GAMMA", "GP_LAMBDA", "DRIFT",
+              "MIXING_PROB", "FREEZE_D_PAPER", "FM_BLOCKS", "LAMBDA_FM", "LAMBDA_L2_G", "LAMBDA_L2_D", "PRESETS")
+    lines = [assigned[n] for n in method]
+    assert max(lines) < banner and assigned["RUN_DEFAULTS"] > banner
+    first, last = min(lines), max(lines)
+    assert all(isinstance(n, ast.Assign) for n in body if first <= n.lineno <= last)  # one block
+    defaults = vars(m.build_parser().parse_args(["train"]))
+    for key, value in m.RUN_DEFAULTS.items():
+        assert defaults[key] in (value, None), key  # None: filled in later (--keep), so --resume sees it unset
+    assert m.resolve_train_args(m.build_parser().parse_args(["train", "--data", "d", "--out", "o"])).keep == \
+        m.RUN_DEFAULTS["keep"] == 3
+    for flag, value in (("lr", m.LR), ("r1_gamma", m.R1_GAMMA), ("ema_decay", m.EMA_DECAY), ("phase", m.PHASE_IMAGES),
+                        ("init_size", m.INIT_SIZE), ("lambda_fm", m.LAMBDA_FM), ("size", m.SIZE)):
+        assert defaults[flag] == value, flag
+
+
+def test_settings_json_keeps_the_hyperparameters_and_the_run_settings(tmp_path):
+    data = make_images(tmp_path / "data")
+    out = str(tmp_path / "run")
+    m.main(tiny_train_args(data, out, "--channel-max", "8", "--code-dim", "8", "--iter", "1", "--init-size", "16",
+                           "--r1-gamma", "0.5", "--loss", "r1", "--ema-decay", "0.99", "--keep", "2"))
+    with open(os.path.join(out, "settings.json")) as f:
+        saved = json.load(f)
+    flags = set(vars(m.build_parser().parse_args(["train"]))) - {"command", "dry_run", "resume"}
+    assert flags <= set(saved)  # every flag of `train`, hyperparameter or run setting
+    assert (saved["r1_gamma"], saved["ema_decay"], saved["lr"], saved["phase"], saved["iter"]) == (0.5, 0.99, 0.001,
+                                                                                                    600000, 1)
+    assert (saved["keep"], saved["log_every"], saved["fid_every"], saved["fid_n"], saved["seed"]) == (2, 1, 0, 5000, 0)
+    assert newest_checkpoint(out)["args"] == saved
+
+
+def test_docstring_map_names_only_what_the_file_defines():
+    """The module docstring's map: every name in its method rows (above `plumbing`) and every code name
+    (snake_case, CamelCase, UPPER_CASE) in its plumbing row is a top-level definition of 02, and every
+    top-level function of the method part (above the banner) is in the map."""
+    import ast
+    import re
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "02_stylegan_freezed.py")
+    src = open(path).read()
+    tree = ast.parse(src)
+    banner = src.splitlines().index(BANNER) + 1
+    defined = {n.name: n.lineno for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined.update({t.id: n.lineno for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                    if isinstance(t, ast.Name)})
+    rows = ast.get_docstring(tree).split("Map of this file", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    split = next(i for i, row in enumerate(rows) if row[:19].strip() == "plumbing")
+    method = {w for row in rows[:split] for w in re.findall(r"\w+", row[19:])}
+    code_like = r"\w*_\w*|[A-Z][A-Z0-9]+|(?:[A-Z][a-z0-9]+){2,}"
+    plumbing = {w for row in rows[split:] for w in re.findall(r"\w+", row[19:])
+                if re.fullmatch(code_like, w)} - {"CLI"}  # CLI: a word here, not a name
+    assert len(method) >= 40 and len(plumbing) >= 10
+    assert not (method | plumbing) - set(defined), sorted((method | plumbing) - set(defined))
+    assert all(defined[n] < banner for n in method) and all(defined[n] > banner for n in plumbing)
+    functions_above = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.lineno < banner
+                       and not n.name.startswith("_")}  # _helpers: details of a layer
+    assert not functions_above - method, sorted(functions_above - method)
