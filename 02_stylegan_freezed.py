@@ -1611,7 +1611,10 @@ def run_fid(run):
 
     result = run.evaluator.evaluate(gen_fn, n_gen=cfg.fid_n)
     from ops.fid_eval import record_fid  # fid.csv (with its provenance header) and fid.png: FID and KID
-    record_fid(cfg.out, it, result, getattr(run.evaluator, "provenance", None), kimg=it * cfg.batch / 1000)
+    # kimg: thousands of real images shown; exact at one batch size (fine-tuning, or --batch), counted
+    # at the current resolution's batch from scratch with --sched (its batch changes with resolution)
+    kimg = it * batch_for(cfg, 4 * 2 ** s) / 1000
+    record_fid(cfg.out, it, result, getattr(run.evaluator, "provenance", None), kimg=kimg)
     with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
         f.write(json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),
                             "kid_std": float(result["kid_std"]), "copies": int(result["copies"])}) + "\n")

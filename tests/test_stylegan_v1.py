@@ -535,6 +535,24 @@ def test_fid_curve_written_to_csv_and_png(tmp_path, monkeypatch):
     assert png(os.path.join(out, "samples", "000004.png")).shape == (32, 32, 3)
 
 
+def test_fid_without_a_batch_flag_counts_kimg_at_the_schedules_batch(tmp_path, monkeypatch):
+    """No --batch: the batch comes from the schedule (rosinality: 32 from scratch without --sched),
+    and fid.csv's kimg is iterations x 32 / 1000 (this once failed on the unset --batch)."""
+    class FakeOps:
+        Evaluator = FakeEvaluator
+
+        class InceptionWeightsMissing(Exception):
+            pass
+
+    monkeypatch.setattr(m, "fid_ops", FakeOps)
+    out = str(tmp_path / "run")
+    m.main(["train", "--data", make_images(tmp_path / "data"), "--out", out, "--size", "16", "--init-size", "16",
+            "--channel-max", "8", "--code-dim", "8", "--iter", "2", "--fid-every", "1", "--sample-every", "0",
+            "--quiet"])
+    rows = read_csv(os.path.join(out, "fid.csv"))
+    assert [(int(r["step"]), float(r["kimg"])) for r in rows] == [(0, 0.0), (1, 0.032), (2, 0.064)]
+
+
 def test_fid_with_ops_fid_random_inception(tmp_path, monkeypatch):
     """The real ops.fid.Evaluator path, with random Inception weights (values not comparable),
     cut to its 64-d first block and no loader workers so that it runs in seconds on a CPU."""
