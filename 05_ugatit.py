@@ -27,10 +27,9 @@ Differences to the reference, none of which changes a key or a shape:
   paper's form). The networks run `cam_features_folded` by default (`fold_cam = True`), which folds
   the CAM weights into that convolution's weight instead (linear algebra, same result, half the
   work; tests/test_ugatit.py checks outputs and gradients of both).
-- One step runs each generator on the real images once and reuses those outputs (detached) for the
-  discriminator update; the reference runs the same generators twice with unchanged weights.
-  Discriminators see real and fake images in one batch, so spectral normalisation does one power
-  iteration per discriminator call (two per step instead of the reference's three).
+- Each discriminator sees the real and the translated images as one batch (`d_adv_loss`), so spectral
+  normalisation does one power iteration per discriminator call (two per step instead of the
+  reference's three). Otherwise `train_step` is UGATIT.py's iteration, in its order.
 - Below 128 px the reference's global discriminator shrinks its map to 1x1 and the final reflection
   pad fails. Here a discriminator keeps all its layers and weights, but when an image is too small its
   deepest stride-2 convolutions run with stride 1 (from the last one backwards) until every
@@ -39,13 +38,16 @@ Differences to the reference, none of which changes a key or a shape:
   1x1 instead of a failure).
 - Training images are drawn from a per-epoch permutation seeded by (seed, epoch) and cropped and
   flipped with a generator seeded by (seed, step), so a resumed run equals an uninterrupted one.
-- Training memory (below the plumbing line, tested equal to the plain step): the generators recompute
-  their full- and half-resolution activations in backward (`recompute_in_backward`; `--no-recompute`
-  keeps them); Adam updates each parameter inside backward as soon as its gradient is complete and
-  drops the gradient (`AdamInBackward`, the same update); glibc returns freed activations to the
-  system (`release_freed_memory`); the
-  discriminators take no weight gradients during the G update; spectral normalisation divides the
-  conv output by sigma instead of keeping a copy of W / sigma; fused Adam on CUDA (no temporaries).
+- The step the training loop runs (below the plumbing line; tests/test_ugatit.py checks that it gives
+  `train_step`'s parameters after several iterations): `train_step_fast` makes the six translations
+  with three generator calls instead of eight and reuses them (detached) for the D update; the
+  generators recompute their full- and half-resolution activations in backward
+  (`recompute_in_backward`; `--no-recompute` keeps them); Adam updates each parameter inside backward
+  as soon as its gradient is complete and drops the gradient (`AdamInBackward`, the same update); the
+  discriminators take no weight gradients during the G update; --amp runs it under autocast (and
+  GradScalers for fp16); fused Adam on CUDA. glibc returns freed activations to the system
+  (`release_freed_memory`), and spectral normalisation divides the conv output by sigma instead of
+  keeping a copy of W / sigma. Why the loop runs the fast step in every case: `setup_training`.
   At 128 px (full, batch 1, CPU, bench/bench_ugatit.py) the peak resident memory is 4.6 GiB, against
   6.9 GiB for the reference's loop driving the same networks (7.8 GiB for its own code).
 - Early versions of the reference computed the norm variance as a variance of variances; the current
@@ -68,14 +70,16 @@ checkpoint file inside RUN/checkpoints (a run folder of an older version, with o
 resumes too). Ctrl-C or SIGTERM finishes the step, saves it and exits with 130 or 143.
 
 Map of this file, in reading order (the method above the plumbing line):
-    settings       IMG_EXTENSIONS, NET_NAMES, CROP_MARGIN, GLOBAL_D_LAYERS, LOCAL_D_LAYERS, learning_rate
-    blocks         spectral_sigma, SNConv2d, SNLinear, layer_instance_norm, adaILN, ILN, ResnetBlock,
-                   ResnetAdaILNBlock, cam_features (the paper's form), cam_features_folded (fast path)
-    networks       ResnetGenerator, Discriminator, build_networks, clip_rho_
-    losses         lsgan_loss, cam_loss, d_adv_loss, g_adv_loss
-    one iteration  train_step
-    plumbing       memory (AdamInBackward, make_optimizers, release_freed_memory, recompute_in_backward),
-                   checkpoint I/O, data (UnpairedData), run folder, train, test, chain, CLI
+    hyperparameters  HPARAMS (the defaults of the flags), ADAM_BETAS, RHO_RANGE, ADAILN_RHO_INIT,
+                     ILN_RHO_INIT, CROP_MARGIN, GLOBAL_D_LAYERS, LOCAL_D_LAYERS, NET_NAMES, learning_rate
+    blocks           spectral_sigma, SNConv2d, SNLinear, layer_instance_norm, adaILN, ILN, ResnetBlock,
+                     ResnetAdaILNBlock, cam_features (the paper's form), cam_features_folded (fast path)
+    networks         ResnetGenerator, Discriminator, build_networks, clip_rho_
+    losses           lsgan_loss, cam_loss, d_adv_loss, g_adv_loss
+    one iteration    adam_optimizers, train_step (D update, G update, rho clipping)
+    plumbing         the loop's step (train_step_fast, setup_training: the rule), memory
+                     (AdamInBackward, make_optimizers, release_freed_memory, recompute_in_backward),
+                     checkpoint I/O, data (UnpairedData), run folder, train, test, chain, CLI
 """
 import argparse
 import json
@@ -100,16 +104,39 @@ from ops import OPS_HELP, OPS_MODES, set_ops
 from ops.device import DEVICE_HELP, resolve_device
 
 # ----------------------------------------------------------------------------------------------
-# Settings: constants of the paper and its reference code (znxlwm/UGATIT-pytorch)
+# Hyperparameters of the method, each with its source: the paper (arXiv:1907.10830) or the reference
+# code (znxlwm/UGATIT-pytorch main.py, UGATIT.py, networks.py). The train flags take their defaults
+# from HPARAMS, and RUN/settings.json records the values a run used; the others are not flags.
 # ----------------------------------------------------------------------------------------------
-IMG_EXTENSIONS = ops.IMAGE_EXTENSIONS  # one rule with 02, 03 and FID: pytorch-fid's extensions, any case
-NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
-CROP_MARGIN = 30          # train: resize to img+30, then random crop img (reference transform)
-GLOBAL_D_LAYERS = 7       # reference hard-codes 7 and 5 (its --n_dis flag is unused)
+HPARAMS = {
+    # the full objective (Sec. 2.2): lambda_1 L_lsgan + lambda_2 L_cycle + lambda_3 L_identity + lambda_4 L_cam
+    "adv_weight": 1.0,          # lambda_1 (paper; main.py --adv_weight 1)
+    "cycle_weight": 10.0,       # lambda_2 (paper; main.py --cycle_weight 10)
+    "identity_weight": 10.0,    # lambda_3 (paper; main.py --identity_weight 10)
+    "cam_weight": 1000.0,       # lambda_4 (paper; main.py --cam_weight 1000)
+    # optimisation: one Adam for both generators, one for the four discriminators (UGATIT.py build_model)
+    "lr": 1e-4,                 # main.py --lr
+    "weight_decay": 1e-4,       # Adam's L2 term, added to the gradient (main.py --weight_decay)
+    "iter": 1_000_000,          # main.py --iteration
+    "batch": 1,                 # main.py --batch_size (the seed experiment: 4 at 128 px)
+    # networks
+    "img_size": 256,            # main.py --img_size (the seed experiment: 128)
+    "ch": 64,                   # base channels of G and D (main.py --ch)
+    "n_res": 4,                 # residual blocks in encoder and decoder (main.py --n_res; networks.py's own default 6)
+}
+ADAM_BETAS = (0.5, 0.999)       # UGATIT.py build_model, G and D
+# lr schedule (UGATIT.py with main.py --decay_flag True, the default): lr for the first half of --iter, then
+# lowered by lr / (iter // 2) each step, to 0 at the end: learning_rate() below
+RHO_RANGE = (0.0, 1.0)          # RhoClipper(0, 1): every AdaILN / ILN rho clamped after each G step (UGATIT.py)
+ADAILN_RHO_INIT = 0.9           # networks.py adaILN
+ILN_RHO_INIT = 0.0              # networks.py ILN (its gamma starts at 1, beta at 0)
+CROP_MARGIN = 30                # augmentation: flip, resize to img+30, random crop img (UGATIT.py train transform)
+GLOBAL_D_LAYERS = 7             # discriminator depths: UGATIT.py hard-codes 7 and 5 (main.py --n_dis is unused)
 LOCAL_D_LAYERS = 5
-SN_EPS = 1e-12            # torch.nn.utils.spectral_norm's default eps for the power iteration
-NORM_EPS = 1e-5           # AdaILN / ILN epsilon
-MIN_SIZE = 32             # smallest training size: both discriminators still fit (Discriminator.strides_for)
+NORM_EPS = 1e-5                 # AdaILN / ILN epsilon (networks.py)
+SN_EPS = 1e-12                  # torch.nn.utils.spectral_norm's eps for the power iteration (networks.py uses it)
+NET_NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")   # UGATIT.py's networks = checkpoint keys
+MIN_SIZE = 32                   # smallest training size: both discriminators still fit (Discriminator.strides_for)
 
 
 class InputError(Exception):
@@ -117,7 +144,8 @@ class InputError(Exception):
 
 
 def learning_rate(step, total, lr0):
-    """Linear decay to 0 over the second half (UGATIT.py decay_flag): lr0 - lr0 * (step - T/2) / (T/2)."""
+    """lr of training step `step` (1-based) of `total`: lr0 for the first half, then linear decay to 0,
+    lr0 - lr0 * (step - T/2) / (T/2) (UGATIT.py subtracts lr0 / (T // 2) at every step past T // 2)."""
     half = total // 2
     if step <= half or half == 0:
         return lr0
@@ -127,15 +155,21 @@ def learning_rate(step, total, lr0):
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------
+def full_precision(x):
+    """x as float32 when it is a half type (bf16 / fp16 under autocast), else unchanged (float32; float64 in tests)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def spectral_sigma(weight_orig, u, v, training):
     """Largest singular value estimate sigma(W) = u^T W v after one power iteration (Miyato et al. 2018).
 
     As torch.nn.utils.spectral_norm: W is weight_orig flattened to [out, in*kh*kw]; in training mode
     the buffers u [out] and v [in*kh*kw] are first updated in place, v = W^T u / |W^T u|,
-    u = W v / |W v|. Computed in float32 so that autocast never touches the running vectors.
+    u = W v / |W v|. Computed outside autocast, in float32 (float64 nets: float64), so that the
+    running vectors keep their precision.
     """
     with torch.autocast(weight_orig.device.type, enabled=False):
-        w_mat = weight_orig.float().flatten(1)                   # [out, in*kh*kw]
+        w_mat = full_precision(weight_orig).flatten(1)          # [out, in*kh*kw]
         if training:
             with torch.no_grad():
                 v.copy_(F.normalize(torch.mv(w_mat.t(), u), dim=0, eps=SN_EPS))
@@ -195,7 +229,7 @@ def layer_instance_norm(x, rho, gamma, beta, eps=NORM_EPS):
     IN statistics over (H, W), LN statistics over (C, H, W), both with the unbiased variance
     (torch.var), as in the reference. Computed in float32 under autocast.
     """
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    xf = full_precision(x)
     in_var, in_mean = torch.var_mean(xf, dim=(2, 3), keepdim=True)        # [B, C, 1, 1]
     ln_var, ln_mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True)     # [B, 1, 1, 1]
     s_in, s_ln = torch.rsqrt(in_var + eps), torch.rsqrt(ln_var + eps)
@@ -210,7 +244,7 @@ class adaILN(nn.Module):
 
     def __init__(self, num_features):
         super().__init__()
-        self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), 0.9))
+        self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), ADAILN_RHO_INIT))
 
     def forward(self, x, gamma, beta):
         return layer_instance_norm(x, self.rho, gamma[:, :, None, None], beta[:, :, None, None])
@@ -221,7 +255,7 @@ class ILN(nn.Module):
 
     def __init__(self, num_features):
         super().__init__()
-        self.rho = nn.Parameter(torch.zeros(1, num_features, 1, 1))
+        self.rho = nn.Parameter(torch.full((1, num_features, 1, 1), ILN_RHO_INIT))
         self.gamma = nn.Parameter(torch.ones(1, num_features, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, num_features, 1, 1))
 
@@ -445,12 +479,12 @@ def build_networks(ch=64, n_res=4, img_size=256, light=False):
 
 
 def clip_rho_(*generators):
-    """RhoClipper(0, 1): clamp every AdaILN / ILN rho into [0, 1] after each generator step."""
+    """RhoClipper(0, 1): clamp every AdaILN / ILN rho into RHO_RANGE = [0, 1] after each generator step."""
     with torch.no_grad():
         for g in generators:
             for m in g.modules():
                 if isinstance(m, (adaILN, ILN)):
-                    m.rho.clamp_(0.0, 1.0)
+                    m.rho.clamp_(*RHO_RANGE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,13 +492,15 @@ def clip_rho_(*generators):
 # ----------------------------------------------------------------------------------------------
 def lsgan_loss(logit, target):
     """Least-squares GAN loss L_lsgan (Sec. 2.2), on patch logits and on CAM logits: mean (D(x) - t)^2."""
-    return F.mse_loss(logit.float(), torch.full_like(logit.float(), target))
+    logit = full_precision(logit)
+    return F.mse_loss(logit, torch.full_like(logit, target))
 
 
 def cam_loss(logit_source, logit_target):
     """Generator CAM loss L_cam (Sec. 2.2): BCE(eta_s(x) from the source domain, 1) + BCE(eta_s(x_t), 0)."""
-    return (F.binary_cross_entropy_with_logits(logit_source.float(), torch.ones_like(logit_source.float()))
-            + F.binary_cross_entropy_with_logits(logit_target.float(), torch.zeros_like(logit_target.float())))
+    logit_source, logit_target = full_precision(logit_source), full_precision(logit_target)
+    return (F.binary_cross_entropy_with_logits(logit_source, torch.ones_like(logit_source))
+            + F.binary_cross_entropy_with_logits(logit_target, torch.zeros_like(logit_target)))
 
 
 def d_adv_loss(D, real, fake):
@@ -481,82 +517,69 @@ def g_adv_loss(D, fake):
     return lsgan_loss(out, 1.0) + lsgan_loss(cam, 1.0)
 
 
-def set_requires_grad(nets, flag):
-    for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
+def adam_optimizers(nets, lr, weight_decay, betas=ADAM_BETAS):
+    """torch.optim.Adam(lr, betas, weight_decay) over both generators and over all four discriminators."""
+    g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
+    d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
+    return (torch.optim.Adam(g_params, lr=lr, betas=betas, weight_decay=weight_decay),
+            torch.optim.Adam(d_params, lr=lr, betas=betas, weight_decay=weight_decay))
 
 
 # ----------------------------------------------------------------------------------------------
 # One training iteration
 # ----------------------------------------------------------------------------------------------
-def train_step(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers=None):
-    """One U-GAT-IT iteration: D update, then G update (full objective, Sec. 2.2), then rho clipping.
+def train_step(nets, g_optim, d_optim, real_A, real_B, w):
+    """One U-GAT-IT iteration in UGATIT.py's order: D update, G update (Sec. 2.2), rho clipping.
 
-    nets: the six networks; w: dict of loss weights adv, cycle, identity, cam; autocast: a context
-    manager factory (nullcontext for fp32); scalers: (d_scaler, g_scaler) for fp16, else None.
-    All six translations (A2B, B2A, A2A, B2B, A2B2A, B2A2B) come from three generator calls:
-    genA2B on [A; B], genB2A on [B; A; A2B] and genA2B on B2A (the norms are per sample, so
-    batching is exact; each full FC.0 weight gradient then has at most two contributions).
-    They are computed before the D update, detached for it, and reused by the G update, which is
-    exact since D's update does not touch G.
-    Returns a dict of float losses.
+    nets: the six networks of `build_networks`; g_optim, d_optim: Adam over both generators and over
+    the four discriminators (`adam_optimizers`); real_A, real_B: [B, 3, S, S] in [-1, 1], one batch
+    of each domain; w: the weights of the full objective, {adv: lambda_1, cycle: lambda_2,
+    identity: lambda_3, cam: lambda_4}. One process, fp32. Returns the loss terms as floats.
+
+    genA2B is G_{s->t} for s = A and genB2A for s = B; disGA / disLA are the global and local
+    discriminators of domain A (they judge B2A translations), disGB / disLB those of domain B.
+    Each discriminator sees the real and the translated images as one batch (`d_adv_loss`).
     """
     gA2B, gB2A = nets["genA2B"], nets["genB2A"]
     dGA, dGB, dLA, dLB = nets["disGA"], nets["disGB"], nets["disLA"], nets["disLB"]
-    discriminators = (dGA, dGB, dLA, dLB)
-    n = real_A.shape[0]
 
-    # Generator forward (kept for the G update) ------------------------------------------------
-    with autocast():
-        out_AB, cam_AB, _ = gA2B(torch.cat([real_A, real_B]))     # [2n, 3, S, S]: A2B, B2B
-        fake_A2B, fake_B2B = out_AB[:n], out_AB[n:]
-        out_BA, cam_BA, _ = gB2A(torch.cat([real_B, real_A, fake_A2B]))   # [3n, ...]: B2A, A2A, A2B2A
-        fake_B2A, fake_A2A, fake_A2B2A = out_BA[:n], out_BA[n:2 * n], out_BA[2 * n:]
-        fake_B2A2B, _, _ = gA2B(fake_B2A)
+    # 1. D update: the discriminators' side of lambda_1 L_lsgan (patch and CAM logits)
+    with torch.no_grad():                                        # this update does not train G
+        fake_A2B, _, _ = gA2B(real_A)
+        fake_B2A, _, _ = gB2A(real_B)
+    d_loss_A = w["adv"] * (d_adv_loss(dGA, real_A, fake_B2A) + d_adv_loss(dLA, real_A, fake_B2A))
+    d_loss_B = w["adv"] * (d_adv_loss(dGB, real_B, fake_A2B) + d_adv_loss(dLB, real_B, fake_A2B))
+    d_loss = d_loss_A + d_loss_B
+    d_optim.zero_grad()
+    d_loss.backward()
+    d_optim.step()
 
-    # D update: LSGAN on patch and CAM logits, adversarial weight only -------------------------
-    set_requires_grad(discriminators, True)
-    with autocast():
-        fB2A, fA2B = fake_B2A.detach(), fake_A2B.detach()
-        d_loss_A = w["adv"] * (d_adv_loss(dGA, real_A, fB2A) + d_adv_loss(dLA, real_A, fB2A))
-        d_loss_B = w["adv"] * (d_adv_loss(dGB, real_B, fA2B) + d_adv_loss(dLB, real_B, fA2B))
-        d_loss = d_loss_A + d_loss_B
-    _backward_step(d_loss, d_optim, scalers and scalers[0])
-    d_optim.zero_grad(set_to_none=True)                            # free D grads before the G pass
-
-    # G update: adversarial + cycle + identity + CAM (Sec. 2.2) ---------------------------------
-    set_requires_grad(discriminators, False)                       # only input grads through D
-    with autocast():
-        adv_A = g_adv_loss(dGA, fake_B2A) + g_adv_loss(dLA, fake_B2A)
-        adv_B = g_adv_loss(dGB, fake_A2B) + g_adv_loss(dLB, fake_A2B)
-    cycle_A = F.l1_loss(fake_A2B2A.float(), real_A)                # L_cycle
-    cycle_B = F.l1_loss(fake_B2A2B.float(), real_B)
-    identity_A = F.l1_loss(fake_A2A.float(), real_A)               # L_identity
-    identity_B = F.l1_loss(fake_B2B.float(), real_B)
-    cam_A = cam_loss(cam_BA[:n], cam_BA[n:2 * n])                  # genB2A: B is its source domain
-    cam_B = cam_loss(cam_AB[:n], cam_AB[n:])                       # genA2B: A is its source domain
+    # 2. G update against the updated discriminators: the six translations, then the full objective
+    fake_A2B, cam_A2B, _ = gA2B(real_A)                          # x_s -> G_{s->t}(x_s)
+    fake_B2A, cam_B2A, _ = gB2A(real_B)
+    fake_A2B2A, _, _ = gB2A(fake_A2B)                            # G_{t->s}(G_{s->t}(x_s)), L_cycle
+    fake_B2A2B, _, _ = gA2B(fake_B2A)
+    fake_A2A, cam_A2A, _ = gB2A(real_A)                          # G_{t->s}(x_s), L_identity
+    fake_B2B, cam_B2B, _ = gA2B(real_B)
+    adv_A = g_adv_loss(dGA, fake_B2A) + g_adv_loss(dLA, fake_B2A)          # L_lsgan, generator side
+    adv_B = g_adv_loss(dGB, fake_A2B) + g_adv_loss(dLB, fake_A2B)
+    cycle_A, cycle_B = F.l1_loss(fake_A2B2A, real_A), F.l1_loss(fake_B2A2B, real_B)       # L_cycle
+    identity_A, identity_B = F.l1_loss(fake_A2A, real_A), F.l1_loss(fake_B2B, real_B)    # L_identity
+    cam_A = cam_loss(cam_B2A, cam_A2A)                           # L_cam of genB2A: B is its source domain
+    cam_B = cam_loss(cam_A2B, cam_B2B)                           # L_cam of genA2B: A is its source domain
     g_loss_A = w["adv"] * adv_A + w["cycle"] * cycle_A + w["identity"] * identity_A + w["cam"] * cam_A
     g_loss_B = w["adv"] * adv_B + w["cycle"] * cycle_B + w["identity"] * identity_B + w["cam"] * cam_B
     g_loss = g_loss_A + g_loss_B
-    _backward_step(g_loss, g_optim, scalers and scalers[1])
-    g_optim.zero_grad(set_to_none=True)
-    set_requires_grad(discriminators, True)
+    g_optim.zero_grad()
+    g_loss.backward()
+    g_optim.step()
+
+    # 3. RhoClipper: rho back into [0, 1]
     clip_rho_(gA2B, gB2A)
 
     return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": (adv_A + adv_B).item(),
             "g_cycle": (cycle_A + cycle_B).item(), "g_identity": (identity_A + identity_B).item(),
             "g_cam": (cam_A + cam_B).item()}
-
-
-def _backward_step(loss, optim, scaler):
-    if scaler is not None:                   # fp16: unscale and skip steps with inf/nan gradients
-        scaler.scale(loss).backward()
-        scaler.step(optim)
-        scaler.update()
-    else:
-        loss.backward()                      # AdamInBackward steps each parameter inside this backward
-        optim.step()                         # (its step() does nothing); torch's Adam steps here
 
 
 # ---- plumbing: data, checkpoints, formats, settings, distributed, run folder, CLI ----
@@ -620,7 +643,7 @@ def make_optimizers(nets, lr, weight_decay, in_backward=True):
 
     in_backward: AdamInBackward (same updates, less memory); False: torch.optim.Adam (fp16 scaler).
     """
-    kwargs = dict(lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    kwargs = dict(lr=lr, betas=ADAM_BETAS, weight_decay=weight_decay)
     g_params = [p for k in ("genA2B", "genB2A") for p in nets[k].parameters()]
     d_params = [p for k in ("disGA", "disGB", "disLA", "disLB") for p in nets[k].parameters()]
     if all(p.is_cuda for p in g_params + d_params):  # fused Adam takes CUDA tensors (CPU only on newer torch)
@@ -658,6 +681,132 @@ def autocast_factory(amp, device):
         return contextlib.nullcontext
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The step the training loop runs: train_step's fast form (same updates, tested equal)
+# ----------------------------------------------------------------------------------------------
+def set_requires_grad(nets, flag):
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def train_step_fast(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers=None):
+    """`train_step` with fewer generator calls, less memory and optional mixed precision.
+
+    The same D update, G update and rho clipping; differences, none of which changes an update
+    beyond float rounding (tests/test_ugatit.py compares the parameters after several steps):
+    - All six translations (A2B, B2A, A2A, B2B, A2B2A, B2A2B) come from three generator calls:
+      genA2B on [A; B], genB2A on [B; A; A2B] and genA2B on B2A (the norms are per sample, so
+      batching is exact). They are computed once, before the D update, detached for it and reused
+      by the G update, which is exact since D's update does not touch G (train_step runs the two
+      generators twice, as UGATIT.py does, 8 calls in all).
+    - The discriminators take no weight gradients during the G update (only input gradients).
+    - Gradients are freed as soon as they are used (zero_grad(set_to_none=True) after each update;
+      with AdamInBackward they never exist all at once).
+    - autocast: a context manager factory (nullcontext for fp32, `autocast_factory`); scalers:
+      (d_scaler, g_scaler) for fp16 with torch.amp.GradScaler, else None.
+    """
+    gA2B, gB2A = nets["genA2B"], nets["genB2A"]
+    dGA, dGB, dLA, dLB = nets["disGA"], nets["disGB"], nets["disLA"], nets["disLB"]
+    discriminators = (dGA, dGB, dLA, dLB)
+    n = real_A.shape[0]
+
+    # Generator forward (kept for the G update) ------------------------------------------------
+    with autocast():
+        out_AB, cam_AB, _ = gA2B(torch.cat([real_A, real_B]))     # [2n, 3, S, S]: A2B, B2B
+        fake_A2B, fake_B2B = out_AB[:n], out_AB[n:]
+        out_BA, cam_BA, _ = gB2A(torch.cat([real_B, real_A, fake_A2B]))   # [3n, ...]: B2A, A2A, A2B2A
+        fake_B2A, fake_A2A, fake_A2B2A = out_BA[:n], out_BA[n:2 * n], out_BA[2 * n:]
+        fake_B2A2B, _, _ = gA2B(fake_B2A)
+
+    # D update: LSGAN on patch and CAM logits, adversarial weight only -------------------------
+    set_requires_grad(discriminators, True)
+    with autocast():
+        fB2A, fA2B = fake_B2A.detach(), fake_A2B.detach()
+        d_loss_A = w["adv"] * (d_adv_loss(dGA, real_A, fB2A) + d_adv_loss(dLA, real_A, fB2A))
+        d_loss_B = w["adv"] * (d_adv_loss(dGB, real_B, fA2B) + d_adv_loss(dLB, real_B, fA2B))
+        d_loss = d_loss_A + d_loss_B
+    _backward_step(d_loss, d_optim, scalers and scalers[0])
+    d_optim.zero_grad(set_to_none=True)                            # free D grads before the G pass
+
+    # G update: adversarial + cycle + identity + CAM (Sec. 2.2) ---------------------------------
+    set_requires_grad(discriminators, False)                       # only input grads through D
+    with autocast():
+        adv_A = g_adv_loss(dGA, fake_B2A) + g_adv_loss(dLA, fake_B2A)
+        adv_B = g_adv_loss(dGB, fake_A2B) + g_adv_loss(dLB, fake_A2B)
+    cycle_A = F.l1_loss(full_precision(fake_A2B2A), real_A)        # L_cycle
+    cycle_B = F.l1_loss(full_precision(fake_B2A2B), real_B)
+    identity_A = F.l1_loss(full_precision(fake_A2A), real_A)       # L_identity
+    identity_B = F.l1_loss(full_precision(fake_B2B), real_B)
+    cam_A = cam_loss(cam_BA[:n], cam_BA[n:2 * n])                  # genB2A: B is its source domain
+    cam_B = cam_loss(cam_AB[:n], cam_AB[n:])                       # genA2B: A is its source domain
+    g_loss_A = w["adv"] * adv_A + w["cycle"] * cycle_A + w["identity"] * identity_A + w["cam"] * cam_A
+    g_loss_B = w["adv"] * adv_B + w["cycle"] * cycle_B + w["identity"] * identity_B + w["cam"] * cam_B
+    g_loss = g_loss_A + g_loss_B
+    _backward_step(g_loss, g_optim, scalers and scalers[1])
+    g_optim.zero_grad(set_to_none=True)
+    set_requires_grad(discriminators, True)
+    clip_rho_(gA2B, gB2A)
+
+    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": (adv_A + adv_B).item(),
+            "g_cycle": (cycle_A + cycle_B).item(), "g_identity": (identity_A + identity_B).item(),
+            "g_cam": (cam_A + cam_B).item()}
+
+
+def _backward_step(loss, optim, scaler):
+    if scaler is not None:                   # fp16: unscale and skip steps with inf/nan gradients
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+    else:
+        loss.backward()                      # AdamInBackward steps each parameter inside this backward
+        optim.step()                         # (its step() does nothing); torch's Adam steps here
+
+
+def loss_weights(args):
+    """The weights of the full objective from the train flags: {adv, cycle, identity, cam}."""
+    return {"adv": args.adv_weight, "cycle": args.cycle_weight, "identity": args.identity_weight,
+            "cam": args.cam_weight}
+
+
+def setup_training(nets, args, device, kind="fast"):
+    """What `train` sets up before its first iteration: the optimisers and the step it calls.
+
+    The rule: the loop runs `train_step_fast` in every case, with `make_optimizers` (Adam inside
+    backward, except for fp16), activation recomputation unless --no-recompute, autocast for --amp
+    and GradScalers for fp16. Measured side by side (bench/bench_ugatit.py --step plain --step fast,
+    interleaved rounds, fp32, batch 1, one thread per worker on a shared 2-core CPU; time of
+    train_step_fast / time of train_step, median and per-round range):
+        128 px, ch 64, n_res 4, full 0.83x (0.69-0.94), light 0.99x (0.89-1.30); peak memory
+            5.2 vs 5.6 GiB (full) and 3.1 vs 3.6 GiB (light)
+        64 px, ch 8, n_res 1 (the CPU demo): with --no-recompute full 0.80x (0.65-1.57),
+            light 0.92x (0.89-1.20); with recomputation (the default) 1.15x (1.06-1.45) and
+            1.13x (1.05-1.26), the one case where train_step is faster, and there the fast step
+            with --no-recompute is faster still
+    so the plain step is never the fastest choice, --amp needs the fast one, and the fast one
+    holds the least memory (the limit that sets batch and size on a GPU, as the seed's 11 GB).
+    kind="plain" (tests, bench/bench_ugatit.py --step plain): torch.optim.Adam and `train_step`.
+    Returns (step, g_optim, d_optim, scalers): step(real_A, real_B) -> the losses of one iteration.
+    """
+    w = loss_weights(args)
+    if device.type == "cpu":
+        release_freed_memory()
+    if kind == "plain":
+        for g in (nets["genA2B"], nets["genB2A"]):
+            g.recompute = False
+        g_optim, d_optim = adam_optimizers(nets, args.lr, args.weight_decay)
+        return (lambda real_A, real_B: train_step(nets, g_optim, d_optim, real_A, real_B, w)), g_optim, d_optim, None
+    for g in (nets["genA2B"], nets["genB2A"]):
+        g.recompute = not args.no_recompute
+    g_optim, d_optim = make_optimizers(nets, args.lr, args.weight_decay, in_backward=args.amp != "fp16")
+    scalers = (torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")) if args.amp == "fp16" else None
+    autocast = autocast_factory(args.amp, device)
+
+    def step(real_A, real_B):
+        return train_step_fast(nets, g_optim, d_optim, real_A, real_B, w, autocast, scalers)
+    return step, g_optim, d_optim, scalers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1122,14 +1271,7 @@ def train(args):
     nets = build_networks(args.ch, args.n_res, args.img_size, args.light)
     for net in nets.values():
         net.to(device).train()
-    for g in (nets["genA2B"], nets["genB2A"]):
-        g.recompute = not args.no_recompute
-    if device.type == "cpu":
-        release_freed_memory()
-    g_optim, d_optim = make_optimizers(nets, args.lr, args.weight_decay, in_backward=args.amp != "fp16")
-    scalers = None
-    if args.amp == "fp16":
-        scalers = (torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda"))
+    step_fn, g_optim, d_optim, scalers = setup_training(nets, args, device)
     start = 0
     if resume is not None:
         for k in NET_NAMES:
@@ -1144,9 +1286,6 @@ def train(args):
                 s.load_state_dict(st)
         start = int(resume["step"])
         print(f"resuming {ckpt_file} at step {start}")
-    weights = {"adv": args.adv_weight, "cycle": args.cycle_weight,
-               "identity": args.identity_weight, "cam": args.cam_weight}
-    autocast = autocast_factory(args.amp, device)
 
     # the run folder, only now: bad input above leaves nothing behind
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
@@ -1181,7 +1320,7 @@ def train(args):
                         group["lr"] = lr
                 real_A = data.batch("A", step, args.batch).to(device)
                 real_B = data.batch("B", step, args.batch).to(device)
-                losses = train_step(nets, g_optim, d_optim, real_A, real_B, weights, autocast, scalers)
+                losses = step_fn(real_A, real_B)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
                 if step % args.log_every == 0 or step == args.iter:
@@ -1380,18 +1519,27 @@ def build_parser():
     t = sub.add_parser("train", help="train on DIR/trainA <-> DIR/trainB")
     t.add_argument("--data", default=None, help="folder with trainA, trainB (and testA, testB)")
     t.add_argument("--out", default=None, help="run folder: settings.json, log.jsonl, checkpoints/, samples/")
-    t.add_argument("--img-size", type=int, default=256, help="image size (paper 256; the seed used 128)")
+    h = HPARAMS  # the method's hyperparameters (top of this file); the other defaults are run settings
+    t.add_argument("--img-size", type=int, default=h["img_size"],
+                   help=f"image size (paper {h['img_size']}; the seed used 128)")
     t.add_argument("--light", action="store_true", help="light variant: gamma/beta from pooled features")
-    t.add_argument("--ch", type=int, default=64, help="base channels of G and D (64)")
-    t.add_argument("--n-res", type=int, default=4, help="residual blocks in encoder and decoder (4)")
-    t.add_argument("--batch", type=int, default=1, help="batch size (1; the seed used 4 at 128 px)")
-    t.add_argument("--iter", type=int, default=1_000_000, help="training iterations (1,000,000)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4); linear decay to 0 over the 2nd half")
-    t.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (1e-4)")
-    t.add_argument("--adv-weight", type=float, default=1.0, help="adversarial loss weight (1)")
-    t.add_argument("--cycle-weight", type=float, default=10.0, help="cycle loss weight (10)")
-    t.add_argument("--identity-weight", type=float, default=10.0, help="identity loss weight (10)")
-    t.add_argument("--cam-weight", type=float, default=1000.0, help="CAM loss weight (1000)")
+    t.add_argument("--ch", type=int, default=h["ch"], help=f"base channels of G and D ({h['ch']})")
+    t.add_argument("--n-res", type=int, default=h["n_res"],
+                   help=f"residual blocks in encoder and decoder ({h['n_res']})")
+    t.add_argument("--batch", type=int, default=h["batch"], help=f"batch size ({h['batch']}; the seed used 4 at 128 px)")
+    t.add_argument("--iter", type=int, default=h["iter"], help=f"training iterations ({h['iter']:,})")
+    t.add_argument("--lr", type=float, default=h["lr"],
+                   help=f"Adam learning rate ({h['lr']:g}); linear decay to 0 over the 2nd half")
+    t.add_argument("--weight-decay", type=float, default=h["weight_decay"],
+                   help=f"Adam weight decay ({h['weight_decay']:g})")
+    t.add_argument("--adv-weight", type=float, default=h["adv_weight"],
+                   help=f"adversarial loss weight lambda_1 ({h['adv_weight']:g})")
+    t.add_argument("--cycle-weight", type=float, default=h["cycle_weight"],
+                   help=f"cycle loss weight lambda_2 ({h['cycle_weight']:g})")
+    t.add_argument("--identity-weight", type=float, default=h["identity_weight"],
+                   help=f"identity loss weight lambda_3 ({h['identity_weight']:g})")
+    t.add_argument("--cam-weight", type=float, default=h["cam_weight"],
+                   help=f"CAM loss weight lambda_4 ({h['cam_weight']:g})")
     t.add_argument("--amp", choices=("bf16", "fp16"), nargs="?", const="bf16", default=None,
                    help="mixed precision (bf16 if given alone; fp16 needs CUDA)")
     t.add_argument("--no-recompute", action="store_true",
