@@ -84,7 +84,9 @@ import math
 import os
 import pickle
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -111,11 +113,12 @@ from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
 # Presets and constants
 # ---------------------------------------------------------------------------------------------
 # The ablation of the seed experiment (bryandlee/malnyun_faces): 500 cartoon faces at 256 px,
-# StyleGAN2 transferred from FFHQ (`--ckpt` is the user's FFHQ model), FID after 30k iterations:
-# Baseline 75.96, FreezeD 50.74, DiffAug 63.74, ADA 46.23, FreezeD + DiffAug 45.24, FreezeD + ADA 38.94.
-# `freeze_d` is given at 256 px (FreezeD's feature_loc 3: fromRGB and the 256..32 px blocks stay
-# fixed); at other sizes it is shifted so that the same two lowest-resolution blocks train.
-# Flags given on the command line override the preset.
+# StyleGAN2 transferred from FFHQ (`--ckpt` is the user's FFHQ model), FID after 30k iterations
+# (SEED_FID). `freeze_d` is given at 256 px (FreezeD's feature_loc 3: fromRGB and the 256..32 px
+# blocks stay fixed); at other sizes it is shifted so that the same two lowest-resolution blocks
+# train. "freezeg" is the seed's conclusion (bryandlee/FreezeG): only the two highest-resolution
+# generator blocks train (freeze_g 5 of 7 at 256 px, shifted the same way). Flags given on the
+# command line override the preset.
 PRESETS = {
     "baseline":        {"augment": "none",    "freeze_d": 0},
     "freezed":         {"augment": "none",    "freeze_d": 4},
@@ -123,7 +126,10 @@ PRESETS = {
     "ada":             {"augment": "ada",     "freeze_d": 0},
     "freezed-diffaug": {"augment": "diffaug", "freeze_d": 4},
     "freezed-ada":     {"augment": "ada",     "freeze_d": 4},
+    "freezeg":         {"augment": "none",    "freeze_d": 0, "freeze_g": 5},
 }
+SEED_FID = {"baseline": 75.96, "freezed": 50.74, "diffaug": 63.74, "ada": 46.23,
+            "freezed-diffaug": 45.24, "freezed-ada": 38.94}  # the seed's table, "FID (30k iter)"
 PRESET_FREEZE_D_SIZE = 256  # resolution at which the presets' freeze_d counts blocks
 
 # The method's hyperparameters: what a paper or the seed experiment fixes. Where the seed's own
@@ -2640,9 +2646,11 @@ def resolve_settings(args, stored=None, ckpt_arch=None):
     if not (isinstance(size, int) and 16 <= size <= 1024 and size & (size - 1) == 0):
         raise TrainError(f"--size {size}: must be a power of two in 16..1024")
     log_size = int(math.log2(size))
-    if src["freeze_d"].startswith("preset") and s["freeze_d"] > 0:
-        # shift the 256-px block count so that the same lowest-resolution blocks train
-        s["freeze_d"] = max(0, s["freeze_d"] + log_size - int(math.log2(PRESET_FREEZE_D_SIZE)))
+    for key in ("freeze_d", "freeze_g"):
+        if src[key].startswith("preset") and s[key] > 0:
+            # shift the 256-px block count so that the same blocks train (the lowest-resolution D
+            # blocks, the highest-resolution G blocks)
+            s[key] = max(0, s[key] + log_size - int(math.log2(PRESET_FREEZE_D_SIZE)))
     if s["ada_kimg"] is None:
         s["ada_kimg"] = 100 if s["ckpt"] else 500  # NVlabs: 100 when starting from a pickle
         src["ada_kimg"] = "default with --ckpt" if s["ckpt"] else "default"
@@ -3576,6 +3584,649 @@ def generate(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# ablation(args): the seed's table in one command
+# ---------------------------------------------------------------------------------------------
+# Every (row, seed) is an ordinary run folder ABL/runs/ROW-sSEED that `train` makes and resumes;
+# ABL/ablation.json records the command's settings, ABL/scores/ the final scores of each run, and
+# the table, grid and curves are written from those. Rows: any preset; "scratch" is preset "ada"
+# without --ckpt (random start, the seed's collapsed row).
+ABLATION_ROWS = ("baseline", "freezed", "diffaug", "ada", "freezed-diffaug", "freezed-ada")  # the seed's order
+SCRATCH_ROW = "scratch"
+# Train flags the ablation sets per run itself; the rest of the given train flags go to every run.
+ABLATION_OWN = ("data", "out", "ckpt", "resume", "preset", "seed", "iter", "dry_run", "device")
+# Settings that may differ between the runs of one ablation and the command continuing it (the rest
+# of every run's settings.json must equal what this command would start).
+ABLATION_FREE = ("iter", "out", "ckpt", "data", "device", "progress", "num_workers", "precision", "batch_gpu",
+                 "log_every", "sample_every", "ckpt_every", "keep", "fid_batch", "n_sample", "fid_cache")
+EVAL_SEED = 2024        # z of the final scores: RandomState(EVAL_SEED), the same for every run
+GRID_SEEDS = range(8)   # grid.png: seeds 0-7 (03 generate's z) from the first seed's run of each row
+FLOOR_SEED = 0          # the real set is halved along a RandomState(0) permutation for the noise floor
+
+
+class AblationError(TrainError):
+    """The ablation cannot go on: one line naming the folder, run or flag."""
+
+
+def _train_parser():
+    parser = argparse.ArgumentParser(prog="03_stylegan2_ada.py train", add_help=False)
+    return add_train_args(parser)
+
+
+def _given_train_flags(args, skip):
+    """The train flags given on this command line (not in `skip`) as an argv list for `train`."""
+    argv = []
+    for action in _train_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in skip or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif action.nargs == 0:
+            argv += [flag] if value else []
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _row_names(text):
+    rows = [r.strip() for r in str(text).split(",") if r.strip()]
+    known = list(PRESETS) + [SCRATCH_ROW]
+    for r in rows:
+        if r not in known:
+            raise AblationError(f"--rows: {r!r} is not a row; choose from {', '.join(known)}")
+    if not rows or len(set(rows)) != len(rows):
+        raise AblationError(f"--rows {text!r}: name each row once")
+    return rows
+
+
+def _ablation_seeds(text):
+    seeds = parse_seeds(text) if not isinstance(text, (list, tuple)) else list(text)
+    if len(set(seeds)) != len(seeds):
+        raise AblationError(f"--seeds {text}: a seed is listed twice")
+    return seeds
+
+
+class _Run:
+    """One (row, seed) of the ablation: its folder, the argv that starts it, its state."""
+
+    def __init__(self, abl, row, seed):
+        self.row, self.seed = row, seed
+        self.name = f"{row}-s{seed}"
+        self.folder = os.path.join(abl, "runs", self.name)
+
+    def step(self):
+        """The step of its newest checkpoint (03 names them NNNNNN.pt by step), None without one."""
+        files = checkpoint_files(os.path.join(self.folder, "checkpoints"))
+        return int(os.path.basename(files[-1])[:-3]) if files else None
+
+
+def _ablation_plan(args, abl):
+    """Check everything before anything is written (but the few-shot subset); returns (runs,
+    per-run train argv, the settings to record, the source checkpoint's architecture or None)."""
+    rows, seeds = _row_names(args.rows), _ablation_seeds(args.seeds)
+    if getattr(args, "seed", None) is not None:
+        raise AblationError("--seed: the ablation runs each row with every seed of --seeds")
+    if args.data is None or args.out is None:
+        raise AblationError("--data DIR and --out ABL are needed")
+    n_iter = TRAIN_DEFAULTS["iter"] if args.iter is None else args.iter
+    if n_iter < 1:
+        raise AblationError(f"--iter {n_iter}: must be at least 1")
+    if os.path.exists(abl) and not os.path.isdir(abl):
+        raise AblationError(f"{abl}: is a file; --out takes the ablation's folder")
+    record_path = os.path.join(abl, "ablation.json")
+    if os.path.isdir(abl) and os.listdir(abl) and not os.path.isfile(record_path):
+        raise AblationError(f"{abl}: exists and holds files that no ablation wrote (no ablation.json); "
+                            f"choose another --out")
+    transfer = [r for r in rows if r != SCRATCH_ROW]
+    arch_flags, source, arch = [], None, None
+    if args.ckpt:
+        source = os.path.abspath(args.ckpt)
+        try:
+            ckpt, g_src = _open_start_checkpoint(source)
+        except CheckpointError as e:
+            raise AblationError(str(e)) from None
+        arch = dict(_arch_of(g_src), mbstd_group=(ckpt.get("args") or {}).get("mbstd_group"))
+        arch_flags = ["--size", str(arch["size"]), "--style-dim", str(arch["style_dim"]), "--n-mlp",
+                      str(arch["n_mlp"]), "--channel-multiplier", str(arch["channel_multiplier"]),
+                      "--channel-max", str(arch["channel_max"])]
+        arch_flags += ["--mbstd-group", str(arch["mbstd_group"])] if arch["mbstd_group"] else []
+    elif transfer:
+        raise AblationError(f"rows {', '.join(transfer)} transfer from a source model: give --ckpt SOURCE.pt "
+                            f"(or only --rows {SCRATCH_ROW})")
+    real = os.path.abspath(args.data)
+    if not os.path.isdir(real):
+        raise AblationError(f"{args.data}: data folder not found")
+    data, shot_files = real, None
+    if getattr(args, "shots", None):
+        data, shot_files = _few_shot_subset(real, args.shots, abl)
+    shared = _given_train_flags(args, ABLATION_OWN)
+    runs, argvs = [], {}
+    for row in rows:
+        for seed in seeds:
+            run = _Run(abl, row, seed)
+            argv = ["--data", data, "--out", run.folder, "--seed", str(seed), "--iter", str(n_iter),
+                    "--fid-cache", os.path.join(abl, "fid_cache")]
+            if row == SCRATCH_ROW:
+                pairs = zip(arch_flags[::2], arch_flags[1::2])  # the source's architecture, unless given
+                argv += ["--preset", "ada"] + [t for flag, v in pairs if flag not in shared for t in (flag, v)]
+            else:
+                argv += ["--preset", row, "--ckpt", source]
+            runs.append(run)
+            argvs[run.name] = argv + shared
+    settings = {"rows": rows, "seeds": seeds, "iter": n_iter, "data_real": real, "data_train": data,
+                "ckpt": source, "shots": getattr(args, "shots", None), "shot_files": shot_files,
+                "train_flags": shared, "devices": args.devices,
+                "eval_n": args.eval_n or args.fid_n or TRAIN_DEFAULTS["fid_n"]}
+    return runs, argvs, settings, arch
+
+
+def _few_shot_subset(real, shots, abl):
+    """--shots K: K images of the real folder, RandomState(0).choice without replacement (the file
+    names and indices are recorded); ABL/shots-K/ holds them (`_copy_shots`), a later run must find the same."""
+    files = ops.image_files(real)
+    if not 1 <= shots <= len(files):
+        raise AblationError(f"--shots {shots}: {real} has {len(files)} images")
+    index = sorted(int(i) for i in np.random.RandomState(0).choice(len(files), shots, replace=False))
+    names = [os.path.basename(files[i]) for i in index]
+    folder = os.path.join(abl, f"shots-{shots}")
+    if os.path.isdir(folder):
+        if sorted(os.listdir(folder)) != sorted(names):
+            raise AblationError(f"{folder}: holds other images than the {shots} this command picks; "
+                                f"choose another --out")
+    return folder, [{"index": i, "file": n} for i, n in zip(index, names)]
+
+
+def _copy_shots(real, folder, shot_files):
+    """The few-shot folder, written whole (a temporary folder, then renamed) if it is not there."""
+    if os.path.isdir(folder):
+        return
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # ABL/shots-K.tmp: only ever a half-copied subset of ours
+    os.makedirs(tmp)
+    for item in shot_files:
+        shutil.copyfile(os.path.join(real, item["file"]), os.path.join(tmp, item["file"]))
+    os.replace(tmp, folder)
+
+
+def _check_run_settings(run, argv, n_iter, arch):
+    """A run already in the folder must be one this command would make: the same settings in its
+    settings.json (ABLATION_FREE keys aside) and no more iterations than asked for. Returns its
+    state: "new", "done" or "continue"."""
+    if not os.path.isdir(run.folder):
+        return "new"
+    args = _train_parser().parse_args(argv)
+    want = vars(resolve_settings(args, ckpt_arch=arch if args.ckpt else None)[0])
+    path = os.path.join(run.folder, "settings.json")
+    try:
+        with open(path) as f:
+            have = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AblationError(f"{path}: cannot read this run's settings ({str(e).splitlines()[0]})") from None
+    differ = [k for k in want if k not in ABLATION_FREE and have.get(k) != want[k]]
+    if differ:
+        k = differ[0]
+        raise AblationError(f"{run.folder} was made with --{k.replace('_', '-')} {have.get(k)!r}, this command "
+                            f"asks for {want[k]!r}: the table would mix settings (use the run's flags, or "
+                            f"another --out)")
+    step = run.step()
+    if step is not None and step > n_iter:
+        raise AblationError(f"{run.folder} has trained {step} iterations, more than --iter {n_iter}: "
+                            f"give --iter {step} or more (a run is never cut back)")
+    return "done" if step == n_iter else "continue"
+
+
+def _probe_seconds(argv, device, iters=3):
+    """Seconds per iteration of one run's settings, from a few timed steps (no run folder): the
+    plain iteration, one with path length and one with R1 and path length, weighted by their
+    share of the iterations (1 - 1/4 - 1/16, 1/4 - 1/16, 1/16 at the default intervals)."""
+    args = _train_parser().parse_args(argv)
+    args.out = tempfile.mkdtemp(prefix="probe-")  # empty: never written
+    try:
+        cfg, _, start, _ = _settings(args, lambda *a, **k: None)
+        dataset, sampler, batch = _read_inputs(args, cfg, 0, 1)
+        t = _build_training(cfg, start, device, lambda *a, **k: None)
+        step = _choose_step(t, cfg, batch, 1, device, lambda *a, **k: None)
+        real = torch.stack([dataset[k] for k in range(batch)]).to(device)
+        r1_every, pl_every = max(cfg.d_reg_every, 1), max(cfg.g_reg_every, 1)
+        times = {}
+        for kind, i in (("plain", 1), ("plain", 1), ("pl", pl_every if pl_every % r1_every else 0),
+                        ("r1+pl", 0)):
+            t0 = time.perf_counter()
+            step(i, real)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.setdefault(kind, []).append(time.perf_counter() - t0)
+        plain = min(times["plain"])
+        pl = times["pl"][0] - plain
+        r1 = times["r1+pl"][0] - plain - pl
+        return plain + max(pl, 0) / pl_every + max(r1, 0) / r1_every
+    finally:
+        shutil.rmtree(args.out, ignore_errors=True)
+
+
+def ablation(args):
+    """The seed's table: every row x seed trained on one budget, scored against the whole real set
+    beside the noise floor, written as ABL/table.md, table.json, grid.png and curves.png."""
+    ops.set_ops(getattr(args, "ops", None) or "auto")
+    abl = os.path.abspath(args.out) if args.out else None
+    runs, argvs, settings, arch = _ablation_plan(args, abl)
+    n_iter = settings["iter"]
+    states = {r.name: _check_run_settings(r, argvs[r.name], n_iter, arch) for r in runs}
+    devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()] or \
+        [str(parse_device(getattr(args, "device", None)))]
+    todo = [r for r in runs if states[r.name] != "done"]
+    if args.dry_run:
+        per_it = {}
+        for r in todo:  # one probe per row (seeds share the cost)
+            if r.row not in per_it:
+                per_it[r.row] = _probe_seconds(argvs[r.name], parse_device(devices[0]))
+        total = 0.0
+        print(f"ablation {abl}: {len(runs)} runs, {n_iter} iterations each, on {', '.join(devices)}")
+        for r in runs:
+            left = n_iter - (r.step() or 0) if states[r.name] != "new" else n_iter
+            est = per_it.get(r.row, 0.0) * (left if states[r.name] != "done" else 0)
+            total += est
+            print(f"  {r.name:<24} {states[r.name]:<9} {left if states[r.name] != 'done' else 0:>7} iterations "
+                  f"to go  ~{est / 60:.1f} min")
+        print(f"estimated training time {total / 60:.1f} min on one device ({total / 60 / len(devices):.1f} "
+              f"with {len(devices)} in parallel), from a {sum(1 for _ in per_it)}-row timing probe; the "
+              f"FID passes come on top")
+        return runs
+    os.makedirs(os.path.join(abl, "runs"), exist_ok=True)
+    _write_json(os.path.join(abl, "ablation.json"), settings)
+    if settings["shot_files"]:
+        _copy_shots(settings["data_real"], settings["data_train"], settings["shot_files"])
+    for r in runs:
+        print(f"== {r.name}: {states[r.name]}" + ("" if states[r.name] == "done" else
+              f" ({r.step() or 0} -> {n_iter} iterations)"), flush=True)
+    if len(devices) > 1:
+        _train_in_parallel(todo, argvs, states, devices, abl)
+    else:
+        for r in todo:
+            argv = argvs[r.name] if states[r.name] == "new" else \
+                ["--resume", r.folder, "--iter", str(n_iter)] + _resume_flags(argvs[r.name])
+            train(_train_parser().parse_args(argv + ["--device", devices[0]]))
+    return _score_and_write(abl, runs, settings, devices[0], args)
+
+
+def _resume_flags(argv):
+    """The flags of a run's argv that --resume takes (RESUME_OVERRIDABLE; the rest is the run's)."""
+    dests = {a.option_strings[0]: a.dest for a in _train_parser()._actions if a.option_strings}
+    dests.update({"--no-" + f[2:]: d for f, d in list(dests.items())})
+    out, k = [], 0
+    while k < len(argv):
+        dest = dests.get(argv[k])
+        takes_value = k + 1 < len(argv) and not argv[k + 1].startswith("--")
+        item = argv[k:k + 2] if takes_value else argv[k:k + 1]
+        if dest in RESUME_OVERRIDABLE and dest not in ("data", "iter"):
+            out += item
+        k += len(item)
+    return out
+
+
+def _train_in_parallel(todo, argvs, states, devices, abl):
+    """One `train` process per device (each an ordinary single-device run), the next run starting
+    on a device as soon as its run ends; Ctrl-C / SIGTERM is passed to every run (each saves its
+    checkpoint) and the ablation stops. Each run's output goes to ABL/logs/NAME.txt."""
+    os.makedirs(os.path.join(abl, "logs"), exist_ok=True)
+    queue, busy, failed = list(todo), {}, []
+    with _StopRequest() as stop:
+        while queue or busy:
+            for dev in devices:
+                if dev not in busy and queue and not stop.requested:
+                    r = queue.pop(0)
+                    argv = argvs[r.name] if states[r.name] == "new" else \
+                        ["--resume", r.folder, "--iter", str(argvs[r.name][argvs[r.name].index("--iter") + 1])] \
+                        + _resume_flags(argvs[r.name])
+                    log = open(os.path.join(abl, "logs", f"{r.name}.txt"), "a")
+                    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "train", *argv,
+                                             "--device", dev, "--no-progress"], stdout=log,
+                                            stderr=subprocess.STDOUT)
+                    busy[dev] = (r, proc, log)
+                    print(f"   {r.name} on {dev} (pid {proc.pid})", flush=True)
+            time.sleep(0.2)
+            if stop.requested:
+                for r, proc, log in busy.values():
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)  # each run finishes its iteration and saves
+            for dev, (r, proc, log) in list(busy.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    del busy[dev]
+                    if proc.returncode != 0:
+                        failed.append((r, proc.returncode))
+        if stop.requested:
+            raise SystemExit(stop.exit_code)
+    if failed:
+        r, code = failed[0]
+        raise AblationError(f"run {r.name} failed (exit {code}); its output is in "
+                            f"{os.path.join(abl, 'logs', r.name + '.txt')}")
+
+
+def _write_json(path, obj):
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _eval_sampler(g, n, device, seed=EVAL_SEED):
+    """gen_fn(b) for ops' feature passes: the next b of n fixed latents z = RandomState(seed).randn,
+    drawn with G_ema's stored noise maps, so that every run and every measure sees the same z in
+    the same order whatever the batch sizes."""
+    z_all = torch.from_numpy(np.random.RandomState(seed).randn(n, g.style_dim)).float()
+    cursor = [0]
+
+    def gen_fn(b):
+        z = z_all[cursor[0]:cursor[0] + b].to(device)
+        cursor[0] += len(z)
+        return g([z], randomize_noise=False)[0]
+    return gen_fn
+
+
+def _score_and_write(abl, runs, settings, device, args):
+    """Final scores of every run (cached in ABL/scores/ by step and evaluation settings), the floor,
+    then table.md, table.json, grid.png and curves.png."""
+    from ops import fid_eval
+    device = parse_device(device)
+    cfg = TRAIN_DEFAULTS
+    dims = args.fid_dims or cfg["fid_dims"]
+    inception = args.inception
+    try:
+        ev = fid_eval.Evaluator(settings["data_real"], inception=inception, device=device,
+                                batch_size=args.fid_batch or cfg["fid_batch"], cache_dir=os.path.join(abl, "fid_cache"),
+                                n_gen=settings["eval_n"], dims=dims)
+    except fid_eval.InceptionWeightsMissing as e:
+        raise AblationError(f"{e}; give --inception FILE (or --inception random for a table whose numbers "
+                            f"only rank its own rows)") from None
+    key = {"n_gen": settings["eval_n"], "dims": dims, "seed": EVAL_SEED, "weights": ev.provenance["weights"],
+           "weights_sha256": ev.provenance["weights_sha256"]}
+    os.makedirs(os.path.join(abl, "scores"), exist_ok=True)
+    scores = {}
+    bar = tqdm(runs, desc="scoring", disable=not (args.progress is not False), dynamic_ncols=True)
+    for r in bar:
+        path, step = os.path.join(abl, "scores", r.name + ".json"), r.step()
+        cached = None
+        if os.path.isfile(path):
+            with open(path) as f:
+                cached = json.load(f)
+        if cached and cached.get("step") == step and cached.get("key") == key:
+            scores[r.name] = cached
+            continue
+        g, _ = load_generator(checkpoint_files(os.path.join(r.folder, "checkpoints"))[-1], device=device)
+        with torch.no_grad():
+            result = ev.evaluate(_eval_sampler(g, settings["eval_n"], device), n_gen=settings["eval_n"])
+        scores[r.name] = {"step": step, "key": key, **{k: float(v) for k, v in result.items()}}
+        _write_json(path, scores[r.name])
+    floor = _noise_floor(ev)
+    table = _summarise(runs, scores, floor, settings)
+    table["inception"] = ev.provenance
+    _write_ablation_outputs(abl, runs, table, settings, device)
+    return table
+
+
+def _noise_floor(ev):
+    """FID and KID between two halves of the real set (a RandomState(FLOOR_SEED) permutation):
+    what a generator as good as the data would score with half the samples on each side."""
+    from ops import fid as fid_ops
+    feats = ev.real_feats
+    order = np.random.RandomState(FLOOR_SEED).permutation(len(feats))
+    half = len(feats) // 2
+    a, b = feats[order[:half]], feats[order[half:2 * half]]
+    mu_a, s_a = fid_ops.statistics(a)
+    mu_b, s_b = fid_ops.statistics(b)
+    km, ks = fid_ops.kid(a, b, subsets=ev.kid_subsets)
+    return {"fid": float(fid_ops.frechet_distance(mu_a, s_a, mu_b, s_b)), "kid_mean": float(km),
+            "kid_std": float(ks), "n_per_side": half}
+
+
+def _mean_std(values):
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def _summarise(runs, scores, floor, settings):
+    """Rows in the order asked for: mean +- std over seeds of each number, calm-gan's rank and the
+    seed's, Kendall's tau between the two orders, and which ordered differences exceed the spread."""
+    from scipy import stats as sstats
+    rows = []
+    for row in settings["rows"]:
+        mine = [scores[r.name] for r in runs if r.row == row]
+        entry = {"row": row, "seeds": [r.seed for r in runs if r.row == row],
+                 "steps": [s["step"] for s in mine], "seed_fid": SEED_FID.get(row),
+                 "runs": {r.name: scores[r.name] for r in runs if r.row == row}}
+        for k in ("fid", "kid_mean", "copies"):
+            entry[k], entry[k + "_std"] = _mean_std([s[k] for s in mine])
+        rows.append(entry)
+    order = sorted(rows, key=lambda e: e["fid"])
+    for rank, e in enumerate(order, 1):
+        e["rank"] = rank
+    seeded = [e for e in rows if e["seed_fid"] is not None]
+    for rank, e in enumerate(sorted(seeded, key=lambda e: e["seed_fid"]), 1):
+        e["seed_rank"] = rank
+    tau = None
+    if len(seeded) >= 3:
+        res = sstats.kendalltau([e["fid"] for e in seeded], [e["seed_fid"] for e in seeded])
+        tau = {"tau": float(res.statistic), "p": float(res.pvalue), "rows": len(seeded)}
+    separated = []  # consecutive rows (by mean FID) whose gap exceeds twice its standard error
+    for lo, hi in zip(order, order[1:]):
+        n_lo, n_hi = len(lo["seeds"]), len(hi["seeds"])
+        if lo["fid_std"] is None or hi["fid_std"] is None:
+            separated.append({"better": lo["row"], "worse": hi["row"], "gap": hi["fid"] - lo["fid"], "se": None})
+            continue
+        se = math.sqrt(lo["fid_std"] ** 2 / n_lo + hi["fid_std"] ** 2 / n_hi)
+        separated.append({"better": lo["row"], "worse": hi["row"], "gap": hi["fid"] - lo["fid"], "se": se})
+    return {"rows": rows, "floor": floor, "kendall": tau, "gaps": separated,
+            "iter": settings["iter"], "seeds": settings["seeds"]}
+
+
+ROW_LABELS = {"baseline": "Baseline", "freezed": "FreezeD", "diffaug": "DiffAug", "ada": "ADA",
+              "freezed-diffaug": "FreezeD + DiffAug", "freezed-ada": "FreezeD + ADA", "freezeg": "FreezeG",
+              SCRATCH_ROW: "Scratch + ADA"}
+CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                 (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _pm(mean, std, fmt):
+    return format(mean, fmt) + (" ± " + format(std, fmt) if std is not None else " (one seed)")
+
+
+def _table_markdown(table, settings):
+    floor, rows = table["floor"], table["rows"]
+    n_real = int(rows[0]["runs"][next(iter(rows[0]["runs"]))]["n_real"]) if rows else 0
+    random_weights = not (table.get("inception") or {}).get("comparable", False)
+    lines = [f"# Ablation: {settings['iter']} iterations, seeds {', '.join(map(str, settings['seeds']))}", "",
+             f"FID and KID of {settings['eval_n']} generated images per run against the whole real set "
+             f"({n_real} images); mean ± std over the seeds. The noise floor is the same metric between two "
+             f"halves of the real set ({floor['n_per_side']} images each): a generator as good as the data "
+             f"would score about that (with these sample sizes).", ""]
+    if settings.get("shots"):
+        lines += [f"Trained on {settings['shots']} of the real images (indices in table.json), scored "
+                  f"against all of them.", ""]
+    if random_weights:
+        lines += ["**Random Inception weights** (no pt_inception-2015-12-05 file): the numbers rank the rows "
+                  "of this table against each other and the floor, and are not comparable with published FIDs.", ""]
+    head = ["Method", "seed FID (30k iter)", f"FID ({settings['iter']} iter)", "KID", "copies", "rank", "seed's rank"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append(f"| noise floor (real half vs half) | – | {floor['fid']:.2f} | "
+                 f"{floor['kid_mean']:.5f} ± {floor['kid_std']:.5f} | – | – | – |")
+    for e in rows:
+        seed = f"{e['seed_fid']:.2f}" if e["seed_fid"] is not None else "–"
+        lines.append(f"| {ROW_LABELS.get(e['row'], e['row'])} | {seed} | {_pm(e['fid'], e['fid_std'], '.2f')} | "
+                     f"{_pm(e['kid_mean'], e['kid_mean_std'], '.5f')} | {_pm(e['copies'], e['copies_std'], '.1f')} | "
+                     f"{e['rank']} | {e.get('seed_rank', '–')} |")
+    lines += ["", _verdict(table), ""]
+    return "\n".join(lines)
+
+
+def _told_apart(gap):
+    """A gap between two rows' mean FIDs is real when it exceeds twice its standard error over the
+    seeds and shows at the table's precision (0.01)."""
+    return gap["se"] is not None and gap["gap"] > 2 * gap["se"] and gap["gap"] >= 0.005
+
+
+def _verdict(table):
+    """What the spread supports, in words: the order against the seed's, and which gaps are real."""
+    out = []
+    tau = table["kendall"]
+    if tau is not None:
+        agree = "agrees with" if tau["tau"] > 0.5 else "partly agrees with" if tau["tau"] > 0 else "does not follow"
+        out.append(f"Order: calm-gan's ranking {agree} the seed's (Kendall τ = {tau['tau']:.2f} over "
+                   f"{tau['rows']} rows, p = {tau['p']:.2f}"
+                   + ("; with this few rows and seeds that is no evidence either way)." if tau["p"] > 0.05 else ")."))
+    else:
+        out.append("Order: fewer than three of the seed's rows here, so no rank correlation is given.")
+    gaps = table["gaps"]
+    if gaps and any(g["se"] is None for g in gaps):
+        out.append("One seed per row: there is no spread to tell a real difference from chance (GAN runs "
+                   "of a few kimg differ a lot by seed); run more --seeds.")
+    elif gaps:
+        real = [g for g in gaps if _told_apart(g)]
+        close = [g for g in gaps if not _told_apart(g)]
+        if real:
+            out.append("Beyond the spread (gap > 2 standard errors over seeds): " + "; ".join(
+                f"{ROW_LABELS.get(g['better'], g['better'])} < {ROW_LABELS.get(g['worse'], g['worse'])} "
+                f"({g['gap']:.2f} vs {g['se']:.2f})" for g in real) + ".")
+        if close:
+            out.append("Within the spread, not told apart: " + "; ".join(
+                f"{ROW_LABELS.get(g['better'], g['better'])} / {ROW_LABELS.get(g['worse'], g['worse'])}"
+                for g in close) + ".")
+    floor = table["floor"]["fid"]
+    below = [e["row"] for e in table["rows"] if e["fid"] <= floor]
+    if below:
+        out.append(f"At or below the noise floor ({floor:.2f}): {', '.join(below)}: as close to the data as this "
+                   f"metric can see.")
+    return " ".join(out)
+
+
+def _write_ablation_outputs(abl, runs, table, settings, device):
+    import platform
+    from ops import fid_eval
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                "calm_gan": fid_eval.git_commit()}
+    _write_json(os.path.join(abl, "table.json"), {"settings": settings, "versions": versions, **table})
+    text = _table_markdown(table, settings)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=abl)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(abl, "table.md"))
+    _ablation_grid(os.path.join(abl, "grid.png"), runs, settings, device)
+    _ablation_curves(os.path.join(abl, "curves.png"), runs, table, settings)
+    print(text)
+    print(f"wrote {os.path.join(abl, 'table.md')}, table.json, grid.png, curves.png")
+
+
+def _atomic_png(img, path):
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path))
+    os.close(fd)
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _ablation_grid(path, runs, settings, device, label_w=120, min_tile=64):
+    """One labelled row per ablation row: the first seed's run, seeds 0-7 (03 generate's z, the
+    stored noise maps), the same z in every row; small images enlarged by a whole factor (nearest)."""
+    from PIL import ImageDraw
+    first = {}
+    for r in runs:
+        first.setdefault(r.row, r)
+    images = []
+    for row, r in first.items():
+        g, _ = load_generator(checkpoint_files(os.path.join(r.folder, "checkpoints"))[-1], device=device)
+        z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(g.style_dim) for s in GRID_SEEDS])).float()
+        images.append((row, to_uint8(g([z.to(device)], randomize_noise=False)[0]).cpu().numpy()))
+    size = images[0][1].shape[1]
+    zoom = max(1, -(-min_tile // size))
+    tile = size * zoom
+    fig = Image.new("RGB", (label_w + tile * len(GRID_SEEDS), tile * len(images)), "white")
+    draw = ImageDraw.Draw(fig)
+    for k, (row, arr) in enumerate(images):
+        draw.text((6, k * tile + tile // 2 - 6), ROW_LABELS.get(row, row), fill="black")
+        for c, a in enumerate(arr):
+            fig.paste(Image.fromarray(a).resize((tile, tile), Image.NEAREST), (label_w + c * tile, k * tile))
+    _atomic_png(fig, path)
+
+
+def _ablation_curves(path, runs, table, settings, width=720, height=440):
+    """FID against kimg from each run's fid.csv: per row the mean over seeds, shaded +- std, and the
+    noise floor dashed. Runs trained with --fid-every 0 have no curve (said on the picture)."""
+    from PIL import ImageDraw
+    from ops import fid_eval
+    series = []
+    for k, row in enumerate(settings["rows"]):
+        by_step = {}
+        for r in runs:
+            csv_path = os.path.join(r.folder, "fid.csv")
+            if r.row == row and os.path.isfile(csv_path):
+                for rec in fid_eval.read_fid_csv(csv_path):
+                    by_step.setdefault((rec["step"], rec["kimg"]), []).append(rec["fid"])
+        pts = [(kimg, *_mean_std(v)) for (step, kimg), v in sorted(by_step.items())]
+        if pts:
+            series.append((row, CURVE_COLOURS[k % len(CURVE_COLOURS)], pts))
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img, "RGBA")
+    left, top, right, bottom = 70, 20, width - 170, height - 40
+    draw.rectangle((left, top, right, bottom), outline="black")
+    if not series:
+        draw.text((left + 10, top + 10), "no FID during training (--fid-every 0): no curves", fill="black")
+        _atomic_png(img, path)
+        return
+    xs = [p[0] for _, _, pts in series for p in pts]
+    ys = [p[1] + s * (p[2] or 0) for _, _, pts in series for p in pts for s in (-1, 1)] + [table["floor"]["fid"]]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+    y0, y1 = y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0)
+
+    def at(x, y):
+        return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
+
+    for t in range(5):
+        xv, yv = x0 + (x1 - x0) * t / 4, y0 + (y1 - y0) * t / 4
+        draw.text((at(xv, y0)[0] - 10, bottom + 6), f"{xv:.3g}", fill="black")
+        draw.text((6, at(x0, yv)[1] - 6), f"{yv:.3g}", fill="black")
+    draw.text(((left + right) // 2 - 20, height - 18), "kimg", fill="black")
+    draw.text((6, 2), "FID", fill="black")
+    fy = at(x0, table["floor"]["fid"])[1]
+    for sx in range(left, right, 12):  # the floor, dashed
+        draw.line([(sx, fy), (min(sx + 6, right), fy)], fill=(0, 0, 0), width=1)
+    for k, (row, colour, pts) in enumerate(series):
+        band = [at(x, m + (s or 0)) for x, m, s in pts] + [at(x, m - (s or 0)) for x, m, s in reversed(pts)]
+        if len(pts) > 1 and any(s for _, _, s in pts):
+            draw.polygon(band, fill=colour + (50,))
+        line = [at(x, m) for x, m, _ in pts]
+        if len(line) > 1:
+            draw.line(line, fill=colour + (255,), width=2)
+        for px, py in line:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour + (255,))
+        draw.line([(right + 12, top + 14 + 18 * k), (right + 32, top + 14 + 18 * k)], fill=colour + (255,), width=3)
+        draw.text((right + 38, top + 8 + 18 * k), ROW_LABELS.get(row, row), fill="black")
+    draw.text((right + 12, top + 14 + 18 * len(series)), "- - noise floor", fill="black")
+    _atomic_png(img, path)
+
+
+def add_ablation_args(parser):
+    """`ablation`: the train flags (given once for every run) plus the table's own."""
+    add_train_args(parser)
+    g = parser.add_argument_group("ablation")
+    g.add_argument("--rows", default=",".join(ABLATION_ROWS),
+                   help=f"comma-separated rows: presets ({', '.join(PRESETS)}) or {SCRATCH_ROW} (preset ada "
+                        f"without --ckpt); default the seed's six, in its order")
+    g.add_argument("--seeds", default="0,1,2", help="the seeds of every row (each run's --seed; default 0,1,2)")
+    g.add_argument("--devices", metavar="DEV,DEV", help="run rows side by side, one run per device (e.g. "
+                                                        "cuda:0,cuda:1); default: one device (--device), in turn")
+    g.add_argument("--eval-n", type=int, default=None, metavar="N",
+                   help="generated images per final score (default --fid-n, 5000)")
+    g.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="train every run on K of the --data images (a fixed random subset, its file names "
+                        "recorded in table.json) and score against all of them (default: all)")
+    parser.set_defaults(func=ablation)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
 def build_parser():
@@ -3603,6 +4254,17 @@ def build_parser():
     p.add_argument("--ops", choices=ops.OPS_MODES, default="auto", help=ops.OPS_HELP)
     p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.set_defaults(func=generate)
+
+    a = sub.add_parser("ablation", help="the seed's table: every row x seed on one budget, scored beside the "
+                                        "noise floor (table.md, table.json, grid.png, curves.png)",
+                       description="Train each --rows preset with each of --seeds from the same --ckpt for "
+                                   "--iter iterations (ordinary run folders under OUT/runs), score every run "
+                                   "against the whole --data set beside the noise floor, and write OUT/table.md, "
+                                   "table.json, grid.png and curves.png. The train flags apply to every run. "
+                                   "Run again to continue: finished runs are skipped, interrupted ones resume, "
+                                   "a larger --iter continues every run. --dry-run lists the runs and their "
+                                   "estimated time.")
+    add_ablation_args(a)
     return parser
 
 
