@@ -142,7 +142,11 @@ def test_presets_resolve_and_explicit_flags_win(m):
     assert (cfg.augment, cfg.ada_p) == ("ada", 0.3)
     assert {name: m.PRESETS[name]["augment"] for name in m.PRESETS} == {
         "baseline": "none", "freezed": "none", "diffaug": "diffaug", "ada": "ada",
-        "freezed-diffaug": "diffaug", "freezed-ada": "ada"}
+        "freezed-diffaug": "diffaug", "freezed-ada": "ada", "freezeg": "none"}
+    # FreezeG (bryandlee/FreezeG): the two highest-resolution G blocks train, at any size
+    for size, k in ((256, 5), (32, 2), (1024, 7)):
+        cfg, _ = m.resolve_settings(parse(m, ["--preset", "freezeg", "--size", str(size)]))
+        assert cfg.freeze_g == k and int(math.log2(size)) - 1 - cfg.freeze_g == 2, size
     with pytest.raises(SystemExit, match="freeze-d 9"):
         m.resolve_settings(parse(m, ["--size", "64", "--freeze-d", "9"]))
 
