@@ -117,8 +117,9 @@ from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
 # (SEED_FID). `freeze_d` is given at 256 px (FreezeD's feature_loc 3: fromRGB and the 256..32 px
 # blocks stay fixed); at other sizes it is shifted so that the same two lowest-resolution blocks
 # train. "freezeg" is the seed's conclusion (bryandlee/FreezeG): only the two highest-resolution
-# generator blocks train (freeze_g 5 of 7 at 256 px, shifted the same way). Flags given on the
-# command line override the preset.
+# generator blocks train (freeze_g 5 of 7 at 256 px, shifted the same way). "cdc" is few-shot
+# adaptation by cross-domain correspondence (Ojha et al. 2021, arXiv:2104.06820), with ADA as its
+# published command (run.sh: --augment). Flags given on the command line override the preset.
 PRESETS = {
     "baseline":        {"augment": "none",    "freeze_d": 0},
     "freezed":         {"augment": "none",    "freeze_d": 4},
@@ -127,6 +128,7 @@ PRESETS = {
     "freezed-diffaug": {"augment": "diffaug", "freeze_d": 4},
     "freezed-ada":     {"augment": "ada",     "freeze_d": 4},
     "freezeg":         {"augment": "none",    "freeze_d": 0, "freeze_g": 5},
+    "cdc":             {"augment": "ada",     "freeze_d": 0, "cdc_kl_weight": 1000.0, "cdc_subspace_freq": 4},
 }
 SEED_FID = {"baseline": 75.96, "freezed": 50.74, "diffaug": 63.74, "ada": 46.23,
             "freezed-diffaug": 45.24, "freezed-ada": 38.94}  # the seed's table, "FID (30k iter)"
@@ -165,6 +167,14 @@ HYPERPARAMETERS = {
     "channel_multiplier": 2, "channel_max": 512,  # config-f channels (rosinality model.py)
     "style_dim": 512, "n_mlp": 8,                  # z, w size and mapping depth (StyleGAN Sec. 2)
     "mbstd_group": 4,          # D's minibatch-stddev group (both; an NVIDIA --ckpt sets its own: 8 for paper256)
+    # CDC (Ojha et al. 2021; utkarshojha/few-shot-gan-adaptation train.py, preset "cdc"):
+    "cdc_kl_weight": 0.0,      # weight of the distance consistency (train.py --kl_wt 1000; 0 = off)
+    "cdc_subspace_freq": 0,    # anchors + patch D, anchors every N-th iteration (--subspace_freq 4; 0 = off)
+    "cdc_anchors": 10,         # anchor points (--n_train 10, the number of training images)
+    "cdc_anchor_std": 0.1,     # std of z around an anchor (--subspace_std 0.1)
+    "cdc_feat_batch": 4,       # samples in each distance term (--feat_const_batch 4)
+    "cdc_patch_res": None,     # resolution of the patch logits: None = size / 8 (train.py: 32 at 256 px,
+    #                            its --highp 1 feature), at least 8 (at 32 px: 8, not a 4 x 4 near-image D)
 }
 # Channels per resolution of rosinality's Generator/Discriminator before the channel multiplier
 # (resolutions >= 64) and before the channel_max cap: 512 up to 32 px, then 16384 / r * cm.
@@ -544,10 +554,13 @@ class Generator(nn.Module):
         return self.style(z)
 
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1,
-                truncation_latent=None, input_is_latent=False, noise=None, randomize_noise=True):
+                truncation_latent=None, input_is_latent=False, noise=None, randomize_noise=True,
+                return_feats=False):
         """styles: list of 1 or 2 [B, style_dim] (z, or w with input_is_latent), or [[B, n_latent, dim]].
 
-        Returns (img [B, 3, size, size], latent [B, n_latent, dim] or None).
+        Returns (img [B, 3, size, size], latent [B, n_latent, dim] or None); with return_feats the
+        second item is the list of the num_layers styled-conv outputs [B, C_r, r, r] instead
+        (conv1's at 4 px, then both convs of each resolution: CDC's generator features).
         Truncation (StyleGAN Sec. 3.1 / Eq. in App. B): w' = w_avg + psi * (w - w_avg).
         Style mixing (Sec. 3.1): w layers [0, inject_index) from styles[0], the rest from styles[1].
         """
@@ -575,14 +588,19 @@ class Generator(nn.Module):
 
         out = self.input(latent.shape[0]).contiguous(memory_format=memory_format(latent))  # [B, C4, 4, 4]
         out = self.conv1(out, latent[:, 0], noise=noise[0])
+        feats = [out]
         skip = self.to_rgb1(out, latent[:, 1])                      # [B, 3, 4, 4]
         i = 1
         for conv_up, conv, noise1, noise2, to_rgb in zip(self.convs[::2], self.convs[1::2],
                                                           noise[1::2], noise[2::2], self.to_rgbs):
             out = conv_up(out, latent[:, i], noise=noise1)          # [B, C_r, r, r], r doubles
+            feats.append(out)
             out = conv(out, latent[:, i + 1], noise=noise2)
+            feats.append(out)
             skip = to_rgb(out, latent[:, i + 2], skip)              # [B, 3, r, r]
             i += 2
+        if return_feats:
+            return skip, feats
         return skip, (latent if return_latents else None)
 
 
@@ -660,6 +678,17 @@ class Discriminator(nn.Module):
         y = y.mean([2, 3, 4], keepdim=True).squeeze(2)              # [B/G, 1, 1, 1]
         y = y.repeat(group, 1, h, w)                                # [B, 1, H, W]
         return torch.cat([x, y], 1)
+
+    def patch_features(self, img, block):
+        """The output of ResBlock `block`'s second conv (before the skip sum), [B, C, r, r] with
+        r = size / 2^block: where CDC's patch-level head reads D (Ojha et al. 2021, Sec. 3.2)."""
+        out = img.contiguous(memory_format=memory_format(img))
+        for k, layer in enumerate(self.convs[:block + 1]):
+            ctx, out = block_precision(layer, out)
+            with ctx:
+                if k == block:
+                    return clamp_activations(layer, layer.conv2(clamp_activations(layer, layer.conv1(out))))
+                out = clamp_activations(layer, layer(out))
 
     def forward(self, img):
         """img [B, 3, size, size] -> logits [B, 1]."""
@@ -1323,10 +1352,95 @@ def set_requires_grad(params, flag):
         p.requires_grad_(flag)
 
 
+# ---- CDC: few-shot adaptation by cross-domain correspondence (Ojha et al. 2021) --------------
+def cdc_similarities(feats, layer_of):
+    """For each anchor i: the cosine similarities of its features at layer layer_of[i] to every
+    other sample's, softmaxed over j != i (Eq. 2): y_i = softmax_j(sim(F_l(z_i), F_l(z_j))).
+
+    feats: the generator's feature list (return_feats), each [N, C, r, r]; returns [N, N - 1]."""
+    n = layer_of.numel()
+    rows = []
+    for i in range(n):
+        f = feats[int(layer_of[i])].flatten(1)                       # [N, C r r]
+        sim = F.cosine_similarity(f[i:i + 1], f, dim=1, eps=1e-8)    # [N]
+        rows.append(torch.cat([sim[:i], sim[i + 1:]]))               # j != i
+    return torch.softmax(torch.stack(rows), dim=1)                   # [N, N - 1]
+
+
+def cdc_distance_loss(feats_source, feats_target, layer_of):
+    """Cross-domain distance consistency (Ojha et al. 2021, Eq. 3): the target generator keeps the
+    source's relative distances between samples, as the KL divergence of the softmaxed similarities.
+
+    As utkarshojha/few-shot-gan-adaptation train.py computes it, where Eq. 3 reads differently:
+    one layer per anchor sample (layer_of[i], uniform over the generator's layers 1..L-1) instead
+    of the sum over layers; torch's KLDivLoss(log y_t, y_s), i.e. KL(y_s || y_t) = sum y_s (log y_s
+    - log y_t), where Eq. 3 writes D_KL(y_t || y_s); and the mean over the N (N - 1) entries
+    ("mean" reduction) in place of the sum. The weight (1000) is applied by the caller."""
+    y_s = cdc_similarities(feats_source, layer_of).detach()          # the source's, fixed
+    y_t = cdc_similarities(feats_target, layer_of)
+    return (y_s * (y_s.log() - y_t.log())).mean()
+
+
+class CrossDomainCorrespondence(nn.Module):
+    """Ojha et al. 2021 (arXiv:2104.06820), on top of a transferred StyleGAN2:
+
+    - the source generator G_s: a frozen copy of the starting G (`g_source`), whose feature
+      similarities the adapted G must keep (`distance_loss`, Eq. 3);
+    - anchors (Sec. 3.2): `anchors` [n, style_dim] fixed at the start; z near them,
+      z = anchor + N(0, std^2) (`anchor_z`), must look real as whole images, every other z only
+      patch by patch: on every subspace_freq-th iteration the adversarial losses use z near the
+      anchors and D's image-level logit, on the others ordinary z and the patch-level logits of
+      `patch_logits`, an extra head on an intermediate D feature (`patch_head`).
+    Its state (G_s, the head, the anchors) is saved with the run's checkpoints ("cdc").
+    """
+
+    def __init__(self, g_source, d, patch_res,
+                 subspace_freq=4,       # anchors every 4th iteration (train.py; 0 = no anchors, no patches)
+                 n_anchors=10,          # n_train 10: anchors = number of training images (train.py)
+                 anchor_std=0.1,        # subspace_std 0.1 (train.py)
+                 feat_batch=4):         # feat_const_batch 4: samples in each distance term (train.py)
+        super().__init__()
+        self.subspace_freq = subspace_freq
+        self.g_source = g_source.eval().requires_grad_(False)
+        self.block = int(math.log2(d.size // patch_res))             # D block whose conv2 gives r x r
+        if not (1 <= self.block < len(d.convs) and d.size // 2 ** self.block == patch_res):
+            raise ValueError(f"patch resolution {patch_res}: a {d.size} px discriminator's blocks give "
+                             f"{', '.join(str(d.size // 2 ** j) for j in range(1, len(d.convs)))} px")
+        channels = d.channels[d.size // 2 ** self.block]
+        self.patch_head = ConvLayer(channels, 1, 3)  # as train.py's Extra: 3x3 conv + bias + leaky ReLU
+        self.register_buffer("anchors", torch.randn(n_anchors, g_source.style_dim))
+        self.anchor_std, self.feat_batch = anchor_std, feat_batch
+
+    def anchor_iteration(self, i):
+        """Iteration i uses z near the anchors and D's image-level logit (train.py: i % subspace_freq == 0)."""
+        return self.subspace_freq > 0 and i % self.subspace_freq == 0
+
+    def patch_iteration(self, i):
+        return self.subspace_freq > 0 and i % self.subspace_freq != 0
+
+    def anchor_z(self, n):
+        """n latents near the anchors: a random anchor each, plus N(0, anchor_std^2) noise [n, dim]."""
+        pick = torch.randint(0, len(self.anchors), (n,), device=self.anchors.device)
+        return self.anchors[pick] + self.anchor_std * torch.randn(n, self.anchors.shape[1], device=self.anchors.device)
+
+    def patch_logits(self, d, img):
+        """Patch-level realism: D's features at the patch block through the head: [B, 1, r, r]."""
+        return self.patch_head(d.patch_features(img, self.block).float())
+
+    def distance_loss(self, g):
+        """Eq. 3 on feat_batch fresh z: the similarity structure of G_s (no gradient) and of G."""
+        z = torch.randn(self.feat_batch, self.anchors.shape[1], device=self.anchors.device)
+        layer_of = torch.randint(1, g.num_layers, (self.feat_batch,))   # one layer per anchor sample
+        with torch.no_grad():
+            feats_source = self.g_source([z], return_feats=True)[1]
+        feats_target = g([z], return_feats=True)[1]
+        return cdc_distance_loss(feats_source, feats_target, layer_of)
+
+
 # ---------------------------------------------------------------------------------------------
 # One training iteration
 # ---------------------------------------------------------------------------------------------
-def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, adaptive=None):
+def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, adaptive=None, cdc=None):
     """One StyleGAN2 training iteration i (0, 1, ...) on the real batch x [B, 3, size, size] in [-1, 1].
 
     T is the augmentation D sees (ADA's pipeline, DiffAugment, or the identity), z ~ N(0, I) with
@@ -1341,6 +1455,9 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, ad
     6. ADA's p (Sec. 3, Eq. 1): the signs of D(T(x)) of step 1 give r_t = E[sign(D(T(x)))]; every
        ada_interval iterations  p <- max(0, p + sign(r_t - target) * B * interval / (ada_kimg * 1000)).
     FreezeD and FreezeG are in what the optimisers hold: frozen weights are not in them.
+    CDC (`cdc`, a CrossDomainCorrespondence; Ojha et al. 2021) adds two named terms: in steps 1-3
+    every subspace_freq-th iteration takes z near its anchors and the other iterations D's patch
+    logits (Sec. 3.2), and step 3 adds cdc_kl_weight * L_dist, the distance consistency (Eq. 3).
     cfg: the resolved settings (style_dim, mixing, r1_gamma, d_reg_every, g_reg_every, pl_weight,
     pl_decay, pl_batch_shrink, ema_kimg, ema_rampup, batch); pl_mean: a, a 0-dim tensor;
     adaptive: ADA's AdaptiveP (None for a fixed p or no ADA); it sets augment.p.
@@ -1350,25 +1467,33 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, ad
     d_params = [p for group in d_optim.param_groups for p in group["params"]]
     stats = {}
 
+    def latents(n):  # z ~ N(0, I), a pair with probability cfg.mixing; CDC: near its anchors
+        if cdc is not None and cdc.anchor_iteration(i):
+            return [cdc.anchor_z(n)]
+        return mixing_noise(n, cfg.style_dim, cfg.mixing, device)
+
+    def D(x):  # D's logits [B, 1]; CDC's patch iterations: its patch logits [B, 1, r, r]
+        return cdc.patch_logits(d, x) if cdc is not None and cdc.patch_iteration(i) else d(x)
+
     # 1. D step on T(x) and T(G(z))
     set_requires_grad(d_params, True)
     with torch.no_grad():
-        fake = g(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]   # [B, 3, H, W]
-    real_logits = d(augment(real))                                  # [B, 1]
-    fake_logits = d(augment(fake))
+        fake = g(latents(batch))[0]                                 # [B, 3, H, W]
+    real_logits = D(augment(real))                                  # [B, 1]
+    fake_logits = D(augment(fake))
     d_loss = d_logistic_loss(real_logits, fake_logits)
     d_optim.zero_grad(set_to_none=True)
     d_loss.backward()
     d_optim.step()
     stats.update(d_loss=d_loss.detach(), real_score=real_logits.detach().mean(),
                  fake_score=fake_logits.detach().mean())
-    if adaptive is not None:
-        adaptive.accumulate(real_logits)                            # sign(D(T(x))) for r_t (step 6)
+    if adaptive is not None:  # sign(D(T(x))) for r_t (step 6), one per image (patch logits: their mean)
+        adaptive.accumulate(real_logits.flatten(1).mean(1))
 
     # 2. lazy R1 on the un-augmented real images, through the (differentiable) augmentation
     if cfg.d_reg_every > 0 and cfg.r1_gamma > 0 and i % cfg.d_reg_every == 0:
         x = real.detach().requires_grad_(True)
-        r1 = d_r1_penalty(d(augment(x)), x)
+        r1 = d_r1_penalty(D(augment(x)).flatten(1).mean(1), x)     # per image (CDC: mean patch logit)
         d_optim.zero_grad(set_to_none=True)
         (cfg.r1_gamma / 2 * r1 * cfg.d_reg_every).backward()
         d_optim.step()
@@ -1376,8 +1501,12 @@ def train_step(i, real, g, d, g_ema, g_optim, d_optim, augment, cfg, pl_mean, ad
 
     # 3. G step through the fixed D
     set_requires_grad(d_params, False)
-    fake = g(mixing_noise(batch, cfg.style_dim, cfg.mixing, device))[0]
-    g_loss = g_nonsaturating_loss(d(augment(fake)))
+    fake = g(latents(batch))[0]
+    g_loss = g_nonsaturating_loss(D(augment(fake)))
+    if cdc is not None and cfg.cdc_kl_weight > 0:  # CDC's cross-domain distance consistency (Eq. 3)
+        distance = cdc.distance_loss(g)                             # L_dist
+        g_loss = g_loss + cfg.cdc_kl_weight * distance
+        stats["cdc_dist"] = distance.detach()
     g_optim.zero_grad(set_to_none=True)
     g_loss.backward()
     g_optim.step()
@@ -2679,6 +2808,24 @@ def _check_settings(s):
             raise TrainError(f"--{key.replace('_', '-')} {s[key]}: must be at least 1")
     if s["ada_p"] is not None and not 0 <= s["ada_p"] <= 1:
         raise TrainError(f"--ada-p {s['ada_p']}: must be in [0, 1]")
+    _check_cdc(s, log_size)
+
+
+def _check_cdc(s, log_size):
+    if not (s["cdc_kl_weight"] > 0 or s["cdc_subspace_freq"] > 0):
+        return
+    if not s["ckpt"]:
+        raise TrainError("CDC adapts a source model: give --ckpt SOURCE (G_s is its generator)")
+    if s["cdc_kl_weight"] < 0 or s["cdc_subspace_freq"] < 0 or s["cdc_anchors"] < 1 or s["cdc_anchor_std"] < 0:
+        raise TrainError("--cdc-kl-weight, --cdc-subspace-freq and --cdc-anchor-std must be >= 0, --cdc-anchors >= 1")
+    if s["cdc_feat_batch"] < 3:
+        raise TrainError(f"--cdc-feat-batch {s['cdc_feat_batch']}: needs at least 3 samples (a softmax over "
+                         f"the other samples' similarities)")
+    res = s["cdc_patch_res"] or max(s["size"] // 8, 8)
+    options = [s["size"] // 2 ** j for j in range(1, log_size - 1)]
+    if res not in options:
+        raise TrainError(f"--cdc-patch-res {res}: a {s['size']} px discriminator's blocks give "
+                         f"{', '.join(map(str, options))} px")
 
 
 def print_settings(cfg, src, world=1):
@@ -3104,6 +3251,7 @@ class Training:
         self.pipe = augment if isinstance(augment, AugmentPipe) else None
         self.pl_mean = pl_mean
         self.step, self.best_fid = 0, None
+        self.cdc = None  # CrossDomainCorrespondence (preset cdc): G_s, the patch head, the anchors
 
 
 def _settings(args, say):
@@ -3204,7 +3352,22 @@ def _build_training(cfg, start, device, say):
     if cfg.augment == "ada" and cfg.ada_p is None:
         adaptive = AdaptiveP(target=cfg.ada_target, interval=cfg.ada_interval, kimg=cfg.ada_kimg,
                              batch_size=cfg.batch, p=0.0)
-    return Training(g, d, g_ema, g_optim, d_optim, augment, adaptive, torch.zeros((), device=device))
+    t = Training(g, d, g_ema, g_optim, d_optim, augment, adaptive, torch.zeros((), device=device))
+    if cfg.cdc_kl_weight > 0 or cfg.cdc_subspace_freq > 0:  # G_s = the starting G, frozen
+        t.cdc = CrossDomainCorrespondence(
+            copy.deepcopy(g), d, cdc_patch_res(cfg), subspace_freq=cfg.cdc_subspace_freq,
+            n_anchors=cfg.cdc_anchors, anchor_std=cfg.cdc_anchor_std, feat_batch=cfg.cdc_feat_batch).to(device)
+        if cfg.cdc_subspace_freq > 0:  # the patch head trains with D (train.py's e_optim: D's settings)
+            d_optim.add_param_group({"params": list(t.cdc.patch_head.parameters())})
+        say(f"CDC: distance consistency x {cfg.cdc_kl_weight:g}" + (
+            f", anchors every {cfg.cdc_subspace_freq} iterations, patch logits at {cdc_patch_res(cfg)} px"
+            if cfg.cdc_subspace_freq > 0 else ""))
+    return t
+
+
+def cdc_patch_res(cfg):
+    """CDC's patch resolution: --cdc-patch-res, else size / 8 (32 at 256 px, as train.py), at least 8."""
+    return cfg.cdc_patch_res or max(cfg.size // 8, 8)
 
 
 def _restore(t, file, ckpt, say):
@@ -3219,6 +3382,8 @@ def _restore(t, file, ckpt, say):
         t.adaptive.load_state_dict(ckpt["ada_state"])
     if t.pipe is not None:
         t.pipe.p = float(ckpt.get("ada_p", t.pipe.p))
+    if t.cdc is not None:
+        load_state_checked(t.cdc, ckpt["cdc"], f"{file} ['cdc']")
     say(f"resuming {file} at iteration {t.step}")
 
 
@@ -3249,9 +3414,12 @@ def _choose_step(t, cfg, batch, world, device, say):
     nets = (t.g, t.d, t.g_ema, t.g_optim, t.d_optim, t.augment, cfg)
     if world == 1 and not chunked and precision != "fp16":
         def step(i, real):
-            stats, t.pl_mean = train_step(i, real, *nets, t.pl_mean, adaptive=t.adaptive)
+            stats, t.pl_mean = train_step(i, real, *nets, t.pl_mean, adaptive=t.adaptive, cdc=t.cdc)
             return stats
         return step
+    if t.cdc is not None:
+        raise TrainError("CDC runs in the plain step only: one process, the whole batch at once (no "
+                         "--batch-gpu below --batch), fp32 or bf16")
     g_train, d_train = t.g, t.d  # the wrappers that synchronise gradients under torchrun
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -3295,7 +3463,8 @@ class _RunOutputs:
                 "args": vars(cfg).copy(), "step": step, "latent_avg": latent_avg.cpu(),
                 "ada_p": float(t.pipe.p) if t.pipe is not None else 0.0,
                 "ada_state": t.adaptive.state_dict() if t.adaptive is not None else None,
-                "pl_mean": float(t.pl_mean), "best_fid": t.best_fid, "rng": rng_state(self.device)}
+                "pl_mean": float(t.pl_mean), "best_fid": t.best_fid, "rng": rng_state(self.device),
+                **({"cdc": t.cdc.state_dict()} if t.cdc is not None else {})}
 
     def checkpoint(self, step):
         folder = os.path.join(self.cfg.out, "checkpoints")
@@ -3388,7 +3557,7 @@ def _log_step(t, cfg, stats, run, bar, clock, device):
                                               for v in stats.values()]))
     now = time.time()
     record = {"step": t.step, "kimg": round(t.step * cfg.batch / 1000, 3)}
-    record.update({k: round(float(v), 6) for k, v in zip(stats, values)})
+    record.update({k: float(f"{float(v):.7g}") for k, v in zip(stats, values)})  # 7 significant digits
     record.update(pl_mean=round(float(t.pl_mean), 6),
                   ada_p=round(float(t.pipe.p), 6) if t.pipe is not None else 0.0,
                   img_per_s=round((t.step - clock[1]) * cfg.batch / max(now - clock[0], 1e-9), 2))
@@ -3492,7 +3661,22 @@ def add_train_args(parser):
     g.add_argument("--freeze-d", type=int, metavar="K",
                    help="FreezeD: keep fromRGB and the first K D blocks (default 0; presets: 4 at 256 px)")
     g.add_argument("--freeze-g", type=int, metavar="K",
-                   help="FreezeG: keep the mapping and the K lowest-resolution G blocks (default 0)")
+                   help="FreezeG: keep the mapping and the K lowest-resolution G blocks (default 0; preset "
+                        "freezeg: all but the two highest-resolution blocks)")
+
+    g = parser.add_argument_group("CDC: few-shot adaptation by cross-domain correspondence (preset cdc)")
+    g.add_argument("--cdc-kl-weight", type=float, metavar="W",
+                   help="weight of the cross-domain distance consistency, Eq. 3 (default 0 = off; preset cdc 1000)")
+    g.add_argument("--cdc-subspace-freq", type=int, metavar="N",
+                   help="every N-th iteration z near the anchors with image-level D, else patch-level D "
+                        "(default 0 = off; preset cdc 4, as the official code)")
+    g.add_argument("--cdc-anchors", type=int, metavar="N", help=f"anchor points (default {D['cdc_anchors']})")
+    g.add_argument("--cdc-anchor-std", type=float, metavar="S",
+                   help=f"std of z around an anchor (default {D['cdc_anchor_std']})")
+    g.add_argument("--cdc-feat-batch", type=int, metavar="N",
+                   help=f"samples per distance term (default {D['cdc_feat_batch']})")
+    g.add_argument("--cdc-patch-res", type=int, metavar="PX",
+                   help="resolution of the patch logits (default size / 8, at least 8)")
 
     g = parser.add_argument_group("logging, samples, checkpoints and FID")
     g.add_argument("--log-every", type=int, metavar="N",

@@ -142,7 +142,7 @@ def test_presets_resolve_and_explicit_flags_win(m):
     assert (cfg.augment, cfg.ada_p) == ("ada", 0.3)
     assert {name: m.PRESETS[name]["augment"] for name in m.PRESETS} == {
         "baseline": "none", "freezed": "none", "diffaug": "diffaug", "ada": "ada",
-        "freezed-diffaug": "diffaug", "freezed-ada": "ada", "freezeg": "none"}
+        "freezed-diffaug": "diffaug", "freezed-ada": "ada", "freezeg": "none", "cdc": "ada"}
     # FreezeG (bryandlee/FreezeG): the two highest-resolution G blocks train, at any size
     for size, k in ((256, 5), (32, 2), (1024, 7)):
         cfg, _ = m.resolve_settings(parse(m, ["--preset", "freezeg", "--size", str(size)]))
