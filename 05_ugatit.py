@@ -156,7 +156,7 @@ def learning_rate(step, total, lr0):
 # Building blocks
 # ----------------------------------------------------------------------------------------------
 def full_precision(x):
-    """x as float32 when it is a half type (bf16 / fp16 under autocast), else unchanged (float32; float64 in tests)."""
+    """x in float32 when it is a 16-bit float (mixed precision, --amp), else unchanged (float32; float64 in tests)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
@@ -227,7 +227,7 @@ def layer_instance_norm(x, rho, gamma, beta, eps=NORM_EPS):
 
     x: [B, C, H, W]; rho: [1, C, 1, 1]; gamma, beta: [B, C, 1, 1] or [1, C, 1, 1].
     IN statistics over (H, W), LN statistics over (C, H, W), both with the unbiased variance
-    (torch.var), as in the reference. Computed in float32 under autocast.
+    (torch.var), as in the reference. 16-bit inputs (--amp) are normalised in float32.
     """
     xf = full_precision(x)
     in_var, in_mean = torch.var_mean(xf, dim=(2, 3), keepdim=True)        # [B, C, 1, 1]
@@ -794,6 +794,8 @@ def setup_training(nets, args, device, kind="fast"):
     if device.type == "cpu":
         release_freed_memory()
     if kind == "plain":
+        if args.amp is not None:
+            raise ValueError("train_step is the fp32 iteration; --amp runs train_step_fast")
         for g in (nets["genA2B"], nets["genB2A"]):
             g.recompute = False
         g_optim, d_optim = adam_optimizers(nets, args.lr, args.weight_decay)

@@ -723,8 +723,23 @@ def test_the_loop_runs_the_fast_step_in_every_case(tmp_path, monkeypatch, flags)
                         mixed=_name == "train_step_fast" and a[6] is not contextlib.nullcontext)
             return _real(*a, **k)
         monkeypatch.setattr(u, name, spy)
-    u.main(["train", "--data", data, "--out", str(tmp_path / "run"), "--iter", "2", "--img-size", "32", "--ch", "4",
+    u.main(["train", "--data", data, "--out", str(tmp_path / "run"), "--iter", "1", "--img-size", "32", "--ch", "4",
             "--n-res", "1", "--quiet", "--device", "cpu", "--sample-every", "1000", "--save-every", "1000", *flags])
-    assert calls == ["train_step_fast", "train_step_fast"]
+    assert calls == ["train_step_fast"]
     assert seen["recompute"] == ("--no-recompute" not in flags) and seen["g_optim"] == "AdamInBackward"
     assert seen["mixed"] == ("--amp" in flags)                     # autocast only with --amp
+
+
+def test_bench_times_both_steps_in_interleaved_rounds_and_keeps_the_one_shot_worker(capsys):
+    """bench/bench_ugatit.py: one table row per implementation, with the ratio to the first row and its
+    per-round range; the one-shot worker (bench/gpu_check.py's contract) prints one RESULT line."""
+    bench = load_script("bench/bench_ugatit")
+    bench.main(["--configs", "light:32:1", "--ch", "2", "--n-res", "1", "--rounds", "2", "--iters", "1",
+                "--warmup", "0", "--threads", "1", "--step", "plain", "--step", "fast"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("light:32:1")]
+    assert len(rows) == 2 and "train_step [plain]" in rows[0] and "train_step_fast [fast]" in rows[1]
+    assert "x (" in rows[1] and "x (" not in rows[0]
+    bench.main(["--worker", "light:32:1", "--ch", "2", "--n-res", "1", "--iters", "2", "--warmup", "0",
+                "--device", "cpu"])
+    result = json.loads(capsys.readouterr().out.split("RESULT ", 1)[1])
+    assert result["step"] == "fast" and len(result["s_per_iter_all"]) == 2 and result["s_per_iter_median"] > 0
