@@ -4000,6 +4000,7 @@ def ablation(args):
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()] or \
         [str(parse_device(getattr(args, "device", None)))]
     todo = [r for r in runs if states[r.name] != "done"]
+    _check_measures(args, settings)
     if args.dry_run:
         per_it = {}
         for r in todo:  # one probe per row (seeds share the cost)
@@ -4125,8 +4126,9 @@ def _score_and_write(abl, runs, settings, device, args):
     except fid_eval.InceptionWeightsMissing as e:
         raise AblationError(f"{e}; give --inception FILE (or --inception random for a table whose numbers "
                             f"only rank its own rows)") from None
+    extra = _ExtraMeasures(settings, args, device)
     key = {"n_gen": settings["eval_n"], "dims": dims, "seed": EVAL_SEED, "weights": ev.provenance["weights"],
-           "weights_sha256": ev.provenance["weights_sha256"]}
+           "weights_sha256": ev.provenance["weights_sha256"], **extra.key()}
     os.makedirs(os.path.join(abl, "scores"), exist_ok=True)
     scores = {}
     bar = tqdm(runs, desc="scoring", disable=not (args.progress is not False), dynamic_ncols=True)
@@ -4142,13 +4144,120 @@ def _score_and_write(abl, runs, settings, device, args):
         g, _ = load_generator(checkpoint_files(os.path.join(r.folder, "checkpoints"))[-1], device=device)
         with torch.no_grad():
             result = ev.evaluate(_eval_sampler(g, settings["eval_n"], device), n_gen=settings["eval_n"])
-        scores[r.name] = {"step": step, "key": key, **{k: float(v) for k, v in result.items()}}
+            scores[r.name] = {"step": step, "key": key, **{k: float(v) for k, v in result.items()},
+                              **extra.score(g)}
         _write_json(path, scores[r.name])
-    floor = _noise_floor(ev)
+    floor = {**_noise_floor(ev), **extra.floor()}
     table = _summarise(runs, scores, floor, settings)
     table["inception"] = ev.provenance
+    table["measures"] = extra.describe()
     _write_ablation_outputs(abl, runs, table, settings, device)
     return table
+
+
+def _check_measures(args, settings):
+    """Before any training: the networks of --face-features and of the diversity measure load."""
+    face = getattr(args, "face_features", None)
+    try:
+        if face:
+            from ops import face_features
+            face_features.load_face_net(None if face == "shipped" else face)
+        if settings.get("shot_files") or getattr(args, "shots", None):
+            from ops import diversity
+            diversity.perceptual_network(getattr(args, "vgg", None), None if face in (None, "shipped") else face)
+    except Exception as e:  # FaceNetError, LPIPSWeightsError, ValueError: one line each
+        raise AblationError(str(e).splitlines()[0]) from None
+
+
+class _ExtraMeasures:
+    """The measures beside FID/KID, one fixed network each for every row:
+    FD-faces (--face-features; ops.face_features, for the demo's faces only): the Frechet distance
+    on the face network's features of the same eval_n images, floor = two halves of the real set;
+    with --shots, diversity (ops.diversity): intra-cluster LPIPS and the copy share of the first
+    diversity_n of those images against the K training images; its reference is the rest of the real
+    set (the images the runs never saw) measured the same way."""
+
+    def __init__(self, settings, args, device):
+        self.device, self.settings = device, settings
+        self.faces = self.div_net = None
+        face = getattr(args, "face_features", None)
+        if face:
+            from ops import face_features
+            self.face_mod = face_features
+            try:
+                self.faces = face_features.load_face_net(None if face == "shipped" else face, device=device)
+            except face_features.FaceNetError as e:
+                raise AblationError(str(e)) from None
+            self.face_real = face_features.features(settings["data_real"], self.faces)
+        if settings.get("shot_files"):
+            from ops import diversity
+            self.div_mod = diversity
+            try:
+                self.div_net = diversity.perceptual_network(getattr(args, "vgg", None),
+                                                            None if face in (None, "shipped") else face, device)
+            except (ValueError, OSError) as e:
+                raise AblationError(str(e)) from None
+            real = ImageFolderDataset(settings["data_real"], _dataset_size(settings), xflip=False)
+            shots = {item["file"] for item in settings["shot_files"]}
+            names = [os.path.basename(p) for p in real.paths]
+            self.train = torch.stack([real[k] for k, n in enumerate(names) if n in shots])
+            self.held_out = torch.stack([real[k] for k, n in enumerate(names) if n not in shots])
+            self.n_div = min(args.diversity_n, settings["eval_n"])
+
+    def key(self):
+        return {"faces": self.face_mod.MEASURE if self.faces is not None else None,
+                "diversity": self.div_net.name if self.div_net is not None else None,
+                "diversity_n": getattr(self, "n_div", None)}
+
+    def describe(self):
+        out = {}
+        if self.faces is not None:
+            out["faces"] = {"measure": self.face_mod.MEASURE, "note": self.face_mod.NOTE}
+        if self.div_net is not None:
+            out["diversity"] = {"network": self.div_net.name, "n_gen": self.n_div, "note": self.div_net.note,
+                                "cluster_size": self.div_mod.CLUSTER_SIZE}
+        return out
+
+    def score(self, g):
+        if self.faces is None and self.div_net is None:
+            return {}
+        n = self.settings["eval_n"]
+        gen_fn, feats, keep = _eval_sampler(g, n, self.device), [], []
+        for k in range(0, n, 100):
+            img = gen_fn(min(100, n - k)).float().clamp(-1, 1).cpu()
+            if self.faces is not None:
+                feats.append(self.face_mod.features(img, self.faces))
+            if self.div_net is not None and sum(len(x) for x in keep) < self.n_div:
+                keep.append(img)
+        out = {}
+        if self.faces is not None:
+            out["fd_faces"] = float(self.face_mod.fd_faces(self.face_real, np.concatenate(feats)))
+        if self.div_net is not None:
+            d = self.div_mod.diversity(torch.cat(keep)[:self.n_div], self.train, self.div_net)
+            out.update(intra_lpips=d["intra_lpips"], copy_share=d["copy_share"], copy_threshold=d["copy_threshold"])
+        return out
+
+    def floor(self):
+        out = {}
+        if self.faces is not None:
+            order = np.random.RandomState(FLOOR_SEED).permutation(len(self.face_real))
+            half = len(order) // 2
+            out["fd_faces"] = float(self.face_mod.fd_faces(self.face_real[order[:half]],
+                                                            self.face_real[order[half:2 * half]]))
+        if self.div_net is not None and len(self.held_out) >= 2:
+            d = self.div_mod.diversity(self.held_out, self.train, self.div_net)
+            out.update(intra_lpips=d["intra_lpips"], copy_share=d["copy_share"], n_held_out=len(self.held_out))
+        return out
+
+
+def _dataset_size(settings):
+    """The training resolution of the ablation's runs (the source checkpoint's, or --size)."""
+    flags = settings["train_flags"]
+    if "--size" in flags:
+        return int(flags[flags.index("--size") + 1])
+    if settings["ckpt"]:
+        return int(load_checkpoint(settings["ckpt"])["args"].get("size") or TRAIN_DEFAULTS["size"])
+    return TRAIN_DEFAULTS["size"]
 
 
 def _noise_floor(ev):
@@ -4181,8 +4290,9 @@ def _summarise(runs, scores, floor, settings):
         entry = {"row": row, "seeds": [r.seed for r in runs if r.row == row],
                  "steps": [s["step"] for s in mine], "seed_fid": SEED_FID.get(row),
                  "runs": {r.name: scores[r.name] for r in runs if r.row == row}}
-        for k in ("fid", "kid_mean", "copies"):
-            entry[k], entry[k + "_std"] = _mean_std([s[k] for s in mine])
+        for k in ("fid", "kid_mean", "copies", "fd_faces", "intra_lpips", "copy_share"):
+            if all(k in s for s in mine):
+                entry[k], entry[k + "_std"] = _mean_std([s[k] for s in mine])
         rows.append(entry)
     order = sorted(rows, key=lambda e: e["fid"])
     for rank, e in enumerate(order, 1):
@@ -4232,16 +4342,33 @@ def _table_markdown(table, settings):
     if random_weights:
         lines += ["**Random Inception weights** (no pt_inception-2015-12-05 file): the numbers rank the rows "
                   "of this table against each other and the floor, and are not comparable with published FIDs.", ""]
-    head = ["Method", "seed FID (30k iter)", f"FID ({settings['iter']} iter)", "KID", "copies", "rank", "seed's rank"]
+    measures = table.get("measures") or {}
+    extra = [(k, name, fmt) for k, name, fmt in (("fd_faces", "FD-faces", ".3f"), ("intra_lpips", "intra-cluster LPIPS", ".4f"),
+                                                  ("copy_share", "copy share", ".2f")) if rows and k in rows[0]]
+    head = (["Method", "seed FID (30k iter)", f"FID ({settings['iter']} iter)", "KID", "copies"]
+            + [name for _, name, _ in extra] + ["rank", "seed's rank"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append(f"| noise floor (real half vs half) | – | {floor['fid']:.2f} | "
-                 f"{floor['kid_mean']:.5f} ± {floor['kid_std']:.5f} | – | – | – |")
+    cells = [f"{floor[k]:{fmt}}" if k in floor else "–" for k, _, fmt in extra]
+    held = f"; diversity: the {floor['n_held_out']} real images not trained on" if "n_held_out" in floor else ""
+    lines.append(f"| reference: real half vs half{held} | – | {floor['fid']:.2f} | "
+                 f"{floor['kid_mean']:.5f} ± {floor['kid_std']:.5f} | – | " + " | ".join(cells + ["–", "–"]) + " |")
     for e in rows:
         seed = f"{e['seed_fid']:.2f}" if e["seed_fid"] is not None else "–"
+        cells = [_pm(e[k], e[k + "_std"], fmt) for k, _, fmt in extra]
         lines.append(f"| {ROW_LABELS.get(e['row'], e['row'])} | {seed} | {_pm(e['fid'], e['fid_std'], '.2f')} | "
                      f"{_pm(e['kid_mean'], e['kid_mean_std'], '.5f')} | {_pm(e['copies'], e['copies_std'], '.1f')} | "
-                     f"{e['rank']} | {e.get('seed_rank', '–')} |")
-    lines += ["", _verdict(table), ""]
+                     + " | ".join(cells + [str(e["rank"]), str(e.get("seed_rank", "–"))]) + " |")
+    lines += [""]
+    if "faces" in measures:
+        lines += [f"FD-faces: {measures['faces']['measure']}, {measures['faces']['note']}; its reference is the "
+                  f"same distance between two halves of the real set.", ""]
+    if "diversity" in measures:
+        dv = measures["diversity"]
+        lines += [f"Diversity ({dv['network']}, {dv['n_gen']} images per run): intra-cluster LPIPS (Ojha et al. 2021: "
+                  f"each image joins its nearest training image's cluster; mean pairwise distance of up to "
+                  f"{dv['cluster_size']} members per cluster; 0 = copies, higher = more diverse) and the share of near "
+                  f"copies (nearer to a training image than the closest two training images).", ""]
+    lines += [_verdict(table), ""]
     return "\n".join(lines)
 
 
@@ -4403,6 +4530,13 @@ def add_ablation_args(parser):
                                                         "cuda:0,cuda:1); default: one device (--device), in turn")
     g.add_argument("--eval-n", type=int, default=None, metavar="N",
                    help="generated images per final score (default --fid-n, 5000)")
+    g.add_argument("--face-features", nargs="?", const="shipped", default=None, metavar="FILE",
+                   help="add FD-faces, the Frechet distance on the demo face network's features (for calm-gan's "
+                        "demo faces only; FILE, or the shipped demo_models/face_features_32px.pt without one)")
+    g.add_argument("--vgg", metavar="FILE", help="torchvision's VGG16 weights for the diversity measure's LPIPS "
+                                                 "(default: the torch hub cache, else the face network)")
+    g.add_argument("--diversity-n", type=int, default=1000, metavar="N",
+                   help="generated images per diversity score with --shots (default 1000, as Ojha et al.)")
     g.add_argument("--shots", type=int, default=None, metavar="K",
                    help="train every run on K of the --data images (a fixed random subset, its file names "
                         "recorded in table.json) and score against all of them (default: all)")
