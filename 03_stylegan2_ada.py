@@ -3947,6 +3947,7 @@ def _check_run_settings(run, argv, n_iter, arch):
             have = json.load(f)
     except (OSError, ValueError) as e:
         raise AblationError(f"{path}: cannot read this run's settings ({str(e).splitlines()[0]})") from None
+    have = {**TRAIN_DEFAULTS, **have}  # a run made before a setting existed had its default
     differ = [k for k in want if k not in ABLATION_FREE and have.get(k) != want[k]]
     if differ:
         k = differ[0]
@@ -4149,6 +4150,17 @@ def _score_and_write(abl, runs, settings, device, args):
         _write_json(path, scores[r.name])
     floor = {**_noise_floor(ev), **extra.floor()}
     table = _summarise(runs, scores, floor, settings)
+    if settings["ckpt"]:  # where every transfer row started: the source model itself, scored the same way
+        path = os.path.join(abl, "scores", "source.json")
+        cached = json.load(open(path)) if os.path.isfile(path) else None
+        if not (cached and cached.get("key") == key and cached.get("file") == settings["ckpt"]):
+            g, _ = load_generator(settings["ckpt"], device=device)
+            with torch.no_grad():
+                result = ev.evaluate(_eval_sampler(g, settings["eval_n"], device), n_gen=settings["eval_n"])
+                cached = {"key": key, "file": settings["ckpt"], **{k: float(v) for k, v in result.items()},
+                          **extra.score(g)}
+            _write_json(path, cached)
+        table["source"] = cached
     table["inception"] = ev.provenance
     table["measures"] = extra.describe()
     _write_ablation_outputs(abl, runs, table, settings, device)
@@ -4352,6 +4364,11 @@ def _table_markdown(table, settings):
     held = f"; diversity: the {floor['n_held_out']} real images not trained on" if "n_held_out" in floor else ""
     lines.append(f"| reference: real half vs half{held} | – | {floor['fid']:.2f} | "
                  f"{floor['kid_mean']:.5f} ± {floor['kid_std']:.5f} | – | " + " | ".join(cells + ["–", "–"]) + " |")
+    src = table.get("source")
+    if src:
+        cells = [f"{src[k]:{fmt}}" if k in src else "–" for k, _, fmt in extra]
+        lines.append(f"| reference: the source model, not fine-tuned | – | {src['fid']:.2f} | {src['kid_mean']:.5f} ± "
+                     f"{src['kid_std']:.5f} | {src['copies']:.0f} | " + " | ".join(cells + ["–", "–"]) + " |")
     for e in rows:
         seed = f"{e['seed_fid']:.2f}" if e["seed_fid"] is not None else "–"
         cells = [_pm(e[k], e[k + "_std"], fmt) for k, _, fmt in extra]
