@@ -1528,7 +1528,8 @@ def build_parser():
     t.add_argument("--ch", type=int, default=h["ch"], help=f"base channels of G and D ({h['ch']})")
     t.add_argument("--n-res", type=int, default=h["n_res"],
                    help=f"residual blocks in encoder and decoder ({h['n_res']})")
-    t.add_argument("--batch", type=int, default=h["batch"], help=f"batch size ({h['batch']}; the seed used 4 at 128 px)")
+    t.add_argument("--batch", type=int, default=h["batch"],
+                   help=f"batch size ({h['batch']}; the seed used 4 at 128 px)")
     t.add_argument("--iter", type=int, default=h["iter"], help=f"training iterations ({h['iter']:,})")
     t.add_argument("--lr", type=float, default=h["lr"],
                    help=f"Adam learning rate ({h['lr']:g}); linear decay to 0 over the 2nd half")

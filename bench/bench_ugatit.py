@@ -132,7 +132,8 @@ def batches(torch, round_index, n, batch, size, device):
 
 
 def build_ours(torch, F, args, impl, variant, size, batch, device):
-    """-> run(pairs) -> (wall, process CPU) seconds per iteration, for ours (the loop's step, or --step plain / fast) or reference."""
+    """-> (run, step name): run(pairs) -> (wall, process CPU) seconds per iteration, for ours (the loop's
+    step, or --step plain / fast) or for the reference rewrite."""
     u = load_ugatit()
     if impl == "reference":
         u.layer_instance_norm = unfused_norm(torch)
@@ -193,7 +194,8 @@ class _Feeder:
 
 
 def build_peer(torch, path, variant, size, batch, args, device, work):
-    """The peer's UGATIT object on a one-image dataset in `work`; -> run(pairs) -> (wall, CPU) s per iteration."""
+    """The peer's UGATIT object on a one-image dataset in `work`; -> (run, name): run(pairs) -> (wall, process
+    CPU) seconds per iteration."""
     from PIL import Image
     path = os.path.abspath(path)
     if not os.path.isfile(os.path.join(path, "UGATIT.py")) or not os.path.isfile(os.path.join(path, "networks.py")):
