@@ -107,7 +107,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import ops
-from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
+from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, runs, upfirdn2d
 
 # ---------------------------------------------------------------------------------------------
 # Presets and constants
@@ -1801,20 +1801,10 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path, ckpt):
     """torch.save(ckpt) to a temp file in the same folder, then os.replace: never a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
-    ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()  # serialised in memory first: a full disk is then an OSError with its errno
+    torch.save(ckpt, buf)  # (torch's zip writer reports it as an unnamed RuntimeError)
+    runs.write_atomic(path, lambda f: f.write(buf.getbuffer()))
 
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # old torch.save
@@ -2632,15 +2622,17 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 arr, resized, cropped = _load_image(path, size)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                     Image.DecompressionBombWarning) as e:
-                bad.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                bad.append(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
                 continue
             self.paths.append(path)
             n_resized, n_cropped = n_resized + resized, n_cropped + cropped
             if in_memory:
                 images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))  # [3, size, size] uint8
-        if bad:
-            shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-            warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}: {shown}")
+        for line in bad[:10]:  # one line per file (ops.readable_warnings prints them as WARNING: ...)
+            warnings.warn(f"{line} (skipped)")
+        if len(bad) > 10:
+            warnings.warn(f"{folder}: {len(bad) - 10} more unreadable images skipped")
+        self.skipped = bad
         if not self.paths:
             found = f" ({len(bad)} unreadable)" if bad else ""
             raise ValueError(f"{folder}: no readable images ({', '.join(IMAGE_EXTENSIONS)}) in this folder{found}")
@@ -2866,7 +2858,7 @@ def save_image_grid(images, path, nrow):
     for i in range(n):
         r, q = divmod(i, nrow)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = x[i]
-    Image.fromarray(grid.numpy()).save(path)
+    runs.save_image(Image.fromarray(grid.numpy()), path)  # whole or not at all
 
 
 def rng_state(device):
@@ -3210,19 +3202,53 @@ def _train(args, rank, world, device):
     """The run as a list of stages; each is a function below."""
     main = rank == 0
     say = print if main else (lambda *a, **k: None)
-    cfg, src, start, resume = _settings(args, say)                  # settings, start weights
-    if getattr(args, "dry_run", False):
+    dry = getattr(args, "dry_run", False)
+    lock = _lock_existing_run(args) if main and not dry else None   # before anything in it is touched
+    try:
+        cfg, src, start, resume = _settings(args, say)              # settings, start weights
+        if dry:
+            if main:
+                print_settings(cfg, src, world)
+            return cfg
+        dataset, sampler, batch = _read_inputs(args, cfg, rank, world)  # every check before any write
         if main:
             print_settings(cfg, src, world)
-        return cfg
-    dataset, sampler, batch = _read_inputs(args, cfg, rank, world)  # every check before any write
+        t = _build_training(cfg, start, device, say)                # networks, optimisers, augmentation
+        if resume is not None:
+            _restore(t, *resume, say)
+        if main and lock is None:
+            lock = runs.RunLock(cfg.out)                            # a new run folder: ours from now on
+        try:
+            return _run(args, cfg, t, dataset, sampler, batch, resume, rank, world, device, say)
+        except OSError as e:
+            if runs.is_write_failure(e):  # disk full, read-only, vanished: one line, the run resumes later
+                raise SystemExit(runs.write_failure(e, cfg.out, os.path.basename(__file__))) from None
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_existing_run(args):
+    """--resume RUN of this script: its lock (one line if another trainer holds it), taken before
+    the stray temporary files go and the logs are cut. Nothing is created in a folder that is not
+    this script's run (its settings.json is checked first); a run continued into a new --out, or a
+    new run, is locked when its folder is made."""
+    if not getattr(args, "resume", None):
+        return None
+    run = find_resume(args.resume, getattr(args, "out", None))[0]
+    if not os.path.isfile(os.path.join(run, "settings.json")):
+        return None
+    read_run_settings(run, ("channel_multiplier", "r1_gamma"))  # another script's run: one line, untouched
+    return runs.RunLock(run)
+
+
+def _run(args, cfg, t, dataset, sampler, batch, resume, rank, world, device, say):
+    """The run folder, the step, the data, the outputs, then the loop."""
+    main = rank == 0
     if main:
-        print_settings(cfg, src, world)
-    t = _build_training(cfg, start, device, say)                    # networks, optimisers, augmentation
-    if resume is not None:
-        _restore(t, *resume, say)
-    if main:
-        _prepare_run_folder(cfg, resumed=getattr(args, "resume", None), start=t.step if resume else -1)
+        _prepare_run_folder(cfg, resumed=getattr(args, "resume", None), start=t.step if resume else -1,
+                            dataset_skipped=dataset.skipped)
     step = _choose_step(t, cfg, batch, world, device, say)          # train_step, or the scale-out step
     loader = iter(DataLoader(dataset, batch_sampler=StepBatchSampler(sampler, batch, t.step),
                              num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
@@ -3237,6 +3263,9 @@ def _train(args, rank, world, device):
     if resume is not None and main and resume[1].get("rng") is not None:
         set_rng_state(resume[1]["rng"], device)
     _loop(t, cfg, loader, step, run, batch, world, device, say)
+    if main and dataset.skipped:
+        say(f"skipped {len(dataset.skipped)} unreadable image(s) of {cfg.data}, listed in "
+            f"{os.path.join(cfg.out, 'skipped.txt')}")
     return cfg
 
 
@@ -3308,7 +3337,8 @@ def _read_inputs(args, cfg, rank, world):
     if len(sampler) < batch:
         raise TrainError(f"{cfg.data}: {len(dataset)} images (with mirrored copies) are fewer than "
                          f"one batch ({batch} per process)")
-    if not getattr(args, "resume", None) and rank == 0 and os.path.isdir(cfg.out) and os.listdir(cfg.out):
+    if not getattr(args, "resume", None) and rank == 0 and os.path.isdir(cfg.out) and \
+            [n for n in os.listdir(cfg.out) if n != runs.LOCK_NAME]:
         raise TrainError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                          f"--resume {cfg.out} or choose another --out")
     return dataset, sampler, batch
@@ -3387,16 +3417,19 @@ def _restore(t, file, ckpt, say):
     say(f"resuming {file} at iteration {t.step}")
 
 
-def _prepare_run_folder(cfg, resumed, start):
+def _prepare_run_folder(cfg, resumed, start, dataset_skipped=()):
     """RUN/samples, RUN/checkpoints and RUN/settings.json (only now: bad input leaves nothing behind);
     on --resume, what a killed run logged after its checkpoint (start; -1 = no checkpoint) goes."""
     for sub in ("samples", "checkpoints"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
     if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
-        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
-            json.dump(vars(cfg), f, indent=1)
+        runs.write_atomic(os.path.join(cfg.out, "settings.json"),
+                          lambda f: json.dump(vars(cfg), f, indent=1), mode="w")
     if resumed:
         cut_run_logs(cfg.out, start)
+    if dataset_skipped:  # the data files this run could not read, one per line
+        runs.write_atomic(os.path.join(cfg.out, "skipped.txt"), lambda f: f.write("\n".join(dataset_skipped) + "\n"),
+                          mode="w")
 
 
 def _choose_step(t, cfg, batch, world, device, say):
@@ -3468,6 +3501,7 @@ class _RunOutputs:
 
     def checkpoint(self, step):
         folder = os.path.join(self.cfg.out, "checkpoints")
+        runs.sync(self.log_path)  # the log lines up to this step are on the disk before it
         save_checkpoint(os.path.join(folder, f"{step:06d}.pt"), self.checkpoint_dict(step))
         for old in checkpoint_files(folder)[:-self.cfg.keep]:
             os.remove(old)
@@ -3495,8 +3529,7 @@ class _RunOutputs:
         return result["fid"]
 
     def log(self, record):
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        runs.append_line(self.log_path, json.dumps(record))  # one write of one whole line
 
 
 STAT_KEYS = ("d_loss", "g_loss", "r1", "path_length", "pl_penalty", "real_score", "fake_score")
@@ -3761,7 +3794,11 @@ def generate(args):
         else:
             torch.manual_seed(seed)
             noise = [n.to(device) for n in g.make_noise()]
-        img, _ = g([z], truncation=args.truncation, truncation_latent=latent_avg, noise=noise)
+        try:
+            img, _ = g([z], truncation=args.truncation, truncation_latent=latent_avg, noise=noise)
+        except OUT_OF_MEMORY as e:
+            raise SystemExit(f"error: out of GPU memory drawing one {g.size} px image ({_first_line(e)}); "
+                             f"try --precision bf16 (or fp16), or --device cpu") from None
         Image.fromarray(to_uint8(img)[0].cpu().numpy(), "RGB").save(path)
     print(f"wrote {len(paths)} images to {args.out}")
     return paths
@@ -3859,7 +3896,7 @@ def _ablation_plan(args, abl):
     if os.path.exists(abl) and not os.path.isdir(abl):
         raise AblationError(f"{abl}: is a file; --out takes the ablation's folder")
     record_path = os.path.join(abl, "ablation.json")
-    if os.path.isdir(abl) and os.listdir(abl) and not os.path.isfile(record_path):
+    if os.path.isdir(abl) and [n for n in os.listdir(abl) if n != runs.LOCK_NAME] and not os.path.isfile(record_path):
         raise AblationError(f"{abl}: exists and holds files that no ablation wrote (no ablation.json); "
                             f"choose another --out")
     transfer = [r for r in rows if r != SCRATCH_ROW]
@@ -3885,7 +3922,7 @@ def _ablation_plan(args, abl):
     if getattr(args, "shots", None):
         data, shot_files = _few_shot_subset(real, args.shots, abl)
     shared = _given_train_flags(args, ABLATION_OWN)
-    runs, argvs = [], {}
+    all_runs, argvs = [], {}
     for row in rows:
         for seed in seeds:
             run = _Run(abl, row, seed)
@@ -3896,13 +3933,13 @@ def _ablation_plan(args, abl):
                 argv += ["--preset", "ada"] + [t for flag, v in pairs if flag not in shared for t in (flag, v)]
             else:
                 argv += ["--preset", row, "--ckpt", source]
-            runs.append(run)
+            all_runs.append(run)
             argvs[run.name] = argv + shared
     settings = {"rows": rows, "seeds": seeds, "iter": n_iter, "data_real": real, "data_train": data,
                 "ckpt": source, "shots": getattr(args, "shots", None), "shot_files": shot_files,
                 "train_flags": shared, "devices": args.devices,
                 "eval_n": args.eval_n or args.fid_n or TRAIN_DEFAULTS["fid_n"]}
-    return runs, argvs, settings, arch
+    return all_runs, argvs, settings, arch
 
 
 def _few_shot_subset(real, shots, abl):
@@ -3995,12 +4032,12 @@ def ablation(args):
     beside the noise floor, written as ABL/table.md, table.json, grid.png and curves.png."""
     ops.set_ops(getattr(args, "ops", None) or "auto")
     abl = os.path.abspath(args.out) if args.out else None
-    runs, argvs, settings, arch = _ablation_plan(args, abl)
+    all_runs, argvs, settings, arch = _ablation_plan(args, abl)
     n_iter = settings["iter"]
-    states = {r.name: _check_run_settings(r, argvs[r.name], n_iter, arch) for r in runs}
+    states = {r.name: _check_run_settings(r, argvs[r.name], n_iter, arch) for r in all_runs}
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()] or \
         [str(parse_device(getattr(args, "device", None)))]
-    todo = [r for r in runs if states[r.name] != "done"]
+    todo = [r for r in all_runs if states[r.name] != "done"]
     _check_measures(args, settings)
     if args.dry_run:
         per_it = {}
@@ -4008,8 +4045,8 @@ def ablation(args):
             if r.row not in per_it:
                 per_it[r.row] = _probe_seconds(argvs[r.name], parse_device(devices[0]))
         total = 0.0
-        print(f"ablation {abl}: {len(runs)} runs, {n_iter} iterations each, on {', '.join(devices)}")
-        for r in runs:
+        print(f"ablation {abl}: {len(all_runs)} runs, {n_iter} iterations each, on {', '.join(devices)}")
+        for r in all_runs:
             left = n_iter - (r.step() or 0) if states[r.name] != "new" else n_iter
             est = per_it.get(r.row, 0.0) * (left if states[r.name] != "done" else 0)
             total += est
@@ -4018,12 +4055,19 @@ def ablation(args):
         print(f"estimated training time {total / 60:.1f} min on one device ({total / 60 / len(devices):.1f} "
               f"with {len(devices)} in parallel), from a {sum(1 for _ in per_it)}-row timing probe; the "
               f"FID passes come on top")
-        return runs
+        return all_runs
+    with runs.RunLock(abl):  # one ablation per folder (each run's own train locks the run too)
+        return _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args)
+
+
+def _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args):
+    """Record the settings, train what is left (in turn, or one run per device), score, write."""
+    n_iter = settings["iter"]
     os.makedirs(os.path.join(abl, "runs"), exist_ok=True)
     _write_json(os.path.join(abl, "ablation.json"), settings)
     if settings["shot_files"]:
         _copy_shots(settings["data_real"], settings["data_train"], settings["shot_files"])
-    for r in runs:
+    for r in all_runs:
         print(f"== {r.name}: {states[r.name]}" + ("" if states[r.name] == "done" else
               f" ({r.step() or 0} -> {n_iter} iterations)"), flush=True)
     if len(devices) > 1:
@@ -4033,7 +4077,7 @@ def ablation(args):
             argv = argvs[r.name] if states[r.name] == "new" else \
                 ["--resume", r.folder, "--iter", str(n_iter)] + _resume_flags(argvs[r.name])
             train(_train_parser().parse_args(argv + ["--device", devices[0]]))
-    return _score_and_write(abl, runs, settings, devices[0], args)
+    return _score_and_write(abl, all_runs, settings, devices[0], args)
 
 
 def _resume_flags(argv):
@@ -4112,7 +4156,7 @@ def _eval_sampler(g, n, device, seed=EVAL_SEED):
     return gen_fn
 
 
-def _score_and_write(abl, runs, settings, device, args):
+def _score_and_write(abl, all_runs, settings, device, args):
     """Final scores of every run (cached in ABL/scores/ by step and evaluation settings), the floor,
     then table.md, table.json, grid.png and curves.png."""
     from ops import fid_eval
@@ -4132,7 +4176,7 @@ def _score_and_write(abl, runs, settings, device, args):
            "weights_sha256": ev.provenance["weights_sha256"], **extra.key()}
     os.makedirs(os.path.join(abl, "scores"), exist_ok=True)
     scores = {}
-    bar = tqdm(runs, desc="scoring", disable=not (args.progress is not False), dynamic_ncols=True)
+    bar = tqdm(all_runs, desc="scoring", disable=not (args.progress is not False), dynamic_ncols=True)
     for r in bar:
         path, step = os.path.join(abl, "scores", r.name + ".json"), r.step()
         cached = None
@@ -4149,7 +4193,7 @@ def _score_and_write(abl, runs, settings, device, args):
                               **extra.score(g)}
         _write_json(path, scores[r.name])
     floor = {**_noise_floor(ev), **extra.floor()}
-    table = _summarise(runs, scores, floor, settings)
+    table = _summarise(all_runs, scores, floor, settings)
     if settings["ckpt"]:  # where every transfer row started: the source model itself, scored the same way
         path = os.path.join(abl, "scores", "source.json")
         cached = json.load(open(path)) if os.path.isfile(path) else None
@@ -4163,7 +4207,7 @@ def _score_and_write(abl, runs, settings, device, args):
         table["source"] = cached
     table["inception"] = ev.provenance
     table["measures"] = extra.describe()
-    _write_ablation_outputs(abl, runs, table, settings, device)
+    _write_ablation_outputs(abl, all_runs, table, settings, device)
     return table
 
 
@@ -4292,16 +4336,16 @@ def _mean_std(values):
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
 
 
-def _summarise(runs, scores, floor, settings):
+def _summarise(all_runs, scores, floor, settings):
     """Rows in the order asked for: mean +- std over seeds of each number, calm-gan's rank and the
     seed's, Kendall's tau between the two orders, and which ordered differences exceed the spread."""
     from scipy import stats as sstats
     rows = []
     for row in settings["rows"]:
-        mine = [scores[r.name] for r in runs if r.row == row]
-        entry = {"row": row, "seeds": [r.seed for r in runs if r.row == row],
+        mine = [scores[r.name] for r in all_runs if r.row == row]
+        entry = {"row": row, "seeds": [r.seed for r in all_runs if r.row == row],
                  "steps": [s["step"] for s in mine], "seed_fid": SEED_FID.get(row),
-                 "runs": {r.name: scores[r.name] for r in runs if r.row == row}}
+                 "runs": {r.name: scores[r.name] for r in all_runs if r.row == row}}
         for k in ("fid", "kid_mean", "copies", "fd_faces", "intra_lpips", "copy_share"):
             if all(k in s for s in mine):
                 entry[k], entry[k + "_std"] = _mean_std([s[k] for s in mine])
@@ -4429,7 +4473,7 @@ def _verdict(table):
     return " ".join(out)
 
 
-def _write_ablation_outputs(abl, runs, table, settings, device):
+def _write_ablation_outputs(abl, all_runs, table, settings, device):
     import platform
     from ops import fid_eval
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
@@ -4440,8 +4484,8 @@ def _write_ablation_outputs(abl, runs, table, settings, device):
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, os.path.join(abl, "table.md"))
-    _ablation_grid(os.path.join(abl, "grid.png"), runs, settings, device)
-    _ablation_curves(os.path.join(abl, "curves.png"), runs, table, settings)
+    _ablation_grid(os.path.join(abl, "grid.png"), all_runs, settings, device)
+    _ablation_curves(os.path.join(abl, "curves.png"), all_runs, table, settings)
     print(text)
     print(f"wrote {os.path.join(abl, 'table.md')}, table.json, grid.png, curves.png")
 
@@ -4454,12 +4498,12 @@ def _atomic_png(img, path):
 
 
 @torch.no_grad()
-def _ablation_grid(path, runs, settings, device, label_w=120, min_tile=64):
+def _ablation_grid(path, all_runs, settings, device, label_w=120, min_tile=64):
     """One labelled row per ablation row: the first seed's run, seeds 0-7 (03 generate's z, the
     stored noise maps), the same z in every row; small images enlarged by a whole factor (nearest)."""
     from PIL import ImageDraw
     first = {}
-    for r in runs:
+    for r in all_runs:
         first.setdefault(r.row, r)
     images = []
     for row, r in first.items():
@@ -4478,7 +4522,7 @@ def _ablation_grid(path, runs, settings, device, label_w=120, min_tile=64):
     _atomic_png(fig, path)
 
 
-def _ablation_curves(path, runs, table, settings, width=720, height=440):
+def _ablation_curves(path, all_runs, table, settings, width=720, height=440):
     """FID against kimg from each run's fid.csv: per row the mean over seeds, shaded +- std, and the
     noise floor dashed. Runs trained with --fid-every 0 have no curve (said on the picture)."""
     from PIL import ImageDraw
@@ -4486,7 +4530,7 @@ def _ablation_curves(path, runs, table, settings, width=720, height=440):
     series = []
     for k, row in enumerate(settings["rows"]):
         by_step = {}
-        for r in runs:
+        for r in all_runs:
             csv_path = os.path.join(r.folder, "fid.csv")
             if r.row == row and os.path.isfile(csv_path):
                 for rec in fid_eval.read_fid_csv(csv_path):
@@ -4604,6 +4648,7 @@ def build_parser():
 
 
 def main(argv=None):
+    ops.readable_warnings()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -10,7 +10,8 @@
 Each op has a pure-PyTorch reference (used on CPU) and a CUDA kernel built on first use and
 checked against the reference on first use in a process, per dtype (ops/cuda/__init__.py).
 Small shared rules live here too: which files are images (`image_files`), decompression bombs as
-errors (`pil_bombs_are_errors`), atomic temp files with the user's umask (`chmod_like_open`).
+errors (`pil_bombs_are_errors`), atomic temp files with the user's umask (`chmod_like_open`),
+warnings as one line each (`readable_warnings`); a run's lock and whole-file writes: ops/runs.py.
 
 Importing ops checks the torch version first (every numbered script imports ops): the loaders
 rely on torch.load(weights_only=True), which can be bypassed to run code on torch <= 2.5.1
@@ -102,6 +103,23 @@ def image_files(folder, exclude=()):
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n not in exclude)
     warn_left_out(folder, [n for n in names if not is_image_file(n)])
     return [os.path.join(folder, n) for n in names if is_image_file(n)]
+
+
+def readable_warnings(stream=None):
+    """Every warning as one line, `WARNING: <text>` (the texts start with the file they are about),
+    without Python's file:line and source line, each text once per process. The scripts' main()
+    calls it; a test or a program that imports a script keeps Python's own display."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text in seen:
+            return
+        seen.add(text)
+        print(f"WARNING: {text}", file=stream or file or __import__("sys").stderr, flush=True)
+
+    warnings.showwarning = show
+    warnings.simplefilter("default")  # each (text, place) once, as Python's default, and then once here
 
 
 from .fused_act import FusedLeakyReLU, fused_leaky_relu
