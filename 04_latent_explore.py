@@ -1,5 +1,6 @@
-"""Latent-space exploration of a trained generator: GANSpace and SeFa directions, projection of your own
-images, edits, memes, style mixing, a web UI.
+"""Latent-space exploration of a trained generator: GANSpace and SeFa directions, named knobs (find them
+on a sheet, name them, keep them in a library, use them by name), projection of your own images, edits,
+memes, latent walks, style mixing, a web UI.
 
 Papers
 - GANSpace: Härkönen, Hertzmann, Lehtinen, Paris, "GANSpace: Discovering Interpretable GAN Controls",
@@ -32,8 +33,20 @@ What this file implements
   direction over a range of degrees; the GIF is the meme: captions in white with a black outline, fitted
   to the width (`--font`), on frames enlarged to at least 256 px when captioned (`--meme-size`).
 - `mix`: the style-mixing figure of StyleGAN Fig. 3 (coarse 4-8 px, middle 16-32 px, fine 64+ px).
-- `ui`: a gradio page with sliders, captions and an image upload that projects (optional extra:
-  `pip install -r requirements-ui.txt`).
+- `sheet`: which direction changes what: for the first K directions one row per layer zone (coarse /
+  middle / fine, as `mix` names them), a few seeds at -3 .. +3 sigma, a "where it changes" map (mean
+  |image(+3) - image(-3)| over the seeds) and a word for where it sits (top, eyes, mouth, bottom, whole
+  image, pose); the numbers behind each row (centre and thirds of the change, its spread, the sideways
+  shift and roll that explain it) go to sheet.json for a naming rule to read.
+- `name`, `knobs`: direction i on layers a-b becomes a named knob in a library (JSON, one per generator);
+  strengths are in sigma, the spread of w along the direction (GANSpace's lat_stdev; `sefa` stores it
+  too), so +3 is a comparable change for every knob and generator.
+- `edit --library LIB --knob NAME[=S]`: edits and memes by name, several knobs at once; `walk`: a
+  looping latent-walk GIF through seeds (linear in W, eased).
+- `ui`: a gradio page: a seed, one slider per knob (its name, sigma units, its own layers), "name this
+  direction" (index, name, layer range: added to the library and saved), another library, upload ->
+  project -> edit, meme GIFs (optional extra: `pip install -r requirements-ui.txt`). Each browser
+  session has its own latent, library and GIF folder; saves from two sessions at once keep both knobs.
 It works on every generator that `03_stylegan2_ada.py` (StyleGAN2: ours, rosinality .pt, NVIDIA .pkl)
 or `02_stylegan_freezed.py` (StyleGAN v1) can load; those scripts are imported with importlib, so copy
 them along with this file.
@@ -42,7 +55,12 @@ Files (`torch.save`, all load with weights_only=True)
 - directions: `directions` [K, dim] unit rows, strongest first; `values` [K] (explained variances for
   GANSpace, eigenvalues for SeFa); `method`; `layers` (the style slots they were computed for and are
   applied to); `checkpoint` (fingerprint of the generator they came from); GANSpace adds `mean` [dim]
-  and `stdev` [K] (spread of W along each direction).
+  and `stdev` [K] (sigma, the spread of w along each direction; `sefa` stores it too); `family`, `size`,
+  `n_latent` (the generator, so `name` can check a layer range without it).
+- knob library (JSON, not torch; see "the knob library" below the banner): `generator` (fingerprint,
+  family, size, style_dim, n_latent) and `knobs`, each with its name, layers [first, last], range in
+  sigma, sigma, source (method, index, sign, directions fingerprint, file) and its own unit vector.
+  It stands alone, is checked field by field when read, and is written atomically under a lock.
 - latent (from `project`): `ws` [1, n_latent, dim] (the styles every slot reads), `w` [1, dim] (W
   projections only), `space` ('w' or 'w+'), `noises` (list of [1, 1, r, r]), `family`, `size`,
   `n_latent`, `style_dim`, `checkpoint` (fingerprint), `image`, `distance`, `steps`.
@@ -55,17 +73,35 @@ Run
     python 04_latent_explore.py project --ckpt RUN/checkpoints/best.pt --image me.png --w-plus --video --out proj
     python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --latent proj/me_latent.pt --out edits_me
     python 04_latent_explore.py mix --ckpt RUN/checkpoints/best.pt --rows 0-3 --cols 10-14 --out mix.png
-    python 04_latent_explore.py ui --ckpt RUN/checkpoints/best.pt --dirs sefa.pt
+    python 04_latent_explore.py sheet --ckpt RUN/checkpoints/best.pt --dirs sefa.pt --out sheet
+    python 04_latent_explore.py name --dirs sefa.pt --index 3 --layers 4-7 --name mouth --library knobs.json
+    python 04_latent_explore.py knobs --library knobs.json
+    python 04_latent_explore.py edit --ckpt RUN/checkpoints/best.pt --library knobs.json --knob mouth=2 \\
+        --knob tilt=-1 --seeds 0-3 --caption-top "ME" --out edits_knobs
+    python 04_latent_explore.py walk --ckpt RUN/checkpoints/best.pt --seeds 0,4,9 --out walk.gif
+    python 04_latent_explore.py ui --ckpt RUN/checkpoints/best.pt --library knobs.json
+    # tiny CPU demo, about a minute, on the shipped 32 px source model of demo.py: find, name, use two knobs
+    python 04_latent_explore.py sefa --ckpt demo_models/stylegan2_source_32px.pt --out demo_out/sefa.pt
+    python 04_latent_explore.py sheet --ckpt demo_models/stylegan2_source_32px.pt --dirs demo_out/sefa.pt \\
+        --count 8 --out demo_out/sheet
+    python 04_latent_explore.py name --dirs demo_out/sefa.pt --index 1 --layers 0-3 --name hair \\
+        --library demo_out/knobs.json
+    python 04_latent_explore.py name --dirs demo_out/sefa.pt --index 7 --layers 0-3 --name turn \\
+        --library demo_out/knobs.json
+    python 04_latent_explore.py edit --ckpt demo_models/stylegan2_source_32px.pt --library demo_out/knobs.json \\
+        --knob hair --knob turn=1 --seeds 0-3 --caption-top "ME" --out demo_out/knob_edits
 
 Map (the method, then one banner line, then the plumbing)
   1 the generator seen as z -> w -> styles -> image: StyleGAN2Explorer, StyleGANv1Explorer, mean_w
-  2 directions: ganspace, sefa, canonical_sign
+  2 directions: ganspace, w_stdev, sefa, canonical_sign
   3 projection: learning_rate, w_noise_scale, noise_regularization, normalize_noise_, FeatureDistance,
     VGG16Features, DiscriminatorFeatures, w_stats, project
-  4 editing and mixing: truncate, styles_for, apply_edit, mix_styles
+  4 editing and mixing: truncate, styles_for, apply_edit, mix_styles, apply_knobs, walk_styles
+  5 where an edit changes the image: change_map, change_location, pose_change, where_word
   ---- plumbing ----
-  checkpoints and file formats (load_explorer, directions and latent files), parsing, images and
-  captions, the commands (run_*), the web UI (Session, ui_project, build_ui), the CLI (main).
+  checkpoints and file formats (load_explorer, directions and latent files), the knob library
+  (read_library, check_knob, add_knob, library_lock), parsing, images and captions, the commands
+  (run_*, direction_sheet), the web UI (ExplorerApp, GifFolder, ui_project, build_ui), the CLI (main).
 """
 import argparse
 import contextlib
@@ -928,11 +964,13 @@ def check_knob(knob, gen, where):
     if not (_number(sigma) and math.isfinite(sigma) and 0 < sigma < 1e6):
         raise ExploreError(f"{where}: sigma must be a positive number (the spread of w along the vector)")
     src = knob["source"]
-    _check_fields(src, ("method", "index", "directions", "file"), f"{where} source")
+    _check_fields(src, ("method", "index", "sign", "directions", "file"), f"{where} source")
     if src["method"] not in ("sefa", "ganspace"):
         raise ExploreError(f"{where}: source method {str(src['method'])[:20]!r}; expected 'sefa' or 'ganspace'")
     if not (_int(src["index"]) and 0 <= src["index"] < 1 << 16):
         raise ExploreError(f"{where}: source index must be a direction number (a non-negative integer)")
+    if not (_int(src["sign"]) and src["sign"] in (1, -1)):
+        raise ExploreError(f"{where}: source sign must be 1 or -1 (-1: the direction reversed)")
     if not (isinstance(src["directions"], str) and _HEX16.fullmatch(src["directions"])):
         raise ExploreError(f"{where}: source directions must be a fingerprint of 16 hex digits")
     if not (isinstance(src["file"], str) and len(src["file"]) <= 255 and src["file"].isprintable()):
@@ -1460,7 +1498,8 @@ def run_edit_knobs(args, explorer):
     os.makedirs(args.out, exist_ok=True)   # only after every input and output has been checked
     rows = []
     for (name, ws, noises, seed), path in zip(tqdm(sources, desc="edit"), outputs):
-        ws = styles_for(explorer, seed_w(explorer, seed), truncation) if ws is None else truncate(explorer, ws, truncation)
+        ws = (styles_for(explorer, seed_w(explorer, seed), truncation) if ws is None
+              else truncate(explorer, ws, truncation))
         frames = knob_frames(explorer, ws, noises, terms, args.noise_mode)
         shown = [meme(f, args.caption_top, args.caption_bottom, args.font, args.meme_size) for f in frames]
         save_gif(shown, path, args.duration) if swept else shown[-1].save(path)
@@ -1532,14 +1571,15 @@ def parse_strength_range(text):
     return lo, hi
 
 
-def direction_knob(d, dirs_path, index, name, layers, strength_range, sigma):
-    """A library entry for direction `index` of directions file `d`."""
+def direction_knob(d, dirs_path, index, name, layers, strength_range, sigma, sign=1):
+    """A library entry for direction `index` of directions file `d` (sign -1: reversed, so that + goes
+    the way the name says)."""
     vector = d["directions"][index].double()
-    vector = (vector / vector.norm()).tolist()    # unit rows already; exactly unit in float64 for the check
+    vector = (sign * vector / vector.norm()).tolist()  # unit rows already; exactly unit in float64 for the check
     return {"name": name, "layers": [int(layers[0]), int(layers[1])],
             "range": [float(strength_range[0]), float(strength_range[1])], "unit": "sigma",
             "sigma": float(f"{sigma:.8g}"), "source": {"method": str(d.get("method", "sefa")), "index": int(index),
-                                              "directions": directions_fingerprint(d),
+                                              "sign": int(sign), "directions": directions_fingerprint(d),
                                               "file": os.path.basename(dirs_path)},
             "vector": vector}
 
@@ -1587,9 +1627,10 @@ def run_name(args):
     if not (math.isfinite(sigma) and sigma > 0):
         raise ExploreError(f"{args.dirs}: direction {args.index} has no spread in w (sigma {sigma:g}); "
                            f"it moves nothing")
-    knob = direction_knob(d, args.dirs, args.index, name, layers, strength_range, sigma)
+    knob = direction_knob(d, args.dirs, args.index, name, layers, strength_range, sigma, -1 if args.flip else 1)
     lib = add_knob(args.library, knob, gen, args.overwrite)
-    print(f"{args.library}: knob {name!r} = {knob['source']['method']} direction {args.index}, layers "
+    print(f"{args.library}: knob {name!r} = {'-' if args.flip else ''}{knob['source']['method']} direction "
+          f"{args.index}, layers "
           f"{layers[0]}-{layers[1]}, {strength_range[0]:g}..{strength_range[1]:g} sigma (sigma = {sigma:.4g}); "
           f"{len(lib['knobs'])} knob(s)")
 
@@ -1600,7 +1641,8 @@ def run_knobs(args):
     gen = lib["generator"]
     print(f"{args.library}: {len(lib['knobs'])} knob(s) for the {gen['family']} generator {gen['fingerprint']} "
           f"({gen['size']} px, {gen['n_latent']} style slots, w of {gen['style_dim']} dimensions)")
-    rows = [(k["name"], f"{k['source']['method']} #{k['source']['index']} ({k['source']['file']})",
+    rows = [(k["name"], f"{'-' if k['source']['sign'] < 0 else ''}{k['source']['method']} #{k['source']['index']} "
+                        f"({k['source']['file']})",
              f"{k['layers'][0]}-{k['layers'][1]}", f"{k['range'][0]:g}..{k['range'][1]:g} sigma",
              f"{k['sigma']:.4g}") for k in lib["knobs"]]
     head = ("name", "source", "layers", "range", "sigma")
@@ -1614,19 +1656,28 @@ def run_knobs(args):
 SHEET_CELL = 128  # px per sheet cell: small generators are enlarged (nearest) to at least this
 
 
-def row_numbers(index, zone, layers, sigma, lo, hi, grid_size=16):
-    """The numbers behind one sheet row (a direction on one zone's slots), as sheet.json stores them."""
-    m = change_map(lo, hi)
-    loc, pose = change_location(m), pose_change(lo, hi)
-    small = F.adaptive_avg_pool2d(m[None, None], min(grid_size, m.shape[0]))[0, 0]
+def row_numbers(index, zone, layers, sigma, lo, mid, hi, grid_size=16):
+    """The numbers behind one sheet row (a direction on one zone's slots), as sheet.json stores them: the
+    change from the lowest to the highest strength (lo, hi), its word, pose and pooled map, and under
+    "sides" where each half of the sweep changes the image (lo vs mid and mid vs hi, mid = unedited): a
+    direction may grow hair one way and do something else the other way."""
     r = lambda v: round(float(v), 5)  # noqa: E731
+
+    def place(a, b):
+        m = change_map(a, b)
+        loc = change_location(m)
+        small = F.adaptive_avg_pool2d(m[None, None], min(grid_size, m.shape[0]))[0, 0]
+        return {"change": r(loc["mean"]), "centroid": [r(v) for v in loc["centroid"]],
+                "thirds": {k: r(v) for k, v in loc["thirds"].items()}, "spread": r(loc["spread"]),
+                "map": [[r(v) for v in row] for row in small.tolist()]}
+    pose = pose_change(lo, hi)
+    whole = place(lo, hi)
     return {"index": int(index), "zone": zone, "layers": [int(layers[0]), int(layers[1])], "sigma": r(sigma),
-            "word": where_word(loc, pose), "change": r(loc["mean"]), "centroid": [r(v) for v in loc["centroid"]],
-            "thirds": {k: r(v) for k, v in loc["thirds"].items()}, "spread": r(loc["spread"]),
+            "word": where_word(change_location(change_map(lo, hi)), pose), **whole,
             "shift_x": {k: r(v) for k, v in pose["shift_x"].items()},
             "shift_y": {k: r(v) for k, v in pose["shift_y"].items()},
             "roll": {k: r(v) for k, v in pose["roll"].items()},
-            "map": [[r(v) for v in row] for row in small.tolist()]}, m
+            "sides": {"minus": place(lo, mid), "plus": place(mid, hi)}}, change_map(lo, hi)
 
 
 def direction_sheet(explorer, directions, sigmas, indices, seeds, strengths, truncation=0.7, cell=SHEET_CELL,
@@ -1647,13 +1698,14 @@ def direction_sheet(explorer, directions, sigmas, indices, seeds, strengths, tru
             x = label_w + (j * len(strengths) + i) * (cell + 2) + 4
             draw.text((x, 4), f"seed {s}: {v:+g} sd" if i == 0 else f"{v:+g} sd", fill="black", font=font)
     draw.text((label_w + len(seeds) * len(strengths) * (cell + 2) + 4, 4), "where it changes", fill="black", font=font)
-    plain = explorer.synthesize(base, noise_mode).mean(0)                           # the mean face, behind the maps
+    unedited = torch.cat([explorer.synthesize(c, noise_mode) for c in base.split(16)]).clamp(-1, 1)  # [N, 3, H, W]
+    plain = unedited.mean(0)                                                        # the mean face, behind the maps
     for k in indices:
         for zone, a, b in explorer.mix_bands():
             edited = torch.cat([apply_knobs(base, [(directions[k], sigmas[k], (a, b - 1), v)]) for v in strengths])
             imgs = torch.cat([explorer.synthesize(c, noise_mode) for c in edited.split(16)]).clamp(-1, 1)  # as shown
             imgs = imgs.view(len(strengths), len(seeds), *imgs.shape[1:])                # [strength, seed, 3, H, W]
-            rec, m = row_numbers(k, zone, (a, b - 1), sigmas[k], imgs[0], imgs[-1])
+            rec, m = row_numbers(k, zone, (a, b - 1), sigmas[k], imgs[0], unedited, imgs[-1])
             records.append(rec)
             cells = [cell_image(to_pil(imgs[i][j]), cell) for j in range(len(seeds)) for i in range(len(strengths))]
             cells.append(cell_image(heat_image(m, to_pil(plain)), cell))
@@ -1691,7 +1743,8 @@ def run_sheet(args):
         raise ExploreError(f"--strengths {args.strengths!r}: need at least two different strengths")
     stdev = d.get("stdev")
     sigmas = ([float(v) for v in stdev] if torch.is_tensor(stdev) and stdev.shape == (k,)
-              else w_stdev(explorer.mapping, d["directions"].float(), explorer.style_dim, device=explorer.device).tolist())
+              else w_stdev(explorer.mapping, d["directions"].float(), explorer.style_dim,
+                           device=explorer.device).tolist())
     png, numbers = os.path.join(args.out, "sheet.png"), os.path.join(args.out, "sheet.json")
     load_script("03_stylegan2_ada").refuse_existing_outputs([png, numbers], args.overwrite)
     directions = d["directions"].float().to(explorer.device)
@@ -1710,6 +1763,8 @@ def run_sheet(args):
                          "spread": "share of the area holding the larger half of the change (0.5: even)",
                          "shift_x, shift_y, roll": "the move that best maps img(-s) onto img(+s) and the share "
                                                    "of the change it explains",
+                         "sides": "change, centroid, thirds, spread and map of each half: minus = lowest strength "
+                                  "vs unedited, plus = unedited vs highest",
                          "map": "the change map, area-pooled to at most 16 x 16, rows top to bottom"},
               "rows": rows}
     write_json(numbers, record)
@@ -2053,7 +2108,8 @@ class ExplorerApp:
         """(library, status line) for a name in the library folder; a missing file is a new library."""
         path = self.library_file(name)
         if not os.path.exists(path):
-            return {"path": path, "lib": new_library(self.generator)}, f"{name}: a new library (written when you name a knob)"
+            return ({"path": path, "lib": new_library(self.generator)},
+                    f"{name}: a new library (written when you name a knob)")
         lib = read_library(path)
         check_library_fits(lib, path, self.explorer)
         return {"path": path, "lib": lib}, f"{name}: {len(lib['knobs'])} knob(s)"
@@ -2142,7 +2198,8 @@ class ExplorerApp:
             raise ExploreError(f"no knob {which!r} in this library")
         ws, noises = self.styles(latent, seed, truncation)
         fixed = self.knob_terms(library, amounts) + others
-        batch = torch.cat([apply_knobs(ws, fixed + [swept[:3] + (float(v),)]) for v in np.linspace(lo, hi, UI_GIF_FRAMES)])
+        batch = torch.cat([apply_knobs(ws, fixed + [swept[:3] + (float(v),)])
+                           for v in np.linspace(lo, hi, UI_GIF_FRAMES)])
         frames = [caption(enlarge(to_pil(im), UI_VIEW), top or None, bottom or None)
                   for b in batch.split(8) for im in self.explorer.synthesize(b, noises=noises)]
         folder = folder if folder is not None else GifFolder(self.gif_root)
@@ -2193,7 +2250,8 @@ def build_ui(app):
                 out.append(gr.update(visible=True, label=k["name"], minimum=k["range"][0], maximum=k["range"][1],
                                      value=values[i] if keep else 0.0,
                                      info=f"sigma of w; layers {k['layers'][0]}-{k['layers'][1]}; "
-                                          f"{k['source']['method']} #{k['source']['index']}"))
+                                          f"{'-' if k['source']['sign'] < 0 else ''}{k['source']['method']} "
+                                          f"#{k['source']['index']}"))
             else:
                 out.append(gr.update(visible=False, value=0.0, label=f"knob slot {i}"))
         choices = [k["name"] for k in knobs] + [TRIED]
@@ -2276,7 +2334,8 @@ def build_ui(app):
 
         def on_project(img, n_steps, plus, progress=gr.Progress()):
             try:
-                lat, _, text = ui_project(app, img, n_steps, plus, lambda i, total: progress((i, total), desc="projecting"))
+                lat, _, text = ui_project(app, img, n_steps, plus,
+                                          lambda i, total: progress((i, total), desc="projecting"))
             except ExploreError as err:
                 raise gr.Error(str(err))
             return lat, text
@@ -2316,8 +2375,8 @@ def run_ui(args):
         dirs = sefa([w for _, w in explorer.style_weights(range(explorer.n_latent))])
     if os.path.exists(args.library):  # refuse a bad or foreign library before the page starts
         check_library_fits(read_library(args.library), args.library, explorer)
-    app = ExplorerApp(explorer, dirs, args.library, os.path.basename(args.dirs) if args.dirs else "sefa (computed by ui)",
-                      n_sliders=args.sliders)
+    app = ExplorerApp(explorer, dirs, args.library,
+                      os.path.basename(args.dirs) if args.dirs else "sefa (computed by ui)", n_sliders=args.sliders)
     print(f"library: {app.library_path}" + ("" if os.path.exists(args.library) else " (written when a knob is named)"))
     build_ui(app).launch(server_name=args.host, server_port=args.port, share=args.share)
 
@@ -2439,6 +2498,8 @@ def build_parser():
     n.add_argument("--range", default=f"{KNOB_RANGE[0]:g}:{KNOB_RANGE[1]:g}",
                    help="its range in sigma of w along it, low:high (default -3:3; write --range=-3:3)")
     n.add_argument("--library", required=True, help="the library file (.json); created when missing")
+    n.add_argument("--flip", action="store_true", help="store the direction reversed, so that + goes the way "
+                                                       "the name says (the sheet's -3 side becomes +3)")
     n.add_argument("--overwrite", action="store_true", help="replace a knob of the same name")
     n.add_argument("--ckpt", default=None, help="the generator the directions came from: needed only for an older "
                                                 "directions file (measures sigma, checks the layer range)")

@@ -341,6 +341,123 @@ def comparison_figure(rows, path, tile=64, label_w=112):
     fig.save(path)
 
 
+STRONG = 1 / 3     # a half-sweep counts as a strong change from a third of the sheet's largest one
+VISIBLE = 0.1      # and as a visible one from a tenth (a mouth is small: its change is small)
+TILT_SHARE = 0.25  # a sideways move must explain a quarter of a row's change for it to be called tilt
+MOUTH_BOX = (0.5, 0.8, 0.25, 0.75)  # y0, y1, x0, x1 of the picture: where 01's demo faces have the mouth
+MOUTH_SHARE = 0.4  # a knob is "mouth" when this much of its change falls in that box (15% of the area)
+
+
+def box_share(m, box):
+    """The share of a change map (sheet.json's pooled map, rows top to bottom) inside box (y0, y1, x0, x1)."""
+    n = len(m)
+    y0, y1, x0, x1 = (int(round(v * n)) for v in box)
+    total = sum(map(sum, m))
+    return sum(sum(row[x0:x1]) for row in m[y0:y1]) / total if total > 0 else 0.0
+
+
+def pick_demo_knobs(rows):
+    """The demo's naming rule, on the numbers `04 sheet` writes (sheet.json: one row per direction and
+    layer zone; under "sides" where each half of the sweep, -3 sd .. 0 and 0 .. +3 sd, changes the
+    image, with its map; heights y as fractions of the image, 0 at the top). A change is local when its
+    larger half covers less than 30% of the picture (spread < 0.3: not a colour cast over everything).
+    Each direction is named at most once:
+      tilt:  the row whose change a sideways move (shift_x or roll) explains best, if it explains at
+             least TILT_SHARE of it;
+      hair:  of the other directions' strong local half-sweeps (a change of at least STRONG times the
+             largest one), the one whose change sits highest (the smallest centroid y);
+      mouth: of the rest, the visible local half-sweep (at least VISIBLE times the largest change) on
+             the middle layers (StyleGAN Sec. 3.1: the middle styles hold the facial features) with the
+             largest share of its change in MOUTH_BOX, if that share is MOUTH_SHARE or more;
+      and, while fewer than three are named, the strongest remaining half-sweep, named after its zone
+      and index (e.g. "coarse 2"): a name that claims nothing it might not do.
+    Relative heights for hair, not fixed ones, because the faces do not fill the picture (hair starts
+    below its top third). A knob found on the minus half is stored reversed (`name --flip`), so that +
+    is the half that was found. Returns [(name, row, flip, reason)]."""
+    halves = [(r, side) for r in rows for side in ("minus", "plus")]
+    largest = max(r["sides"][side]["change"] for r, side in halves)
+    picked, used = [], set()
+
+    def move(r):
+        return max(r["shift_x"]["share"], r["roll"]["share"])
+
+    def pick(name, r, side, why):
+        used.add(r["index"])
+        where = (f"direction {r['index']}{'' if side is None else ' (' + side + ' half)'} on the {r['zone']} "
+                 f"layers {r['layers'][0]}-{r['layers'][1]}")
+        picked.append((name, r, side == "minus", f"{name} = {where}: {why}"))
+
+    def local(least):
+        return [(r, side, r["sides"][side]) for r, side in halves if r["index"] not in used
+                and r["sides"][side]["change"] >= least * largest and r["sides"][side]["spread"] < 0.3]
+
+    def told(h):
+        return f"centre of change at y = {h['centroid'][1]:.2f}; change {h['change']:.3f}, spread {h['spread']:.2f}"
+
+    tilt = max(rows, key=move)
+    if move(tilt) >= TILT_SHARE:
+        pick("tilt", tilt, None, f"a sideways move explains {move(tilt):.0%} of its change, the most of any row")
+    hair = min(local(STRONG), key=lambda c: c[2]["centroid"][1], default=None)
+    if hair is not None:
+        pick("hair", hair[0], hair[1], f"of the strong local changes the one that sits highest ({told(hair[2])})")
+    mouth = max((c for c in local(VISIBLE) if c[0]["zone"] == "middle"),
+                key=lambda c: box_share(c[2]["map"], MOUTH_BOX), default=None)
+    if mouth is not None and box_share(mouth[2]["map"], MOUTH_BOX) >= MOUTH_SHARE:
+        pick("mouth", mouth[0], mouth[1], f"of the visible local middle-layer changes the one with the most of it "
+                                          f"({box_share(mouth[2]['map'], MOUTH_BOX):.0%}) where the mouth is "
+                                          f"({told(mouth[2])})")
+    while len(picked) < 3 and len(used) < len({r["index"] for r in rows}):
+        r, side = max(((r, side) for r, side in halves if r["index"] not in used),
+                      key=lambda h: h[0]["sides"][h[1]]["change"])
+        missing = [n for n in ("tilt", "hair", "mouth") if n not in [p[0] for p in picked]]
+        pick(f"{r['zone']} {r['index']}", r, side,
+             f"no row fits the rule for {' or '.join(missing)} (best sideways move {move(tilt):.0%}); the strongest "
+             f"remaining change ({r['sides'][side]['change']:.3f}), named after its zone and index")
+    return picked
+
+
+def file_tag(name):
+    """A knob name as 04 puts it into file names (spaces and dots -> '-')."""
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
+
+
+def name_demo_knobs(ckpt, out, log, device="cpu", timings=None, count=8, seeds="0-2"):
+    """The demo names knobs on the generator it just trained (so no library can ship for it): `04 sefa`,
+    `04 sheet` of the first `count` directions (untruncated, as the demo explores), pick_demo_knobs on
+    the sheet's numbers, `04 name` for each pick (on the picked zone's layers), one `04 edit` row per
+    knob (its range, the seeds) and a meme GIF with the first one. Each step is the real command line,
+    timed into `timings` when given. Returns the paths (sefa, sheet, sheet_json, library, edits
+    {name: grid PNG}, meme) and `reasons`, one line per knob, for summary.md."""
+    step = (lambda stage, args: run(stage, args, log, timings)) if timings is not None else (
+        lambda stage, args: call(args, log, stage))
+    os.makedirs(out, exist_ok=True)
+    dev = ["--device", device]
+    sefa, sheet, library = (os.path.join(out, n) for n in ("sefa.pt", "sheet", "knobs.json"))
+    step("04 SeFa for the knobs", ["04_latent_explore.py", "sefa", "--ckpt", ckpt, "--out", sefa] + dev)
+    step("04 sheet", ["04_latent_explore.py", "sheet", "--ckpt", ckpt, "--dirs", sefa, "--count", str(count),
+                      "--seeds", seeds, "--truncation", "1", "--out", sheet] + dev)
+    with open(os.path.join(sheet, "sheet.json")) as f:
+        rows = json.load(f)["rows"]
+    picks = pick_demo_knobs(rows)
+    edits = {}
+    for name, row, flip, _ in picks:
+        step(f"04 name {name}", ["04_latent_explore.py", "name", "--dirs", sefa, "--index", str(row["index"]),
+                                 "--name", name, "--layers", f"{row['layers'][0]}-{row['layers'][1]}",
+                                 "--library", library] + (["--flip"] if flip else []) + dev)
+        folder = os.path.join(out, "edit_" + file_tag(name))
+        step(f"04 edit {name}", ["04_latent_explore.py", "edit", "--ckpt", ckpt, "--library", library, "--knob", name,
+                                 "--seeds", seeds, "--truncation", "1", "--out", folder] + dev)
+        edits[name] = os.path.join(folder, f"grid_{file_tag(name)}.png")
+    first = picks[0][0]
+    meme = os.path.join(out, "meme")
+    step("04 meme", ["04_latent_explore.py", "edit", "--ckpt", ckpt, "--library", library, "--knob", first,
+                     "--seeds", "0", "--truncation", "1", "--caption-top", "ME", "--caption-bottom", "ALSO ME",
+                     "--out", meme] + dev)
+    return {"sefa": sefa, "sheet": os.path.join(sheet, "sheet.png"), "sheet_json": os.path.join(sheet, "sheet.json"),
+            "library": library, "edits": edits, "meme": os.path.join(meme, f"seed0000_{file_tag(first)}.gif"),
+            "reasons": [why for *_, why in picks]}
+
+
 def metric_table(out, data, generators, inception, dims, log, device):
     """FID and KID of each generator against the second half of the real target faces, and the
     noise floor: the same two numbers between the first and the second half of the real faces.

@@ -1,4 +1,5 @@
-"""Latent-explorer response time: one slider change = styles + edit + synthesis + caption (04's UI path).
+"""Latent-explorer response time: one slider change = styles + 8 named knobs + synthesis + enlarging
+to 256 px + caption (04's UI path, ExplorerApp.view).
 
     python bench/bench_latent.py                      # demo size on CPU (64 px, small channels)
     python bench/bench_latent.py --size 256 --channel-multiplier 2 --channel-max 512 --device cuda
@@ -10,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -36,11 +38,20 @@ def main(argv=None):
                       channel_max=args.channel_max).to(args.device)
     explorer = lx.StyleGAN2Explorer(g)
     dirs = lx.sefa([w for _, w in explorer.style_weights(range(explorer.n_latent))])
-    session = lx.Session(explorer, dirs, n_sliders=8)
+    dirs["stdev"] = lx.w_stdev(explorer.mapping, dirs["directions"], explorer.style_dim, device=args.device)
+    n = explorer.n_latent
+    with tempfile.TemporaryDirectory() as tmp:  # a library of 8 knobs, each on its own layers
+        path = os.path.join(tmp, "knobs.json")
+        for i in range(8):
+            knob = lx.direction_knob(dirs, "sefa.pt", i, f"knob {i}", (i % n, min(n - 1, i % n + 3)),
+                                     lx.KNOB_RANGE, float(dirs["stdev"][i]))
+            lx.add_knob(path, knob, lx.generator_info(explorer))
+        app = lx.ExplorerApp(explorer, dirs, path, "sefa.pt", n_sliders=8)
+        library, _ = app.open_library("knobs.json")
     amounts = [1.0, -0.5, 0.0, 2.0, 0.0, 0.0, 0.3, 0.0]
 
     def once(seed):
-        img = session.render(seed, 0.7, 0, explorer.n_latent - 1, "TOP TEXT", "BOTTOM", *amounts)
+        img = app.view(None, library, seed, 0.7, "TOP TEXT", "BOTTOM", 0, 0.0, f"0-{n - 1}", *amounts)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return img

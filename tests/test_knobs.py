@@ -152,16 +152,21 @@ def test_name_writes_a_library_that_stands_alone(ckpt, dirs, tmp_path, capsys):
     np.testing.assert_allclose(mouth["vector"], d["directions"][2].numpy(), atol=1e-7)
     assert mouth["sigma"] == pytest.approx(float(d["stdev"][2]), rel=1e-7)
     t = d["directions"].float().contiguous()
-    assert mouth["source"] == {"method": "sefa", "index": 2, "file": "sefa.pt", "directions": hashlib.sha256(
+    assert mouth["source"] == {"method": "sefa", "index": 2, "sign": 1, "file": "sefa.pt", "directions": hashlib.sha256(
         str(tuple(t.shape)).encode() + t.numpy().tobytes()).hexdigest()[:16]}
     assert data["knobs"][1]["layers"] == [0, 5]              # default: the directions file's layers
     assert data["generator"] == {"fingerprint": lx.fingerprint(lx.load_explorer(ckpt)), "family": "stylegan2",
                                  "size": 16, "style_dim": 32, "n_latent": 6}
     assert sorted(os.listdir(tmp_path)) == [".knobs.json.lock", "knobs.json"]   # no temp file left
+    lx.main(["name", "--dirs", dirs, "--index", "2", "--name", "less mouth", "--flip", "--library", str(lib)])
+    flipped = json.loads(lib.read_text())["knobs"][2]
+    np.testing.assert_allclose(flipped["vector"], -d["directions"][2].numpy(), atol=1e-7)
+    assert flipped["source"]["sign"] == -1 and flipped["sigma"] == mouth["sigma"]
     capsys.readouterr()
     lx.main(["knobs", "--library", str(lib)])
     out = capsys.readouterr().out
-    assert "mouth  sefa #2 (sefa.pt)  4-5" in out and "-2..4 sigma" in out and "2 knob(s)" in out
+    assert "mouth       sefa #2 (sefa.pt)   4-5" in out and "-2..4 sigma" in out and "3 knob(s)" in out
+    assert "less mouth  -sefa #2 (sefa.pt)" in out
 
 
 def test_an_older_sefa_file_needs_ckpt_to_measure_sigma(ckpt, dirs, tmp_path):
@@ -210,6 +215,7 @@ def _junk_libraries(good):
         ("layers as text", edited(layers="0-3"), "layers must be"),
         ("negative sigma", edited(sigma=-1.0), "sigma must be a positive"),
         ("bool index", edited(source=dict(knob["source"], index=True)), "source index"),
+        ("sign 2", edited(source=dict(knob["source"], sign=2)), "source sign must be 1 or -1"),
         ("unknown field", edited(comment="mine"), "unknown field 'comment'"),
         ("bad name", edited(name="a/b"), "only letters"),
         ("two knobs one name", json.dumps(dict(data, knobs=[knob, knob])).encode(), "used twice"),
@@ -220,7 +226,7 @@ def _junk_libraries(good):
     ]
 
 
-@pytest.mark.parametrize("case", range(18))
+@pytest.mark.parametrize("case", range(19))
 def test_a_bad_library_is_one_line_and_stays_as_it_was(ckpt, dirs, tmp_path, case):
     good = _library(tmp_path / "good.json", dirs)
     name, junk, message = _junk_libraries(good)[case]
@@ -280,7 +286,8 @@ def _knob(name, dim=32, n_latent=6):
     v = np.zeros(dim)
     v[hash(name) % dim] = 1.0
     return {"name": name, "layers": [0, n_latent - 1], "range": [-3.0, 3.0], "unit": "sigma", "sigma": 1.0,
-            "source": {"method": "sefa", "index": 0, "directions": "0" * 16, "file": "d.pt"}, "vector": v.tolist()}
+            "source": {"method": "sefa", "index": 0, "sign": 1, "directions": "0" * 16, "file": "d.pt"},
+            "vector": v.tolist()}
 
 
 GEN = {"fingerprint": "0123456789abcdef", "family": "stylegan2", "size": 16, "style_dim": 32, "n_latent": 6}
