@@ -2112,7 +2112,9 @@ class ExplorerApp:
                     f"{name}: a new library (written when you name a knob)")
         lib = read_library(path)
         check_library_fits(lib, path, self.explorer)
-        return {"path": path, "lib": lib}, f"{name}: {len(lib['knobs'])} knob(s)"
+        more = len(lib["knobs"]) - self.n_sliders
+        return {"path": path, "lib": lib}, (f"{name}: {len(lib['knobs'])} knob(s)"
+                                            + (f"; the first {self.n_sliders} have sliders (--sliders)" if more > 0 else ""))
 
     def knobs(self, library):
         """The knobs that have sliders: the first n_sliders of the session's library."""
