@@ -94,8 +94,8 @@ Run
 Map (the method, then one banner line, then the plumbing)
   1 the generator seen as z -> w -> styles -> image: StyleGAN2Explorer, StyleGANv1Explorer, mean_w
   2 directions: ganspace, w_stdev, sefa, canonical_sign
-  3 projection: learning_rate, w_noise_scale, noise_regularization, normalize_noise_, FeatureDistance,
-    VGG16Features, DiscriminatorFeatures, w_stats, project
+  3 projection: learning_rate, w_noise_scale, noise_regularization, normalize_noise_, FeatureDistance
+    (LPIPS Eq. 1; its VGG16Features network is ops/lpips.py's), DiscriminatorFeatures, w_stats, project
   4 editing and mixing: truncate, styles_for, apply_edit, mix_styles, apply_knobs, walk_styles
   5 where an edit changes the image: change_map, change_location, pose_change, where_word
   ---- plumbing ----
@@ -134,7 +134,10 @@ from tqdm import tqdm
 
 import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
 from ops import OPS_HELP, OPS_MODES, set_ops
+from ops import lpips as lpips_ops
 from ops.device import DEVICE_HELP, resolve_device
+from ops.lpips import (TORCHVISION_VGG16, VGG16_CFG, VGG16Features, hub_vgg16_file, lpips_lin_weights,  # noqa: F401
+                       unit_normalize)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
@@ -160,14 +163,8 @@ PROJECT_NOISE_REG = 1e5        # regularize_noise_weight
 PROJECT_SEED = 303             # projector.py's --seed default
 VIDEO_FRAMES = 50              # at most this many frames in --video GIFs
 
-# LPIPS (Zhang et al. 2018) on VGG16: ReLU outputs relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, which are
-# indices 3, 8, 15, 22, 29 of torchvision's vgg16().features; inputs in [-1, 1] shifted and scaled per
-# channel (lpips ScalingLayer).
-VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-VGG16_TAPS = (3, 8, 15, 22, 29)
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
-TORCHVISION_VGG16 = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 file name in the hub cache
+# LPIPS (Zhang et al. 2018) on VGG16 lives in ops/lpips.py (shared with the diversity measure):
+# VGG16Features (the taps relu1_2 .. relu5_3, LPIPS' input scaling), unit_normalize, the weight files.
 
 
 class ExploreError(ValueError):
@@ -408,10 +405,6 @@ def normalize_noise_(noises):
         n *= n.square().mean().rsqrt()
 
 
-def unit_normalize(f, eps=1e-10):
-    """LPIPS's normalize_tensor: each pixel's feature vector to unit length over channels ([B, C, H, W])."""
-    return f / (f.square().sum(1, keepdim=True).sqrt() + eps)
-
 
 class FeatureDistance(nn.Module):
     """d(x, y) = sum_l mean_hw sum_c lin_lc (f^_l(x) - f^_l(y))_c^2 + mse * mean((x - y)^2)   (LPIPS Eq. 1)
@@ -454,39 +447,6 @@ class FeatureDistance(nn.Module):
             total = total + self.mse * mse
         return total, parts
 
-
-class VGG16Features(nn.Module):
-    """VGG16 conv layers (Simonyan & Zisserman 2015) in torchvision's `features` numbering, returning the
-    five LPIPS taps. Input [B, 3, S, S] in [-1, 1]; images above 256 px are area-downsampled to 256
-    first (NVIDIA projector.py: VGG was trained at 224 px)."""
-
-    def __init__(self, state_dict):
-        super().__init__()
-        layers, c = [], 3
-        for v in VGG16_CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
-                c = v
-        self.features = nn.Sequential(*layers)                 # indices 0..29 as torchvision's
-        self.features.load_state_dict(state_dict, strict=True)
-        self.requires_grad_(False).eval()
-        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
-
-    def forward(self, img):
-        if img.shape[2] > 256:
-            img = F.interpolate(img, size=(256, 256), mode="area")
-        x = (img - self.shift) / self.scale
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in VGG16_TAPS:
-                out.append(x)
-            if i == VGG16_TAPS[-1]:
-                break
-        return out
 
 
 class DiscriminatorFeatures(nn.Module):
@@ -1868,39 +1828,13 @@ def run_mix(args):
 
 # ---- project ----
 
-def hub_vgg16_file():
-    """torchvision's VGG16 weights in the torch hub cache, if a download ever put them there."""
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_VGG16)
-    return path if os.path.isfile(path) else None
-
-
-def lpips_lin_weights():
-    """The `lpips` package's learned VGG layer weights (weights/v0.1/vgg.pth) as 5 [C] tensors, if installed."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "v0.1", "vgg.pth")
-    if not os.path.isfile(path):
-        return None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return [sd[f"lin{i}.model.1.weight"].flatten().float() for i in range(len(VGG16_TAPS))]
-
 
 def load_vgg16(path):
-    """torchvision's VGG16 state dict (features.* keys; classifier.* ignored) -> VGG16Features."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist()):
-                raise ExploreError(f"{path}: a TorchScript file (NVIDIA's vgg16.pt holds code, which is not "
-                                   f"loaded); pass torchvision's {TORCHVISION_VGG16}")
-    sd = read_weights_only(path, "weights-only VGG16 file")
-    if not isinstance(sd, dict):
-        raise ExploreError(f"{path}: not a VGG16 state dict")
-    feats = {k[len("features."):]: v for k, v in sd.items() if str(k).startswith("features.")} or sd
+    """torchvision's VGG16 state dict -> VGG16Features (ops.lpips), a bad file as ExploreError."""
     try:
-        return VGG16Features(feats)
-    except RuntimeError as e:
-        raise ExploreError(f"{path}: does not fit VGG16's conv layers ({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+        return lpips_ops.load_vgg16(path)
+    except lpips_ops.LPIPSWeightsError as e:
+        raise ExploreError(str(e)) from None
 
 
 def discriminator_features(explorer):
