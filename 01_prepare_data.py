@@ -45,6 +45,8 @@ Outputs (DATA/):
     stops half-way leaves a consistent, usable folder.
 Importable (tests and later scripts load this file with importlib):
     make_demo_faces(n, size, seed, style) -> [PIL.Image]; write_demo(out_dir, n, size, seed, overwrite, style)
+    make_demo_faces_with_labels(n, size, seed, style, start) -> ([PIL.Image], [dict]): the same faces and
+        what was drawn for each (hair, eyes, nose, mouth, flags, yaw, roll, ...: FACE_LABELS)
     read_boxes(path) -> [Box]; square_around(box, margin); crop_square(page, left, top, side, pad)
     load_carn(path, device) -> CARNV2; carn_upscale(model, img, size); make_mark_server(pages, boxes)
 
@@ -724,9 +726,12 @@ def prepare_out_dir(out_dir, overwrite, inputs=()):
 # 7. Demo data: procedural black-and-white line-art cartoon faces (the TARGET style) and shaded
 #    colour faces with the same layout (the SOURCE style, for pretraining the demo's source models)
 # ---------------------------------------------------------------------------------------------
-def _head_outline(rng, cx, cy, hw, hh):
-    """Points of a head outline: superellipse, egg (tapered) or square jaw with a chin."""
+def _head_outline(rng, cx, cy, hw, hh, labels=None):
+    """Points of a head outline: superellipse, egg (tapered) or square jaw with a chin.
+    `labels` (a dict), when given, receives the shape drawn."""
     shape = rng.choice(["oval", "round-square", "egg", "pear", "jaw"])
+    if labels is not None:
+        labels["head_shape"] = shape
     exponent = {"oval": 2.0, "round-square": rng.uniform(3.0, 4.5)}.get(shape, rng.uniform(2.0, 2.8))
     taper = {"egg": rng.uniform(0.12, 0.3), "pear": -rng.uniform(0.1, 0.25),
              "jaw": rng.uniform(0.05, 0.15)}.get(shape, 0.0)
@@ -744,6 +749,7 @@ def _head_outline(rng, cx, cy, hw, hh):
 
 
 def _draw_hair(rng, draw, outline, cx, cy, hw, hh, lw):
+    """Draws one of seven hair styles on the head; returns the style's name."""
     style = rng.choice(["bald", "cap", "spiky", "curly", "bowl", "strands", "flat-top"])
     top = cy - hh
     if style in ("cap", "bowl"):
@@ -792,6 +798,7 @@ def _draw_hair(rng, draw, outline, cx, cy, hw, hh, lw):
     elif style == "flat-top":
         y1 = top + hh * rng.uniform(0.15, 0.3)
         draw.rectangle([cx - hw * 0.8, top - hh * rng.uniform(0.1, 0.3), cx + hw * 0.8, y1], fill=0)
+    return style
 
 
 def _draw_eyes(rng, draw, ex, ey, spacing, r, yaw, lw):
@@ -824,8 +831,12 @@ def _draw_eyes(rng, draw, ex, ey, spacing, r, yaw, lw):
     return style
 
 
-def _draw_face(rng, size):
-    """One face as an L image at size x size (drawn at a larger scale, then Lanczos-reduced)."""
+def _draw_face(rng, size, labels=None):
+    """One face as an L image at size x size (drawn at a larger scale, then Lanczos-reduced).
+
+    `labels` (a dict), when given, receives what was drawn (see FACE_LABELS); recording them
+    draws no extra random numbers, so the image is the same with or without it."""
+    lab = {} if labels is None else labels
     s = max(2 * size, 128)                                          # supersampled canvas
     img = Image.new("L", (s, s), 255)
     draw = ImageDraw.Draw(img)
@@ -837,25 +848,31 @@ def _draw_face(rng, size):
     cy = s / 2 + rng.uniform(-0.03, 0.07) * s
     yaw = rng.uniform(-0.3, 0.3)                                    # features shift sideways
     fx = cx + yaw * hw * 0.6                                        # face centre line
+    lab.update(style="target", line_width=lw * size / s, scale=scale, half_width=hw / s, half_height=hh / s,
+               x=cx / s - 0.5, y=cy / s - 0.5, yaw=yaw)
 
-    if rng.random() < 0.75:                                         # ears, behind the head
+    lab["ears"] = rng.random() < 0.75
+    if lab["ears"]:                                                 # ears, behind the head
         er_w, er_h = hw * rng.uniform(0.12, 0.2), hh * rng.uniform(0.15, 0.25)
         for side in (-1, 1):
             ex = cx + side * hw * (0.97 - 0.25 * max(0.0, side * yaw))
             draw.ellipse([ex - er_w, cy - er_h, ex + er_w, cy + er_h], fill=255, outline=0, width=lw)
-    outline = _head_outline(rng, cx, cy, hw, hh)
+    outline = _head_outline(rng, cx, cy, hw, hh, lab)
     draw.polygon(outline, fill=255, outline=0, width=lw)
 
     inner = Image.new("L", (s, s), 0)                               # inside of the head, for shading
     ImageDraw.Draw(inner).polygon([(cx + 0.92 * (x - cx), cy + 0.94 * (y - cy)) for x, y in outline],
                                   fill=255)
+    lab["shading"], lab["shading_side"] = "none", "none"
     if rng.random() < 0.5:                                          # hatching or screentone on one side
         side = rng.choice([-1, 1])
         layer = Image.new("L", (s, s), 0)
         ld = ImageDraw.Draw(layer)
         split = cx + side * hw * rng.uniform(0.2, 0.5)
         x_lo, x_hi = (split, s) if side > 0 else (0, split)
-        if rng.random() < 0.6:
+        hatching = rng.random() < 0.6
+        lab["shading"], lab["shading_side"] = "hatching" if hatching else "screentone", "right" if side > 0 else "left"
+        if hatching:
             step = lw * rng.uniform(2.5, 4.0)
             slope = rng.uniform(-1.2, 1.2)
             k = -s
@@ -876,22 +893,27 @@ def _draw_face(rng, size):
         ImageDraw.Draw(region).rectangle([x_lo, 0, x_hi, s], fill=255)
         img.paste(0, mask=ImageChops.multiply(ImageChops.multiply(layer, inner), region))
 
-    _draw_hair(rng, draw, outline, cx, cy, hw, hh, lw)
+    lab["hair"] = _draw_hair(rng, draw, outline, cx, cy, hw, hh, lw)
 
     ey = cy + rng.uniform(-0.22, 0.02) * hh                         # eyes
     spacing = hw * rng.uniform(0.3, 0.5)
     r = hw * rng.uniform(0.08, 0.16)
     eye_style = _draw_eyes(rng, draw, fx, ey, spacing, r, yaw, lw)
+    lab.update(eyes=eye_style, eye_y=(ey - cy) / hh, eye_spacing=spacing / hw, eye_size=r / hw,
+               brows="none", thick_brows=False)
 
     if rng.random() < 0.85 and eye_style != "shades":               # brows: neutral, angry, sad, thick
         tilt = rng.choice([0.0, 0.35, -0.35]) * r
-        bw = lw * (2.5 if rng.random() < 0.3 else 1)
+        lab["brows"] = "neutral" if tilt == 0 else "angry" if tilt > 0 else "sad"   # inner ends low: angry
+        lab["thick_brows"] = rng.random() < 0.3
+        bw = lw * (2.5 if lab["thick_brows"] else 1)
         by = ey - r * rng.uniform(1.5, 2.3)
         for side in (-1, 1):
             x = fx + side * spacing
             inner_x, outer_x = x - side * r * 1.1, x + side * r * 1.1
             draw.line([(inner_x, by + tilt), (outer_x, by - tilt)], fill=0, width=int(bw))
-    if eye_style not in ("shades",) and rng.random() < 0.15:        # round glasses
+    lab["glasses"] = eye_style not in ("shades",) and rng.random() < 0.15
+    if lab["glasses"]:                                              # round glasses
         for side in (-1, 1):
             x = fx + side * spacing
             g = r * 1.8
@@ -901,6 +923,7 @@ def _draw_face(rng, size):
     ny = ey + hh * rng.uniform(0.2, 0.32)                           # nose
     nose = rng.choice(["none", "hook", "dots", "round", "line"])
     nw = hw * rng.uniform(0.06, 0.12)
+    lab["nose"] = nose
     if nose == "hook":
         draw.line([(fx, ny - nw * 2), (fx - nw * math.copysign(1, yaw or 1), ny), (fx, ny)], fill=0, width=lw)
     elif nose == "dots":
@@ -914,6 +937,7 @@ def _draw_face(rng, size):
     my = min(cy + hh * 0.8, ny + hh * rng.uniform(0.18, 0.32))      # mouth
     mw = hw * rng.uniform(0.2, 0.55)
     mouth = rng.choice(["line", "smile", "frown", "open", "teeth", "wavy", "o"])
+    lab.update(mouth=mouth, mouth_width=mw / hw)
     if mouth == "line":
         draw.line([(fx - mw, my), (fx + mw, my)], fill=0, width=lw)
     elif mouth in ("smile", "frown"):
@@ -936,9 +960,11 @@ def _draw_face(rng, size):
         o = mw * 0.35
         draw.ellipse([fx - o, my - o, fx + o, my + o], fill=255, outline=0, width=lw)
 
-    if rng.random() < 0.15:                                          # moustache
+    lab["moustache"] = rng.random() < 0.15
+    if lab["moustache"]:                                             # moustache
         draw.chord([fx - mw * 0.9, my - hh * 0.16, fx + mw * 0.9, my - hh * 0.02], 180, 360, fill=0)
-    if rng.random() < 0.4:                                           # stubble dots on the jaw
+    lab["stubble"] = rng.random() < 0.4
+    if lab["stubble"]:                                               # stubble dots on the jaw
         mask = inner.load()
         rd = max(1.0, lw * 0.45)
         for _ in range(rng.randint(30, 120)):
@@ -946,19 +972,22 @@ def _draw_face(rng, size):
             y = ny + rng.uniform(0.05, 1.0) * (cy + hh - ny)
             if 0 <= x < s and 0 <= y < s and mask[int(x), int(y)] and abs(y - my) > lw * 1.5:
                 draw.ellipse([x - rd, y - rd, x + rd, y + rd], fill=0)
-    if rng.random() < 0.2:                                           # blush strokes
+    lab["blush"] = rng.random() < 0.2
+    if lab["blush"]:                                                 # blush strokes
         for side in (-1, 1):
             x = fx + side * spacing * 1.2
             y = (ny + my) / 2
             for k in range(3):
                 dx = (k - 1) * lw * 2.5
                 draw.line([(x + dx - lw, y + lw * 1.5), (x + dx + lw, y - lw * 1.5)], fill=0, width=max(1, lw // 2))
-    if rng.random() < 0.1:                                           # sweat drop
+    lab["sweat"] = rng.random() < 0.1
+    if lab["sweat"]:                                                 # sweat drop
         x, y, d = cx + hw * 0.75, cy - hh * 0.45, hw * 0.09
         draw.polygon([(x, y - 2 * d), (x - d, y), (x + d, y)], fill=255, outline=0, width=max(1, lw // 2))
         draw.ellipse([x - d, y - d, x + d, y + d], fill=255, outline=0, width=max(1, lw // 2))
 
     angle = rng.uniform(-14, 14)                                     # roll
+    lab["roll"] = angle
     img = img.rotate(angle, resample=Image.Resampling.BICUBIC, center=(cx, cy), fillcolor=255)
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
@@ -986,8 +1015,12 @@ def _shade(colour, factor):
     return tuple(max(0, min(255, int(c * factor))) for c in colour)
 
 
-def _draw_source_face(rng, size):
-    """One shaded colour face as an RGB image at size x size (supersampled, then reduced)."""
+def _draw_source_face(rng, size, labels=None):
+    """One shaded colour face as an RGB image at size x size (supersampled, then reduced).
+
+    `labels` (a dict), when given, receives what was drawn (see FACE_LABELS), without drawing
+    extra random numbers: the image is the same with or without it."""
+    lab = {} if labels is None else labels
     s = max(2 * size, 128)
     # background: a vertical gradient between two colours of one random hue
     hue = rng.random()
@@ -1006,26 +1039,33 @@ def _draw_source_face(rng, size):
     cy = s / 2 + rng.uniform(-0.03, 0.07) * s
     yaw = rng.uniform(-0.3, 0.3)
     fx = cx + yaw * hw * 0.6
-    skin = _jitter(rng, rng.choice(SKIN_TONES), 12)
-    hair = _jitter(rng, rng.choice(HAIR_COLOURS), 15)
+    skin_base = rng.choice(SKIN_TONES)
+    skin = _jitter(rng, skin_base, 12)
+    hair_base = rng.choice(HAIR_COLOURS)
+    hair = _jitter(rng, hair_base, 15)
     shirt = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8),
                                                             rng.uniform(0.2, 0.9)))
+    lab.update(style="source", background_hue=hue, scale=scale, half_width=hw / s, half_height=hh / s,
+               x=cx / s - 0.5, y=cy / s - 0.5, yaw=yaw, skin_tone=SKIN_TONES.index(skin_base),
+               hair_colour=HAIR_COLOURS.index(hair_base))
 
     # shoulders and neck, under the head
     draw.ellipse([cx - hw * 2.0, cy + hh * 1.05, cx + hw * 2.0, cy + hh * 2.6], fill=shirt)
     draw.rectangle([cx - hw * 0.45, cy + hh * 0.5, cx + hw * 0.45, cy + hh * 1.2], fill=_shade(skin, 0.8))
     hair_len = rng.choice(["short", "short", "short", "long", "long", "bald"])
+    lab["hair_length"] = hair_len
     if hair_len == "long":                                          # long hair behind the head
         draw.rounded_rectangle([cx - hw * 1.2, cy - hh * 1.12, cx + hw * 1.2, cy + hh * rng.uniform(0.6, 1.3)],
                                radius=hw * 0.8, fill=hair)
     for side in (-1, 1):                                            # ears
         ex = cx + side * hw * (0.97 - 0.25 * max(0.0, side * yaw))
         draw.ellipse([ex - hw * 0.14, cy - hh * 0.18, ex + hw * 0.14, cy + hh * 0.12], fill=_shade(skin, 0.9))
-    outline = _head_outline(rng, cx, cy, hw, hh)
+    outline = _head_outline(rng, cx, cy, hw, hh, lab)
     draw.polygon(outline, fill=skin)
 
     # light from one side: darken the head away from it (a smooth ramp, limited to the head)
     light = rng.uniform(-1, 1)
+    lab["light"] = light                                            # > 0: lit from the right
     xs = (np.arange(s)[None, :] - cx) / hw
     ys = (np.arange(s)[:, None] - cy) / hh
     shade = np.clip(1.0 - 0.28 * (xs * -light + 0.6 * ys + 0.2 * (xs ** 2 + ys ** 2)), 0.45, 1.1)
@@ -1055,9 +1095,12 @@ def _draw_source_face(rng, size):
     ey = cy + rng.uniform(-0.22, 0.02) * hh                         # eyes (same ranges)
     spacing = hw * rng.uniform(0.3, 0.5)
     r = hw * rng.uniform(0.08, 0.16)
-    iris = _jitter(rng, rng.choice(IRIS_COLOURS), 10)
+    iris_base = rng.choice(IRIS_COLOURS)
+    iris = _jitter(rng, iris_base, 10)
     closed = rng.random() < 0.15
     look = rng.uniform(-0.35, 0.35) * r
+    lab.update(eye_y=(ey - cy) / hh, eye_spacing=spacing / hw, eye_size=r / hw, eyes_closed=closed,
+               iris_colour=IRIS_COLOURS.index(iris_base))
     lid = _shade(skin, 0.55)
     for side in (-1, 1):
         x = fx + side * spacing
@@ -1073,6 +1116,7 @@ def _draw_source_face(rng, size):
             draw.arc([x - rr * 1.2, ey - rr * 0.62, x + rr * 1.2, ey + rr * 0.62], 190, 350, fill=lid,
                      width=max(1, s // 100))
     tilt = rng.choice([0.0, 0.0, 0.3, -0.3]) * r                    # brows: neutral, angry, sad
+    lab["brows"] = "neutral" if tilt == 0 else "angry" if tilt > 0 else "sad"    # inner ends low: angry
     by = ey - r * rng.uniform(1.4, 2.0)
     for side in (-1, 1):
         x = fx + side * spacing
@@ -1089,6 +1133,7 @@ def _draw_source_face(rng, size):
     mw = hw * rng.uniform(0.2, 0.45)
     lips = _jitter(rng, (190, 90, 90), 25)
     mouth = rng.choice(["neutral", "smile", "smile", "open", "frown"])
+    lab.update(mouth=mouth, mouth_width=mw / hw)
     if mouth == "neutral":
         draw.ellipse([fx - mw, my - mw * 0.18, fx + mw, my + mw * 0.22], fill=lips)
         draw.line([(fx - mw, my), (fx + mw, my)], fill=_shade(lips, 0.55), width=max(1, s // 100))
@@ -1104,17 +1149,20 @@ def _draw_source_face(rng, size):
         mh = mw * rng.uniform(0.5, 0.9)
         draw.ellipse([fx - mw * 0.7, my - mh * 0.6, fx + mw * 0.7, my + mh * 0.6], fill=lips)
         draw.ellipse([fx - mw * 0.5, my - mh * 0.4, fx + mw * 0.5, my + mh * 0.4], fill=(70, 20, 25))
-    if rng.random() < 0.3:                                          # blush
+    lab["blush"] = rng.random() < 0.3
+    if lab["blush"]:                                                # blush
         for side in (-1, 1):
             x, y = fx + side * spacing * 1.15, (ny + my) / 2
             draw.ellipse([x - r, y - r * 0.6, x + r, y + r * 0.6], fill=_mix(skin, (230, 120, 120), 0.35))
-    if rng.random() < 0.12:                                         # glasses
+    lab["glasses"] = rng.random() < 0.12
+    if lab["glasses"]:                                              # glasses
         for side in (-1, 1):
             x = fx + side * spacing
             g = r * 1.7
             draw.ellipse([x - g, ey - g * 0.8, x + g, ey + g * 0.8], outline=(30, 30, 30), width=max(1, s // 90))
 
     angle = rng.uniform(-14, 14)                                    # roll, as the target style
+    lab["roll"] = angle
     layer = layer.rotate(angle, resample=Image.Resampling.BICUBIC, center=(cx, cy))
     background.paste(layer, mask=layer.split()[3])
     img = background.filter(ImageFilter.GaussianBlur(radius=s / 200))  # photo softness
@@ -1128,6 +1176,51 @@ DEMO_STYLES = {
 }
 
 
+# What the drawing functions report (`labels`, make_demo_faces_with_labels): one dict per face.
+# Floats are continuous parameters; strings, booleans and ints are classes. Positions and sizes are
+# fractions of the frame (x, y: head centre minus the frame's centre), eye and mouth geometry
+# fractions of the head's half width / half height, as the drawing code computes them.
+FACE_LABELS = {
+    "style": "both: 'target' (_draw_face) or 'source' (_draw_source_face)",
+    "scale": "both: head size in the frame, 0.6-0.88",
+    "half_width": "both: head half width / frame", "half_height": "both: head half height / frame",
+    "x": "both: head centre x / frame - 0.5", "y": "both: head centre y / frame - 0.5",
+    "yaw": "both: sideways turn, -0.3-0.3 (features shift by yaw * 0.6 half widths)",
+    "roll": "both: rotation in degrees, -14-14",
+    "head_shape": "both: oval, round-square, egg, pear, jaw",
+    "eye_y": "both: eye height below the head centre / half height",
+    "eye_spacing": "both: eye distance from the centre line / half width",
+    "eye_size": "both: eye radius / half width",
+    "brows": "both: neutral, angry, sad; target also none",
+    "mouth": "target: line, smile, frown, open, teeth, wavy, o; source: neutral, smile, open, frown",
+    "mouth_width": "both: mouth half width / head half width",
+    "glasses": "both: round glasses", "blush": "both: blush strokes (target) or cheeks (source)",
+    "line_width": "target: line width in output pixels (1 at 32 px: the 1-pixel floor)",
+    "ears": "target", "shading": "target: none, hatching, screentone",
+    "shading_side": "target: none, left, right",
+    "hair": "target: bald, cap, spiky, curly, bowl, strands, flat-top",
+    "eyes": "target: dot, ring, closed, glare, shades, oval, tired",
+    "thick_brows": "target", "nose": "target: none, hook, dots, round, line",
+    "moustache": "target", "stubble": "target", "sweat": "target: sweat drop",
+    "background_hue": "source: hue of the background gradient, 0-1",
+    "skin_tone": "source: index into SKIN_TONES", "hair_colour": "source: index into HAIR_COLOURS",
+    "iris_colour": "source: index into IRIS_COLOURS", "hair_length": "source: short, long, bald",
+    "light": "source: light direction, -1 (left) to 1 (right)", "eyes_closed": "source",
+}
+
+
+def make_demo_faces_with_labels(n, size=256, seed=0, style="target", start=0):
+    """Faces start .. start + n - 1 of make_demo_faces(start + n, size, seed, style), the same images,
+    and for each a dict of what was drawn (FACE_LABELS). Returns (faces, labels)."""
+    draw_face, prefix, _ = DEMO_STYLES[style]
+    faces, labels = [], []
+    for i in range(start, start + n):
+        rng = random.Random(f"{prefix}:{seed}:{i}")
+        labels.append({})
+        faces.append(draw_face(rng, size, labels[-1]).convert("RGB"))
+    return faces, labels
+
+
 def make_demo_faces(n, size=256, seed=0, style="target"):
     """n procedural faces (RGB PIL images, size x size): style 'target' draws black-and-white
     line-art cartoon faces (the stand-in for the seed's cartoon faces), 'source' shaded colour
@@ -1135,12 +1228,7 @@ def make_demo_faces(n, size=256, seed=0, style="target"):
 
     Face i depends only on (seed, style, i), so a longer set starts with the shorter one.
     """
-    draw_face, prefix, _ = DEMO_STYLES[style]
-    faces = []
-    for i in range(n):
-        rng = random.Random(f"{prefix}:{seed}:{i}")
-        faces.append(draw_face(rng, size).convert("RGB"))
-    return faces
+    return make_demo_faces_with_labels(n, size, seed, style)[0]
 
 
 def write_demo(out_dir, n, size=256, seed=0, overwrite=False, style="target"):
@@ -1758,6 +1846,8 @@ def _expand_shorthand(argv):
 
 
 def main(argv=None):
+    if __name__ == "__main__":  # a program's warnings one line each; a test importing this file keeps Python's
+        ops.readable_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(_expand_shorthand(argv))
     try:
