@@ -6,6 +6,7 @@ hundred new faces, FreezeD + ADA, and a good generator in minutes.
     python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)
     python demo.py --device cuda --faces 500 --scale 10   # the same commands, scaled up on a GPU
     python demo.py --score-source    # re-measure the source models on the source faces (after --make-source)
+    python demo.py --make-face-net   # remake FD-faces' network (demo faces only) in demo_models/ (~45 min CPU)
 
 The story, as in the seed (bryandlee/malnyun_faces):
     source domain  FFHQ photos         -> here: 4,000 shaded colour faces (01 --demo-style source)
@@ -299,6 +300,124 @@ def write_record(s, cmds, seconds, steps, note):
     save_record(record)
 
 
+def make_face_net(runs, device="cpu", dst=os.path.join(MODELS, "face_features_32px.pt"),
+                  record_path=os.path.join(MODELS, "face_features.json"), n_target=12000, n_source=4000,
+                  n_val=500, epochs=6, faces=200, scratch_iter=300, speckle=(0.05, 0.1, 0.2, 0.4, 0.8)):
+    """`--make-face-net`: the face-feature network of FD-faces (demo faces only, ops/face_features.py).
+
+    Draws n_target line-art and n_source shaded faces with their labels through 01, trains the
+    network's heads on them (ops.face_features.train_face_net), writes dst (fp16), then checks it on
+    what a reader can tell apart, with the random-Inception FID of the demo's table beside it: the
+    demo's `faces` real target faces split in two halves (the noise floor), the first half with
+    speckle added at each strength, the shipped StyleGAN2 source model's samples, and a StyleGAN2
+    trained from scratch for scratch_iter iterations; each against the second half, n = faces / 2
+    per side. The command, wall times, sha256, set sizes and every number go to record_path."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+
+    from ops import face_features as ff
+    from ops.fid import folder_features, load_inception
+
+    for path in (dst, record_path):
+        if os.path.exists(path):
+            raise SystemExit(f"error: {path} exists; move it away first (the demo never overwrites a model)")
+    if os.path.exists(runs):
+        raise SystemExit(f"error: {runs} exists; choose another --source-runs folder or move it away")
+    os.makedirs(runs)
+    log = os.path.join(runs, "make_face_net.log")
+    spec = importlib.util.spec_from_file_location("prepare_data", os.path.join(ROOT, "01_prepare_data.py"))
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    t0 = time.time()
+    net, train = ff.train_face_net(lambda n, style, seed: prep.make_demo_faces_with_labels(n, 32, seed, style),
+                                   n_target, n_source, n_val, epochs, device=str(device))
+    ff.save_face_net(net.cpu(), dst, train)
+    t_net = time.time() - t0
+    print(f"wrote {dst} ({os.path.getsize(dst) / 1e3:.0f} kB) in {t_net:.0f} s; now the checks", flush=True)
+
+    t1 = time.time()
+    real = os.path.join(runs, "checks", "real")
+    call(["01_prepare_data.py", "--demo", str(faces), "--size", "32", "--out", real], log, "face-net checks")
+    half = faces // 2
+    files = sorted(f for f in os.listdir(real) if f.endswith(".png"))
+    sets = {"real half A": os.path.join(runs, "checks", "half_a"),
+            "real half B": os.path.join(runs, "checks", "half_b")}
+    for name, part in (("real half A", files[:half]), ("real half B", files[half:2 * half])):
+        os.makedirs(sets[name])
+        for f in part:
+            shutil.copyfile(os.path.join(real, f), os.path.join(sets[name], f))
+    a = ff.to_input(sets["real half A"])
+    g = torch.Generator().manual_seed(0)
+    for s in speckle:  # the same half A with dots on and beside the lines, saved as PNGs
+        folder = sets[f"half A + speckle {s:g}"] = os.path.join(runs, "checks", f"speckle_{s:g}")
+        os.makedirs(folder)
+        x = ((ff.speckle(a, s, g) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for f, img in zip(files[:half], x):
+            PILImage.fromarray(img).save(os.path.join(folder, f))
+    sg2_src = source_paths(32)[0]
+    seeds = f"1000-{1000 + half - 1}"
+    scratch = os.path.join(runs, "checks", "scratch_run")
+    call(["03_stylegan2_ada.py", "train", "--data", real, "--out", scratch, "--augment", "ada", "--iter",
+          str(scratch_iter), "--batch", "8", "--size", "32", "--channel-max", "32", "--style-dim", "64", "--n-mlp", "2",
+          "--device", str(device), "--num-workers", "0", "--no-progress", "--fid-every", "0", "--sample-every",
+          str(scratch_iter), "--ckpt-every", str(scratch_iter), "--ema-rampup", "0.05", "--r1-gamma", str(R1_GAMMA)],
+         log, "face-net checks")
+    for name, ckpt in (("StyleGAN2 source model", sg2_src), (f"StyleGAN2 from scratch, {scratch_iter} iterations",
+                                                              scratch)):
+        sets[name] = os.path.join(runs, "checks", name.split(",")[0].replace(" ", "_"))
+        call(["03_stylegan2_ada.py", "generate", "--ckpt", ckpt, "--seeds", seeds, "--out", sets[name],
+              "--device", str(device)], log, "face-net checks")
+    inception = load_inception("random", str(device), 2048)
+    ref_faces = ff.features(sets["real half B"], net)
+    ref_inception = folder_features(sets["real half B"], inception, batch_size=50, device=str(device),
+                                    num_workers=0)["features"]
+    rows = []
+    for name, folder in sets.items():
+        if name == "real half B":
+            continue
+        f = ff.features(folder, net)
+        fi = folder_features(folder, inception, batch_size=50, device=str(device), num_workers=0)["features"]
+        km, ks = ff.kid_faces(ref_faces, f, subset_size=min(KID_SUBSET, half - 1))
+        ki, kis = ff.kid_faces(ref_inception, fi, subset_size=min(KID_SUBSET, half - 1))
+        rows.append({"row": "noise floor: real half A vs real half B" if name == "real half A" else name,
+                     "fd_faces": round(ff.fd_faces(ref_faces, f), 4), "kid_faces": round(km, 6),
+                     "kid_faces_std": round(ks, 6), "fid_random_inception": round(ff.fd_faces(ref_inception, fi), 4),
+                     "kid_random_inception": round(ki, 6), "kid_random_inception_std": round(kis, 6)})
+        print(f"   {rows[-1]['row']:45s} {ff.MEASURE} {rows[-1]['fd_faces']:8.3f}   "
+              f"FID (random Inception) {rows[-1]['fid_random_inception']:8.3f}", flush=True)
+
+    def ordering(key):
+        floor, ladder = rows[0][key], [r[key] for r in rows[1:1 + len(speckle)]]
+        far = [r[key] for r in rows[1 + len(speckle):]]
+        return {"floor_lowest": all(r[key] > floor for r in rows[1:]),
+                "speckle_monotonic": all(x < y for x, y in zip([floor] + ladder, ladder)),
+                "models_above_all_speckle": min(far) > max(ladder),
+                "models_over_floor": [round(x / floor, 1) if floor > 0 else None for x in far]}
+
+    seconds = {"draw": train["seconds"]["draw"], "train": train["seconds"]["train"],
+               "net_total": round(t_net, 1), "checks": round(time.time() - t1, 1)}
+    record = {"32": {
+        "file": os.path.basename(dst), "sha256": sha256(dst), "bytes": os.path.getsize(dst),
+        "command": "python demo.py --make-face-net", "measure": ff.MEASURE, "note": ff.NOTE,
+        "seconds": seconds, "device": str(device), "training": train,
+        "checks": {"how": f"{half} images per side against real half B (the second half of the demo's {faces} "
+                          f"target faces, 01 --demo {faces} --size 32, seed 0); speckle: ops.face_features.speckle "
+                          f"on half A, saved as PNG; models: 03 generate --seeds {seeds}; FID: random Inception "
+                          f"weights, 2048-d, as the demo's table offline; KID: 100 subsets of "
+                          f"{min(KID_SUBSET, half - 1)}",
+                   "rows": rows, "fd_faces": ordering("fd_faces"),
+                   "fid_random_inception": ordering("fid_random_inception")}}}
+    with open(record_path + ".tmp", "w") as fh:
+        json.dump(record, fh, indent=2)
+        fh.write("\n")
+    os.replace(record_path + ".tmp", record_path)
+    print(f"wrote {record_path} ({ff.MEASURE}: {ff.NOTE})")
+    return record
+
+
 # ---------------------------------------------------------------------------------------------
 # Pictures and the FID/KID table
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +663,8 @@ def main(argv=None):
     p.add_argument("--score-source", action="store_true",
                    help="FID/KID of the shipped source models against the source faces, beside the noise floor; "
                         "written into demo_models/source_models.json")
+    p.add_argument("--make-face-net", action="store_true",
+                   help="train the face-feature network of FD-faces (demo faces only) into demo_models/ and check it")
     p.add_argument("--source-runs", default=os.path.join(ROOT, "runs", "source"),
                    help="--make-source / --score-source: folder for the source data, training runs and scores")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -558,6 +679,9 @@ def main(argv=None):
         make_source(args.size, os.path.join(args.source_runs, f"{args.size}px"),
                     os.path.join(args.source_runs, "make_source.log"))
         print(f"wrote {source_paths(args.size)} and {RECORD}")
+        return
+    if args.make_face_net:
+        make_face_net(os.path.join(args.source_runs, "face_net"), resolve_device(args.device))
         return
     if args.score_source:
         if str(args.size) not in read_record():
