@@ -32,20 +32,19 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-import ops
 from .device import DEVICE_HELP, resolve_device
 from .fid import (DIMS_CHOICES, FID_WEIGHTS_NAME, QUANTIZE_METHOD, RESIZE_METHOD, THUMB_SIZE,
                   InceptionWeightsMissing, choose_kid_subset_size, default_cache_dir,
                   default_num_workers, folder_features, frechet_distance, generator_features, kid,
                   load_inception, load_npz, save_features, save_statistics, statistics,
                   weights_info)
+from .runs import save_image, write_atomic
 
 # ----------------------------------------------------------------------------------------------
 # 1. Memorization check: nearest training image of each generated image
@@ -307,15 +306,16 @@ def record_fid(run_dir, step, result, provenance=None, kimg=None):
     path = os.path.join(run_dir, "fid.csv")
     rows = [r for r in read_fid_csv(path) if r["step"] < step]
     rows.append({"step": step, "kimg": kimg, **{k: result.get(k) for k in FID_FIELDS[2:]}})
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+
+    def write(f):
         if provenance is not None:
             f.write("# provenance: " + json.dumps(provenance, sort_keys=True, default=str) + "\n")
         w = csv.writer(f, lineterminator="\n")
         w.writerow(FID_FIELDS)
         for r in rows:
             w.writerow(["" if r.get(k) is None else r[k] for k in FID_FIELDS])
-    os.replace(tmp, path)
+
+    write_atomic(path, write, mode="w")  # whole or not at all; a failed write names fid.csv
     draw_fid_curve(rows, os.path.join(run_dir, "fid.png"))
     return rows
 
@@ -377,13 +377,14 @@ def draw_fid_curve(rows, path, width=640, height=520):
             px = 70 + (xv - x0) / ((x1 - x0) or 1) * (width - 90)
             d.text((px - 12, height - 34), f"{xv:.0f}", fill="black")
     d.text((width // 2 - 25, height - 18), "iteration", fill="black")
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    save_image(img, path)  # written whole (ops.runs.write_atomic)
 
 
 # ----------------------------------------------------------------------------------------------
 # 5. CLI (pytorch-fid's shape): `python -m ops.fid` runs main()
+
+# CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def kid_text(mean, std, subsets, m, rule):
@@ -520,13 +521,8 @@ def fid(args):
                    warning=warning, **result)
         if rec.get("kid_std") is not None and rec["kid_std"] != rec["kid_std"]:
             rec["kid_std"] = None  # not available (JSON has no NaN)
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".json.part")
-        ops.chmod_like_open(fd)  # mkstemp makes 0600; the user's umask decides
-        with os.fdopen(fd, "w") as fh:
-            json.dump(rec, fh, indent=2)
-        os.replace(tmp, args.json)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        write_atomic(args.json, lambda fh: json.dump(rec, fh, indent=2), mode="w")
     print(f"FID: {result['fid']}")
     return result
 
@@ -554,9 +550,23 @@ def main(argv=None):
         nearest_mode = argv[:1] == ["nearest"]
         args = build_nearest_parser().parse_args(argv[1:]) if nearest_mode else build_parser().parse_args(argv)
         args.device = str(resolve_device(args.device))  # auto: cuda, then mps, then cpu
-        return nearest_cmd(args) if nearest_mode else fid(args)
+        try:
+            return nearest_cmd(args) if nearest_mode else fid(args)
+        except OUT_OF_MEMORY as e:
+            raise SystemExit(out_of_memory_line(e, args)) from None
     except (ValueError, InceptionWeightsMissing) as e:
         raise SystemExit(f"ops.fid: error: {e}") from None
+
+
+def out_of_memory_line(e, args):
+    """One line for a device that cannot hold a batch: what failed and a smaller --batch-size."""
+    first = (str(e).strip().splitlines() or ["out of memory"])[0]
+    if args.batch_size > 1:
+        hint = f"try --batch-size {max(1, args.batch_size // 2)}"
+    else:
+        hint = "try --device cpu"
+    return (f"ops.fid: error: out of memory on {args.device} with --batch-size {args.batch_size} "
+            f"({first}); {hint} (no score depends on it beyond float32 rounding)")
 
 
 if __name__ == "__main__":

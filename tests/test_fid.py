@@ -5,10 +5,13 @@ References used here are independent of ops/fid.py: numpy/scipy formulas written
 images decoded with PIL in the test, torchvision's unmodified stem, and pytorch-fid itself when
 it is installed (same random weights, since the released file cannot be downloaded here).
 """
+import errno
 import hashlib
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -169,6 +172,80 @@ def test_preprocessing_matches_torchvision_stem(random_sd, model64):
         out = model(x)
     assert out.shape == (2, 64)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_network_has_torchvision_layout():
+    """The network is written in ops/fid.py (no torchvision import): its state dict has the keys,
+    order and shapes of torchvision's Inception3(num_classes=1008, aux_logits=False)."""
+    from torchvision.models.inception import Inception3
+    with torch.device("meta"):
+        tv = Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict()
+        ours = fid.FIDInception3().state_dict()
+    assert list(ours) == list(tv)
+    assert all(ours[k].shape == tv[k].shape and ours[k].dtype == tv[k].dtype for k in tv)
+
+
+def test_fast_path_equals_plain_modules():
+    """load_inception's fast path (folded batch norms, ReLU fused into the conv on CPU, chunks of
+    at most CHUNK_CPU images run side by side on threads, the stem STEM_CHUNK_CPU at a time)
+    against the plain modules (conv, batch norm, ReLU, whole batch), whose features
+    test_features_equal_pytorch_fid checks."""
+    plain = fid.load_inception("random", fold=False)
+    fast = fid.load_inception("random")
+    assert fast.chunk == fid.CHUNK_CPU and fast.stem_chunk == fid.STEM_CHUNK_CPU
+    assert fast.chunk_threads == torch.get_num_threads()
+    assert plain.chunk is None and plain.chunk_threads is None and not hasattr(plain, "bn_folded")
+    fast.chunk, fast.stem_chunk, fast.chunk_threads = 2, 2, 2  # small, to keep the test short
+    x = torch.rand(5, 3, 21, 26)  # 4 chunks (2 + 1 + 1 + 1), two at a time, stems of 2 and 1
+    threads_before = torch.get_num_threads()
+    with torch.inference_mode():
+        ref = plain(x)
+        got = fast(x)
+        assert torch.get_num_threads() == threads_before  # the threads' count of 1 is undone
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        fast.chunk_threads = 1  # one chunk after the other, on one thread: the same convolutions
+        with fid.intra_op_threads(1):
+            assert torch.equal(fast(x), got)
+        fid.fold_batchnorm(fast, fuse_relu=False)  # folded, ReLU as its own op
+        assert not fast.relu_fused
+        torch.testing.assert_close(fast(x), ref, rtol=1e-5, atol=1e-5)
+    fast.chunk_threads = 2
+    x.requires_grad_(True)
+    with torch.no_grad():  # the caller's grad mode holds in the chunks' threads
+        assert not fast(x).requires_grad
+
+
+def test_conv_relu_fusion_equals_conv_then_relu():
+    """The fused oneDNN call against conv2d then relu in float64, on Inception's kernel shapes."""
+    if torch.backends.mkldnn.is_available():
+        assert fid.conv_relu_fusion_available()  # else the fast path silently loses its fusion
+    if not fid.conv_relu_fusion_available():
+        pytest.skip("this torch build has no oneDNN conv + ReLU")
+    g = torch.Generator().manual_seed(0)
+    for c_in, c_out, k, stride, pad, size in [(3, 32, 3, 2, 0, 31), (16, 24, (1, 7), 1, (0, 3), 17),
+                                              (16, 24, (7, 1), 1, (3, 0), 17), (8, 12, 5, 1, 2, 11)]:
+        block = fid.BasicConv2d(c_in, c_out, k, stride, pad)
+        block.folded_weight = torch.randn(block.conv.weight.shape, generator=g).contiguous(
+            memory_format=torch.channels_last)
+        block.folded_bias = torch.randn(c_out, generator=g)
+        x = torch.randn(2, c_in, size, size, generator=g).contiguous(memory_format=torch.channels_last)
+        ref = F.relu(F.conv2d(x.double(), block.folded_weight.double(), block.folded_bias.double(),
+                              stride, pad))
+        with torch.inference_mode():
+            got = fid._folded_fused_forward(block, x)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_importing_the_metric_needs_neither_torchvision_nor_scipy():
+    """Start-up is part of every --save-stats run: torchvision costs about as much CPU as torch."""
+    code = ("import sys, ops.fid, ops.fid_eval; "
+            "print(sorted(m for m in ('torchvision', 'scipy') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.skipif(not HAS_PYTORCH_FID, reason="pytorch-fid not installed")
@@ -490,6 +567,48 @@ def test_record_fid_keeps_provenance_and_drops_replayed_rows(tmp_path):
     rows = fid_eval.read_fid_csv(str(tmp_path / "fid.csv"))
     assert [(r["step"], r["fid"], r["copies"]) for r in rows] == [(0, 90.0, 0), (10, 65.0, 1)]
     assert Image.open(tmp_path / "fid.png").size == (640, 520)
+
+
+def test_record_fid_on_a_full_disk_names_fid_csv_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A write the disk refuses (ENOSPC at the fsync, as on a full disk) raises an OSError naming
+    RUN/fid.csv; the file keeps its earlier rows and no temporary file stays in the folder."""
+    from ops import runs
+    result = {"fid": 90.0, "kid_mean": 0.09, "kid_std": 0.001, "copies": 0, "n_real": 8, "n_gen": 8}
+    fid_eval.record_fid(str(tmp_path), 0, result)
+    before = sorted(os.listdir(tmp_path))
+    text = (tmp_path / "fid.csv").read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        fid_eval.record_fid(str(tmp_path), 10, dict(result, fid=70.0))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "fid.csv")
+    assert sorted(os.listdir(tmp_path)) == before == ["fid.csv", "fid.png"]
+    assert (tmp_path / "fid.csv").read_text() == text
+
+
+@pytest.mark.parametrize("command", ["save-stats", "fid"])
+def test_out_of_gpu_memory_is_one_line_naming_a_smaller_batch_size(tmp_path, monkeypatch, command):
+    """CUDA's out-of-memory error (raised here by a hook in the network) becomes one line that
+    names --batch-size and half the value given; nothing is written."""
+    a = _write_folder(str(tmp_path / "a"), _smooth_images(3, 16, 0))
+
+    def oom(self, x):
+        raise fid_eval.OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; "
+                                     "79.19 GiB total capacity)\nSee documentation for Memory Management")
+
+    monkeypatch.setattr(fid.FIDInception3, "forward_batch", oom)
+    out = tmp_path / "a.npz"
+    argv = ["--save-stats", a, str(out)] if command == "save-stats" else [a, a, "--json", str(out)]
+    with pytest.raises(SystemExit) as e:
+        fid.main(argv + ["--inception", "random", "--dims", "64", "--num-workers", "0",
+                         "--device", "cpu", "--batch-size", "64"])
+    msg = str(e.value)
+    assert "\n" not in msg and "out of memory on cpu" in msg and "Tried to allocate 20.00 GiB" in msg
+    assert "--batch-size 64" in msg and "try --batch-size 32" in msg
+    assert not out.exists()
 
 
 def test_a_duplicate_in_the_training_set_does_not_hide_copies(tmp_path, capsys):
