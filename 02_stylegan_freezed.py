@@ -77,7 +77,10 @@ on, `fid.csv` and `fid.png`: FID and KID of the EMA generator against the traini
 Inception, eval mode; FreezeD's own numbers were computed with Inception left in train mode, so they
 are not directly comparable). `--resume RUN` takes a run folder or a checkpoint file inside
 RUN/checkpoints (a run folder of an older version, with one checkpoint.pt, resumes too). Ctrl-C or
-SIGTERM finishes the step, saves it and exits with 130 or 143.
+SIGTERM finishes the step, saves it and exits with 130 or 143. One trainer per run folder (RUN/.lock,
+ops/runs.py: a second one gets one line naming the PID); every file is written whole; a full,
+read-only or vanished disk, or running out of memory, stops the run with one line saying what to do,
+and the checkpoints written before stay; data files that do not decode are listed in RUN/skipped.txt.
 
 Map of this file, in reading order (the method above the plumbing line):
     hyperparameters
@@ -95,20 +98,21 @@ Map of this file, in reading order (the method above the plumbing line):
                    l2_sp, feature_matching, accumulate
     one iteration  make_optimizers, set_lr, train_step
     plumbing       RUN_DEFAULTS; checkpoint I/O; data (ImageFolder, BatchSampler); run folder; train and its
-                   stages: train_settings, set_up (RunState, build_networks, restore, save_run_checkpoint),
-                   open_run_folder, train_loop (iterate, forward_precision, write_log), evaluate
-                   (write_samples, run_fid); generate, mix; CLI
+                   stages: lock_existing_run, train_settings, set_up (RunState, build_networks, restore,
+                   save_run_checkpoint), open_run_folder, train_loop (iterate_or_say_memory, iterate,
+                   forward_precision, write_log), evaluate (write_samples, run_fid); generate, mix; CLI
 """
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
 import random
+import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 
@@ -120,6 +124,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
+from ops import runs  # the run folder's lock and whole-file writes (shared with 03 and 05)
 from ops.device import DEVICE_HELP, resolve_device
 
 try:  # FID is optional: without ops/fid.py (or its Inception weights) training runs on without it
@@ -767,19 +772,10 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path, ckpt):
     """torch.save(ckpt) to a temp file in the same folder, then os.replace: never a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()  # serialised in memory first: a full disk is then an OSError with its errno
+    torch.save(ckpt, buf)  # (torch's zip writer reports it as an unnamed RuntimeError)
+    runs.write_atomic(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path):
@@ -870,7 +866,10 @@ NOT_TRAINING_IMAGES = ("contact_sheet.png",)  # 01_prepare_data.py's preview gri
 
 
 class ImageFolder:
-    """The images directly in `root` (as ops.fid reads the real set) as RGB uint8 [N, 3, size, size]."""
+    """The images directly in `root` (as ops.fid reads the real set) as RGB uint8 [N, 3, size, size].
+    A file that does not decode is skipped with one line (`WARNING: <path>: <error> (skipped)`, the
+    form of ops.readable_warnings, printed here so that it shows however the file is used) and
+    listed in `skipped` (the run writes them to RUN/skipped.txt)."""
 
     def __init__(self, root, size):
         if not os.path.isdir(root):
@@ -888,9 +887,12 @@ class ImageFolder:
                         im = _center_crop_resize(im, size)
                     images.append(np.asarray(im, dtype=np.uint8))
             except Exception as e:
-                bad.append(f"{f} ({type(e).__name__})")
-        if bad:
-            print(f"warning: skipped {len(bad)} unreadable image(s): {', '.join(bad)}", file=sys.stderr)
+                bad.append(f"{f}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
+        for line in bad[:10]:
+            print(f"WARNING: {line} (skipped)", file=sys.stderr)
+        if len(bad) > 10:
+            print(f"WARNING: {root}: {len(bad) - 10} more unreadable images skipped", file=sys.stderr)
+        self.skipped = bad
         if not images:
             raise ValueError(f"{root}: none of the {len(files)} image files could be read")
         if resized:
@@ -1027,18 +1029,21 @@ def find_resume(path, out=None):
     if not out:
         raise ResumeError(f"--resume {path}: this file is not in a run's checkpoints/ folder, so the "
                           f"continued run needs its own folder: add --out NEW_RUN")
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and [n for n in os.listdir(out) if n != runs.LOCK_NAME]:
         raise ResumeError(f"--out {out}: exists and is not empty; choose a new folder for the run "
                           f"continued from {path}")
     return out, [path]
 
 
 def clean_stray_temp_files(run):
-    """Remove what a save killed half-way leaves behind (`.tmp-*` in RUN/checkpoints, the older
-    layout's `checkpoint.pt.tmp`); finished checkpoints are never touched. Returns the removed paths."""
-    folder = os.path.join(run, "checkpoints")
-    stray = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")] \
-        if os.path.isdir(folder) else []
+    """Remove what a write killed half-way, or refused its rename (a folder turned read-only), leaves
+    behind: `.tmp-*` in RUN, RUN/checkpoints and RUN/samples (ops.runs.write_atomic's temporary
+    files), the older layout's `checkpoint.pt.tmp`; finished files are never touched. Returns the
+    removed paths."""
+    stray = []
+    for folder in (run, os.path.join(run, "checkpoints"), os.path.join(run, "samples")):
+        if os.path.isdir(folder):
+            stray += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")]
     if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
         stray.append(os.path.join(run, "checkpoint.pt.tmp"))
     removed = []
@@ -1169,7 +1174,7 @@ def save_grid(img, path, nrow):
     for i in range(b):
         r, c = divmod(i, nrow)
         canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = arr[i]
-    Image.fromarray(canvas).save(path)
+    runs.save_image(Image.fromarray(canvas), path)  # whole or not at all
 
 
 def make_fid_evaluator(args, device):
@@ -1257,29 +1262,68 @@ def resume_settings(args, stored):
 def train(args):
     """Fine-tune (with --ckpt) or train progressively; see the module docstring for the commands.
     The stages, in order:
+        lock_existing_run  --resume RUN: RUN/.lock (one line if another trainer holds it), before anything
+                           in RUN is touched; a new run's folder is locked right before it is first written
         train_settings   the flags with the preset filled in, or with --resume the run's own settings
         set_up           device, seeds, data, networks, optimizers; with --resume restored from the checkpoint
-        open_run_folder  settings.json, samples/, checkpoints/ (cut_run_logs: a resumed run's logs cut back)
+        open_run_folder  settings.json, samples/, checkpoints/, skipped.txt (cut_run_logs: a resumed run's
+                         logs cut back)
         run_fid          FID at step 0 (with --fid-every)
         train_loop       one train_step per iteration; log lines, samples, FID and checkpoints when due
+
+    A write the machine refuses (disk full, read-only or vanished folder: ops.runs.is_write_failure)
+    stops the run with one line naming the file and the errno; what was written before stays, and
+    `--resume RUN` continues once the disk is back.
 
     Run folder (as 03_stylegan2_ada.py): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
     --keep), samples/NNNNNN.png, and with FID fid.csv / fid.png. `--resume RUN` continues RUN (a
     bare `--resume` continues --out); `--resume FILE` continues a checkpoint file, in RUN when the
     file is in RUN/checkpoints, else in a new --out.
     """
-    cfg, resume, ckpt_file, restart = train_settings(args)
-    if getattr(args, "dry_run", False):
-        print(json.dumps(vars(cfg), indent=1))
+    dry = getattr(args, "dry_run", False)
+    lock = None if dry else lock_existing_run(args)  # before open_resume and cut_run_logs touch RUN
+    try:
+        cfg, resume, ckpt_file, restart = train_settings(args)
+        if dry:
+            print(json.dumps(vars(cfg), indent=1))
+            return None
+        run = set_up(cfg, resume, ckpt_file)
+        if lock is None:
+            lock = runs.RunLock(cfg.out)  # a new run folder (or a run continued into a new --out): ours now
+        try:
+            open_run_folder(cfg, run.data.skipped)
+            if resume is not None or restart:  # what a killed run logged after its checkpoint goes (a restart: all)
+                cut_run_logs(cfg.out, run.iteration if resume is not None else -1)
+            run.evaluator = make_fid_evaluator(cfg, run.device)
+            if run.evaluator is not None and run.iteration == 0:
+                print(f"FID at step 0: {run_fid(run)['fid']:.2f}", file=sys.stderr)
+            saved = train_loop(run)
+        except OSError as e:
+            if runs.is_write_failure(e):  # disk full, read-only, vanished: one line, the run resumes later
+                raise SystemExit(runs.write_failure(e, cfg.out, os.path.basename(__file__))) from None
+            raise
+        if run.data.skipped:
+            print(f"skipped {len(run.data.skipped)} unreadable image(s) of {cfg.data}, listed in "
+                  f"{os.path.join(cfg.out, 'skipped.txt')}", file=sys.stderr)
+        return saved
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_existing_run(args):
+    """--resume RUN of this script: its lock (one line if another trainer holds it), taken before
+    the stray temporary files go and the logs are cut. Nothing is created in a folder that is not
+    this script's run (its settings.json is checked first); a run continued into a new --out, or a
+    new run, is locked right before its folder is first written."""
+    where = args.out if args.resume is True else args.resume
+    if not where:
+        return None  # no --resume (or one without a folder: train_settings says so)
+    run = find_resume(where, None if args.resume is True else args.out)[0]
+    if not os.path.isfile(os.path.join(run, "settings.json")):
         return None
-    run = set_up(cfg, resume, ckpt_file)
-    open_run_folder(cfg)
-    if resume is not None or restart:  # what a killed run logged after its checkpoint goes (a restart: all)
-        cut_run_logs(cfg.out, run.iteration if resume is not None else -1)
-    run.evaluator = make_fid_evaluator(cfg, run.device)
-    if run.evaluator is not None and run.iteration == 0:
-        print(f"FID at step 0: {run_fid(run)['fid']:.2f}", file=sys.stderr)
-    return train_loop(run)
+    read_run_settings(run, ("code_dim", "init_size"))  # another script's run: one line, untouched
+    return runs.RunLock(run)
 
 
 # ---- stage 1: the run's settings ----
@@ -1304,7 +1348,7 @@ def train_settings(args):
         cfg.out = run
     else:
         cfg = resolve_train_args(args)
-        if os.path.isdir(cfg.out) and os.listdir(cfg.out):
+        if os.path.isdir(cfg.out) and [n for n in os.listdir(cfg.out) if n != runs.LOCK_NAME]:
             raise ValueError(f"{cfg.out}: run folder exists and is not empty; continue it with "
                              f"--resume {cfg.out} or choose another --out")
     if cfg.log_every < 1:  # an interval (x % 0 fails); --sample-every / --ckpt-every 0 mean off
@@ -1447,6 +1491,7 @@ def save_run_checkpoint(run):
         state["d_source"] = run.d_source.state_dict()
     folder = os.path.join(run.cfg.out, "checkpoints")
     path = os.path.join(folder, f"{run.iteration:06d}.pt")
+    runs.sync(os.path.join(run.cfg.out, "log.jsonl"))  # the log lines up to this step are on the disk before it
     save_checkpoint(path, state)
     for old in checkpoint_files(folder)[:-run.cfg.keep]:  # keep the newest --keep
         os.remove(old)
@@ -1454,14 +1499,18 @@ def save_run_checkpoint(run):
 
 
 # ---- stage 3: the run folder ----
-def open_run_folder(cfg):
+def open_run_folder(cfg, skipped=()):
     """RUN/samples, RUN/checkpoints and RUN/settings.json (written once, at the run's first start),
-    made only once the data, the checkpoints and the settings have all been read."""
+    made only once the data, the checkpoints and the settings have all been read; RUN/skipped.txt
+    lists the data files that could not be read, one per line."""
     for sub in ("samples", "checkpoints"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
     if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
-        with open(os.path.join(cfg.out, "settings.json"), "w") as f:
-            json.dump(vars(cfg), f, indent=1)
+        runs.write_atomic(os.path.join(cfg.out, "settings.json"), lambda f: json.dump(vars(cfg), f, indent=1),
+                          mode="w")
+    if skipped:
+        runs.write_atomic(os.path.join(cfg.out, "skipped.txt"), lambda f: f.write("\n".join(skipped) + "\n"),
+                          mode="w")
 
 
 # ---- stage 4: the loop ----
@@ -1471,14 +1520,14 @@ def train_loop(run):
     way finishes and is saved, and the run exits with 130 or 143; a second Ctrl-C stops at once,
     without saving that iteration. Returns the path of the last checkpoint."""
     cfg = run.cfg
-    log = open(os.path.join(cfg.out, "log.jsonl"), "a")
+    log = os.path.join(cfg.out, "log.jsonl")
     pbar = tqdm(total=cfg.iter, initial=run.iteration, dynamic_ncols=True, disable=cfg.quiet)
     start = (time.time(), run.iteration)  # for img_per_s
     saved = None  # the checkpoint of iteration run.iteration, once written
     with _StopRequest() as stop:
         try:
             while run.iteration < cfg.iter and not stop.requested:
-                stats = iterate(run)  # the schedule, one batch of real images, train_step
+                stats = iterate_or_say_memory(run)  # the schedule, one batch of real images, train_step
                 write_log(run, stats, log, pbar, start)
                 evaluate(run, pbar)  # a sample grid, FID: when due
                 if checkpoint_due(run, stop.requested):
@@ -1491,7 +1540,6 @@ def train_loop(run):
             raise SystemExit(130) from None
         finally:
             pbar.close()
-            log.close()
     if saved is None or not saved.endswith(f"{run.iteration:06d}.pt"):  # a signal after this step's save check
         saved = save_run_checkpoint(run)
     if stop.requested:
@@ -1521,6 +1569,34 @@ def iterate(run):
                            run.g_source, run.d_source)
     run.iteration += 1
     return {"step": run.iteration, "res": res, "alpha": round(alpha, 5), **stats}
+
+
+# CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
+OUT_OF_MEMORY = runs.OUT_OF_MEMORY
+
+
+def iterate_or_say_memory(run):
+    """`iterate`, with out of memory as one line naming what to lower: --batch (the schedule's batch
+    at this resolution unless --batch is given), --size, and on a GPU the bf16 forwards (which
+    --resume takes). Nothing is saved: an iteration cut short may have stepped one optimizer; the
+    checkpoints written so far (the last finished step's among them) stay as they are."""
+    try:
+        return iterate(run)
+    except (MemoryError, RuntimeError) as e:
+        memory = runs.out_of_memory(e)
+        if memory is None:
+            raise
+        cfg, res = run.cfg, 4 * 2 ** run.progress["step"]
+        batch = batch_for(cfg, res)
+        source = "" if cfg.batch else f", the {'--sched ' if cfg.sched else ''}schedule's at {res} px"
+        lower = [f"--batch {max(1, batch // 2)} (now {batch}{source})"] if batch > 1 else []
+        lower.append(f"a smaller --size (now {cfg.size})")
+        also = (f"; or continue in less memory with: python {os.path.basename(__file__)} train --resume "
+                f"{cfg.out} --precision bf16" if memory[0] == "GPU" and cfg.precision != "bf16" else "")
+        kept = "; the checkpoints written so far are intact" if checkpoint_files(
+            os.path.join(cfg.out, "checkpoints")) else ""
+        raise SystemExit(f"error: out of {memory[0]} memory in iteration {run.iteration + 1} ({memory[1]}); "
+                         f"start a new run with {' or '.join(lower)}{also}{kept}") from None
 
 
 def current_alpha(run):
@@ -1558,16 +1634,16 @@ def forward_precision(precision, device, *nets):
 
 
 def write_log(run, stats, log, pbar, start):
-    """The progress bar after every iteration; a log.jsonl line every --log-every and at the last,
-    with the seconds and images/s since this start of the run (start = (time, iteration))."""
+    """The progress bar after every iteration; a line of `log` (RUN/log.jsonl) every --log-every and
+    at the last, with the seconds and images/s since this start of the run (start = (time, iteration)):
+    one write of one whole line (ops.runs.append_line), synced to the disk at each checkpoint."""
     cfg, it = run.cfg, run.iteration
     pbar.update(1)
     pbar.set_postfix(res=stats["res"], D=f"{stats['loss_d']:.3f}", G=f"{stats['loss_g']:.3f}", refresh=False)
     if it % cfg.log_every == 0 or it == cfg.iter:
         stats["sec"] = round(time.time() - start[0], 2)
         stats["img_per_s"] = round((it - start[1]) * batch_for(cfg, stats["res"]) / max(stats["sec"], 1e-9), 2)
-        log.write(json.dumps(stats) + "\n")
-        log.flush()
+        runs.append_line(log, json.dumps(stats))
 
 
 def checkpoint_due(run, stopping):
@@ -1615,9 +1691,9 @@ def run_fid(run):
     # at the current resolution's batch from scratch with --sched (its batch changes with resolution)
     kimg = it * batch_for(cfg, 4 * 2 ** s) / 1000
     record_fid(cfg.out, it, result, getattr(run.evaluator, "provenance", None), kimg=kimg)
-    with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:  # the copy count beside the losses
-        f.write(json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),
-                            "kid_std": float(result["kid_std"]), "copies": int(result["copies"])}) + "\n")
+    runs.append_line(os.path.join(cfg.out, "log.jsonl"),  # the copy count beside the losses
+                     json.dumps({"step": it, "fid": float(result["fid"]), "kid_mean": float(result["kid_mean"]),
+                                 "kid_std": float(result["kid_std"]), "copies": int(result["copies"])}))
     return result
 
 
@@ -1869,6 +1945,8 @@ def build_parser():
 
 
 def main(argv=None):
+    if __name__ == "__main__":  # a program's warnings one line each; a test importing this file keeps Python's
+        ops.readable_warnings()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

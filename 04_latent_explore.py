@@ -135,6 +135,7 @@ from tqdm import tqdm
 import ops  # noqa: F401  (checks the torch version: one line and exit on torch < 2.6)
 from ops import OPS_HELP, OPS_MODES, set_ops
 from ops import lpips as lpips_ops
+from ops import runs  # out_of_memory: one rule for every script
 from ops.device import DEVICE_HELP, resolve_device
 from ops.lpips import (TORCHVISION_VGG16, VGG16_CFG, VGG16Features, hub_vgg16_file, lpips_lin_weights,  # noqa: F401
                        unit_normalize)
@@ -1932,11 +1933,15 @@ def run_project(args):
     stats = w_stats(explorer)
     os.makedirs(args.out, exist_ok=True)
     for path, name, target_u8 in zip(args.image, names, targets):
-        result, record = project_image(explorer, target_u8, distance, args.steps, args.w_plus, args.seed,
-                                       args.video, stats, desc=f"project {name}", lr=args.lr,
-                                       noise_factor=args.noise, noise_ramp=args.noise_ramp,
-                                       noise_reg=args.noise_regularize, lr_rampup=args.lr_rampup,
-                                       lr_rampdown=args.lr_rampdown)
+        try:
+            result, record = project_image(explorer, target_u8, distance, args.steps, args.w_plus, args.seed,
+                                           args.video, stats, desc=f"project {name}", lr=args.lr,
+                                           noise_factor=args.noise, noise_ramp=args.noise_ramp,
+                                           noise_reg=args.noise_regularize, lr_rampup=args.lr_rampup,
+                                           lr_rampdown=args.lr_rampdown)
+        except (MemoryError, RuntimeError) as e:
+            raise_if_out_of_memory(e, explorer, distance, name, args)
+            raise
         record["image"] = os.path.basename(path)
         proj = to_pil(result["image"][0])
         proj.save(os.path.join(args.out, f"{name}_proj.png"))
@@ -1952,6 +1957,20 @@ def run_project(args):
             json.dump(record, f, indent=1)
         print(f"{name}: PSNR {record['psnr_db']:.2f} dB, {distance.name} {record['final']:.4g} "
               f"({record['steps_per_s']:.1f} steps/s) -> {args.out}/{name}_*")
+
+
+def raise_if_out_of_memory(e, explorer, distance, name, args):
+    """Running out of memory (out_of_memory) while projecting `name` as one line naming what to
+    change: --distance (pixel MSE runs no feature network) and --device. The images projected
+    before it are written. Other errors: returns, for the caller to re-raise."""
+    memory = runs.out_of_memory(e)
+    if memory is None:
+        return
+    lower = [] if distance.name == "pixel MSE" else ["--distance mse (no feature network)"]
+    lower += ["--device cpu"] if memory[0] == "GPU" and args.device != "cpu" else []
+    advice = f"try {' or '.join(lower)}" if lower else "it needs a machine with more memory"
+    raise ExploreError(f"out of {memory[0]} memory projecting {name} at {explorer.size} px with {distance.name} "
+                       f"on {args.device} ({memory[1]}); {advice}") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -2504,6 +2523,8 @@ def user_errors():
 
 
 def main(argv=None):
+    if __name__ == "__main__":  # a program's warnings one line each; a test importing this file keeps Python's
+        ops.readable_warnings()
     args = build_parser().parse_args(argv)
     args.device = str(resolve_device(args.device))
     set_ops(args.ops)

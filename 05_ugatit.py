@@ -67,7 +67,11 @@ in any sub-folder; unreadable files are skipped with a warning.
 Run folder (the layout of 02 and 03): settings.json, log.jsonl, checkpoints/NNNNNN.pt (the newest
 --keep; atomic), samples/A2B_NNNNNNN.png and B2A_... . `--resume RUN` takes a run folder or a
 checkpoint file inside RUN/checkpoints (a run folder of an older version, with one checkpoint.pt,
-resumes too). Ctrl-C or SIGTERM finishes the step, saves it and exits with 130 or 143.
+resumes too). Ctrl-C or SIGTERM finishes the step, saves it and exits with 130 or 143. One trainer per
+run folder (RUN/.lock, ops/runs.py: a second one gets one line naming the PID); every file is written
+whole; a full, read-only or vanished disk, or running out of memory, stops the run with one line saying
+what to do, and the checkpoints written before stay; data files that do not decode are listed in
+RUN/skipped.txt.
 
 Map of this file, in reading order (the method above the plumbing line):
     hyperparameters  HPARAMS (the defaults of the flags), ADAM_BETAS, RHO_RANGE, ADAILN_RHO_INIT,
@@ -79,16 +83,18 @@ Map of this file, in reading order (the method above the plumbing line):
     one iteration    adam_optimizers, train_step (D update, G update, rho clipping)
     plumbing         the loop's step (train_step_fast, setup_training: the rule), memory
                      (AdamInBackward, make_optimizers, release_freed_memory, recompute_in_backward),
-                     checkpoint I/O, data (UnpairedData), run folder, train, test, chain, CLI
+                     checkpoint I/O, data (UnpairedData), run folder, train and its stages
+                     (lock_existing_run, train_settings, check_inputs, set_up, restore, open_run_folder,
+                     train_loop, raise_if_out_of_memory), test, chain, CLI
 """
 import argparse
+import io
 import json
 import math
 import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 
@@ -100,7 +106,7 @@ import torch.utils.checkpoint
 from PIL import Image
 
 import ops  # the image-file rule; importing ops checks the torch version (>= 2.6)
-from ops import OPS_HELP, OPS_MODES, set_ops
+from ops import OPS_HELP, OPS_MODES, runs, set_ops  # runs: the run folder's lock and whole-file writes
 from ops.device import DEVICE_HELP, resolve_device
 
 # ----------------------------------------------------------------------------------------------
@@ -836,19 +842,10 @@ def generator_config(state, where="checkpoint"):
 
 def save_checkpoint(path, ckpt):
     """torch.save(ckpt) to a temp file in the same folder, then os.replace: never a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()  # serialised in memory first: a full disk is then an OSError with its errno
+    torch.save(ckpt, buf)  # (torch's zip writer reports it as an unnamed RuntimeError)
+    runs.write_atomic(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path):
@@ -911,20 +908,25 @@ def list_images(folder):
     return sorted(found)
 
 
-def read_image(path, size):
-    """RGB image resized to (size, size) with PIL bilinear (torchvision's Resize on PIL), or None."""
+def read_image(path, size, skipped=None):
+    """RGB image resized to (size, size) with PIL bilinear (torchvision's Resize on PIL), or None: a
+    file that does not decode is one warning and, with a `skipped` list, one line `path: error` in it."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # [3, size, size] uint8
     except Exception as e:  # any decoder error: skip the file, as promised in the docstring
-        warnings.warn(f"{path}: skipped, cannot be read as an image ({type(e).__name__}: {e})")
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        warnings.warn(f"{path}: skipped, cannot be read as an image ({why})")
+        if skipped is not None:
+            skipped.append(f"{path}: {why}")
         return None
 
 
-def load_folder(folder, size):
-    """All readable images of `folder` as uint8 [N, 3, size, size] (decoded once, kept in memory)."""
-    imgs = [t for t in (read_image(p, size) for p in list_images(folder)) if t is not None]
+def load_folder(folder, size, skipped=None):
+    """All readable images of `folder` as uint8 [N, 3, size, size] (decoded once, kept in memory);
+    the files that do not decode are added to `skipped`."""
+    imgs = [t for t in (read_image(p, size, skipped) for p in list_images(folder)) if t is not None]
     if not imgs:
         raise InputError(f"{folder}: no readable images")
     return torch.stack(imgs)
@@ -941,7 +943,8 @@ def seed_of(seed, domain, count, salt):
 
 
 class UnpairedData:
-    """trainA/trainB (and testA/testB when present) of DIR, decoded once at img_size + 30 px.
+    """trainA/trainB (and testA/testB when present) of DIR, decoded once at img_size + 30 px; the
+    files that do not decode are listed in `skipped` (`path: error`, one each).
 
     batch(domain, step, n) draws the step's images deterministically: a permutation per epoch
     seeded by (seed, domain, epoch), then a random crop and horizontal flip seeded by (seed, domain,
@@ -954,13 +957,14 @@ class UnpairedData:
         for d in ("trainA", "trainB"):
             if not os.path.isdir(os.path.join(root, d)):
                 raise InputError(f"{os.path.join(root, d)}: missing; the data folder needs trainA and trainB")
-        self.img_size, self.seed = img_size, seed
-        self.train = {d: load_folder(os.path.join(root, "train" + d), img_size + CROP_MARGIN) for d in "AB"}
+        self.img_size, self.seed, self.skipped = img_size, seed, []
+        self.train = {d: load_folder(os.path.join(root, "train" + d), img_size + CROP_MARGIN, self.skipped)
+                      for d in "AB"}
         self.test = {}
         for d in "AB":
             folder = os.path.join(root, "test" + d)
             if with_test and os.path.isdir(folder) and list_images(folder):
-                self.test[d] = load_folder(folder, img_size)
+                self.test[d] = load_folder(folder, img_size, self.skipped)
         self._perm = {}
 
     def _index(self, domain, pos):
@@ -1066,18 +1070,21 @@ def find_resume(path, out=None):
     if not out:
         raise ResumeError(f"--resume {path}: this file is not in a run's checkpoints/ folder, so the "
                           f"continued run needs its own folder: add --out NEW_RUN")
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and [n for n in os.listdir(out) if n != runs.LOCK_NAME]:
         raise ResumeError(f"--out {out}: exists and is not empty; choose a new folder for the run "
                           f"continued from {path}")
     return out, [path]
 
 
 def clean_stray_temp_files(run):
-    """Remove what a save killed half-way leaves behind (`.tmp-*` in RUN/checkpoints, the older
-    layout's `checkpoint.pt.tmp`); finished checkpoints are never touched. Returns the removed paths."""
-    folder = os.path.join(run, "checkpoints")
-    stray = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")] \
-        if os.path.isdir(folder) else []
+    """Remove what a write killed half-way, or refused its rename (a folder turned read-only), leaves
+    behind: `.tmp-*` in RUN, RUN/checkpoints and RUN/samples (ops.runs.write_atomic's temporary
+    files), the older layout's `checkpoint.pt.tmp`; finished files are never touched. Returns the
+    removed paths."""
+    stray = []
+    for folder in (run, os.path.join(run, "checkpoints"), os.path.join(run, "samples")):
+        if os.path.isdir(folder):
+            stray += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")]
     if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
         stray.append(os.path.join(run, "checkpoint.pt.tmp"))
     removed = []
@@ -1231,13 +1238,68 @@ def resume_settings(args, saved, where):
 
 def train(args):
     """Train U-GAT-IT on DIR/trainA <-> DIR/trainB. Run folder (as 03_stylegan2_ada.py): settings.json,
-    log.jsonl, checkpoints/NNNNNN.pt (the newest --keep), samples/. `--resume RUN` continues RUN (a
-    bare `--resume` continues --out if it exists); `--resume FILE` continues a checkpoint file, in RUN
-    when the file is in RUN/checkpoints, else in a new --out."""
-    from tqdm import tqdm
+    log.jsonl, checkpoints/NNNNNN.pt (the newest --keep), samples/, skipped.txt (the data files that do
+    not decode). `--resume RUN` continues RUN (a bare `--resume` continues --out if it exists);
+    `--resume FILE` continues a checkpoint file, in RUN when the file is in RUN/checkpoints, else in a
+    new --out. The stages, in order:
+        lock_existing_run  --resume RUN: RUN/.lock (one line if another trainer holds it), before
+                           anything in RUN is touched; a new run's folder is locked before it is written
+        train_settings     the flags, or with --resume the run's own settings and newest checkpoint
+        set_up             data, networks, optimisers and the step (setup_training); with --resume restored
+        open_run_folder    settings.json, samples/, checkpoints/, skipped.txt; a resumed run's log cut back
+        train_loop         one step per iteration; log lines, sample sheets and checkpoints when due
+    A write the machine refuses (disk full, read-only or vanished folder: ops.runs.is_write_failure)
+    stops the run with one line naming the file and the errno; what was written before stays, and
+    `--resume RUN` continues once the disk is back."""
+    lock = lock_existing_run(args)  # before open_resume removes stray files or cut_run_logs rewrites the log
+    try:
+        args, resume, ckpt_file, restart = train_settings(args)
+        device, data = check_inputs(args)
+        nets, step_fn, g_optim, d_optim, scalers = set_up(args, device)
+        start = restore(args, nets, g_optim, d_optim, scalers, resume, ckpt_file)
+        if lock is None:
+            lock = runs.RunLock(args.out)  # a new run folder (or a run continued into a new --out): ours now
+        try:
+            settings = open_run_folder(args, data.skipped, cut_from=start if resume is not None else
+                                       (-1 if restart else None))
+            train_loop(args, settings, data, device, nets, step_fn, g_optim, d_optim, scalers, start)
+        except OSError as e:
+            if runs.is_write_failure(e):  # disk full, read-only, vanished: one line, the run resumes later
+                raise SystemExit(runs.write_failure(e, args.out, os.path.basename(__file__))) from None
+            raise
+        if data.skipped:
+            print(f"skipped {len(data.skipped)} unreadable image(s) of {args.data}, listed in "
+                  f"{os.path.join(args.out, 'skipped.txt')}")
+        return nets
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def lock_existing_run(args):
+    """--resume RUN of this script: its lock (one line if another trainer holds it), taken before
+    the stray temporary files go and the log is cut. Nothing is created in a folder that is not this
+    script's run (its settings.json is checked first); a run continued into a new --out, or a new
+    run, is locked right before its folder is first written."""
+    if not args.resume or (args.resume is True and args.out and not os.path.exists(args.out)):
+        return None
+    where = args.out if args.resume is True else args.resume
+    if not where:
+        return None  # train_settings says what is missing
+    run = find_resume(where, None if args.resume is True else args.out)[0]
+    if not os.path.isfile(os.path.join(run, "settings.json")):
+        return None
+    read_run_settings(run, ("img_size", "cam_weight"))  # another script's run: one line, untouched
+    return runs.RunLock(run)
+
+
+def train_settings(args):
+    """(args, resume, ckpt_file, restart): the settings of this run. A new run: the flags (its --out
+    must be new or empty). --resume: the run's own settings and its newest checkpoint that loads
+    (`resume`, read from `ckpt_file`), or, for a run stopped before its first checkpoint, its
+    settings.json and restart=True (step 0)."""
     resume = ckpt_file = None
-    restart = False  # --resume of a run stopped before its first checkpoint: step 0, its settings
+    restart = False
     if args.resume and not (args.resume is True and args.out and not os.path.exists(args.out)):
         where = args.out if args.resume is True else args.resume
         if not where:
@@ -1254,9 +1316,14 @@ def train(args):
     else:
         if args.data is None or args.out is None:
             raise InputError("train needs --data DIR and --out RUN (or --resume RUN)")
-        if os.path.isdir(args.out) and os.listdir(args.out):
+        if os.path.isdir(args.out) and [n for n in os.listdir(args.out) if n != runs.LOCK_NAME]:
             raise InputError(f"{args.out}: run folder exists and is not empty; continue it with "
                              f"--resume {args.out} or choose another --out")
+    return args, resume, ckpt_file, restart
+
+
+def check_inputs(args):
+    """The device, every flag and the data, read before anything is written: (device, UnpairedData)."""
     device = resolve_device(args.device)
     if args.amp == "fp16" and device.type != "cuda":
         raise InputError("--amp fp16 needs a CUDA device (use --amp bf16 on CPU)")
@@ -1267,37 +1334,65 @@ def train(args):
             raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     if args.iter < 0:
         raise InputError(f"--iter {args.iter}: must be at least 0")
-    data = UnpairedData(args.data, args.img_size, seed=args.seed)
+    return device, UnpairedData(args.data, args.img_size, seed=args.seed)
 
+
+def set_up(args, device):
+    """The six networks (seeded by --seed) on the device, the optimisers and the step (setup_training)."""
     torch.manual_seed(args.seed)
-    nets = build_networks(args.ch, args.n_res, args.img_size, args.light)
-    for net in nets.values():
-        net.to(device).train()
+    try:
+        nets = build_networks(args.ch, args.n_res, args.img_size, args.light)
+        for net in nets.values():
+            net.to(device).train()
+    except (MemoryError, RuntimeError) as e:
+        raise_if_out_of_memory(e, args)
+        raise
     step_fn, g_optim, d_optim, scalers = setup_training(nets, args, device)
-    start = 0
-    if resume is not None:
-        for k in NET_NAMES:
-            try:
-                nets[k].load_state_dict(resume[k], strict=True)
-            except (KeyError, RuntimeError) as e:
-                raise InputError(f"{ckpt_file}: {k} does not fit these settings: {str(e).splitlines()[0]}") from None
-        g_optim.load_state_dict(resume["g_optim"])
-        d_optim.load_state_dict(resume["d_optim"])
-        if scalers is not None and "scalers" in resume:
-            for s, st in zip(scalers, resume["scalers"]):
-                s.load_state_dict(st)
-        start = int(resume["step"])
-        print(f"resuming {ckpt_file} at step {start}")
+    return nets, step_fn, g_optim, d_optim, scalers
 
-    # the run folder, only now: bad input above leaves nothing behind
+
+def restore(args, nets, g_optim, d_optim, scalers, resume, ckpt_file):
+    """--resume: networks, optimisers and GradScalers from the checkpoint. Returns the step to start from."""
+    if resume is None:
+        return 0
+    for k in NET_NAMES:
+        try:
+            nets[k].load_state_dict(resume[k], strict=True)
+        except (KeyError, RuntimeError) as e:
+            raise InputError(f"{ckpt_file}: {k} does not fit these settings: {str(e).splitlines()[0]}") from None
+    g_optim.load_state_dict(resume["g_optim"])
+    d_optim.load_state_dict(resume["d_optim"])
+    if scalers is not None and "scalers" in resume:
+        for s, st in zip(scalers, resume["scalers"]):
+            s.load_state_dict(st)
+    print(f"resuming {ckpt_file} at step {int(resume['step'])}")
+    return int(resume["step"])
+
+
+def open_run_folder(args, skipped, cut_from=None):
+    """RUN/samples, RUN/checkpoints, RUN/settings.json (at the run's first start) and RUN/skipped.txt,
+    only now: bad input before this leaves nothing behind. cut_from: on resume, what a killed run
+    logged after that step goes (-1: a restart from step 0, all). Returns the settings."""
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
     for sub in ("samples", "checkpoints"):
         os.makedirs(os.path.join(args.out, sub), exist_ok=True)
     if not os.path.isfile(os.path.join(args.out, "settings.json")):
-        with open(os.path.join(args.out, "settings.json"), "w") as f:
-            json.dump(settings, f, indent=1)
-    if resume is not None or restart:  # what a killed run logged after its checkpoint goes
-        cut_run_logs(args.out, start if resume is not None else -1)
+        runs.write_atomic(os.path.join(args.out, "settings.json"), lambda f: json.dump(settings, f, indent=1),
+                          mode="w")
+    if cut_from is not None:
+        cut_run_logs(args.out, cut_from)
+    if skipped:
+        runs.write_atomic(os.path.join(args.out, "skipped.txt"), lambda f: f.write("\n".join(skipped) + "\n"),
+                          mode="w")
+    return settings
+
+
+def train_loop(args, settings, data, device, nets, step_fn, g_optim, d_optim, scalers, start):
+    """Steps start + 1 .. --iter: the lr, one batch per domain, the step, then the log line, the sample
+    sheets and a checkpoint when due. Ctrl-C or SIGTERM: the step under way finishes and is saved, and
+    the run exits with 130 or 143; a second Ctrl-C stops at once, without saving that step."""
+    from tqdm import tqdm
+    log = os.path.join(args.out, "log.jsonl")
 
     def checkpoint(step):
         ckpt = {k: nets[k].state_dict() for k in NET_NAMES}
@@ -1305,6 +1400,7 @@ def train(args):
         if scalers is not None:
             ckpt["scalers"] = [s.state_dict() for s in scalers]
         folder = os.path.join(args.out, "checkpoints")
+        runs.sync(log)  # the log lines up to this step are on the disk before it
         save_checkpoint(os.path.join(folder, f"{step:06d}.pt"), ckpt)
         for old in checkpoint_files(folder)[:-args.keep]:  # keep the newest --keep
             os.remove(old)
@@ -1320,16 +1416,19 @@ def train(args):
                 for opt in (g_optim, d_optim):
                     for group in opt.param_groups:
                         group["lr"] = lr
-                real_A = data.batch("A", step, args.batch).to(device)
-                real_B = data.batch("B", step, args.batch).to(device)
-                losses = step_fn(real_A, real_B)
+                try:
+                    real_A = data.batch("A", step, args.batch).to(device)
+                    real_B = data.batch("B", step, args.batch).to(device)
+                    losses = step_fn(real_A, real_B)
+                except (MemoryError, RuntimeError) as e:
+                    raise_if_out_of_memory(e, args, step)
+                    raise
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
                 if step % args.log_every == 0 or step == args.iter:
                     bar.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}")
-                    with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-                        f.write(json.dumps({"step": step, "lr": lr, **{k: round(v, 6) for k, v in losses.items()}})
-                                + "\n")
+                    runs.append_line(log, json.dumps({"step": step, "lr": lr,
+                                                      **{k: round(v, 6) for k, v in losses.items()}}))
                 if step % args.sample_every == 0 or step == args.iter:
                     write_sample_sheets(nets, data, os.path.join(args.out, "samples"), step, device)
                 if step % args.save_every == 0 or step == args.iter or stop.requested:
@@ -1348,7 +1447,39 @@ def train(args):
             saved = checkpoint(step)
         print("\n" + stop.message(step, saved, os.path.basename(__file__), args.out), file=sys.stderr)
         raise SystemExit(stop.exit_code)
-    return nets
+    return saved
+
+
+# CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
+OUT_OF_MEMORY = runs.OUT_OF_MEMORY
+
+
+def raise_if_out_of_memory(e, args, step=None):
+    """Running out of memory (out_of_memory) in training step `step` (None: building the networks) as
+    one line naming what to lower: --batch and --amp, which --resume takes, else --img-size or
+    --light (a new run). Nothing is saved: a step cut short may have updated some parameters already
+    (Adam runs inside backward); the checkpoints written so far stay. Other errors: returns, for the
+    caller to re-raise."""
+    memory = runs.out_of_memory(e)
+    if memory is None:
+        return
+    what = (f"batch {args.batch} at {args.img_size} px, {'light' if args.light else 'full'}"
+            + (f", --amp {args.amp}" if args.amp else "") + f"; {memory[1]}")
+    new_run = "a smaller --img-size" + ("" if args.light else " or --light")
+    if step is None:
+        raise SystemExit(f"error: out of {memory[0]} memory building the networks ({what}); try {new_run}") from None
+    half = max(1, args.batch // 2)
+    # --resume takes a flag given with a value other than its default: --batch 1 (the default) only in a new run
+    flags = ([f"--batch {half}"] if half < args.batch and half != HPARAMS["batch"] else []) + \
+        (["--amp bf16"] if args.amp is None else [])
+    if half < args.batch and half == HPARAMS["batch"]:
+        new_run = f"--batch {half}, " + new_run
+    go_on = (f"continue in less memory with: python {os.path.basename(__file__)} train --resume {args.out} "
+             f"{' '.join(flags)}; or " if flags else "")
+    kept = "; the checkpoints written so far are intact" if checkpoint_files(
+        os.path.join(args.out, "checkpoints")) else ""
+    raise SystemExit(f"error: out of {memory[0]} memory in step {step} ({what}); {go_on}start a new run with "
+                     f"{new_run}{kept}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1393,9 +1524,9 @@ def write_sample_sheets(nets, data, folder, step, device, n=5):
 
 
 def save_png(img, path):
-    """float [3, H, W] in [-1, 1] -> PNG."""
+    """float [3, H, W] in [-1, 1] -> PNG, written whole (ops.runs.save_image)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(to_uint8(img[None])[0].cpu().numpy()).save(path)
+    runs.save_image(Image.fromarray(to_uint8(img[None])[0].cpu().numpy()), path)
 
 
 @torch.no_grad()
@@ -1588,6 +1719,8 @@ def build_parser():
 
 
 def main(argv=None):
+    if __name__ == "__main__":  # a program's warnings one line each; a test importing this file keeps Python's
+        ops.readable_warnings()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -44,7 +44,7 @@ from .fid import (DIMS_CHOICES, FID_WEIGHTS_NAME, QUANTIZE_METHOD, RESIZE_METHOD
                   default_num_workers, folder_features, frechet_distance, generator_features, kid,
                   load_inception, load_npz, save_features, save_statistics, statistics,
                   weights_info)
-from .runs import save_image, write_atomic
+from .runs import OUT_OF_MEMORY, save_image, write_atomic
 
 # ----------------------------------------------------------------------------------------------
 # 1. Memorization check: nearest training image of each generated image
@@ -382,9 +382,6 @@ def draw_fid_curve(rows, path, width=640, height=520):
 
 # ----------------------------------------------------------------------------------------------
 # 5. CLI (pytorch-fid's shape): `python -m ops.fid` runs main()
-
-# CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
-OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def kid_text(mean, std, subsets, m, rule):

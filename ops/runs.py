@@ -12,11 +12,16 @@
   no permission, I/O error) stops the run with one line naming the path and the errno
   (`write_failure`); every earlier checkpoint and log line stays, and `--resume` continues once
   the disk is back.
+- Out of memory is one line too: `out_of_memory` tells the GPU's and the CPU's from other errors,
+  for each script to name the flag that lowers its memory.
 """
 import errno
 import fcntl
 import os
+import re
 import tempfile
+
+import torch
 
 import ops
 
@@ -43,6 +48,8 @@ class RunLock:
     def __init__(self, folder):
         self.folder = os.path.abspath(folder)
         self.path = os.path.join(self.folder, LOCK_NAME)
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):  # makedirs would say "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
         os.makedirs(self.folder, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -163,3 +170,23 @@ def write_failure(e, run, script):
     return (f"error: {path}: {e.strerror or e} ({what}) while writing the run; the run stopped, its earlier "
             f"checkpoints and log lines are intact. {hint[0].upper() + hint[1:]}, then continue with: "
             f"python {script} train --resume {run}")
+
+
+# CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def out_of_memory(e):
+    """("GPU" or "CPU", what could not be had) when `e` is running out of memory: CUDA's
+    OutOfMemoryError, torch's CPU allocator (a RuntimeError naming the bytes asked), Python's
+    MemoryError; else None."""
+    text = " ".join(str(e).split())
+    if isinstance(e, OUT_OF_MEMORY):
+        asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
+        return "GPU", f"CUDA could not allocate {asked[1]}" if asked else text[:100]
+    asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if isinstance(e, RuntimeError) and asked:
+        return "CPU", f"the allocator could not give {int(asked[1]) / 2 ** 30:.2f} GiB"
+    if isinstance(e, MemoryError):
+        return "CPU", "MemoryError"
+    return None

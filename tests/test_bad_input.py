@@ -39,7 +39,7 @@ def test_decompression_bomb_is_a_bad_file_not_a_black_image(tmp_path):
     assert [os.path.basename(p) for p in ds.paths] == ["0.png", "1.png", "2.png"]
     messages = [str(w.message) for w in caught]
     skipped = [t for t in messages if "bomb.png" in t]
-    assert len(skipped) == 1 and "\n" not in skipped[0] and "skipped 1 unreadable" in skipped[0]
+    assert len(skipped) == 1 and "\n" not in skipped[0] and skipped[0].endswith("(skipped)")
     assert "decompression bomb" in skipped[0]
 
 
