@@ -21,7 +21,7 @@ Two implementations with the same result:
   with up and down swapped, the kernel flipped and the pads g0 = k - p0 - 1,
   g1 = size * up - out * down + p0 - up + 1 per axis (as rosinality's UpFirDn2dBackward and NVlabs'
   _upfirdn2d_cuda), through the same autograd Function, so second-order gradients (R1, path
-  length) work.
+  length) work. The CPU uses the same Function around the reference (see `upfirdn2d`).
 
 Helpers: `make_kernel` ([1,3,3,1] -> normalised 4x4), `blur`, `upsample2d` (gain up**2),
 `downsample2d`, with rosinality's pads.
@@ -183,14 +183,19 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
     """StyleGAN2's upfirdn2d (see the module docstring): x [N, C, H, W], kernel [kh, kw].
 
     up, down: int or (x, y) factors; pad: (p0, p1) for both axes or (x0, x1, y0, y1), negative
-    entries crop. The kernel is flipped (true convolution). CUDA tensors use the compiled kernel
-    (unless the kernel itself needs a gradient, or `--ops ref`, or it failed its self-check);
-    everything else uses `upfirdn2d_ref`.
+    entries crop. The kernel is flipped (true convolution). A fixed kernel (the networks' FIR
+    filters) goes through `_UpFirDn2d`: the compiled kernel on CUDA (unless `--ops ref`, or it
+    failed its self-check), `upfirdn2d_ref`'s computation elsewhere, and in both cases a backward
+    that is upfirdn2d again. On the CPU that matters for R1 and path length: autograd's second
+    derivative of a depthwise (groups = C) convolution runs one convolution per channel, and
+    R1 at 64 px makes several thousand of them, while `_UpFirDn2d`'s second derivative is one
+    more depthwise convolution (tests/test_ops.py checks both against `upfirdn2d_ref`). A kernel
+    that itself needs a gradient uses `upfirdn2d_ref` through autograd.
     """
     args = _parse(x, kernel, up, down, pad)
-    if not kernel.requires_grad and cuda.kernel("upfirdn2d", x) is not None:
-        return _UpFirDn2d.apply(x, kernel.to(x.dtype), *args)
-    return _upfirdn2d_ref(x, kernel, *args)
+    if kernel.requires_grad:
+        return _upfirdn2d_ref(x, kernel, *args)
+    return _UpFirDn2d.apply(x, kernel.to(x.dtype), *args)
 
 
 def _self_check(ext, device, dtype):

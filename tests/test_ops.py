@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import signal
 
 import ops.cuda
@@ -140,6 +141,29 @@ def test_upfirdn2d_function_backward_pads(up, down, pad, kshape):
     f = lambda x: _UpFirDn2d.apply(x, k, *args)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x,))
     assert torch.autograd.gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("up,down,pad,kshape", GRAD_CASES)
+def test_upfirdn2d_fixed_kernel_equals_reference_to_second_order(up, down, pad, kshape):
+    """A fixed kernel (the networks' filters) takes _UpFirDn2d on the CPU too; it equals
+    upfirdn2d_ref through autograd in the output, the gradient, and an R1-like second-order
+    gradient (||d loss / d x||^2 differentiated w.r.t. a weight after the filter and x)."""
+    x0 = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    k = torch.randn(*kshape, dtype=torch.float64)
+    w0 = torch.randn(4, 3, 1, 1, dtype=torch.float64)
+
+    def r1_like(f):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = f(x)
+        loss = torch.tanh(F.conv2d(y, w)).sum()
+        gx, = torch.autograd.grad(loss, x, create_graph=True)
+        return (y, gx) + torch.autograd.grad(gx.square().sum(), (w, x))
+
+    fast = r1_like(lambda x: upfirdn2d(x, k, up, down, pad))
+    ref = r1_like(lambda x: upfirdn2d_ref(x, k, up, down, pad))
+    assert type(upfirdn2d(x0.requires_grad_(), k, up, down, pad).grad_fn).__name__ == "_UpFirDn2dBackward"
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
