@@ -947,12 +947,11 @@ def _self_sum(x, blocks=2):
 
 
 def _row_sums(f, rows, other, block=2048):
-    """sum_j k(f_i, other_j) for each i in rows (f: [N, d] array, other: float64 tensor)."""
+    """sum_j k(f_i, other_j) for each i in rows (f: [N, d] array, other: float64 array)."""
     out = np.zeros(len(f))
     for s in range(0, len(rows), block):
         r = rows[s:s + block]
-        x = torch.from_numpy(np.asarray(f[r], dtype=np.float64))
-        out[r] = _cubic_kernel(x, other).sum(1).numpy()
+        out[r] = _cubic_kernel(np.asarray(f[r], dtype=np.float64), other).sum(1)
     return out
 
 
@@ -964,9 +963,11 @@ def kid(feats_a, feats_b, subsets=100, subset_size=None, seed=0):
 
     for subsets X, Y of m features each (choose_kid_subset_size: by default 1000, or half the smaller
     set), with the cubic kernel. The std is nan (not available) when every subset is the whole
-    of both sets: then it would be 0 without measuring anything. Sums in float64 (torch matmuls). A side used whole (m = its size: the usual few-
-    shot case, e.g. 500 training images) is the same set in every subset, so its self sum is
-    computed once, and the cross sum of a subset is a sum of per-row sums against that side.
+    of both sets: then it would be 0 without measuring anything. Sums in float64, by numpy (for
+    the small blocks of few-shot sets, torch's float64 matmul on a loaded CPU costs milliseconds of
+    thread start-up each). A side used whole (m = its size: the usual few-shot case, e.g. 500
+    training images) is the same set in every subset, so its self sum is computed once, and the
+    cross sum of a subset is a sum of per-row sums against that side.
     """
     a, b = np.asarray(feats_a), np.asarray(feats_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
@@ -975,7 +976,7 @@ def kid(feats_a, feats_b, subsets=100, subset_size=None, seed=0):
         raise ValueError(f"kid needs at least 2 features per side and 1 subset, got {len(a)}, "
                          f"{len(b)} and subsets={subsets}")
     m = choose_kid_subset_size(len(a), len(b), subset_size)[0]
-    rows = lambda f, i: torch.from_numpy(np.asarray(f[i], dtype=np.float64))  # noqa: E731
+    rows = lambda f, i: np.asarray(f[i], dtype=np.float64)  # noqa: E731
     draws = list(kid_subsets(len(a), len(b), subsets, subset_size, seed))
     self_a = _self_sum(rows(a, slice(None))) if m == len(a) else None
     self_b = _self_sum(rows(b, slice(None))) if m == len(b) else None
