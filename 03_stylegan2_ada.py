@@ -2925,18 +2925,21 @@ def find_resume(path, out=None):
     if not out:
         raise ResumeError(f"--resume {path}: this file is not in a run's checkpoints/ folder, so the "
                           f"continued run needs its own folder: add --out NEW_RUN")
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and [n for n in os.listdir(out) if n != runs.LOCK_NAME]:
         raise ResumeError(f"--out {out}: exists and is not empty; choose a new folder for the run "
                           f"continued from {path}")
     return out, [path]
 
 
 def clean_stray_temp_files(run):
-    """Remove what a save killed half-way leaves behind (`.tmp-*` in RUN/checkpoints, the older
-    layout's `checkpoint.pt.tmp`); finished checkpoints are never touched. Returns the removed paths."""
-    folder = os.path.join(run, "checkpoints")
-    stray = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")] \
-        if os.path.isdir(folder) else []
+    """Remove what a write killed half-way, or refused its rename (a folder turned read-only), leaves
+    behind: `.tmp-*` in RUN, RUN/checkpoints and RUN/samples (ops.runs.write_atomic's temporary
+    files), the older layout's `checkpoint.pt.tmp`; finished files are never touched. Returns the
+    removed paths."""
+    stray = []
+    for folder in (run, os.path.join(run, "checkpoints"), os.path.join(run, "samples")):
+        if os.path.isdir(folder):
+            stray += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith(".tmp-")]
     if os.path.isfile(os.path.join(run, "checkpoint.pt.tmp")):
         stray.append(os.path.join(run, "checkpoint.pt.tmp"))
     removed = []
@@ -3063,7 +3066,7 @@ def mean_over_processes(t):
 
 
 # CUDA's out-of-memory error (torch.OutOfMemoryError in newer torch)
-OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+OUT_OF_MEMORY = runs.OUT_OF_MEMORY
 
 
 def _setup_distributed(device_flag):
@@ -4039,6 +4042,8 @@ def ablation(args):
         [str(parse_device(getattr(args, "device", None)))]
     todo = [r for r in all_runs if states[r.name] != "done"]
     _check_measures(args, settings)
+    if args.rank_by == "fd-faces" and not args.face_features:
+        raise AblationError("--rank-by fd-faces needs --face-features")
     if args.dry_run:
         per_it = {}
         for r in todo:  # one probe per row (seeds share the cost)
@@ -4076,8 +4081,18 @@ def _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args):
         for r in todo:
             argv = argvs[r.name] if states[r.name] == "new" else \
                 ["--resume", r.folder, "--iter", str(n_iter)] + _resume_flags(argvs[r.name])
+            t0 = time.time()
             train(_train_parser().parse_args(argv + ["--device", devices[0]]))
+            _add_seconds(abl, r.name, time.time() - t0)
     return _score_and_write(abl, all_runs, settings, devices[0], args)
+
+
+def _add_seconds(abl, name, seconds):
+    """ABL/seconds.json: the wall time each run has taken, summed over the commands that trained it."""
+    path = os.path.join(abl, "seconds.json")
+    spent = json.load(open(path)) if os.path.isfile(path) else {}
+    spent[name] = round(spent.get(name, 0.0) + seconds, 1)
+    _write_json(path, spent)
 
 
 def _resume_flags(argv):
@@ -4113,17 +4128,18 @@ def _train_in_parallel(todo, argvs, states, devices, abl):
                     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "train", *argv,
                                              "--device", dev, "--no-progress"], stdout=log,
                                             stderr=subprocess.STDOUT)
-                    busy[dev] = (r, proc, log)
+                    busy[dev] = (r, proc, log, time.time())
                     print(f"   {r.name} on {dev} (pid {proc.pid})", flush=True)
             time.sleep(0.2)
             if stop.requested:
-                for r, proc, log in busy.values():
+                for r, proc, log, _ in busy.values():
                     if proc.poll() is None:
                         proc.send_signal(signal.SIGTERM)  # each run finishes its iteration and saves
-            for dev, (r, proc, log) in list(busy.items()):
+            for dev, (r, proc, log, t0) in list(busy.items()):
                 if proc.poll() is not None:
                     log.close()
                     del busy[dev]
+                    _add_seconds(abl, r.name, time.time() - t0)
                     if proc.returncode != 0:
                         failed.append((r, proc.returncode))
         if stop.requested:
@@ -4193,7 +4209,7 @@ def _score_and_write(abl, all_runs, settings, device, args):
                               **extra.score(g)}
         _write_json(path, scores[r.name])
     floor = {**_noise_floor(ev), **extra.floor()}
-    table = _summarise(all_runs, scores, floor, settings)
+    table = _summarise(all_runs, scores, floor, settings, by="fd_faces" if args.rank_by == "fd-faces" else "fid")
     if settings["ckpt"]:  # where every transfer row started: the source model itself, scored the same way
         path = os.path.join(abl, "scores", "source.json")
         cached = json.load(open(path)) if os.path.isfile(path) else None
@@ -4336,9 +4352,10 @@ def _mean_std(values):
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
 
 
-def _summarise(all_runs, scores, floor, settings):
-    """Rows in the order asked for: mean +- std over seeds of each number, calm-gan's rank and the
-    seed's, Kendall's tau between the two orders, and which ordered differences exceed the spread."""
+def _summarise(all_runs, scores, floor, settings, by="fid"):
+    """Rows in the order asked for: mean +- std over seeds of each number, calm-gan's rank (by the
+    measure `by`: fid, or fd_faces) and the seed's, Kendall's tau between the two orders, and which
+    ordered differences of `by` exceed the spread."""
     from scipy import stats as sstats
     rows = []
     for row in settings["rows"]:
@@ -4350,7 +4367,7 @@ def _summarise(all_runs, scores, floor, settings):
             if all(k in s for s in mine):
                 entry[k], entry[k + "_std"] = _mean_std([s[k] for s in mine])
         rows.append(entry)
-    order = sorted(rows, key=lambda e: e["fid"])
+    order = sorted(rows, key=lambda e: e[by])
     for rank, e in enumerate(order, 1):
         e["rank"] = rank
     seeded = [e for e in rows if e["seed_fid"] is not None]
@@ -4358,23 +4375,23 @@ def _summarise(all_runs, scores, floor, settings):
         e["seed_rank"] = rank
     tau = None
     if len(seeded) >= 3:
-        res = sstats.kendalltau([e["fid"] for e in seeded], [e["seed_fid"] for e in seeded])
+        res = sstats.kendalltau([e[by] for e in seeded], [e["seed_fid"] for e in seeded])
         tau = {"tau": float(res.statistic), "p": float(res.pvalue), "rows": len(seeded)}
     separated = []  # consecutive rows (by mean FID) whose gap exceeds twice its standard error
     for lo, hi in zip(order, order[1:]):
         n_lo, n_hi = len(lo["seeds"]), len(hi["seeds"])
-        if lo["fid_std"] is None or hi["fid_std"] is None:
-            separated.append({"better": lo["row"], "worse": hi["row"], "gap": hi["fid"] - lo["fid"], "se": None})
+        if lo[by + "_std"] is None or hi[by + "_std"] is None:
+            separated.append({"better": lo["row"], "worse": hi["row"], "gap": hi[by] - lo[by], "se": None})
             continue
-        se = math.sqrt(lo["fid_std"] ** 2 / n_lo + hi["fid_std"] ** 2 / n_hi)
-        separated.append({"better": lo["row"], "worse": hi["row"], "gap": hi["fid"] - lo["fid"], "se": se})
-    return {"rows": rows, "floor": floor, "kendall": tau, "gaps": separated,
+        se = math.sqrt(lo[by + "_std"] ** 2 / n_lo + hi[by + "_std"] ** 2 / n_hi)
+        separated.append({"better": lo["row"], "worse": hi["row"], "gap": hi[by] - lo[by], "se": se})
+    return {"rows": rows, "floor": floor, "kendall": tau, "gaps": separated, "rank_by": by,
             "iter": settings["iter"], "seeds": settings["seeds"]}
 
 
 ROW_LABELS = {"baseline": "Baseline", "freezed": "FreezeD", "diffaug": "DiffAug", "ada": "ADA",
               "freezed-diffaug": "FreezeD + DiffAug", "freezed-ada": "FreezeD + ADA", "freezeg": "FreezeG",
-              SCRATCH_ROW: "Scratch + ADA"}
+              SCRATCH_ROW: "Scratch + ADA", "cdc": "CDC"}
 CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                  (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
@@ -4421,8 +4438,8 @@ def _table_markdown(table, settings):
                      + " | ".join(cells + [str(e["rank"]), str(e.get("seed_rank", "–"))]) + " |")
     lines += [""]
     if "faces" in measures:
-        lines += [f"FD-faces: {measures['faces']['measure']}, {measures['faces']['note']}; its reference is the "
-                  f"same distance between two halves of the real set.", ""]
+        lines += [f"{measures['faces']['measure']}: the Frechet distance on the features of a network that "
+                  f"{measures['faces']['note']}; its reference is the same distance between two halves of the real set.", ""]
     if "diversity" in measures:
         dv = measures["diversity"]
         lines += [f"Diversity ({dv['network']}, {dv['n_gen']} images per run): intra-cluster LPIPS (Ojha et al. 2021: "
@@ -4443,6 +4460,8 @@ def _verdict(table):
     """What the spread supports, in words: the order against the seed's, and which gaps are real."""
     out = []
     tau = table["kendall"]
+    name = {"fid": "FID", "fd_faces": "FD-faces"}[table.get("rank_by", "fid")]
+    out.append(f"Ranks, order and gaps by {name}.")
     if tau is not None:
         agree = "agrees with" if tau["tau"] > 0.5 else "partly agrees with" if tau["tau"] > 0 else "does not follow"
         out.append(f"Order: calm-gan's ranking {agree} the seed's (Kendall τ = {tau['tau']:.2f} over "
@@ -4465,8 +4484,9 @@ def _verdict(table):
             out.append("Within the spread, not told apart: " + "; ".join(
                 f"{ROW_LABELS.get(g['better'], g['better'])} / {ROW_LABELS.get(g['worse'], g['worse'])}"
                 for g in close) + ".")
-    floor = table["floor"]["fid"]
-    below = [e["row"] for e in table["rows"] if e["fid"] <= floor]
+    by = table.get("rank_by", "fid")
+    floor = table["floor"][by]
+    below = [e["row"] for e in table["rows"] if e[by] <= floor]
     if below:
         out.append(f"At or below the noise floor ({floor:.2f}): {', '.join(below)}: as close to the data as this "
                    f"metric can see.")
@@ -4478,6 +4498,8 @@ def _write_ablation_outputs(abl, all_runs, table, settings, device):
     from ops import fid_eval
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "calm_gan": fid_eval.git_commit()}
+    seconds = os.path.join(abl, "seconds.json")  # training wall time per run (runs of --devices: their logs)
+    table["seconds"] = json.load(open(seconds)) if os.path.isfile(seconds) else {}
     _write_json(os.path.join(abl, "table.json"), {"settings": settings, "versions": versions, **table})
     text = _table_markdown(table, settings)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=abl)
@@ -4594,6 +4616,9 @@ def add_ablation_args(parser):
     g.add_argument("--face-features", nargs="?", const="shipped", default=None, metavar="FILE",
                    help="add FD-faces, the Frechet distance on the demo face network's features (for calm-gan's "
                         "demo faces only; FILE, or the shipped demo_models/face_features_32px.pt without one)")
+    g.add_argument("--rank-by", choices=["fid", "fd-faces"], default="fid",
+                   help="the measure of the ranks, Kendall's tau and the gaps (default fid; fd-faces needs "
+                        "--face-features: the demo's faces only)")
     g.add_argument("--vgg", metavar="FILE", help="torchvision's VGG16 weights for the diversity measure's LPIPS "
                                                  "(default: the torch hub cache, else the face network)")
     g.add_argument("--diversity-n", type=int, default=1000, metavar="N",
