@@ -55,10 +55,19 @@ RECORD = os.path.join(MODELS, "source_models.json")
 # StyleGAN2 rows (FreezeD + ADA, baseline transfer, scratch) run the same number of iterations.
 PRESET = {
     "full": dict(faces=200, sg2_iter=1200, sg1_iter=1600, batch=8, ugatit_iter=200, ugatit_size=64,
-                 ganspace_samples=20000, fid_dims=2048),
+                 ganspace_samples=20000, fid_dims=2048,
+                 rows="baseline,freezed-ada,scratch", seeds="0,1",  # the ablation: 3 rows x 2 seeds
+                 fid_every=400, fid_n=100, eval_n=200,             # curves at 0/400/800/1200; final: 200 images
+                 few_shot=False, shots=10, few_shot_iter=1200, few_shot_seeds="0,1"),
     "smoke": dict(faces=16, sg2_iter=2, sg1_iter=2, batch=4, ugatit_iter=2, ugatit_size=64,
-                  ganspace_samples=2000, fid_dims=64),  # Inception's first block only: plumbing check
+                  ganspace_samples=2000, fid_dims=64,  # Inception's first block only: plumbing check
+                  rows="freezed-ada,scratch", seeds="0", fid_every=0, fid_n=8, eval_n=16,
+                  few_shot=False, shots=4, few_shot_iter=2, few_shot_seeds="0"),  # (tests/test_cdc, test_ablation)
 }
+# --full: the seed's six rows, scratch and FreezeG, three seeds each, and the 10-shot rows
+FULL = dict(rows="baseline,freezed,diffaug,ada,freezed-diffaug,freezed-ada,scratch,freezeg", seeds="0,1,2",
+            few_shot=True)
+EVAL_SEEDS = 1000  # StyleGAN v1's score: seeds 1000, 1001, ... (02 generate)
 FREEZE_D_V1 = 1  # StyleGAN v1 FreezeD at 32 px: from_rgb and the 32 px block stay fixed, so the same three
 #                 lowest-resolution blocks train as with the seed's K = 4 at 256 px (03's presets shift
 #                 their freeze_d to the image size by themselves)
@@ -73,7 +82,6 @@ V1_LR = 0.0002
 V1_R1_GAMMA = 1.0
 V1_EMA_DECAY = 0.995  # G_running decay: a half-life of 140 steps (rosinality's 0.999 would keep the
 #                      samples ~700 steps behind the 1,600 it trains)
-EDIT_DEGREES = "-4:4:9"  # SeFa direction 0 swept over +-4 (larger values leave the face space at 32 px)
 VIEW = 96  # summary pictures show each generated image at least this many pixels wide (nearest neighbour)
 
 # The source models of demo_models/ (`--make-source`): 4,000 source-style faces; StyleGAN2 and
@@ -448,13 +456,16 @@ def enlarged(src, dst, factor):
 
 
 def comparison_figure(rows, path, tile=64, label_w=112):
-    """One row per generator, the same seeds in the same columns: rows = [(label, folder)]."""
-    seeds = sorted(f for f in os.listdir(rows[0][1]) if f.endswith(".png"))
-    fig = Image.new("RGB", (label_w + tile * len(seeds), tile * len(rows)), "white")
+    """One row per folder: rows = [(label, folder)], each folder's PNGs in name order (a generator's
+    seedNNNN.png: the same seeds in the same columns; or training images), as many columns as the
+    first row has."""
+    files = [sorted(f for f in os.listdir(folder) if f.endswith(".png")) for _, folder in rows]
+    n = len(files[0])
+    fig = Image.new("RGB", (label_w + tile * n, tile * len(rows)), "white")
     draw = ImageDraw.Draw(fig)
-    for r, (label, folder) in enumerate(rows):
+    for r, ((label, folder), names) in enumerate(zip(rows, files)):
         draw.multiline_text((6, r * tile + tile // 2 - 12), label, fill="black")
-        for c, name in enumerate(seeds):
+        for c, name in enumerate(names[:n]):
             img = Image.open(os.path.join(folder, name)).convert("RGB").resize((tile, tile), Image.NEAREST)
             fig.paste(img, (label_w + c * tile, r * tile))
     fig.save(path)
@@ -610,54 +621,247 @@ def metric_table(out, data, generators, inception, dims, log, device):
     return rows, half
 
 
-def write_summary(out, cfg, timings, real_fid, table, n_half, images, record, zoom=1):
+def write_summary(d):
+    """demo_out/summary.md: the story, the ablation table with its reading, the pictures, the times."""
+    out, cfg = d.out, d.cfg
     lines = ["# calm-gan demo: the seed experiment in miniature", "",
              f"Target data: {cfg['faces']} procedural line-art cartoon faces at {cfg['size']} px (the stand-in for "
              "the seed's 500 cartoon faces). Source models: StyleGAN2 and StyleGAN v1 trained on "
              f"{SOURCE['faces']} shaded colour faces (the stand-in for FFHQ), shipped in `demo_models/`. "
              f"Device {cfg['device']}."
-             + (f" The StyleGAN images are shown {zoom}x enlarged (nearest neighbour: each pixel a {zoom}x{zoom} "
+             + (f" The StyleGAN images are shown {d.zoom}x enlarged (nearest neighbour: each pixel a {d.zoom}x{d.zoom} "
                 "block; the unenlarged files are in the run folders); the meme GIF is drawn at 256 px by 04, "
-                "U-GAT-IT's pictures are as written." if zoom > 1 else ""), ""]
-    if record:
-        for key, name in (("stylegan2", "StyleGAN2"), ("stylegan_v1", "StyleGAN v1")):
-            r = record.get(key, {})
-            if r.get("seconds"):
-                lines.append(f"- {name} source model: {r['iterations']} iterations ({r['kimg']:g} kimg), "
-                             f"{r['seconds'] / 60:.0f} min on a CPU (`{r['command']}`).")
-        lines.append("")
-    lines += ["## Transfer vs scratch at equal steps", "",
-              f"Every StyleGAN2 row below trained {cfg['sg2_iter']} iterations (batch {cfg['batch']}) on the "
-              "target faces; the same seeds in every column.", ""]
-    first = [t for t in images if t[0] == "compare"]
-    if first and os.path.isfile(os.path.join(out, first[0][1])):
-        lines += [f"![transfer vs scratch]({first[0][1]})", ""]
-    lines += [f"## FID / KID against the real faces ({n_half} images per side)", ""]
-    if not real_fid:
-        lines += ["Computed with **random Inception weights** (no `pt_inception-2015-12-05` file here): the rows "
-                  "rank against each other and against the noise floor of this table only, and are **not "
-                  "comparable** with published FIDs.", ""]
-    lines += ["| row | FID | KID ± std |", "|---|---|---|"]
-    lines += [f"| {r} | {f:.2f} | {m:.5f} ± {s:.5f} |" for r, f, m, s in table]
-    lines += ["", "The noise floor is the same metric between two halves of the real target faces: a generator "
-              "as good as the data would score about that.", ""]
-    for title, path in images:
-        if title != "compare" and path and os.path.isfile(os.path.join(out, path)):
+                "U-GAT-IT's pictures are as written." if d.zoom > 1 else ""), ""]
+    for key, name in (("stylegan2", "StyleGAN2"), ("stylegan_v1", "StyleGAN v1")):
+        r = d.record.get(key, {})
+        if r.get("seconds"):
+            lines.append(f"- {name} source model: {r['iterations']} iterations ({r['kimg']:g} kimg), "
+                         f"{r['seconds'] / 60:.0f} min on a CPU (`{r['command']}`).")
+    lines += ["", f"## The ablation: {len(cfg['rows'].split(','))} rows x {len(cfg['seeds'].split(','))} seeds, "
+              f"{cfg['sg2_iter']} iterations each (`03_stylegan2_ada.py ablation`)", "",
+              f"Every row trained {cfg['sg2_iter']} iterations (batch {cfg['batch']}) on the target faces from the "
+              "same source model with the same seeds; the grid shows the same z in every row.", ""]
+    with open(os.path.join(d.abl, "table.md")) as f:
+        table = f.read().split("\n", 2)[2]  # without its own title
+    lines += [table.strip(), ""]
+    if d.v1_score:
+        v = d.v1_score
+        lines += [f"StyleGAN v1 after FreezeD (02, {cfg['sg1_iter']} iterations), scored the same way: FID {v['fid']:.2f}, "
+                  f"KID {v['kid_mean']:.5f} ± {v['kid_std']:.5f}" + (f", FD-faces {v['fd_faces']:.3f}" if "fd_faces" in v else "")
+                  + ".", ""]
+    lines += [f"The explorer figures below use **{d.best_label}**, {d.best_reason}.", ""]
+    for title, path in d.images:
+        if path and os.path.isfile(os.path.join(out, path)):
             lines += [f"## {title}", "", f"![{title}]({path})", ""]
+    if d.knob_reasons:
+        lines += ["How the knobs were named (the rule in demo.py `pick_demo_knobs`, on the sheet's numbers):", ""]
+        lines += [f"- {why}" for why in d.knob_reasons] + [""]
+    if d.few_shot:
+        with open(os.path.join(d.few_shot, "table.md")) as f:
+            lines += ["## 10 shots: FreezeD + ADA vs CDC", "", f.read().split("\n", 2)[2].strip(), ""]
     lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {s} | {t:.1f} |" for s, t in timings]
-    lines += [f"| total | {sum(t for _, t in timings):.1f} |", ""]
+    lines += [f"| {s} | {t:.1f} |" for s, t in d.timings]
+    lines += [f"| total | {sum(t for _, t in d.timings):.1f} |", ""]
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(lines))
 
 
-# ---------------------------------------------------------------------------------------------
-# The demo
-# ---------------------------------------------------------------------------------------------
+class Demo:
+    """What the stages share: the settings, the folders, the log and the time of each stage."""
+
+    def __init__(self, args, cfg, out, record):
+        self.args, self.cfg, self.out, self.record = args, cfg, out, record
+        self.log, self.timings, self.images = os.path.join(out, "demo.log"), [], []
+        self.dev = cfg["device"]
+        self.zoom = max(1, -(-VIEW // cfg["size"]))  # 32 px -> each image shown 3x, nearest neighbour
+        self.data = os.path.join(out, "data")
+        self.sg2_src, self.sg1_src = source_paths(cfg["size"])
+        self.inception, self.real_fid = inception_choice(args.inception)
+        self.v1_score, self.few_shot, self.knob_reasons = None, None, []
+
+    def run(self, stage, args):
+        return run(stage, args, self.log, self.timings)
+
+    def show(self, title, src, factor=None):
+        """A picture for summary.md: a copy in figures/ enlarged `factor` times (nearest), outputs untouched."""
+        factor = self.zoom if factor is None else factor
+        dst = os.path.join(self.out, "figures", rel(src, self.out).replace(os.sep, "_")) if src else None
+        self.images.append((title, rel(enlarged(src, dst, factor), self.out)))
+
+
+def stage_data(d):
+    d.run("01 demo faces", ["01_prepare_data.py", "--demo", str(d.cfg["faces"]), "--size", str(d.cfg["size"]),
+                            "--out", d.data])
+    d.run("03 source samples", ["03_stylegan2_ada.py", "generate", "--ckpt", d.sg2_src, "--seeds", "0-7",
+                                "--out", os.path.join(d.out, "sg2_source_samples"), "--device", d.dev])
+
+
+def ablation_command(d, out, rows, seeds, iters, extra=()):
+    """03 ablation: every row x seed from the shipped StyleGAN2 on the target faces. G_ema's half-life
+    ramps up with the images seen (NVlabs ema_rampup 0.05), otherwise its 10 kimg default would keep
+    runs of a few thousand images near their start; R1 at the source model's weight (R1_GAMMA)."""
+    cfg = d.cfg
+    return (["03_stylegan2_ada.py", "ablation", "--data", d.data, "--ckpt", d.sg2_src, "--out", out,
+             "--rows", rows, "--seeds", seeds, "--iter", str(iters), "--batch", str(cfg["batch"]),
+             "--ema-rampup", "0.05", "--r1-gamma", str(R1_GAMMA), "--inception", d.inception,
+             "--fid-dims", str(cfg["fid_dims"]), "--fid-every", str(cfg["fid_every"]), "--fid-n", str(cfg["fid_n"]),
+             "--eval-n", str(cfg["eval_n"]), "--face-features", "--rank-by", "fd-faces",
+             "--sample-every", str(max(1, iters // 4)),
+             "--ckpt-every", str(iters), "--device", d.dev, "--num-workers", "0", "--no-progress"] + list(extra))
+
+
+def row_label(row):
+    """The name 03's tables give an ablation row (FreezeD + ADA for freezed-ada, ...)."""
+    import importlib.util
+    if "sg2" not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location("stylegan2_ada", os.path.join(ROOT, "03_stylegan2_ada.py"))
+        _SCRIPTS["sg2"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_SCRIPTS["sg2"])
+    return _SCRIPTS["sg2"].ROW_LABELS.get(row, row)
+
+
+_SCRIPTS = {}
+
+
+def best_run(abl):
+    """The row with the lowest mean FD-faces (the measure validated to see what a reader sees in these
+    faces; FID where it is absent), and its run with the lowest score: (row, run folder, reason)."""
+    with open(os.path.join(abl, "table.json")) as f:
+        table = json.load(f)
+    key = "fd_faces" if all("fd_faces" in e for e in table["rows"]) else "fid"
+    best = min(table["rows"], key=lambda e: e[key])
+    name, score = min(((n, s[key]) for n, s in best["runs"].items()), key=lambda t: t[1])
+    spread = f" ± {best[key + '_std']:.3f}" if best.get(key + "_std") is not None else ""
+    label = {"fd_faces": "FD-faces", "fid": "FID"}[key]
+    reason = (f"the row with the lowest mean {label} ({best[key]:.3f}{spread} over its seeds), its run {name} "
+              f"({label} {score:.3f})")
+    return best["row"], os.path.join(abl, "runs", name), reason
+
+
+def stage_stylegan2(d):
+    cfg = d.cfg
+    d.abl = os.path.join(d.out, "ablation")
+    d.run(f"03 ablation ({cfg['rows']}; seeds {cfg['seeds']})",
+          ablation_command(d, d.abl, cfg["rows"], cfg["seeds"], cfg["sg2_iter"]))
+    row, run_dir, d.best_reason = best_run(d.abl)
+    d.best_label = row_label(row)
+    d.g2 = newest(os.path.join(run_dir, "checkpoints"), ".pt")
+    rows = [("source model\n(before)", os.path.join(d.out, "sg2_source_samples"))]
+    first_seed = cfg["seeds"].split(",")[0]
+    for r in cfg["rows"].split(","):  # the same seeds 0-7 from each row's first run, and the source's
+        folder = os.path.join(d.out, "samples", r)
+        d.run(f"03 generate ({r})", ["03_stylegan2_ada.py", "generate", "--ckpt",
+                                     os.path.join(d.abl, "runs", f"{r}-s{first_seed}"), "--seeds", "0-7",
+                                     "--out", folder, "--device", d.dev])
+        rows.append((row_label(r), folder))
+    comparison_figure(rows, os.path.join(d.out, "compare.png"), tile=d.zoom * cfg["size"])
+    d.images += [("Same seeds, same iterations: the source model, then each row's first run", "compare.png"),
+                 ("FID during training, mean ± std over the seeds (03 ablation curves.png)",
+                  rel(os.path.join(d.abl, "curves.png"), d.out)),
+                 ("Target faces (01)", rel(os.path.join(d.data, "overview", "contact_sheet.png"), d.out))]
+
+
+def stage_stylegan_v1(d):
+    cfg, s = d.cfg, str(d.cfg["size"])
+    sg1 = d.sg1 = os.path.join(d.out, "sg1_freezed")
+    n = cfg["sg1_iter"]
+    d.run("02 StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "train", "--data", d.data, "--size", s, "--out", sg1,
+          "--ckpt", d.sg1_src, "--preset", "freezed", "--freeze-d", str(FREEZE_D_V1), "--no-sched", "--iter", str(n),
+          "--lr", str(V1_LR), "--r1-gamma", str(V1_R1_GAMMA), "--ema-decay", str(V1_EMA_DECAY), "--batch",
+          str(cfg["batch"]), "--fid-every", "0", "--sample-every", str(max(1, n // 4)), "--ckpt-every", str(n),
+          "--device", d.dev, "--quiet"])
+    d.run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1, "--size", s, "--rows", "1-3",
+          "--cols", "4-7", "--out", os.path.join(d.out, "sg1_mix.png")])
+    d.show("StyleGAN v1 after FreezeD: style mixing (02), one block of rows per band (coarse 4-8 px, middle "
+           "16-32 px, fine 64 px and up where the size has it): each cell takes its block's band from the left "
+           "image and the rest from the top one", os.path.join(d.out, "sg1_mix.png"))
+    d.show("StyleGAN v1 after FreezeD: training samples (02)", newest(os.path.join(sg1, "samples")))
+
+
+def stage_explore(d):
+    """04 on the best row's generator, untruncated (after a short fine-tune psi 0.7 draws nearly the
+    average face for every seed): named knobs from the sheet, GANSpace, style mixing."""
+    lx = os.path.join(d.out, "explore")
+    os.makedirs(lx, exist_ok=True)
+    knobs = name_demo_knobs(d.g2, os.path.join(lx, "knobs"), d.log, d.dev, d.timings)
+    d.knob_reasons = knobs["reasons"]
+    d.run("04 GANSpace", ["04_latent_explore.py", "ganspace", "--ckpt", d.g2, "--out", os.path.join(lx, "ganspace.pt"),
+                          "--samples", str(d.cfg["ganspace_samples"]), "--components", "16", "--device", d.dev])
+    d.run("04 style mixing", ["04_latent_explore.py", "mix", "--ckpt", d.g2, "--rows", "0-2", "--cols", "10-13",
+                              "--truncation", "1", "--out", os.path.join(lx, "mix.png"), "--device", d.dev])
+    d.show(f"Where each SeFa direction changes {d.best_label}'s faces (04 sheet: -3 .. +3 sigma per layer zone, "
+           f"and the map of the change)", knobs["sheet"], 1)
+    for name, grid in knobs["edits"].items():
+        d.show(f"Named knob '{name}' (04 edit --library --knob {name}), three seeds", grid)
+    d.show(f"Meme with the knob '{next(iter(knobs['edits']))}' (04)", knobs["meme"], 1)
+    d.show(f"StyleGAN2 style mixing on {d.best_label} (04)", os.path.join(lx, "mix.png"))
+
+
+def stage_ugatit(d):
+    cfg = d.cfg
+    ug_data = os.path.join(d.out, "ugatit_data")
+    make_domain_a(d.data, os.path.join(ug_data, "trainA"), cfg["ugatit_size"])
+    shutil.copytree(d.data, os.path.join(ug_data, "trainB"), ignore=shutil.ignore_patterns("overview", "*.csv", "*.json"))
+    ug = os.path.join(d.out, "ugatit")
+    n = d.it("ugatit_iter")
+    d.run("05 U-GAT-IT", ["05_ugatit.py", "train", "--data", ug_data, "--out", ug, "--img-size", str(cfg["ugatit_size"]),
+          "--ch", "8", "--n-res", "1", "--iter", str(n), "--batch", "2", "--sample-every", str(n), "--save-every",
+          str(n), "--log-every", str(max(1, n // 10)), "--device", d.dev, "--quiet"])
+    d.run("05 chain", ["05_ugatit.py", "chain", "--ugatit", ug, "--stylegan", d.g2, "--seeds", "1", "2", "--walk", "6",
+          "--out", os.path.join(d.out, "chain"), "--device", d.dev])
+    d.show("U-GAT-IT samples (05)", newest(os.path.join(ug, "samples")), 1)
+    d.show(f"StyleGAN2 ({d.best_label}) -> U-GAT-IT walk (05)", newest(os.path.join(d.out, "chain"), ".gif"), 1)
+
+
+def stage_few_shot(d):
+    """10 target faces only: FreezeD + ADA against CDC (Ojha et al. 2021), the same budget."""
+    cfg = d.cfg
+    d.few_shot = os.path.join(d.out, "few_shot")
+    d.run(f"03 ablation 10 shots (freezed-ada,cdc; seeds {cfg['few_shot_seeds']})",
+          ablation_command(d, d.few_shot, "freezed-ada,cdc", cfg["few_shot_seeds"], cfg["few_shot_iter"],
+                           ["--shots", str(cfg["shots"]), "--diversity-n", str(cfg["eval_n"])]))
+    shots = os.path.join(d.few_shot, f"shots-{cfg['shots']}")
+    rows = [(f"the {cfg['shots']}\ntraining faces", shots)]
+    seed = cfg["few_shot_seeds"].split(",")[0]
+    for r in ("freezed-ada", "cdc"):
+        folder = os.path.join(d.out, "samples_few_shot", r)
+        d.run(f"03 generate 10 shots ({r})", ["03_stylegan2_ada.py", "generate", "--ckpt",
+                                              os.path.join(d.few_shot, "runs", f"{r}-s{seed}"), "--seeds", "0-9",
+                                              "--out", folder, "--device", d.dev])
+        rows.append((row_label(r), folder))
+    comparison_figure(rows, os.path.join(d.out, "few_shot.png"), tile=d.zoom * cfg["size"])
+    d.images.append(("10 shots: the training faces, then FreezeD + ADA and CDC (seeds 0-9 of each row's first run)",
+                     "few_shot.png"))
+
+
+def stage_v1_score(d):
+    """StyleGAN v1 scored as the ablation scores StyleGAN2: eval_n images against the whole real set."""
+    from ops import face_features
+    from ops.fid import folder_features, frechet_distance, kid, load_inception, statistics
+    cfg = d.cfg
+    folder = os.path.join(d.out, "fid_sets", "sg1")
+    t0 = time.time()
+    call(["02_stylegan_freezed.py", "generate", "--ckpt", d.sg1, "--size", str(cfg["size"]), "--seeds",
+          f"{EVAL_SEEDS}-{EVAL_SEEDS + cfg['eval_n'] - 1}", "--out", folder, "--device", d.dev], d.log, "v1 score")
+    model = load_inception(d.inception, d.dev, cfg["fid_dims"])
+    real = folder_features(d.data, model, batch_size=50, device=d.dev, num_workers=0)["features"]
+    gen = folder_features(folder, model, batch_size=50, device=d.dev, num_workers=0)["features"]
+    (mu1, s1), (mu2, s2) = statistics(real), statistics(gen)
+    km, ks = kid(real, gen, subsets=100)
+    d.v1_score = {"fid": float(frechet_distance(mu1, s1, mu2, s2)), "kid_mean": float(km), "kid_std": float(ks)}
+    d.v1_score["fd_faces"] = float(face_features.fd_faces(face_features.features(d.data),
+                                                          face_features.features(folder)))
+    d.timings.append(("02 StyleGAN v1 score", time.time() - t0))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
     p.add_argument("--smoke", action="store_true", help="smallest setting (used by the test suite)")
+    p.add_argument("--full", action="store_true",
+                   help="the seed's six rows, scratch and FreezeG with three seeds, and the 10-shot rows")
+    p.add_argument("--few-shot", action="store_true",
+                   help="add the 10-shot comparison (FreezeD + ADA vs CDC, two seeds) to the default demo")
     p.add_argument("--make-source", action="store_true",
                    help="train the source models into demo_models/ (refuses to overwrite them)")
     p.add_argument("--score-source", action="store_true",
@@ -668,7 +872,7 @@ def main(argv=None):
     p.add_argument("--source-runs", default=os.path.join(ROOT, "runs", "source"),
                    help="--make-source / --score-source: folder for the source data, training runs and scores")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--faces", type=int, default=None)
+    p.add_argument("--faces", type=int, default=None, help="target faces (default 200; 16 with --smoke)")
     p.add_argument("--size", type=int, default=SOURCE["size"], help="image size (a shipped source model's size)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's iterations")
     p.add_argument("--inception", default=None, help="FID Inception weights (default: hub cache, else random)")
@@ -692,20 +896,33 @@ def main(argv=None):
             print(f"   {r:45s} FID {f:8.2f}  KID {m:.5f} ± {sd:.5f}")
         print(f"wrote the scores into {RECORD}")
         return
+    d = prepare(args)
+    stage_data(d)                   # 01: the target faces; the source model's samples
+    stage_stylegan2(d)              # 03 ablation: every row x seed, scored; the comparison figure
+    stage_stylegan_v1(d)            # 02: StyleGAN v1 + FreezeD, style mixing
+    stage_v1_score(d)
+    stage_explore(d)                # 04 on the best row: named knobs, GANSpace, mixing
+    stage_ugatit(d)                 # 05: U-GAT-IT, chained onto the best row
+    if d.cfg["few_shot"]:
+        stage_few_shot(d)           # 10 shots: FreezeD + ADA vs CDC
+    write_summary(d)
+    print(f"\nwrote {os.path.join(d.out, 'summary.md')} ({sum(t for _, t in d.timings):.0f} s in all)")
+
+
+def prepare(args):
+    """Check the source models, resolve the settings, make the demo's folder (refusing one it did not make)."""
     sg2_src, sg1_src = source_paths(args.size)
     for path in (sg2_src, sg1_src):
         if not os.path.isfile(path):
             raise SystemExit(f"error: {path}: no source model for {args.size} px; "
                              f"run `python demo.py --make-source --size {args.size}` first")
-    record = read_record().get(str(args.size), {})
-
     cfg = dict(PRESET["smoke" if args.smoke else "full"])
-    args.device = str(resolve_device(args.device))  # resolved once: every stage runs on the same device
-    cfg.update(faces=args.faces or cfg["faces"], size=args.size, device=args.device)
-    it = lambda k: max(2, int(cfg[k] * args.scale))  # noqa: E731
-    zoom = max(1, -(-VIEW // args.size))  # 32 px -> each image shown 3x, nearest neighbour
-    cfg["sg2_iter"], cfg["sg1_iter"] = it("sg2_iter"), it("sg1_iter")
-    inception, real_fid = inception_choice(args.inception)
+    if args.full and not args.smoke:
+        cfg.update(FULL)
+    cfg["few_shot"] = cfg.get("few_shot") or args.few_shot
+    cfg.update(faces=args.faces or cfg["faces"], size=args.size, device=str(resolve_device(args.device)))
+    for key in ("sg2_iter", "sg1_iter", "few_shot_iter"):
+        cfg[key] = max(2, int(cfg[key] * args.scale))
     out = os.path.abspath(args.out)
     if os.path.isdir(out) and os.listdir(out):
         if not os.path.isfile(os.path.join(out, "demo.log")):  # only a folder an earlier demo made is removed
@@ -715,124 +932,9 @@ def main(argv=None):
     elif os.path.isfile(out):
         raise SystemExit(f"error: {out} is a file; choose another --out")
     os.makedirs(out)
-    log = os.path.join(out, "demo.log")
-    timings = []
-    data = os.path.join(out, "data")
-    s, b, dev = str(cfg["size"]), str(cfg["batch"]), args.device
-    n_sg2, n_sg1 = cfg["sg2_iter"], cfg["sg1_iter"]
-    plumbing = ["--device", dev, "--num-workers", "0", "--no-progress", "--fid-every", "0",
-                "--sample-every", str(max(1, n_sg2 // 4)), "--ckpt-every", str(n_sg2)]
-    # Runs of a few thousand images: G_ema's half-life ramps up with the images seen (NVlabs ema_rampup
-    # 0.05), otherwise its default 10 kimg half-life would keep the samples near their starting point;
-    # and the R1 weight of the source model's training (R1_GAMMA, for 32 px).
-    ema = ["--ema-rampup", "0.05", "--r1-gamma", str(R1_GAMMA)]
-    src = record.get("settings", SOURCE)
-    arch = ["--size", s, "--channel-max", str(src["channel_max"]), "--style-dim", str(src["style_dim"]),
-            "--n-mlp", str(src["n_mlp"])]
-
-    # 1. target data
-    run("01 demo faces", ["01_prepare_data.py", "--demo", str(cfg["faces"]), "--size", s, "--out", data],
-        log, timings)
-    # 2. StyleGAN2: the source model, then three ways to the target faces in the same iterations
-    run("03 source samples", ["03_stylegan2_ada.py", "generate", "--ckpt", sg2_src, "--seeds", "0-7",
-        "--out", os.path.join(out, "sg2_source_samples"), "--device", dev], log, timings)
-    fin, base, scratch = (os.path.join(out, d) for d in ("sg2_freezed_ada", "sg2_baseline", "sg2_scratch"))
-    run("03 StyleGAN2 FreezeD + ADA", ["03_stylegan2_ada.py", "train", "--data", data, "--out", fin,
-        "--ckpt", sg2_src, "--preset", "freezed-ada", "--iter", str(n_sg2),
-        "--batch", b] + plumbing + ema, log, timings)
-    run("03 StyleGAN2 baseline transfer", ["03_stylegan2_ada.py", "train", "--data", data, "--out", base,
-        "--ckpt", sg2_src, "--preset", "baseline", "--iter", str(n_sg2), "--batch", b] + plumbing + ema,
-        log, timings)
-    run("03 StyleGAN2 from scratch", ["03_stylegan2_ada.py", "train", "--data", data, "--out", scratch,
-        "--augment", "ada", "--iter", str(n_sg2), "--batch", b] + arch + plumbing + ema, log, timings)
-    g2, g2_base, g2_scratch = (newest(os.path.join(d, "checkpoints"), ".pt") for d in (fin, base, scratch))
-    run("03 generate", ["03_stylegan2_ada.py", "generate", "--ckpt", g2, "--seeds", "0-7",
-        "--out", os.path.join(out, "sg2_samples"), "--device", dev], log, timings)
-    for name, ck in (("baseline", g2_base), ("scratch", g2_scratch)):
-        run(f"03 generate ({name})", ["03_stylegan2_ada.py", "generate", "--ckpt", ck, "--seeds", "0-7",
-            "--out", os.path.join(out, f"sg2_{name}_samples"), "--device", dev], log, timings)
-    comparison_figure([("source model\n(before)", os.path.join(out, "sg2_source_samples")),
-                       ("FreezeD + ADA", os.path.join(out, "sg2_samples")),
-                       ("baseline transfer", os.path.join(out, "sg2_baseline_samples")),
-                       ("from scratch + ADA", os.path.join(out, "sg2_scratch_samples"))],
-                      os.path.join(out, "compare.png"), tile=zoom * cfg["size"])
-    # 3. StyleGAN v1: FreezeD fine-tuning of the shipped source model, and its style mixing
-    sg1 = os.path.join(out, "sg1_freezed")
-    run("02 StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "train", "--data", data, "--size", s, "--out", sg1,
-        "--ckpt", sg1_src, "--preset", "freezed", "--freeze-d", str(FREEZE_D_V1), "--no-sched", "--iter", str(n_sg1),
-        "--lr", str(V1_LR), "--r1-gamma", str(V1_R1_GAMMA), "--ema-decay", str(V1_EMA_DECAY), "--batch", b,
-        "--fid-every", "0", "--sample-every", str(max(1, n_sg1 // 4)), "--ckpt-every", str(n_sg1),
-        "--device", dev, "--quiet"], log, timings)
-    sg1_ckpt = sg1  # the run folder: its newest checkpoint
-    run("02 style mixing", ["02_stylegan_freezed.py", "mix", "--ckpt", sg1_ckpt, "--size", s, "--rows", "1-3",
-        "--cols", "4-7", "--out", os.path.join(out, "sg1_mix.png")], log, timings)
-    # 4. latent exploration on the fine-tuned StyleGAN2, untruncated: after 1,200 iterations psi 0.7 (04's
-    #    default) draws nearly the average face for every seed
-    lx = os.path.join(out, "explore")
-    os.makedirs(lx, exist_ok=True)
-    run("04 SeFa", ["04_latent_explore.py", "sefa", "--ckpt", g2, "--out", os.path.join(lx, "sefa.pt"),
-        "--device", dev], log, timings)
-    run("04 GANSpace", ["04_latent_explore.py", "ganspace", "--ckpt", g2, "--out", os.path.join(lx, "ganspace.pt"),
-        "--samples", str(cfg["ganspace_samples"]), "--components", "16", "--device", dev], log, timings)
-    run("04 edit GIF", ["04_latent_explore.py", "edit", "--ckpt", g2, "--dirs", os.path.join(lx, "sefa.pt"),
-        "--index", "0", f"--degrees={EDIT_DEGREES}", "--seeds", "0-2", "--truncation", "1", "--caption-top", "ME",
-        "--caption-bottom", "ALSO ME", "--out", os.path.join(lx, "edit"), "--device", dev], log, timings)
-    run("04 style mixing", ["04_latent_explore.py", "mix", "--ckpt", g2, "--rows", "0-2", "--cols", "10-13",
-        "--truncation", "1",
-        "--out", os.path.join(lx, "mix.png"), "--device", dev], log, timings)
-    # 5. U-GAT-IT between two demo styles, then chained onto the fine-tuned StyleGAN2
-    ug_data = os.path.join(out, "ugatit_data")
-    make_domain_a(data, os.path.join(ug_data, "trainA"), cfg["ugatit_size"])
-    shutil.copytree(data, os.path.join(ug_data, "trainB"), ignore=shutil.ignore_patterns("overview", "*.csv", "*.json"))
-    ug = os.path.join(out, "ugatit")
-    n_ug = it("ugatit_iter")
-    run("05 U-GAT-IT", ["05_ugatit.py", "train", "--data", ug_data, "--out", ug, "--img-size", str(cfg["ugatit_size"]),
-        "--ch", "8", "--n-res", "1", "--iter", str(n_ug), "--batch", "2", "--sample-every", str(n_ug),
-        "--save-every", str(n_ug), "--log-every", str(max(1, n_ug // 10)), "--device", dev, "--quiet"],
-        log, timings)
-    run("05 chain", ["05_ugatit.py", "chain", "--ugatit", ug, "--stylegan", g2,
-        "--seeds", "1", "2", "--walk", "6", "--out", os.path.join(out, "chain"), "--device", dev], log, timings)
-    # 6. FID/KID of every generator beside the noise floor (n images per side = half the real faces)
-    n_half = cfg["faces"] // 2
-    seeds = f"1000-{1000 + n_half - 1}"
-    fid_dir = os.path.join(out, "fid_sets")
-    gens = [(name, ["03_stylegan2_ada.py", "generate", "--ckpt", ck, "--seeds", seeds, "--out",
-                    os.path.join(fid_dir, key), "--device", dev], os.path.join(fid_dir, key))
-            for name, key, ck in (("StyleGAN2 source model, not fine-tuned", "source", sg2_src),
-                                  ("StyleGAN2 from scratch + ADA", "scratch", g2_scratch),
-                                  ("StyleGAN2 baseline transfer", "baseline", g2_base),
-                                  ("StyleGAN2 FreezeD + ADA", "freezed_ada", g2))]
-    gens.append(("StyleGAN v1 FreezeD", ["02_stylegan_freezed.py", "generate", "--ckpt", sg1_ckpt, "--size", s,
-                                         "--seeds", seeds, "--out", os.path.join(fid_dir, "sg1"), "--device", dev],
-                 os.path.join(fid_dir, "sg1")))
-    print("\n== FID/KID table", flush=True)
-    t0 = time.time()
-    table, n_half = metric_table(out, data, gens, inception, cfg["fid_dims"], log, dev)
-    timings.append(("FID/KID table", time.time() - t0))
-    for r, f, m, sd in table:
-        print(f"   {r:45s} FID {f:8.2f}  KID {m:.5f} ± {sd:.5f}")
-
-    # the summary's pictures: copies in figures/ enlarged `zoom` times (nearest), the outputs untouched
-    shown = [("StyleGAN2 FreezeD + ADA: training samples (03)", newest(os.path.join(fin, "samples")), zoom),
-             ("StyleGAN2 from scratch: training samples (03)", newest(os.path.join(scratch, "samples")), zoom),
-             ("StyleGAN v1 after FreezeD: style mixing (02), one block of rows per band (coarse 4-8 px, middle "
-              "16-32 px, fine 64 px and up where the size has it): each cell takes its block's band from the left "
-              "image and the rest from the top one",
-              os.path.join(out, "sg1_mix.png"), zoom),
-             ("StyleGAN v1 after FreezeD: training samples (02)", newest(os.path.join(sg1, "samples")), zoom),
-             ("SeFa direction 0 on the fine-tuned StyleGAN2, three seeds (04)",
-              os.path.join(lx, "edit", "grid_dir00.png"), zoom),
-             ("Meme: the SeFa edit as a GIF with a caption (04)", os.path.join(lx, "edit", "seed0000_dir00.gif"), 1),
-             ("StyleGAN2 style mixing after FreezeD + ADA (04)", os.path.join(lx, "mix.png"), zoom),
-             ("U-GAT-IT samples (05)", newest(os.path.join(ug, "samples")), 1),
-             ("StyleGAN2 -> U-GAT-IT walk (05)", newest(os.path.join(out, "chain"), ".gif"), 1)]
-    images = [("compare", "compare.png"),
-              ("Target faces (01)", rel(os.path.join(data, "overview", "contact_sheet.png"), out))]
-    for title, src, factor in shown:  # figures/explore_edit_grid_dir00.png <- explore/edit/grid_dir00.png
-        dst = os.path.join(out, "figures", rel(src, out).replace(os.sep, "_")) if src else None
-        images.append((title, rel(enlarged(src, dst, factor), out)))
-    write_summary(out, cfg, timings, real_fid, table, n_half, images, record, zoom)
-    print(f"\nwrote {os.path.join(out, 'summary.md')} ({sum(t for _, t in timings):.0f} s in all)")
+    d = Demo(args, cfg, out, read_record().get(str(args.size), {}))
+    d.it = lambda k: max(2, int(cfg[k] * args.scale))  # noqa: E731
+    return d
 
 
 if __name__ == "__main__":

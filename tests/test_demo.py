@@ -1,5 +1,6 @@
 """demo.py at its smallest setting: every stage's real command line runs on the shipped source models
 and summary.md shows the pictures, the FID/KID table with its noise floor, and the time per stage."""
+import json
 import os
 import re
 
@@ -14,34 +15,41 @@ def test_demo_smoke_runs_every_stage_and_writes_the_summary(tmp_path):
     out = tmp_path / "demo_out"
     demo.main(["--smoke", "--out", str(out)])
     summary = (out / "summary.md").read_text()
-    stages = re.findall(r"^\| (0\d [^|]+?) \| ([\d.]+) \|$", summary, re.M)
-    assert [s for s, _ in stages] == ["01 demo faces", "03 source samples", "03 StyleGAN2 FreezeD + ADA",
-                                      "03 StyleGAN2 baseline transfer", "03 StyleGAN2 from scratch",
-                                      "03 generate", "03 generate (baseline)", "03 generate (scratch)",
-                                      "02 StyleGAN v1 FreezeD", "02 style mixing", "04 SeFa", "04 GANSpace",
-                                      "04 edit GIF", "04 style mixing", "05 U-GAT-IT", "05 chain"]
+    stages = [s for s, _ in re.findall(r"^\| (0\d [^|]+?) \| ([\d.]+) \|$", summary, re.M)]
+    knob_stages = [s for s in stages if s.startswith(("04 name ", "04 edit "))]
+    assert [s for s in stages if s not in knob_stages] == [
+        "01 demo faces", "03 source samples", "03 ablation (freezed-ada,scratch; seeds 0)",
+        "03 generate (freezed-ada)", "03 generate (scratch)", "02 StyleGAN v1 FreezeD", "02 style mixing",
+        "02 StyleGAN v1 score", "04 SeFa for the knobs", "04 sheet", "04 meme", "04 GANSpace", "04 style mixing",
+        "05 U-GAT-IT", "05 chain"]
+    assert len(knob_stages) >= 6 and len(knob_stages) % 2 == 0  # name + edit for each of >= 3 knobs
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", summary)
-    assert len(pictures) == 11 and all((out / p).is_file() for p in pictures)
+    assert len(pictures) >= 13 and all((out / p).is_file() for p in pictures)
     # 32 px images are shown 3x enlarged by repeating pixels, nothing else changed: the v1 mixing figure
     assert "figures/sg1_mix.png" in pictures and "shown 3x enlarged" in summary
     mix = np.asarray(Image.open(out / "sg1_mix.png").convert("RGB"))
     assert np.array_equal(np.asarray(Image.open(out / "figures" / "sg1_mix.png")), mix.repeat(3, 0).repeat(3, 1))
-    # the fine-tuning runs start from the shipped source models (the scratch run does not)
-    log = (out / "demo.log").read_text()
-    sg2, sg1 = (os.path.join(ROOT, "demo_models", f) for f in ("stylegan2_source_32px.pt",
-                                                               "stylegan_v1_source_32px.pt"))
-    assert log.count(f"--ckpt {sg2} --preset") == 2 and log.count(f"--ckpt {sg1} --preset freezed") == 1
-    # the table: the noise floor first, then each generator, FID and KID ± std
-    rows = re.findall(r"^\| ([^|]+?) \| (-?[\d.]+) \| (-?[\d.]+) ± ([\d.]+) \|$", summary, re.M)
-    assert [r[0] for r in rows] == ["noise floor: real half A vs real half B",
-                                    "StyleGAN2 source model, not fine-tuned", "StyleGAN2 from scratch + ADA",
-                                    "StyleGAN2 baseline transfer", "StyleGAN2 FreezeD + ADA", "StyleGAN v1 FreezeD"]
-    assert all(float(f) >= 0 for _, f, _, _ in rows)
-    if "random Inception weights" not in summary:
+    # the table is 03 ablation's: its references, then one row per ablation row, with FD-faces and ranks by it
+    rows = re.findall(r"^\| ([^|]+?) \| (?:–|[\d.]+) \| (-?[\d.]+)", summary, re.M)
+    assert [r[0] for r in rows] == ["reference: real half vs half", "reference: the source model, not fine-tuned",
+                                    "FreezeD + ADA", "Scratch + ADA"]
+    assert "FD-faces" in summary and "Ranks, order and gaps by FD-faces" in summary
+    assert re.search(r"StyleGAN v1 after FreezeD \(02, 2 iterations\), scored the same way: FID [\d.]+", summary)
+    # the explorer runs on the row the table found best, and says which
+    best = re.search(r"The explorer figures below use \*\*(.+?)\*\*, the row with the lowest mean FD-faces", summary)
+    assert best and best.group(1) in ("FreezeD + ADA", "Scratch + ADA")
+    # transfer rows start from the shipped source model, scratch from random weights
+    sg2 = os.path.join(ROOT, "demo_models", "stylegan2_source_32px.pt")
+    runs = out / "ablation" / "runs"
+    assert json.load(open(runs / "freezed-ada-s0" / "settings.json"))["ckpt"] == sg2
+    assert json.load(open(runs / "scratch-s0" / "settings.json"))["ckpt"] is None
+    sg1 = os.path.join(ROOT, "demo_models", "stylegan_v1_source_32px.pt")
+    assert (out / "demo.log").read_text().count(f"--ckpt {sg1} --preset freezed") == 1
+    if "Random Inception weights" not in summary:
         assert os.path.isfile(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub", "checkpoints",
                                            "pt_inception-2015-12-05-6726825d.pth"))
-    assert len(os.listdir(out / "sg2_samples")) == 8
-    assert len(os.listdir(out / "fid_sets" / "freezed_ada")) == 8  # 16 faces -> halves of 8
+    library = json.load(open(out / "explore" / "knobs" / "knobs.json"))
+    assert len(library["knobs"]) >= 3
 
 
 def test_demo_never_removes_a_folder_it_did_not_make(tmp_path):
@@ -62,7 +70,6 @@ def test_demo_never_removes_a_folder_it_did_not_make(tmp_path):
 def test_source_scores_are_written_beside_their_noise_floor(tmp_path):
     """score_sources (`--score-source`, end of `--make-source`): rows = the floor between two halves of the
     source faces, then each shipped model; the record file given gets them, the shipped one is untouched."""
-    import json
     import shutil
     demo = load_script("demo")
     shipped = open(demo.RECORD).read()
