@@ -1,6 +1,7 @@
-"""Every GPU figure of calm-gan from one command (about 8 minutes on one H100/H200).
+"""Every GPU figure of calm-gan from one command (about 10 minutes on one H100/H200).
 
     python bench/gpu_check.py               # on a machine with a CUDA GPU: run everything
+    python bench/gpu_check.py --peer nvlabs=../stylegan2-ada-pytorch   # + NVIDIA's loop on the same card
     python bench/gpu_check.py --dry-run     # print what would run (also what happens without a GPU)
     python bench/gpu_check.py --only sg2-tf32,ugatit-amp-bf16 --budget 200
 
@@ -18,7 +19,18 @@ the whole run stops starting new cases when --budget seconds are spent. Cases, i
   bf16 and fp16 (when 03 has --precision), with the CUDA kernels and with --ops ref. From s/kimg:
   the projected time of the seed's headline run, 480 kimg (30k iterations at batch 16), without
   FID and checkpoint time.
-- sg2-generate: G inference img/s, 256 px config-f, batch 16 (bench_stylegan2.bench_generator).
+- sg2-nvcfg-*: `03 train` at NVIDIA's own published setting, their `--cfg=auto` at 256 px: channel
+  base 16384 (channel multiplier 1), mapping depth 2, batch 16, ADA on (adaptive), R1 gamma 0.8192,
+  lr 0.0025, EMA 5 kimg with ramp-up 0.05, from scratch; in NVIDIA's arithmetic (fp16, TF32 off,
+  as their loop sets it) and in 03's default on the card. Published for that setting: 12.53 s/kimg
+  on one A100 (NVlabs/stylegan3 docs/configs.md) and 21.6-24.2 s/kimg on one V100
+  (NVlabs/stylegan2-ada-pytorch README), beside which the row can be read.
+- sg2-generate: G inference img/s, 256 px config-f, batch 16 (bench_stylegan2's calm-gan G_ema).
+- sg2-bench: bench/bench_stylegan2.py on the card (the real step at 64 px channel multiplier 1 and
+  256 px config-f, batch 4, fp32 and 03's mixed precision; with --peer, the peers side by side).
+- nvidia-train (only with --peer nvlabs=PATH, a checkout of NVlabs/stylegan2-ada-pytorch): NVIDIA's
+  own train.py with --cfg auto --batch 16 --aug ada on the same random 256 px images, 8 kimg: the
+  median of its status lines' sec/kimg after the first tick (start-up and kernel builds excluded).
 - ugatit-*: 05's training step at 128 px, full, batch 4 (the seed's setting), without and with --amp
   (bench_ugatit.py --worker): s/iter and peak memory, and whether it fits the seed's 11 GB card.
 - sg1-*: 02's training step at 256 px, batch 8 (bench_stylegan_v1.py), fp32 and --precision bf16:
@@ -30,7 +42,9 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +56,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 HEADLINE_KIMG = 480          # the seed: 30k iterations at batch 16
+# NVIDIA's --cfg=auto at 256 px on one GPU (train.py: fmaps 0.5, map 2, mb 16, gamma 0.0002 res^2 / mb,
+# lrate 0.0025, ema mb * 10 / 32 kimg, ramp 0.05) and what they published for it, in s/kimg
+NVIDIA_AUTO_256 = dict(channel_multiplier=1, n_mlp=2, batch=16, r1_gamma=0.8192, lr=0.0025, ema_kimg=5.0,
+                       ema_rampup=0.05)
+NVIDIA_PUBLISHED = "NVIDIA: 12.53 s/kimg on one A100 (stylegan3 configs.md), 21.6-24.2 on one V100 (stylegan2-ada README)"
+NVIDIA_KIMG = 8              # their train.py --kimg for nvidia-train: ticks at 0, 4 and 8 kimg
 SEED_CARD_GIB = 11           # the seed's RTX 2080 Ti
 SG2 = dict(size=256, channel_multiplier=2, batch=16, iters=64, log_every=16, images=64, arch=[])
 UGATIT = ["full:128:4"]
@@ -100,9 +120,50 @@ def sg2_train_argv(work, name, precision=None, ops="auto"):
     return argv
 
 
-def plan(work, precisions):
+def sg2_nvidia_argv(work, name, precision=None):
+    """The 03 command line of NVIDIA's --cfg=auto at 256 px (from scratch, adaptive ADA)."""
+    nv = dict(NVIDIA_AUTO_256, batch=SG2["batch"])  # --smoke: the toy batch
+    argv = ["train", "--data", os.path.join(work, "sg2_data"), "--out", os.path.join(work, "run_" + name),
+            "--augment", "ada", "--size", str(SG2["size"]), "--channel-multiplier", str(nv["channel_multiplier"]),
+            "--n-mlp", str(nv["n_mlp"]), "--batch", str(nv["batch"]), "--r1-gamma", str(nv["r1_gamma"]),
+            "--lr", str(nv["lr"]), "--ema-kimg", str(nv["ema_kimg"]), "--ema-rampup", str(nv["ema_rampup"]),
+            "--iter", str(SG2["iters"]), "--log-every", str(SG2["log_every"]), "--fid-every", "0",
+            "--sample-every", "100000", "--ckpt-every", "100000", "--n-sample", "4", "--no-progress",
+            "--device", DEVICE] + _toy_arch(nv)
+    if precision is not None:
+        argv += ["--precision", precision]
+    return argv
+
+
+def _toy_arch(nv):
+    """--smoke's toy channel widths (the mapping depth stays NVIDIA's 2)."""
+    if not SG2["arch"]:
+        return []
+    return ["--channel-max", "16", "--style-dim", "16", "--num-workers", "0"]
+
+
+def nvidia_train_argv(peer, work):
+    """NVIDIA's own train.py for the nvidia-train case (their --cfg auto at 256 px, batch 16, ADA)."""
+    return [sys.executable, os.path.join(peer, "train.py"), "--outdir", os.path.join(work, "nvidia_run"),
+            "--data", os.path.join(work, "sg2_data"), "--gpus", "1", "--cfg", "auto", "--batch", "16",
+            "--aug", "ada", "--kimg", str(NVIDIA_KIMG), "--snap", "1000", "--metrics", "none"]
+
+
+def nvidia_sec_per_kimg(stdout):
+    """sec/kimg from NVIDIA's status lines ("tick 1 kimg 4.0 ... sec/kimg 12.53 ..."): the median
+    over the ticks after tick 0 (tick 0 holds the start-up), or None if there is no such tick."""
+    values = []
+    for line in stdout.splitlines():
+        found = re.match(r"tick\s+(\d+)\s.*\bsec/kimg\s+([0-9.]+)", line.strip())
+        if found and int(found.group(1)) > 0:
+            values.append(float(found.group(2)))
+    return statistics.median(values) if values else None
+
+
+def plan(work, precisions, peers=None):
     """[(name, limit_s, description, command or None)] in run order; a None command marks a case
-    that cannot run here (with the reason as its description)."""
+    that cannot run here (with the reason as its description). peers: {"nvlabs": PATH, ...}."""
+    peers = peers or {}
     me = [sys.executable, os.path.abspath(__file__), "--work", work] + (["--smoke"] if DEVICE == "cpu" else []) \
         + ["--case"]
 
@@ -119,8 +180,29 @@ def plan(work, precisions):
              sg2("sg2-fp32", "fp32, TF32 off", "fp32", "auto", False),
              sg2("sg2-tf32", "fp32, TF32 on", "fp32", "auto", True),
              sg2("sg2-bf16", "bf16", "bf16", "auto", True),
-             sg2("sg2-fp16", "fp16", "fp16", "auto", True),
-             ("sg2-generate", 90, "03 G inference, 256 px config-f, batch 16, fp32", me + ["sg2-generate"])]
+             sg2("sg2-fp16", "fp16", "fp16", "auto", True)]
+    for nv_precision, label, tf32 in (("fp16", "fp16, TF32 off (NVIDIA's arithmetic)", False),
+                                      (None, "03's default precision", True)):
+        name = "sg2-nvcfg-" + (nv_precision or "default")
+        if nv_precision is not None and nv_precision not in precisions:
+            cases.append((name, 0, f"NVIDIA's --cfg=auto: not available (03 train has no --precision "
+                                   f"{nv_precision})", None))
+            continue
+        argv = sg2_nvidia_argv(work, name, nv_precision)
+        cases.append((name, 150, f"03 at NVIDIA's --cfg=auto 256 px, batch 16, ADA, {label}: python "
+                                 f"03_stylegan2_ada.py {' '.join(argv)}",
+                      me + [name, "--tf32", "1" if tf32 else "0", "--"] + argv))
+    cases.append(("sg2-generate", 90, "03 G inference, 256 px config-f, batch 16, fp32", me + ["sg2-generate"]))
+    sb = ["bench/bench_stylegan2.py", "--device", DEVICE, "--what", "step,gen", "--rounds", "3",
+          "--out", os.path.join(work, "bench_stylegan2.json")] + \
+        (["--configs", "64-cm1", "--augment", "none", "--rounds", "1"] if DEVICE == "cpu" else []) + \
+        [f"--peer={k}={v}" for k, v in sorted(peers.items())]
+    cases.append(("sg2-bench", 240, f"03's real step side by side: python {' '.join(sb)}",
+                  me + ["sg2-bench", "--"] + sb))
+    if "nvlabs" in peers:
+        cmd = nvidia_train_argv(peers["nvlabs"], work)
+        cases.append(("nvidia-train", 400, f"NVIDIA's own loop, --cfg auto 256 px, batch 16, ADA, {NVIDIA_KIMG} kimg: "
+                                           f"{' '.join(cmd[1:])}", me + ["nvidia-train", "--"] + cmd))
     for amp in (None, "bf16", "fp16"):
         ub = ["bench/bench_ugatit.py", "--worker"] + UGATIT + ["--device", DEVICE, "--iters", "5",
                                                               "--warmup", "2"] + (["--amp", amp] if amp else [])
@@ -219,13 +301,64 @@ def case_sg2(args, rest):
 
 def case_sg2_generate(args, rest):
     import torch
-    bench = load("bench_stylegan2", "bench/bench_stylegan2.py")
-    m = bench.load_03()
+    m = load("stylegan2_ada_03", "03_stylegan2_ada.py")
+    torch.manual_seed(0)
+    small = DEVICE == "cpu"  # --smoke: the toy sizes of smoke_settings
+    g = m.Generator(SG2["size"], style_dim=16 if small else 512, n_mlp=2 if small else 8,
+                    channel_multiplier=SG2["channel_multiplier"], channel_max=16 if small else 512).to(DEVICE).eval()
+    z = torch.randn(SG2["batch"], g.style_dim, device=DEVICE)
     reset_peak(torch)
-    cfg = dict(size=SG2["size"], channel_multiplier=SG2["channel_multiplier"])
-    r = bench.bench_generator(m, cfg, SimpleNamespace(batch=SG2["batch"], modconv="auto", channels_last=False,
-                                                      warmup=2, iters=10), torch.device(DEVICE))
-    return {"figure": f"{r['img_per_s']:.0f} img/s", "img_per_s": r["img_per_s"], "peak_gib": peak_gib(torch)}
+    times = []
+    with torch.no_grad():
+        for i in range(12 if DEVICE == "cuda" else 2):
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            g([z])
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    t = statistics.median(times[2:] if len(times) > 2 else times)  # after two warm-up calls
+    rate = SG2["batch"] / t
+    return {"figure": f"{rate:.0f} img/s", "img_per_s": rate, "peak_gib": peak_gib(torch)}
+
+
+def case_sg2_bench(args, rest):
+    """bench/bench_stylegan2.py on this device: the real step's median per configuration and,
+    with peers, the median ratio to each."""
+    import torch
+    bench = load("bench_stylegan2", "bench/bench_stylegan2.py")
+    reset_peak(torch)
+    info = bench.main(rest[1:])
+    parts, ratios = [], {}
+    for r in info["results"]:
+        if not r["what"].startswith("real step"):
+            continue
+        sec = r["seconds"]
+        med = statistics.median(sec["calm-gan"])
+        text = f"{r['config']}: {med:.3f} s"
+        for peer, times in sec.items():
+            if peer != "calm-gan":
+                ratio = statistics.median(p / c for p, c in zip(times, sec["calm-gan"]))
+                ratios[f"{r['config']} {peer}"] = ratio
+                text += f", {peer} {ratio:.2f}x"
+        parts.append(text)
+    return {"figure": "; ".join(parts[:2]) + ("; ..." if len(parts) > 2 else ""), "real_step": parts,
+            "ratios": ratios, "peak_gib": peak_gib(torch), "note": "" if ratios else "no --peer: no ratio"}
+
+
+def case_nvidia_train(args, rest):
+    """NVIDIA's own train.py on the sg2 images; s/kimg from its status lines after tick 0."""
+    import torch
+    m = load("stylegan2_ada_03", "03_stylegan2_ada.py")
+    sg2_prepare(args.work, m, torch)
+    proc = subprocess.run(rest, cwd=os.path.dirname(rest[1]), capture_output=True, text=True)
+    shutil.rmtree(os.path.join(args.work, "nvidia_run"), ignore_errors=True)
+    s_kimg = nvidia_sec_per_kimg(proc.stdout)
+    if s_kimg is None:
+        last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no status line"])[-1]
+        raise RuntimeError(f"NVIDIA's train.py gave no timed tick (exit {proc.returncode}): {last[-160:]}")
+    return {"figure": f"{s_kimg:.2f} s/kimg", "s_per_kimg": s_kimg, "note": NVIDIA_PUBLISHED}
 
 
 def case_ugatit(args, rest):
@@ -266,6 +399,7 @@ def case_fid(args, rest):
 
 
 CASES = {"build": case_build, "cuda-tests": case_cuda_tests, "sg2-generate": case_sg2_generate,
+         "sg2-bench": case_sg2_bench, "nvidia-train": case_nvidia_train,
          "ugatit": case_ugatit, "sg1": case_sg1, "fid": case_fid}
 
 
@@ -305,7 +439,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="print the cases and exit")
     p.add_argument("--only", help="comma list of case names (default: all)")
-    p.add_argument("--budget", type=float, default=480, help="seconds for the whole check (default 480)")
+    p.add_argument("--budget", type=float, default=600, help="seconds for the whole check (default 600)")
+    p.add_argument("--peer", action="append", metavar="NAME=PATH",
+                   help="a peer checkout for sg2-bench (nvlabs=PATH, rosinality=PATH); nvlabs also adds "
+                        "nvidia-train, NVIDIA's own train.py on the same card")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="folder for gpu_check.json/.md")
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -320,7 +457,13 @@ def main(argv=None):
     import torch
     gpu = torch.cuda.is_available() or args.smoke
     work = args.work or tempfile.mkdtemp(prefix="calm_gan_gpu_check_")
-    cases = plan(work, precision_choices())
+    peers = {}
+    for item in args.peer or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in ("nvlabs", "rosinality") or not os.path.isdir(path):
+            raise SystemExit(f"error: --peer {item!r}: expected nvlabs=PATH or rosinality=PATH with PATH a folder")
+        peers[name] = os.path.abspath(path)
+    cases = plan(work, precision_choices(), peers)
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {c[0] for c in cases}
