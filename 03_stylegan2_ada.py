@@ -10,6 +10,9 @@ Papers
 - Mo, Cho, Shin (2020). "Freeze the Discriminator: a Simple Baseline for Fine-Tuning GANs"
   (FreezeD), arXiv:2002.10964.
 - FreezeG: bryandlee/FreezeG (fine-tune only the highest-resolution generator blocks).
+- Ojha, Li, Lu, Efros, Lee, Shechtman, Zhang (2021). "Few-shot Image Generation via Cross-domain
+  Correspondence" (CDC), arXiv:2104.06820: for 10 images, keep the source model's relative
+  distances between samples, and judge patches of the image away from the few training images.
 
 What changed from StyleGAN v1 (02_stylegan_freezed.py)
 - AdaIN is replaced by weight demodulation (Sec. 2.2, Eq. 1-3): the style scales the conv
@@ -40,12 +43,16 @@ Map (the method, top to bottom; a copier cuts at the plumbing line)
 - losses and regularizers: `d_logistic_loss`, `g_nonsaturating_loss`, `d_r1_penalty`,
   `path_lengths`, `g_path_length_penalty`, `lazy_adam`, `mixing_noise`, `ema_update`, `ema_beta`
 - freezing: `frozen_prefixes_d` (FreezeD), `frozen_prefixes_g` (FreezeG), `split_frozen`
-- one iteration: `train_step` (D step, lazy R1, G step, lazy path length, G_ema, ADA's p)
+- CDC: `cdc_similarities`, `cdc_distance_loss` (Eq. 3), `CrossDomainCorrespondence` (the frozen
+  source copy, the anchor region, the patch head on D)
+- one iteration: `train_step` (D step, lazy R1, G step, lazy path length, G_ema, ADA's p; CDC's
+  terms by name when given)
 Below the plumbing line: mixed precision (set_precision), the scale-out step
 (train_step_scale_out: --batch-gpu, torchrun, fp16), checkpoint I/O (save_checkpoint,
 load_checkpoint, load_generator, the NVIDIA .pkl readers), the image-folder dataset, settings
 (RUN_DEFAULTS, resolve_settings), the run folder, mean_over_processes (torchrun), train(args) (the
-loop around the step, in named stages), generate(args), the CLI.
+loop around the step, in named stages), generate(args), ablation(args) (the seed's table: every
+row x seed as ordinary runs, scored against the whole real set beside its noise floor), the CLI.
 
 Two implementations, one result (each pair is tested equal)
 - Modulated convolution: `forward_paper` builds per-sample weights w'' = d * s * w and runs one
@@ -71,6 +78,9 @@ Run
     torchrun --nproc_per_node 2 03_stylegan2_ada.py train --data DATA --out runs/ddp --ckpt ffhq-256.pt
     python 03_stylegan2_ada.py generate --ckpt stylegan2-ffhq-config-f.pt --seeds 0-7 --out out/ffhq
     python 03_stylegan2_ada.py generate --ckpt ffhq.pkl --seeds 0-7 --truncation 0.7 --out out/pkl
+    python 03_stylegan2_ada.py ablation --data DATA --ckpt ffhq-256.pt --iter 30000 --seeds 0,1,2 --out abl
+    python 03_stylegan2_ada.py ablation --data DATA --ckpt ffhq-256.pt --shots 10 --rows freezed-ada,cdc \
+        --iter 5000 --seeds 0,1 --out abl10                                       # 10-shot: CDC
     python 03_stylegan2_ada.py train --data DATA --out runs/tiny --size 32 --channel-max 32 \\
         --style-dim 32 --n-mlp 2 --batch 4 --iter 20 --fid-every 0 --device cpu     # CPU smoke run
     python bench/bench_stylegan2.py --device cpu
