@@ -128,8 +128,10 @@ from ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, runs, upfirdn2d
 # blocks stay fixed); at other sizes it is shifted so that the same two lowest-resolution blocks
 # train. "freezeg" is the seed's conclusion (bryandlee/FreezeG): only the two highest-resolution
 # generator blocks train (freeze_g 5 of 7 at 256 px, shifted the same way). "cdc" is few-shot
-# adaptation by cross-domain correspondence (Ojha et al. 2021, arXiv:2104.06820), with ADA as its
-# published command (run.sh: --augment). Flags given on the command line override the preset.
+# adaptation by cross-domain correspondence (Ojha et al. 2021, arXiv:2104.06820) at its train.py's
+# defaults (kl_wt 1000, subspace_freq 4), with ADA as its published command runs it (run.sh: --augment;
+# that command also sets --subspace_freq 2, at batch 4 per GPU on two GPUs: give --cdc-subspace-freq 2
+# for it). Flags given on the command line override the preset.
 PRESETS = {
     "baseline":        {"augment": "none",    "freeze_d": 0},
     "freezed":         {"augment": "none",    "freeze_d": 4},
@@ -1365,7 +1367,8 @@ def set_requires_grad(params, flag):
 # ---- CDC: few-shot adaptation by cross-domain correspondence (Ojha et al. 2021) --------------
 def cdc_similarities(feats, layer_of):
     """For each anchor i: the cosine similarities of its features at layer layer_of[i] to every
-    other sample's, softmaxed over j != i (Eq. 2): y_i = softmax_j(sim(F_l(z_i), F_l(z_j))).
+    other sample's, softmaxed over j != i (Eq. 1 for the source, Eq. 2 for the target):
+    y_i = softmax_j(sim(F_l(z_i), F_l(z_j))).
 
     feats: the generator's feature list (return_feats), each [N, C, r, r]; returns [N, N - 1]."""
     n = layer_of.numel()
@@ -3433,11 +3436,11 @@ def _restore(t, file, ckpt, say):
 def _prepare_run_folder(cfg, resumed, start, dataset_skipped=()):
     """RUN/samples, RUN/checkpoints and RUN/settings.json (only now: bad input leaves nothing behind);
     on --resume, what a killed run logged after its checkpoint (start; -1 = no checkpoint) goes."""
+    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):  # first: a run whose first write fails
+        runs.write_atomic(os.path.join(cfg.out, "settings.json"),  # is still an empty folder, made anew
+                          lambda f: json.dump(vars(cfg), f, indent=1), mode="w")
     for sub in ("samples", "checkpoints"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-    if not os.path.isfile(os.path.join(cfg.out, "settings.json")):
-        runs.write_atomic(os.path.join(cfg.out, "settings.json"),
-                          lambda f: json.dump(vars(cfg), f, indent=1), mode="w")
     if resumed:
         cut_run_logs(cfg.out, start)
     if dataset_skipped:  # the data files this run could not read, one per line
@@ -3561,11 +3564,14 @@ def _loop(t, cfg, loader, step, run, batch, world, device, say):
                 real = next(loader).to(device, non_blocking=True)  # [B, 3, size, size] in [-1, 1]
                 try:
                     stats.update(step(i, real))  # train_step: D, R1, G, path length, G_ema, ADA's p
-                except OUT_OF_MEMORY as e:
+                except (MemoryError, RuntimeError) as e:  # CUDA's OutOfMemoryError is a RuntimeError
+                    memory = runs.out_of_memory(e)
+                    if memory is None:
+                        raise
                     n = cfg.batch_gpu or batch
-                    raise TrainError(f"out of GPU memory with {n} images at once ({_first_line(e)}); "
+                    raise TrainError(f"out of {memory[0]} memory with {n} images at once ({memory[1]}); "
                                      f"try --batch-gpu {max(1, n // 2)} (the total --batch {cfg.batch} "
-                                     f"is then reached by accumulating gradients)") from None
+                                     f"is then reached by accumulating gradients), or a smaller --size") from None
                 t.step = i + 1
                 if t.step % cfg.log_every == 0 or t.step == cfg.iter:
                     _log_step(t, cfg, stats, run, bar, clock, device)
@@ -4058,7 +4064,8 @@ def ablation(args):
         per_it = {}
         for r in todo:  # one probe per row (seeds share the cost)
             if r.row not in per_it:
-                per_it[r.row] = _probe_seconds(argvs[r.name], parse_device(devices[0]))
+                argv = [settings["data_real"] if a == settings["data_train"] else a for a in argvs[r.name]]
+                per_it[r.row] = _probe_seconds(argv, parse_device(devices[0]))  # (ABL/shots-K: not yet made)
         total = 0.0
         print(f"ablation {abl}: {len(all_runs)} runs, {n_iter} iterations each, on {', '.join(devices)}")
         for r in all_runs:
@@ -4071,15 +4078,51 @@ def ablation(args):
               f"with {len(devices)} in parallel), from a {sum(1 for _ in per_it)}-row timing probe; the "
               f"FID passes come on top")
         return all_runs
-    with runs.RunLock(abl):  # one ablation per folder (each run's own train locks the run too)
-        return _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args)
+    _check_same_inputs(abl, settings)
+    try:
+        with runs.RunLock(abl):  # one ablation per folder (each run's own train locks the run too)
+            return _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args)
+    except OSError as e:
+        if runs.is_write_failure(e):  # disk full, read-only, vanished: one line; the same command goes on
+            raise AblationError(f"{e.filename or abl}: {e.strerror} ({runs.WRITE_ERRNOS[e.errno]}) while writing "
+                                f"the ablation; finished runs and checkpoints are kept: fix it, then run the "
+                                f"same command again") from None
+        raise
+
+
+# What an ablation's table is about: the same real set, training images and source model in every run
+SAME_INPUTS = ("data_real", "data_train", "shots", "shot_files", "ckpt", "ckpt_sha256")
+
+
+def _check_same_inputs(abl, settings):
+    """A folder's earlier ablation.json must name the same real set, training subset and source
+    model (by path and content) as this command; else one line (its runs and scores are of others)."""
+    from ops.fid import sha256_file
+    if settings["ckpt"]:
+        settings["ckpt_sha256"] = sha256_file(settings["ckpt"])
+    path = os.path.join(abl, "ablation.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            had = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AblationError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
+    flags = {"data_real": "--data", "data_train": "--shots", "shots": "--shots", "shot_files": "--shots",
+             "ckpt": "--ckpt", "ckpt_sha256": "--ckpt"}
+    for k in SAME_INPUTS:
+        if k in had and had[k] != settings.get(k):
+            was, now = (had[k], settings.get(k)) if k not in ("shot_files", "ckpt_sha256") else \
+                ({"shot_files": "other images", "ckpt_sha256": "a file of other content"}[k], "this one")
+            raise AblationError(f"{abl}: its runs were made with {flags[k]} {was}, this command gives {now}: "
+                                f"the table would mix inputs (give the same {flags[k]}, or another --out)")
 
 
 def _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args):
     """Record the settings, train what is left (in turn, or one run per device), score, write."""
     n_iter = settings["iter"]
+    _write_json(os.path.join(abl, "ablation.json"), settings)  # first: the folder is an ablation's from now on
     os.makedirs(os.path.join(abl, "runs"), exist_ok=True)
-    _write_json(os.path.join(abl, "ablation.json"), settings)
     if settings["shot_files"]:
         _copy_shots(settings["data_real"], settings["data_train"], settings["shot_files"])
     for r in all_runs:
@@ -4092,8 +4135,10 @@ def _ablation_in(abl, all_runs, argvs, states, settings, devices, todo, args):
             argv = argvs[r.name] if states[r.name] == "new" else \
                 ["--resume", r.folder, "--iter", str(n_iter)] + _resume_flags(argvs[r.name])
             t0 = time.time()
-            train(_train_parser().parse_args(argv + ["--device", devices[0]]))
-            _add_seconds(abl, r.name, time.time() - t0)
+            try:
+                train(_train_parser().parse_args(argv + ["--device", devices[0]]))
+            finally:  # an interrupted run's time counts too
+                _add_seconds(abl, r.name, time.time() - t0)
     return _score_and_write(abl, all_runs, settings, devices[0], args)
 
 
@@ -4161,11 +4206,7 @@ def _train_in_parallel(todo, argvs, states, devices, abl):
 
 
 def _write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    runs.write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1) + "\n"), mode="w")
 
 
 def _eval_sampler(g, n, device, seed=EVAL_SEED):
@@ -4387,7 +4428,7 @@ def _summarise(all_runs, scores, floor, settings, by="fid"):
     if len(seeded) >= 3:
         res = sstats.kendalltau([e[by] for e in seeded], [e["seed_fid"] for e in seeded])
         tau = {"tau": float(res.statistic), "p": float(res.pvalue), "rows": len(seeded)}
-    separated = []  # consecutive rows (by mean FID) whose gap exceeds twice its standard error
+    separated = []  # consecutive rows (by the mean of `by`) and whether their gap exceeds twice its standard error
     for lo, hi in zip(order, order[1:]):
         n_lo, n_hi = len(lo["seeds"]), len(hi["seeds"])
         if lo[by + "_std"] is None or hi[by + "_std"] is None:
@@ -4417,8 +4458,9 @@ def _table_markdown(table, settings):
     lines = [f"# Ablation: {settings['iter']} iterations, seeds {', '.join(map(str, settings['seeds']))}", "",
              f"FID and KID of {settings['eval_n']} generated images per run against the whole real set "
              f"({n_real} images); mean ± std over the seeds. The noise floor is the same metric between two "
-             f"halves of the real set ({floor['n_per_side']} images each): a generator as good as the data "
-             f"would score about that (with these sample sizes).", ""]
+             f"halves of the real set ({floor['n_per_side']} images each): the distance chance alone gives at "
+             f"that size. The rows' samples are larger ({settings['eval_n']} against {n_real}), so a generator "
+             f"as good as the data would score somewhat below it (the bias falls with 1/n per side).", ""]
     if settings.get("shots"):
         lines += [f"Trained on {settings['shots']} of the real images (indices in table.json), scored "
                   f"against all of them.", ""]
@@ -4498,8 +4540,8 @@ def _verdict(table):
     floor = table["floor"][by]
     below = [e["row"] for e in table["rows"] if e[by] <= floor]
     if below:
-        out.append(f"At or below the noise floor ({floor:.2f}): {', '.join(below)}: as close to the data as this "
-                   f"metric can see.")
+        out.append(f"At or below the noise floor ({floor:.2f}): {', '.join(below)}: within what chance gives "
+                   f"this metric between two real halves.")
     return " ".join(out)
 
 
@@ -4523,10 +4565,7 @@ def _write_ablation_outputs(abl, all_runs, table, settings, device):
 
 
 def _atomic_png(img, path):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path))
-    os.close(fd)
-    img.save(tmp)
-    os.replace(tmp, path)
+    runs.save_image(img, path)
 
 
 @torch.no_grad()

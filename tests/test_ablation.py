@@ -7,6 +7,7 @@ and one-line errors the issue lists.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,10 @@ def test_bad_input_is_one_line_and_deletes_nothing(m, done, data, source, tmp_pa
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
+    other_data = tmp_path / "other"
+    shutil.copytree(data, other_data)
+    other_source = tmp_path / "other.pt"
+    shutil.copyfile(source, other_source)
     cases = [
         (argv(data, str(tmp_path / "missing.pt"), tmp_path / "a"), r"missing\.pt: no such checkpoint file"),
         (argv(data, source, tmp_path / "b", "baseline,freezedd"), r"--rows: 'freezedd' is not a row; choose from"),
@@ -168,6 +173,10 @@ def test_bad_input_is_one_line_and_deletes_nothing(m, done, data, source, tmp_pa
          r"was made with --lr 0\.002, this command asks for 0\.01"),
         (argv(data, source, abl, "baseline,freezed-ada", "0,1", 3), r"has trained 4 iterations, more than --iter 3"),
         (argv(data, source, tmp_path / "c") + ["--seed", "5"], r"--seed: the ablation runs each row with every seed"),
+        # the same folder with another real set, source model or training subset: the table would mix them
+        (argv(str(other_data), source, abl), r"its runs were made with --data .*, this command gives .*other"),
+        (argv(data, str(other_source), abl), r"its runs were made with --ckpt .*, this command gives .*other\.pt"),
+        (argv(data, source, abl) + ["--shots", "3"], r"its runs were made with --shots"),
     ]
     before = snapshot(abl), snapshot(theirs)
     for args, message in cases:
@@ -194,6 +203,8 @@ def test_dry_run_lists_the_runs_with_an_estimate_and_writes_nothing(m, data, sou
     for name in ("baseline-s0", "baseline-s1", "scratch-s0", "scratch-s1"):
         assert name in out
     assert out.count("new") == 4 and "estimated training time" in out
+    m.main(argv(data, source, abl, "baseline", "0", 3) + ["--dry-run", "--shots", "3"])  # probes the real folder
+    assert "estimated training time" in capsys.readouterr().out and not abl.exists()
 
 
 def test_runs_side_by_side_on_two_devices_equal_the_runs_in_turn(m, done, data, source, tmp_path, monkeypatch):
