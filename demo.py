@@ -1,12 +1,14 @@
 """The seed experiment in miniature, end to end, with one command: a pretrained face model, a few
 hundred new faces, FreezeD + ADA, and a good generator in minutes.
 
-    python demo.py                   # about 12 minutes on 2 CPU cores; everything lands in demo_out/
+    python demo.py                   # about 25 minutes on 2 CPU cores; everything lands in demo_out/
+    python demo.py --few-shot        # + 10 shots: FreezeD + ADA against CDC (about 10 minutes more)
+    python demo.py --full            # the seed's six rows, scratch and FreezeG, three seeds, 10 shots (hours)
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
     python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)
     python demo.py --device cuda --faces 500 --scale 10   # the same commands, scaled up on a GPU
     python demo.py --score-source    # re-measure the source models on the source faces (after --make-source)
-    python demo.py --make-face-net   # remake FD-faces' network (demo faces only) in demo_models/ (~45 min CPU)
+    python demo.py --make-face-net   # remake FD-faces' network (demo faces only) in demo_models/ (~80 min CPU)
 
 The story, as in the seed (bryandlee/malnyun_faces):
     source domain  FFHQ photos         -> here: 4,000 shaded colour faces (01 --demo-style source)
@@ -18,15 +20,20 @@ model learned about faces carries over, as FFHQ -> cartoon faces does.
 
 Stages (each is the real command line of a numbered script, run as a subprocess and timed):
  1. 01_prepare_data.py     draws the target faces
- 2. 03_stylegan2_ada.py    samples the shipped source model; fine-tunes it with the seed's best row
-                           (--preset freezed-ada), and for the same iterations with --preset baseline
-                           (plain transfer) and from scratch with ADA (the seed's "collapsed" row)
- 3. 02_stylegan_freezed.py fine-tunes the shipped StyleGAN (v1) with FreezeD; style-mixing figure
- 4. 04_latent_explore.py   SeFa and GANSpace directions, an edit GIF with a meme caption, style mixing
+ 2. 03_stylegan2_ada.py    samples the shipped source model; `03 ablation`: the rows baseline,
+                           FreezeD + ADA and scratch + ADA (the seed's "collapsed" row), two seeds
+                           each, the same iterations, scored against the whole real set (FID, KID,
+                           FD-faces) beside the noise floor and the source model; the table ranks by
+                           FID, and the stages below use the best row's best run, saying which
+ 3. 02_stylegan_freezed.py fine-tunes the shipped StyleGAN (v1) with FreezeD; style mixing; scored
+                           as the ablation scores StyleGAN2
+ 4. 04_latent_explore.py   SeFa directions, the sheet that shows where each changes the faces, three
+                           knobs named from it (hair, mouth, tilt where the sheet finds them) and
+                           edits by name, a meme, GANSpace, style mixing
  5. 05_ugatit.py           a tiny U-GAT-IT between two demo styles (tinted, softened faces -> line
-                           art), then chained onto the fine-tuned StyleGAN2's samples
- 6. FID/KID table          every generator against the real target faces, beside the noise floor:
-                           the same metric between two halves of the real faces (ops.fid)
+                           art), then chained onto the best StyleGAN2 run's samples
+ 6. (--few-shot) 10 shots  `03 ablation --shots 10` with FreezeD + ADA and CDC, two seeds, with the
+                           diversity measure (intra-cluster LPIPS, copy share) beside held-out faces
 Finally demo_out/summary.md shows the pictures, the table and the time per stage.
 
 FID needs the Inception weights (pt_inception-2015-12-05-6726825d.pth, see ops/fid.py). Offline and
@@ -705,7 +712,7 @@ def ablation_command(d, out, rows, seeds, iters, extra=()):
              "--rows", rows, "--seeds", seeds, "--iter", str(iters), "--batch", str(cfg["batch"]),
              "--ema-rampup", "0.05", "--r1-gamma", str(R1_GAMMA), "--inception", d.inception,
              "--fid-dims", str(cfg["fid_dims"]), "--fid-every", str(cfg["fid_every"]), "--fid-n", str(cfg["fid_n"]),
-             "--eval-n", str(cfg["eval_n"]), "--face-features", "--rank-by", "fd-faces",
+             "--eval-n", str(cfg["eval_n"]), "--face-features",
              "--sample-every", str(max(1, iters // 4)),
              "--ckpt-every", str(iters), "--device", d.dev, "--num-workers", "0", "--no-progress"] + list(extra))
 
@@ -724,11 +731,12 @@ _SCRIPTS = {}
 
 
 def best_run(abl):
-    """The row with the lowest mean FD-faces (the measure validated to see what a reader sees in these
-    faces; FID where it is absent), and its run with the lowest score: (row, run folder, reason)."""
+    """The row the table ranks first (03 ablation's --rank-by: FID, the measure a user of real faces has;
+    FD-faces, its second column, preferred a speckled run in the README's demo run), and its run with the
+    lowest score: (row, run folder, reason)."""
     with open(os.path.join(abl, "table.json")) as f:
         table = json.load(f)
-    key = "fd_faces" if all("fd_faces" in e for e in table["rows"]) else "fid"
+    key = table.get("rank_by", "fid")
     best = min(table["rows"], key=lambda e: e[key])
     name, score = min(((n, s[key]) for n, s in best["runs"].items()), key=lambda t: t[1])
     spread = f" ± {best[key + '_std']:.3f}" if best.get(key + "_std") is not None else ""

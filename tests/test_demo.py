@@ -29,14 +29,14 @@ def test_demo_smoke_runs_every_stage_and_writes_the_summary(tmp_path):
     assert "figures/sg1_mix.png" in pictures and "shown 3x enlarged" in summary
     mix = np.asarray(Image.open(out / "sg1_mix.png").convert("RGB"))
     assert np.array_equal(np.asarray(Image.open(out / "figures" / "sg1_mix.png")), mix.repeat(3, 0).repeat(3, 1))
-    # the table is 03 ablation's: its references, then one row per ablation row, with FD-faces and ranks by it
+    # the table is 03 ablation's: its references, then one row per ablation row, with FD-faces beside FID
     rows = re.findall(r"^\| ([^|]+?) \| (?:–|[\d.]+) \| (-?[\d.]+)", summary, re.M)
     assert [r[0] for r in rows] == ["reference: real half vs half", "reference: the source model, not fine-tuned",
                                     "FreezeD + ADA", "Scratch + ADA"]
-    assert "FD-faces" in summary and "Ranks, order and gaps by FD-faces" in summary
+    assert "FD-faces" in summary and "Ranks, order and gaps by FID" in summary
     assert re.search(r"StyleGAN v1 after FreezeD \(02, 2 iterations\), scored the same way: FID [\d.]+", summary)
     # the explorer runs on the row the table found best, and says which
-    best = re.search(r"The explorer figures below use \*\*(.+?)\*\*, the row with the lowest mean FD-faces", summary)
+    best = re.search(r"The explorer figures below use \*\*(.+?)\*\*, the row with the lowest mean FID", summary)
     assert best and best.group(1) in ("FreezeD + ADA", "Scratch + ADA")
     # transfer rows start from the shipped source model, scratch from random weights
     sg2 = os.path.join(ROOT, "demo_models", "stylegan2_source_32px.pt")
