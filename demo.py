@@ -1,8 +1,8 @@
 """The seed experiment in miniature, end to end, with one command: a pretrained face model, a few
 hundred new faces, FreezeD + ADA, and a good generator in minutes.
 
-    python demo.py                   # about 25 minutes on 2 CPU cores; everything lands in demo_out/
-    python demo.py --few-shot        # + 10 shots: FreezeD + ADA against CDC (about 10 minutes more)
+    python demo.py                   # about 23 minutes on 2 CPU cores; everything lands in demo_out/
+    python demo.py --few-shot        # + 10 shots: FreezeD + ADA against CDC (about 13 minutes more)
     python demo.py --full            # the seed's six rows, scratch and FreezeG, three seeds, 10 shots (hours)
     python demo.py --smoke           # the smallest setting (the test suite runs this), about a minute
     python demo.py --make-source     # remake the shipped source models in demo_models/ (hours on a CPU)

@@ -88,21 +88,6 @@ def _read_pid(fd):
         return None
 
 
-def is_locked(folder):
-    """True while a live process holds the lock of RUN (checked without taking it for long)."""
-    path = os.path.join(folder, LOCK_NAME)
-    if not os.path.isfile(path):
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # (releases the probe's lock at once)
-    return False
-
-
 def write_atomic(path, write, mode="wb"):
     """Write a file whole: write(f) fills a temporary file in the same folder, which is flushed,
     fsynced and renamed over `path`. On any failure the temporary file goes and `path` is as it was."""
