@@ -70,3 +70,54 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults made to happen (tests/test_faults.py for 03, tests/test_faults_02_05.py for 02 and 05)
+# ---------------------------------------------------------------------------------------------
+def mounted_tmpfs(tmp_path, size, other_test):
+    """A real small filesystem (tmpfs, root only) at tmp_path/disk, as a generator for a fixture;
+    skipped with the reason where mounting is refused (`other_test` covers the same path)."""
+    import subprocess
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'}); "
+                    f"{other_test} covers the same path")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def wait_for_step(run, step, proc, timeout=240):
+    """Wait until the training process `proc` has logged `step` lines in RUN/log.jsonl."""
+    import time
+    deadline = time.time() + timeout
+    log = os.path.join(run, "log.jsonl")
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(log) and sum(1 for _ in open(log)) >= step:
+            return
+        time.sleep(0.02)
+    tail = proc.stdout.read()[-800:] if proc.poll() is not None and proc.stdout else ""
+    raise AssertionError(f"the run did not reach step {step} (exit {proc.poll()}): {tail}")
+
+
+def freeze_mid_run(run, proc, step=2):
+    """Make the run's folders immutable once `proc` reached `step` (chattr +i: chmod does not stop
+    root, and a read-only remount is refused while the run holds its lock file open for writing);
+    returns the process's output after it stopped. Skips where chattr is refused; fails if the run
+    finished before the folders turned read-only (nothing would be tested)."""
+    import subprocess
+    frozen = [run / "checkpoints", run / "samples", run]
+    try:
+        wait_for_step(run, step, proc)
+        done = subprocess.run(["chattr", "+i"] + [str(f) for f in frozen], capture_output=True, text=True)
+        if done.returncode != 0:
+            proc.kill()
+            pytest.skip(f"chattr +i is refused here ({done.stderr.strip()})")
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        subprocess.run(["chattr", "-i"] + [str(f) for f in frozen], capture_output=True)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before its folder turned read-only: nothing was tested")
+    return out

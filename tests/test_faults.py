@@ -11,12 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import ROOT, load_script, random_image_folder
+from conftest import ROOT, freeze_mid_run, load_script, mounted_tmpfs, random_image_folder, wait_for_step
 
 SCRIPT = "03_stylegan2_ada"
 FLAGS = ["--size", "16", "--channel-max", "16", "--style-dim", "16", "--n-mlp", "2", "--batch", "4",
@@ -54,15 +53,7 @@ def same_as_reference(run, reference, step=6):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """A real small filesystem (tmpfs, root only); skipped with the reason where mounting is refused."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'}); "
-                    f"test_disk_full_at_the_nth_replace covers the same path")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    yield from mounted_tmpfs(tmp_path, "4m", "test_disk_full_at_the_nth_replace")
 
 
 def checkpoint_bytes(reference):
@@ -119,16 +110,6 @@ def start_training(data, run, iters, *extra):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_step(run, step, proc, timeout=240):
-    deadline = time.time() + timeout
-    log = os.path.join(run, "log.jsonl")
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isfile(log) and sum(1 for _ in open(log)) >= step:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run did not reach step {step} (exit {proc.poll()})")
-
-
 def test_a_second_trainer_gets_one_line_and_touches_nothing(m, data, tmp_path):
     run = tmp_path / "run"
     proc = start_training(data, run, 100000)
@@ -161,18 +142,7 @@ def test_a_folder_turned_read_only_mid_run_stops_with_one_line_and_resumes(m, da
     it for any file open for writing): the next whole-file write fails; one line, then --resume."""
     run = tmp_path / "run"
     proc = start_training(data, run, 6, "--keep", "2")
-    frozen = [run / "checkpoints", run / "samples", run]
-    try:
-        wait_for_step(run, 2, proc)
-        done = subprocess.run(["chattr", "+i"] + [str(f) for f in frozen], capture_output=True, text=True)
-        if done.returncode != 0:
-            proc.kill()
-            pytest.skip(f"chattr +i is refused here ({done.stderr.strip()})")
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        subprocess.run(["chattr", "-i"] + [str(f) for f in frozen], capture_output=True)
-    if proc.returncode == 0:
-        pytest.fail("the run finished before its folder turned read-only: nothing was tested")
+    out = freeze_mid_run(run, proc)
     last = out.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Operation not permitted (EPERM)" in last and f"--resume {run}" in last, last
     for path in m.checkpoint_files(str(run / "checkpoints")):

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 import ops
-from conftest import ROOT, load_script, random_image_folder
+from conftest import ROOT, freeze_mid_run, load_script, mounted_tmpfs, random_image_folder, wait_for_step
 
 ITERS = 6  # the reference run's length; every faulted run resumes to it
 SCRIPTS = {
@@ -121,15 +120,7 @@ def no_temp_files(run):
 # ---- a disk that fills ----------------------------------------------------------------------------
 @pytest.fixture
 def tmpfs(tmp_path):
-    """A real small filesystem (tmpfs, root only); skipped with the reason where mounting is refused."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'}); "
-                    f"test_disk_full_at_the_nth_write covers the same path")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    yield from mounted_tmpfs(tmp_path, "16m", "test_disk_full_at_the_nth_write")
 
 
 def test_a_disk_that_fills_stops_with_one_line_and_the_run_resumes_exactly(case, tmpfs):
@@ -189,14 +180,6 @@ def test_disk_full_at_the_nth_write_keeps_what_came_before(case, tmp_path, monke
 
 
 # ---- two processes, one run folder ----------------------------------------------------------------
-def wait_for_step(run, step, proc, timeout=240):
-    deadline = time.time() + timeout
-    log = os.path.join(run, "log.jsonl")
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isfile(log) and sum(1 for _ in open(log)) >= step:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run did not reach step {step} (exit {proc.poll()}): {proc.stdout.read()[-800:]}")
 
 
 def test_a_second_trainer_gets_one_line_and_touches_nothing(case, tmp_path):
@@ -230,18 +213,7 @@ def test_a_folder_turned_read_only_mid_run_stops_with_one_line_and_resumes(case,
     fails; one line, then --resume ends as the uninterrupted run."""
     run = tmp_path / "run"
     proc = case.start(run, ITERS, "--keep", "2")
-    frozen = [run / "checkpoints", run / "samples", run]
-    try:
-        wait_for_step(run, 2, proc)
-        done = subprocess.run(["chattr", "+i"] + [str(f) for f in frozen], capture_output=True, text=True)
-        if done.returncode != 0:
-            proc.kill()
-            pytest.skip(f"chattr +i is refused here ({done.stderr.strip()})")
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        subprocess.run(["chattr", "-i"] + [str(f) for f in frozen], capture_output=True)
-    if proc.returncode == 0:
-        pytest.fail("the run finished before its folder turned read-only: nothing was tested")
+    out = freeze_mid_run(run, proc)
     last = out.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Operation not permitted (EPERM)" in last and f"--resume {run}" in last, out
     assert "Traceback" not in out
