@@ -755,18 +755,25 @@ def stage_stylegan2(d):
     d.best_label = row_label(row)
     d.g2 = newest(os.path.join(run_dir, "checkpoints"), ".pt")
     rows = [("source model\n(before)", os.path.join(d.out, "sg2_source_samples"))]
-    first_seed = cfg["seeds"].split(",")[0]
-    for r in cfg["rows"].split(","):  # the same seeds 0-7 from each row's first run, and the source's
-        folder = os.path.join(d.out, "samples", r)
-        d.run(f"03 generate ({r})", ["03_stylegan2_ada.py", "generate", "--ckpt",
-                                     os.path.join(d.abl, "runs", f"{r}-s{first_seed}"), "--seeds", "0-7",
-                                     "--out", folder, "--device", d.dev])
-        rows.append((row_label(r), folder))
+    rows += row_samples(d, d.abl, cfg["rows"].split(","), cfg["seeds"], "0-7", "samples", "03 generate")
     comparison_figure(rows, os.path.join(d.out, "compare.png"), tile=d.zoom * cfg["size"])
     d.images += [("Same seeds, same iterations: the source model, then each row's first run", "compare.png"),
                  ("FID during training, mean ± std over the seeds (03 ablation curves.png)",
                   rel(os.path.join(d.abl, "curves.png"), d.out)),
                  ("Target faces (01)", rel(os.path.join(d.data, "overview", "contact_sheet.png"), d.out))]
+
+
+def row_samples(d, abl, rows, seeds, which, folder, stage):
+    """03 generate of the same seeds `which` from each row's first-seed run of the ablation `abl`:
+    [(row label, samples folder)] for comparison_figure."""
+    first_seed = seeds.split(",")[0]
+    out = []
+    for r in rows:
+        samples = os.path.join(d.out, folder, r)
+        d.run(f"{stage} ({r})", ["03_stylegan2_ada.py", "generate", "--ckpt", os.path.join(abl, "runs", f"{r}-s{first_seed}"),
+                                 "--seeds", which, "--out", samples, "--device", d.dev])
+        out.append((row_label(r), samples))
+    return out
 
 
 def stage_stylegan_v1(d):
@@ -830,13 +837,8 @@ def stage_few_shot(d):
                            ["--shots", str(cfg["shots"]), "--diversity-n", str(cfg["eval_n"])]))
     shots = os.path.join(d.few_shot, f"shots-{cfg['shots']}")
     rows = [(f"the {cfg['shots']}\ntraining faces", shots)]
-    seed = cfg["few_shot_seeds"].split(",")[0]
-    for r in ("freezed-ada", "cdc"):
-        folder = os.path.join(d.out, "samples_few_shot", r)
-        d.run(f"03 generate 10 shots ({r})", ["03_stylegan2_ada.py", "generate", "--ckpt",
-                                              os.path.join(d.few_shot, "runs", f"{r}-s{seed}"), "--seeds", "0-9",
-                                              "--out", folder, "--device", d.dev])
-        rows.append((row_label(r), folder))
+    rows += row_samples(d, d.few_shot, ["freezed-ada", "cdc"], cfg["few_shot_seeds"], "0-9", "samples_few_shot",
+                        "03 generate 10 shots")
     comparison_figure(rows, os.path.join(d.out, "few_shot.png"), tile=d.zoom * cfg["size"])
     d.images.append(("10 shots: the training faces, then FreezeD + ADA and CDC (seeds 0-9 of each row's first run)",
                      "few_shot.png"))

@@ -72,7 +72,7 @@ def test_a_disk_that_fills_stops_with_one_line_and_the_run_resumes_exactly(m, da
     assert "\n" not in text and "No space left on device (ENOSPC)" in text
     assert f"--resume {run}" in text and str(run) in text.split(":")[1]
     kept = m.checkpoint_files(str(run / "checkpoints"))
-    assert 1 <= len(kept) < 6
+    assert 1 <= len(kept) < 6  # stopped part-way (where depends on file sizes), an earlier checkpoint kept
     for path in kept:  # every checkpoint written before the fault loads
         assert torch.load(path, weights_only=True)["step"] >= 1
     for line in open(run / "log.jsonl"):
